@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# System packages the build, the tests and the calibration-speech generator need (Debian/Ubuntu; macOS: Homebrew
+# equivalents are listed in README.md). Idempotent: installs only what is missing.
+set -euo pipefail
+
+packages=(
+    build-essential   # C/C++ compilers for llama.cpp and libaudiokv
+    cmake             # fallback; pip's cmake is used when newer
+    patch             # applies patches/ to the vendored llama.cpp
+    libsndfile1       # soundfile's native library
+    sox               # resampling and mixing of test audio
+    flite             # synthetic calibration speech with exact word timings
+    espeak-ng         # second synthetic voice
+    gcc-aarch64-linux-gnu   # ARM64 cross-build of libaudiokv
+    qemu-user         # runs the ARM64 C tests
+)
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install_system_deps: no apt-get here; install these yourself: ${packages[*]}" >&2
+    exit 0
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
