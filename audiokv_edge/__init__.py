@@ -4,3 +4,25 @@ Nothing is loaded or computed at import time; native libraries are found on firs
 """
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "plan": ("audiokv_edge.keep_plan", "plan"),
+    "KeepPlan": ("audiokv_edge.keep_plan", "KeepPlan"),
+    "HeadProfile": ("audiokv_edge.profile", "HeadProfile"),
+    "METHODS": ("audiokv_edge.methods", "METHODS"),
+    "spectral_smooth": ("audiokv_edge.sss", "spectral_smooth"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    """Import the public names on first use (PEP 562), so that importing the package does no work."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'audiokv_edge' has no attribute {name!r}")

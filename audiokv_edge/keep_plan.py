@@ -1,0 +1,256 @@
+"""The keep plan: which tokens every (layer, KV head) keeps, computed by any registered method.
+
+Contract: docs/semantics.md (shared with the C routine libaudiokv, ``backend="c"``). The module is not named
+plan.py because ``audiokv_edge.plan`` is the function: a submodule of that name would shadow it once imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from audiokv_edge.methods import KeepMethod, PlanInputs, make_method
+from audiokv_edge.profile import HeadProfile
+from audiokv_edge.selection import select_kept
+
+__all__ = ["KeepPlan", "plan", "uniform_budget"]
+
+BACKENDS = ("numpy", "c")
+
+
+@dataclass(frozen=True, eq=False)
+class KeepPlan:
+    """Kept token indices of every (layer, KV head).
+
+    Parameters
+    ----------
+    indices : sequence of sequence of array_like, int
+        ``indices[layer][kv_head]``: sorted, unique token indices in [0, n_tokens). Stored as read-only int64
+        arrays in nested tuples.
+    n_tokens : int
+        N, tokens in the cache the plan applies to.
+    method : str
+        Name of the method that made the plan (informational).
+
+    Attributes
+    ----------
+    budgets : ndarray, int64, shape [n_layer, n_head_kv]
+        Number of kept tokens per head.
+    """
+
+    indices: tuple
+    n_tokens: int
+    method: str = ""
+    budgets: np.ndarray = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_tokens, bool) or not isinstance(self.n_tokens, (int, np.integer)) or self.n_tokens < 1:
+            raise ValueError(f"n_tokens must be an integer >= 1, got {self.n_tokens!r}")
+        rows = []
+        for layer, row in enumerate(self.indices):
+            heads = []
+            for head, idx in enumerate(row):
+                a = np.array(idx, dtype=np.int64, copy=True).reshape(-1)
+                if a.size and (a[0] < 0 or a[-1] >= self.n_tokens or np.any(np.diff(a) <= 0)):
+                    raise ValueError(f"plan indices of layer {layer}, KV head {head} are not sorted, unique "
+                                     f"and within [0, {self.n_tokens})")
+                a.setflags(write=False)
+                heads.append(a)
+            rows.append(tuple(heads))
+        if not rows or not rows[0] or any(len(r) != len(rows[0]) for r in rows):
+            raise ValueError("plan indices must be a non-empty [n_layer][n_head_kv] nesting")
+        budgets = np.array([[a.size for a in r] for r in rows], dtype=np.int64)
+        budgets.setflags(write=False)
+        object.__setattr__(self, "indices", tuple(rows))
+        object.__setattr__(self, "n_tokens", int(self.n_tokens))
+        object.__setattr__(self, "budgets", budgets)
+
+    @classmethod
+    def from_flat(cls, counts: np.ndarray, flat_indices: np.ndarray, n_tokens: int, method: str = "") -> "KeepPlan":
+        """Build a plan from per-head counts and the concatenated indices (the C library's output layout).
+
+        Parameters
+        ----------
+        counts : ndarray, int, shape [n_layer, n_head_kv]
+        flat_indices : ndarray, int, shape [>= counts.sum()]
+            Head (l, h)'s indices follow those of the heads before it in row-major order.
+        n_tokens : int
+        method : str
+        """
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.ndim != 2 or np.any(counts < 0):
+            raise ValueError(f"counts must be a non-negative [n_layer, n_head_kv] array, got shape {counts.shape}")
+        flat = np.asarray(flat_indices, dtype=np.int64).reshape(-1)
+        if flat.size < counts.sum():
+            raise ValueError(f"{flat.size} indices given for {counts.sum()} counted tokens")
+        ends = np.cumsum(counts.reshape(-1))
+        starts = ends - counts.reshape(-1)
+        heads = [flat[s:e] for s, e in zip(starts, ends)]
+        n_head_kv = counts.shape[1]
+        rows = [heads[i * n_head_kv:(i + 1) * n_head_kv] for i in range(counts.shape[0])]
+        return cls(rows, n_tokens, method)
+
+    @property
+    def n_layer(self) -> int:
+        return int(self.budgets.shape[0])
+
+    @property
+    def n_head_kv(self) -> int:
+        return int(self.budgets.shape[1])
+
+    @property
+    def kept_total(self) -> int:
+        """Kept (layer, KV head, token) entries, sum of budgets."""
+        return int(self.budgets.sum())
+
+    def flat_indices(self) -> np.ndarray:
+        """All indices concatenated in row-major (layer, KV head) order, int64 [kept_total]."""
+        return np.concatenate([a for row in self.indices for a in row])
+
+    def mask(self) -> np.ndarray:
+        """Boolean keep mask, shape [n_layer, n_head_kv, n_tokens]."""
+        out = np.zeros((self.n_layer, self.n_head_kv, self.n_tokens), dtype=bool)
+        for layer, row in enumerate(self.indices):
+            for head, idx in enumerate(row):
+                out[layer, head, idx] = True
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KeepPlan):
+            return NotImplemented
+        return (self.n_tokens == other.n_tokens and self.budgets.shape == other.budgets.shape
+                and np.array_equal(self.budgets, other.budgets)
+                and all(np.array_equal(a, b) for ra, rb in zip(self.indices, other.indices) for a, b in zip(ra, rb)))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def uniform_budget(keep: float, n_tokens: int) -> int:
+    """C = max(1, floor(keep * n_tokens + 0.5)), the per-head budget of a uniform plan."""
+    return max(1, math.floor(keep * n_tokens + 0.5))
+
+
+def _check_keep(keep) -> float:
+    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.floating, np.integer)):
+        raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+    k = float(keep)
+    if not 0.0 < k <= 1.0:  # NaN fails too
+        raise ValueError(f"keep must be in (0, 1], got {keep!r}")
+    return k
+
+
+def _float_array(name: str, x, ndim: int) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind != "f":
+        raise ValueError(f"{name} must be a floating-point array, got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if 0 in a.shape:
+        raise ValueError(f"{name} must not be empty, got shape {a.shape}")
+    for part in (a.reshape(a.shape[0], -1) if a.ndim > 1 else [a]):  # slice by slice: no full-size temporary
+        if not np.all(np.isfinite(part)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def _plan_inputs(m: KeepMethod, q_window, keys, keep, profile, accumulated_scores) -> PlanInputs:
+    keys = _float_array("keys", keys, 4)
+    n_layer, n_head_kv, n_tokens, head_dim = keys.shape
+    window = min(m.window, n_tokens)
+    if accumulated_scores is not None and not m.takes_accumulated_scores:
+        raise ValueError(f"method {m.name} does not take accumulated_scores")
+    if q_window is not None:
+        q_window = _float_array("q_window", q_window, 4)
+        if q_window.shape[0] != n_layer or q_window.shape[3] != head_dim:
+            raise ValueError(f"q_window of shape {q_window.shape} does not fit keys of shape {keys.shape} "
+                             "([n_layer, n_head, w, head_dim] vs [n_layer, n_head_kv, n_tokens, head_dim])")
+        if q_window.shape[1] % n_head_kv:
+            raise ValueError(f"{q_window.shape[1]} query heads cannot be grouped onto {n_head_kv} KV heads")
+        if q_window.shape[2] != window:
+            raise ValueError(f"q_window holds {q_window.shape[2]} window queries but the method uses a window of "
+                             f"min(window={m.window}, n_tokens={n_tokens}) = {window}")
+    elif m.needs_queries and accumulated_scores is None:
+        raise ValueError(f"method {m.name} needs q_window (the post-RoPE queries of the last {window} tokens)")
+    if accumulated_scores is not None:
+        accumulated_scores = _float_array("accumulated_scores", accumulated_scores, 3).astype(np.float64)
+        n_rows = accumulated_scores.shape[1]
+        if (accumulated_scores.shape[0] != n_layer or accumulated_scores.shape[2] != n_tokens
+                or n_rows % n_head_kv or (q_window is not None and n_rows not in (n_head_kv, q_window.shape[1]))):
+            raise ValueError(f"accumulated_scores of shape {accumulated_scores.shape} must be [n_layer, n_head or "
+                             f"n_head_kv, n_tokens] for keys of shape {keys.shape}")
+    if profile is not None:
+        if not isinstance(profile, HeadProfile):
+            raise ValueError(f"profile must be a HeadProfile or None, got {type(profile).__name__}")
+        profile.check_shape(n_layer, n_head_kv)
+    return PlanInputs(q_window=q_window, keys=keys, keep=keep, window=window,
+                      budget=uniform_budget(keep, n_tokens), profile=profile,
+                      accumulated_scores=accumulated_scores)
+
+
+def plan(method: str | KeepMethod, q_window: np.ndarray | None, keys: np.ndarray, keep: float,
+         profile: HeadProfile | None = None, *, accumulated_scores: np.ndarray | None = None,
+         backend: str = "numpy", **params) -> KeepPlan:
+    """Compute the keep plan of one sequence's cache.
+
+    Parameters
+    ----------
+    method : str or KeepMethod
+        A name from audiokv_edge.methods.METHODS ("full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv",
+        "audiokv"), configured by ``**params``, or a ready method object.
+    q_window : ndarray, float, shape [n_layer, n_head, w, head_dim], or None
+        Post-RoPE queries of the last w = min(window, n_tokens) tokens. May be None for full, streamingllm, and
+        h2o given accumulated_scores.
+    keys : ndarray, float, shape [n_layer, n_head_kv, n_tokens, head_dim]
+        Post-RoPE cached keys, the window's own keys last.
+    keep : float
+        Keep ratio in (0, 1]; the uniform per-head budget is C = max(1, floor(keep * n_tokens + 0.5)).
+    profile : HeadProfile or None
+        Head profile of shape [n_layer, n_head_kv] (audiokv; ignored by the other methods).
+    accumulated_scores : ndarray, float, shape [n_layer, n_head or n_head_kv, n_tokens], optional
+        Attention column sums over all prompt queries (h2o only).
+    backend : {"numpy", "c"}
+        "c" runs libaudiokv through audiokv_edge._native_plan.plan_c(method, q_window, keys, keep, profile,
+        params), params being the method's full parameter dict (plus "accumulated_scores" when given).
+    **params
+        Method parameters (see each method class).
+
+    Returns
+    -------
+    KeepPlan
+
+    Raises
+    ------
+    ValueError
+        Bad method, parameter, shape, dtype, non-finite value or keep outside (0, 1].
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(method, (str, KeepMethod)):
+        raise ValueError(f"method must be a name or a KeepMethod, got {type(method).__name__}")
+    m = make_method(method, **params)
+    keep = _check_keep(keep)
+    inputs = _plan_inputs(m, q_window, keys, keep, profile, accumulated_scores)
+    if backend == "c":
+        from audiokv_edge._native_plan import plan_c
+
+        c_params = dataclasses.asdict(m)
+        if accumulated_scores is not None:
+            c_params["accumulated_scores"] = accumulated_scores
+        return plan_c(m.name, q_window, keys, keep, profile, c_params)
+    n_tokens, window, budget = inputs.n_tokens, inputs.window, inputs.budget
+    shape = (inputs.n_layer, inputs.n_head_kv)
+    if m.keeps_everything or budget >= n_tokens:
+        every = np.arange(n_tokens, dtype=np.int64)
+        return KeepPlan([[every] * shape[1] for _ in range(shape[0])], n_tokens, m.name)
+    if budget <= window:
+        last = np.arange(n_tokens - budget, n_tokens, dtype=np.int64)
+        return KeepPlan([[last] * shape[1] for _ in range(shape[0])], n_tokens, m.name)
+    scores = m.score(inputs)
+    budgets = m.budgets(inputs, scores)
+    if budgets.shape != shape or int(budgets.sum()) != inputs.uniform_total:
+        raise RuntimeError(f"{m.name} sized budgets of shape {budgets.shape} and total {budgets.sum()}, "
+                           f"expected {shape} and {inputs.uniform_total}")
+    return KeepPlan(select_kept(scores, budgets, n_tokens, window), n_tokens, m.name)

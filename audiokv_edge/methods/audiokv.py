@@ -1,0 +1,127 @@
+"""AudioKV: head-profile budgets and spectrally smoothed window scores (He et al., arXiv 2604.06694)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from audiokv_edge.methods.base import KeepMethod, PlanInputs, check_choice, check_int
+from audiokv_edge.scoring import GQA_REDUCTIONS, POOL_TYPES, smoothed_window_scores
+from audiokv_edge.selection import largest_remainder, sequential_sum
+from audiokv_edge.sss import check_sss_params
+
+__all__ = ["AudioKV", "audiokv_real_budgets"]
+
+logger = logging.getLogger(__name__)
+_warned_no_profile = False
+
+
+def audiokv_real_budgets(scores: np.ndarray, budget: int, window: int, n_tokens: int,
+                         uniform_share: float = 0.5) -> np.ndarray:
+    """Real per-head budgets from a head profile (paper Eq. 1, SparseMM), surplus above N redistributed.
+
+    S_hat = S / sum(S); base = C - w; m = floor(uniform_share * base); remain = (base - m) * L * Hkv;
+    b = S_hat * remain + m + w. Heads above N are set to N and their surplus is shared by the other heads in
+    proportion to S_hat (equally when those heads all have S_hat = 0), repeated until no head exceeds N.
+    Sums run sequentially in row-major order.
+
+    Parameters
+    ----------
+    scores : ndarray, float, shape [n_layer, n_head_kv]
+        Head profile S (non-negative, not all zero).
+    budget, window, n_tokens : int
+        C, w, N with w < C < N.
+    uniform_share : float
+        r_frac, the share of base every head gets regardless of its score.
+
+    Returns
+    -------
+    ndarray, float64, shape [n_layer, n_head_kv]
+        Sums to C * L * Hkv up to round-off; every entry in [w, N].
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    s_hat = s / sequential_sum(s)
+    base = budget - window
+    m = math.floor(uniform_share * base)
+    remain = float((base - m) * s.size)
+    real = s_hat * remain + m + window
+    clipped = np.zeros(s.shape, dtype=bool)
+    while True:
+        over = real > n_tokens
+        if not over.any():
+            return real
+        surplus = sequential_sum(real[over] - n_tokens)
+        real[over] = n_tokens
+        clipped |= over
+        free = ~clipped
+        weight_total = sequential_sum(s_hat[free])
+        if weight_total > 0:
+            real[free] += surplus * (s_hat[free] / weight_total)
+        else:
+            real[free] += surplus / np.count_nonzero(free)
+
+
+@dataclass(frozen=True)
+class AudioKV(KeepMethod):
+    """Per-head budgets from an offline head profile; window scores smoothed by SSS.
+
+    Without a profile the budgets are uniform (one warning per process).
+
+    Parameters
+    ----------
+    window : int, default 32
+        Observation window w (paper: 32).
+    sss_alpha : float, default 0.5
+        SSS blend weight (paper: 0.5); 0 turns SSS off and pooling applies instead.
+    sss_gamma : float, default 0.7
+        SSS energy fraction (paper: "k = 0.7").
+    uniform_share : float, default 0.5
+        r_frac, share of the prefix budget given uniformly to every head (SparseMM: 0.5).
+    gqa_reduce : {"mean", "max"}, default "mean"
+        [choice] reduction of the query heads of a KV head.
+    pool_kernel : int, default 5
+        [choice] pooling kernel used only when sss_alpha == 0.
+    pool_type : {"avg", "max"}, default "avg"
+        [choice] pooling kind used only when sss_alpha == 0.
+    """
+
+    name = "audiokv"
+
+    sss_alpha: float = 0.5
+    sss_gamma: float = 0.7
+    uniform_share: float = 0.5
+    gqa_reduce: str = "mean"
+    pool_kernel: int = 5
+    pool_type: str = "avg"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_sss_params(self.sss_alpha, self.sss_gamma)
+        if isinstance(self.uniform_share, bool) or not isinstance(self.uniform_share, (int, float)) \
+                or not 0.0 <= self.uniform_share <= 1.0:
+            raise ValueError(f"uniform_share must be a number in [0, 1], got {self.uniform_share!r}")
+        check_choice("gqa_reduce", self.gqa_reduce, GQA_REDUCTIONS)
+        check_int("pool_kernel", self.pool_kernel, 1)
+        if self.pool_kernel % 2 == 0:
+            raise ValueError(f"pool_kernel must be odd, got {self.pool_kernel}")
+        check_choice("pool_type", self.pool_type, POOL_TYPES)
+
+    def score(self, inputs: PlanInputs) -> np.ndarray:
+        """SSS-smoothed window scores, float64 [n_layer, n_head_kv, n_tokens - w]."""
+        return smoothed_window_scores(inputs.q_window, inputs.keys, self.gqa_reduce, self.pool_kernel,
+                                      self.pool_type, float(self.sss_alpha), float(self.sss_gamma))
+
+    def budgets(self, inputs: PlanInputs, scores: np.ndarray) -> np.ndarray:
+        """Profile budgets, int64 [n_layer, n_head_kv], summing to the uniform total."""
+        global _warned_no_profile
+        if inputs.profile is None:
+            if not _warned_no_profile:
+                logger.warning("audiokv without a head profile: falling back to uniform budgets")
+                _warned_no_profile = True
+            return super().budgets(inputs, scores)
+        real = audiokv_real_budgets(inputs.profile.scores, inputs.budget, inputs.window, inputs.n_tokens,
+                                    float(self.uniform_share))
+        return largest_remainder(real, inputs.uniform_total, inputs.window, inputs.n_tokens)

@@ -1,0 +1,168 @@
+"""Token scores from the observation window: attention of the last w queries, GQA reduction, pooling.
+
+Shared by SnapKV (arXiv 2404.14469), PyramidKV (arXiv 2406.02069), AdaKV (arXiv 2407.11550), AudioKV
+(arXiv 2604.06694) and one-shot H2O (arXiv 2306.14048); exact definitions in docs/semantics.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from audiokv_edge.sss import spectral_smooth
+
+__all__ = ["window_attention_layer", "window_scores", "reduce_gqa", "pool1d", "smoothed_window_scores",
+           "GQA_REDUCTIONS", "POOL_TYPES"]
+
+GQA_REDUCTIONS = ("mean", "max")
+POOL_TYPES = ("avg", "max")
+
+
+def window_attention_layer(q_layer: np.ndarray, k_layer: np.ndarray, row_reduce: str = "mean") -> np.ndarray:
+    """Attention of the window queries over the prefix of one layer, reduced over the window rows.
+
+    A = softmax(Q K^T / sqrt(d)) with a causal mask inside the window (query i at position N - w + i sees keys
+    j <= N - w + i), over all N keys; then mean (or sum) over the w rows, restricted to the N - w prefix columns.
+
+    Parameters
+    ----------
+    q_layer : ndarray, float, shape [n_head, w, head_dim]
+        Post-RoPE queries of the window.
+    k_layer : ndarray, float, shape [n_head_kv, n_tokens, head_dim]
+        Post-RoPE keys, the window's own keys last; query head q reads KV head q // (n_head / n_head_kv).
+    row_reduce : {"mean", "sum"}
+        Reduction over the window rows.
+
+    Returns
+    -------
+    ndarray, float64, shape [n_head, n_tokens - w]
+
+    Raises
+    ------
+    ValueError
+        If a logit overflows float64.
+    """
+    n_head, w, d = q_layer.shape
+    n_head_kv, n_tokens, _ = k_layer.shape
+    g = n_head // n_head_kv
+    q = np.asarray(q_layer, dtype=np.float64).reshape(n_head_kv, g * w, d)
+    k = np.asarray(k_layer, dtype=np.float64)
+    z = np.matmul(q, k.transpose(0, 2, 1)).reshape(n_head_kv, g, w, n_tokens)
+    z /= math.sqrt(d)
+    if not np.all(np.isfinite(z)):
+        raise ValueError("attention logits overflow float64: queries or keys are too large")
+    n_prefix = n_tokens - w
+    future = np.triu(np.ones((w, w), dtype=bool), k=1)  # key N - w + j is in the future of query i when j > i
+    z[..., n_prefix:][..., future] = -np.inf
+    z -= z.max(axis=-1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    prefix = z[..., :n_prefix]
+    rows = prefix.sum(axis=2) if row_reduce == "sum" else prefix.mean(axis=2)
+    return rows.reshape(n_head, n_prefix)
+
+
+def window_scores(q_window: np.ndarray, keys: np.ndarray, row_reduce: str = "mean") -> np.ndarray:
+    """Per-query-head prefix scores of every layer (layer by layer, float64).
+
+    Parameters
+    ----------
+    q_window : ndarray, float, shape [n_layer, n_head, w, head_dim]
+    keys : ndarray, float, shape [n_layer, n_head_kv, n_tokens, head_dim]
+    row_reduce : {"mean", "sum"}
+
+    Returns
+    -------
+    ndarray, float64, shape [n_layer, n_head, n_tokens - w]
+    """
+    n_layer, n_head, w, _ = q_window.shape
+    out = np.empty((n_layer, n_head, keys.shape[2] - w), dtype=np.float64)
+    for layer in range(n_layer):
+        out[layer] = window_attention_layer(q_window[layer], keys[layer], row_reduce)
+    return out
+
+
+def reduce_gqa(scores: np.ndarray, n_head_kv: int, how: str = "mean") -> np.ndarray:
+    """Reduce the g = n_head / n_head_kv query heads of each KV head to one score row.
+
+    Parameters
+    ----------
+    scores : ndarray, float, shape [n_layer, n_head, n]
+    n_head_kv : int
+    how : {"mean", "max"}
+
+    Returns
+    -------
+    ndarray, float64, shape [n_layer, n_head_kv, n]
+    """
+    if how not in GQA_REDUCTIONS:
+        raise ValueError(f"gqa_reduce must be one of {GQA_REDUCTIONS}, got {how!r}")
+    n_layer, n_head, n = scores.shape
+    if n_head % n_head_kv:
+        raise ValueError(f"{n_head} query heads cannot be grouped onto {n_head_kv} KV heads")
+    grouped = np.asarray(scores, dtype=np.float64).reshape(n_layer, n_head_kv, n_head // n_head_kv, n)
+    return grouped.mean(axis=2) if how == "mean" else grouped.max(axis=2)
+
+
+def pool1d(x: np.ndarray, kernel: int, pool_type: str = "avg") -> np.ndarray:
+    """1-D pooling along the last axis, stride 1, padding kernel // 2, same length out.
+
+    "avg" pads with zeros and divides by kernel (torch avg_pool1d, count_include_pad); "max" pads with -inf.
+    The window terms are added from left to right.
+
+    Parameters
+    ----------
+    x : ndarray, float, shape [..., n]
+    kernel : int
+        Odd, >= 1; 1 is the identity.
+    pool_type : {"avg", "max"}
+
+    Returns
+    -------
+    ndarray, float64, shape [..., n]
+    """
+    if pool_type not in POOL_TYPES:
+        raise ValueError(f"pool_type must be one of {POOL_TYPES}, got {pool_type!r}")
+    if not isinstance(kernel, (int, np.integer)) or kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"pool_kernel must be an odd integer >= 1, got {kernel!r}")
+    x = np.asarray(x, dtype=np.float64)
+    if kernel == 1:
+        return x.copy()
+    half = kernel // 2
+    n = x.shape[-1]
+    fill = 0.0 if pool_type == "avg" else -np.inf
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(half, half)], constant_values=fill)
+    out = padded[..., 0:n].copy()
+    for offset in range(1, kernel):
+        if pool_type == "avg":
+            out += padded[..., offset:offset + n]
+        else:
+            np.maximum(out, padded[..., offset:offset + n], out=out)
+    return out / kernel if pool_type == "avg" else out
+
+
+def smoothed_window_scores(q_window: np.ndarray, keys: np.ndarray, gqa_reduce: str = "mean",
+                           pool_kernel: int = 5, pool_type: str = "avg", sss_alpha: float = 0.0,
+                           sss_gamma: float = 0.7) -> np.ndarray:
+    """Window scores, GQA-reduced, then smoothed: SSS when sss_alpha > 0, else pooling.
+
+    Parameters
+    ----------
+    q_window : ndarray, float, shape [n_layer, n_head, w, head_dim]
+    keys : ndarray, float, shape [n_layer, n_head_kv, n_tokens, head_dim]
+    gqa_reduce : {"mean", "max"}
+    pool_kernel : int
+        Odd >= 1 (used when sss_alpha == 0).
+    pool_type : {"avg", "max"}
+    sss_alpha, sss_gamma : float
+        Spectral Score Smoothing parameters (audiokv_edge.sss.spectral_smooth).
+
+    Returns
+    -------
+    ndarray, float64, shape [n_layer, n_head_kv, n_tokens - w]
+    """
+    reduced = reduce_gqa(window_scores(q_window, keys), keys.shape[1], gqa_reduce)
+    if sss_alpha > 0:
+        return spectral_smooth(reduced, sss_alpha, sss_gamma)
+    return pool1d(reduced, pool_kernel, pool_type)

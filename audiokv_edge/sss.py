@@ -1,0 +1,95 @@
+"""Spectral Score Smoothing (SSS): low-pass filtering of per-token scores in the frequency domain.
+
+AudioKV (He et al., 2026, arXiv 2604.06694), Alg. 1 and Eq. 13-20; the open details are fixed in docs/semantics.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["spectral_smooth", "spectral_mask", "taper_width", "check_sss_params"]
+
+
+def check_sss_params(alpha: float, gamma: float) -> None:
+    """Raise ValueError unless 0 <= alpha <= 1 and 0 < gamma <= 1 (both finite)."""
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"SSS alpha must be a number in [0, 1], got {alpha!r}")
+    if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not 0.0 < float(gamma) <= 1.0:
+        raise ValueError(f"SSS gamma must be a number in (0, 1], got {gamma!r}")
+
+
+def taper_width(n: int) -> int:
+    """Cosine taper width D = max(2, ceil(0.05 * (n // 2 + 1))) for a row of length n."""
+    return max(2, math.ceil(0.05 * (n // 2 + 1)))
+
+
+def spectral_mask(energy: np.ndarray, gamma: float, n: int) -> np.ndarray:
+    """Low-pass mask from the power spectrum (Eq. 15-17 plus the cosine taper).
+
+    Parameters
+    ----------
+    energy : ndarray, float64, shape [..., n // 2 + 1]
+        |X|^2 of the real FFT of each row, DC bin included.
+    gamma : float
+        Fraction of the total energy the pass band must hold.
+    n : int
+        Length of the time-domain rows.
+
+    Returns
+    -------
+    ndarray, float64, shape [..., n // 2 + 1]
+        m[i] = 1 for i <= k*, 0.5 (1 + cos(pi (i - k*) / D)) for k* < i < k* + D, 0 above, where k* is the
+        smallest k with cumsum(energy)[k] >= gamma * sum(energy). Rows of zero total energy get an all-one mask.
+    """
+    c = np.cumsum(energy, axis=-1)  # sequential, as in the C twin
+    total = c[..., -1:]
+    k_star = np.argmax(c >= gamma * total, axis=-1)[..., None]  # first True; exists since c[-1] >= gamma c[-1]
+    i = np.arange(energy.shape[-1])
+    d = taper_width(n)
+    offset = (i - k_star).astype(np.float64)
+    mask = np.where(offset <= 0, 1.0, 0.0)
+    in_taper = (offset > 0) & (offset < d)
+    mask = np.where(in_taper, 0.5 * (1.0 + np.cos(np.pi * offset / d)), mask)
+    return np.where(total > 0, mask, 1.0)
+
+
+def spectral_smooth(x: np.ndarray, alpha: float = 0.5, gamma: float = 0.7) -> np.ndarray:
+    """Spectral Score Smoothing along the last axis.
+
+    out = (1 - alpha) x + alpha irfft(rfft(x) * m, n), with the energy-quantile low-pass mask m of
+    :func:`spectral_mask` (AudioKV, arXiv 2604.06694, Eq. 13-20).
+
+    Parameters
+    ----------
+    x : array_like, float, shape [..., n]
+        Score rows (any leading shape). Converted to float64.
+    alpha : float, default 0.5
+        Blend weight of the smoothed row, in [0, 1]; 0 returns x unchanged.
+    gamma : float, default 0.7
+        Energy fraction kept in the pass band, in (0, 1].
+
+    Returns
+    -------
+    ndarray, float64, shape [..., n]
+        Smoothed rows. Rows of length n <= 1 and all-zero rows are returned unchanged.
+
+    Raises
+    ------
+    ValueError
+        On alpha or gamma out of range, a 0-d input, or non-finite values.
+    """
+    check_sss_params(alpha, gamma)
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 0:
+        raise ValueError("spectral_smooth needs an array with at least one axis (the token axis)")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("spectral_smooth got NaN or infinite scores")
+    n = x.shape[-1]
+    if alpha == 0 or n <= 1 or x.size == 0:
+        return x.copy()
+    spectrum = np.fft.rfft(x, axis=-1)
+    energy = spectrum.real ** 2 + spectrum.imag ** 2
+    smoothed = np.fft.irfft(spectrum * spectral_mask(energy, gamma, n), n=n, axis=-1)
+    return (1.0 - alpha) * x + alpha * smoothed
