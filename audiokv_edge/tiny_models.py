@@ -1,0 +1,521 @@
+"""Tiny random-weight GGUF pairs (text model + audio projector) of real llama.cpp / libmtmd architectures.
+
+They exist for tests and for the built-in default of ``python -m audiokv_edge.run``: the vendored llama.cpp loads
+them through the same code paths as the real models (same GGUF keys, tensor names, shapes and types), but every
+weight is random, so the generated text is meaningless. A pair is written in well under a second.
+
+Layouts follow ``src/models/<arch>.cpp`` (text side) and ``tools/mtmd/clip.cpp`` + ``models/whisper-enc.cpp``
+(audio side) of the vendored llama.cpp. The vocabulary is a real byte-level BPE ("gpt2" tokenizer model) trained on
+a few English sentences, with each family's chat special tokens, so prompts, chat templates and mtmd's audio
+markers tokenize the way they do with the real models.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Whisper-family encoders see 3000 mel frames per chunk; the conv stack halves that to 1500 positions.
+WHISPER_POSITIONS = 1500
+
+#: Text the tiny BPE vocabulary is trained on (merges only; byte tokens cover every other string).
+_BPE_CORPUS = (
+    "Transcribe the audio. What is said in this recording? Answer the question about the audio. "
+    "And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country. "
+    "And you always want to see it in the superlative degree. "
+    "He turned sharply, and faced Gregson across the table. "
+    "The New York Times. Men walk on moon. Astronauts land on plain, collect rocks, plant flag. "
+    "the of and to in is that it was for on are with as his they be at one have this from "
+)
+
+_GPT2_PRE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
+
+TOKEN_NORMAL = 1
+TOKEN_CONTROL = 3
+
+
+@dataclass(frozen=True)
+class ChatFamily:
+    """Special tokens, tokenizer settings and Jinja chat template of one model family.
+
+    Parameters
+    ----------
+    name : str
+        Family name (``"chatml"``, ``"llama3"``, ``"gemma"``).
+    specials : tuple of str
+        Control tokens appended after the BPE tokens, in this order.
+    bos, eos, eot : str or None
+        Which special plays each role (``None``: none).
+    add_bos : bool
+        Whether llama.cpp prepends BOS when tokenizing.
+    pre : str
+        ``tokenizer.ggml.pre`` (llama.cpp pre-tokenizer name).
+    template : str
+        ``tokenizer.chat_template`` (Jinja).
+    """
+
+    name: str
+    specials: tuple[str, ...]
+    bos: str | None
+    eos: str
+    eot: str | None
+    add_bos: bool
+    pre: str
+    template: str
+
+
+CHATML = ChatFamily(
+    name="chatml",
+    specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|audio_eos|>", "<|AUDIO|>"),
+    bos=None,
+    eos="<|im_end|>",
+    eot="<|im_end|>",
+    add_bos=False,
+    pre="qwen2",
+    template=(
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    ),
+)
+
+LLAMA3 = ChatFamily(
+    name="llama3",
+    specials=("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    bos="<|begin_of_text|>",
+    eos="<|eot_id|>",
+    eot="<|eot_id|>",
+    add_bos=True,
+    pre="llama-bpe",
+    template=(
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+        " + '<|eot_id|>' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+    ),
+)
+
+GEMMA = ChatFamily(
+    name="gemma",
+    specials=("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"),
+    bos="<bos>",
+    eos="<eos>",
+    eot="<end_of_turn>",
+    add_bos=True,
+    pre="default",
+    template=(
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+        "{% endif %}"
+        "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+    ),
+)
+
+
+@dataclass(frozen=True)
+class TextModelSpec:
+    """Shape of a tiny text model.
+
+    Parameters
+    ----------
+    arch : str
+        llama.cpp architecture: ``"qwen2"``, ``"qwen3"``, ``"llama"`` or ``"gemma3"``.
+    family : ChatFamily
+        Tokenizer and chat template.
+    n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff : int
+        Sizes; ``n_head % n_head_kv == 0``.
+    n_ctx_train : int
+        ``<arch>.context_length`` (tokens); long enough for 300 s of audio.
+    rope_freq_base : float
+        RoPE base.
+    sliding_window : int
+        gemma3 only: window of the SWA layers (tokens); every second layer is SWA.
+    """
+
+    arch: str
+    family: ChatFamily
+    n_embd: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    n_head_kv: int = 2
+    head_dim: int = 16
+    n_ff: int = 128
+    n_ctx_train: int = 32768
+    rope_freq_base: float = 10000.0
+    sliding_window: int = 0
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("qwen2", "qwen3", "llama", "gemma3"):
+            raise ValueError(f"unsupported tiny text architecture {self.arch!r}")
+        for name in ("n_embd", "n_layer", "n_head", "n_head_kv", "head_dim", "n_ff", "n_ctx_train"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_head % self.n_head_kv:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_head_kv ({self.n_head_kv})")
+        if self.arch in ("qwen2", "llama") and self.n_head * self.head_dim != self.n_embd:
+            raise ValueError(f"{self.arch} needs n_head * head_dim == n_embd")
+        if self.arch == "gemma3" and self.sliding_window < 1:
+            raise ValueError("gemma3 needs sliding_window >= 1")
+
+
+@dataclass(frozen=True)
+class AudioProjectorSpec:
+    """Shape of a tiny Whisper-family audio encoder + projector (libmtmd ``clip`` GGUF).
+
+    Parameters
+    ----------
+    projector : str
+        ``clip.projector_type``: ``"qwen2a"`` (Qwen2-Audio / Qwen2.5-Omni), ``"ultravox"`` or ``"voxtral"``.
+    n_embd, n_layer, n_head, n_ff : int
+        Encoder sizes.
+    n_mel : int
+        Mel bins of the input (Whisper large: 128).
+    stack_factor : int
+        Frames stacked by the ultravox / voxtral projector (0 for qwen2a).
+    n_hidden : int
+        Hidden width of the ultravox / voxtral projector MLP.
+    """
+
+    projector: str
+    n_embd: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    n_ff: int = 128
+    n_mel: int = 128
+    stack_factor: int = 0
+    n_hidden: int = 64
+
+    def __post_init__(self) -> None:
+        if self.projector not in ("qwen2a", "ultravox", "voxtral"):
+            raise ValueError(f"unsupported tiny audio projector {self.projector!r}")
+        if self.projector in ("ultravox", "voxtral") and self.stack_factor < 1:
+            raise ValueError(f"{self.projector} needs stack_factor >= 1")
+        if self.n_embd % self.n_head:
+            raise ValueError("audio n_embd must be a multiple of n_head")
+
+
+@dataclass(frozen=True)
+class TinyPair:
+    """A text model and the audio projector that feeds it (``name`` = ``<llm-arch>-<projector>``)."""
+
+    text: TextModelSpec
+    audio: AudioProjectorSpec
+
+    @property
+    def name(self) -> str:
+        return f"{self.text.arch}-{self.audio.projector}"
+
+
+#: Every tiny pair, by name. Real counterparts: Qwen2-Audio / Qwen2.5-Omni (qwen2 + qwen2a), Ultravox v0.5
+#: (llama + ultravox, stack factor 8), Voxtral (llama + voxtral, stack factor 4); qwen3 and gemma3 (iSWA) text
+#: models take the Qwen2.5-Omni audio tower.
+TINY_PAIRS: dict[str, TinyPair] = {
+    p.name: p
+    for p in (
+        TinyPair(TextModelSpec("qwen2", CHATML, rope_freq_base=1000000.0), AudioProjectorSpec("qwen2a")),
+        TinyPair(
+            TextModelSpec("llama", LLAMA3, rope_freq_base=500000.0),
+            AudioProjectorSpec("ultravox", stack_factor=8),
+        ),
+        TinyPair(
+            TextModelSpec("qwen3", CHATML, n_head=4, n_head_kv=1, head_dim=32, rope_freq_base=1000000.0),
+            AudioProjectorSpec("qwen2a"),
+        ),
+        TinyPair(
+            TextModelSpec("gemma3", GEMMA, n_head=4, n_head_kv=1, head_dim=32, sliding_window=64),
+            AudioProjectorSpec("qwen2a"),
+        ),
+    )
+}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (byte-level BPE)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    mapping = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def train_bpe(text: str, n_merges: int) -> tuple[list[str], list[str]]:
+    """Train a byte-level BPE on ``text``.
+
+    Parameters
+    ----------
+    text : str
+        Training text.
+    n_merges : int
+        Number of merges to learn (fewer when no pair repeats).
+
+    Returns
+    -------
+    tokens : list of str
+        The 256 byte tokens (GPT-2 byte encoding) followed by one token per merge.
+    merges : list of str
+        ``"left right"`` pairs in rank order.
+    """
+    byte_map = _bytes_to_unicode()
+    words = Counter(tuple(byte_map[b] for b in w.encode("utf-8")) for w in _GPT2_PRE.findall(text))
+    tokens = [byte_map[b] for b in range(256)]
+    merges: list[str] = []
+    for _ in range(n_merges):
+        pairs: Counter = Counter()
+        for word, count in words.items():
+            for a, b in zip(word, word[1:]):
+                pairs[(a, b)] += count
+        if not pairs:
+            break
+        (a, b), count = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
+        if count < 2:
+            break
+        merges.append(f"{a} {b}")
+        tokens.append(a + b)
+        merged: Counter = Counter()
+        for word, c in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] += c
+        words = merged
+    return tokens, merges
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+class _TensorSink:
+    """Adds deterministic random tensors to a GGUF writer; shapes are given in ggml order (ne0 first)."""
+
+    def __init__(self, writer, seed: int) -> None:
+        self.writer = writer
+        self.seed = seed
+
+    def matrix(self, name: str, ne: tuple[int, ...], dtype=np.float32) -> None:
+        fan_in = ne[0] if len(ne) == 2 else int(np.prod(ne[:-1]))
+        data = _rng(self.seed, name).normal(0.0, 1.0 / np.sqrt(fan_in), size=tuple(reversed(ne)))
+        self.writer.add_tensor(name, data.astype(dtype))
+
+    def normal(self, name: str, ne: tuple[int, ...], std: float) -> None:
+        data = _rng(self.seed, name).normal(0.0, std, size=tuple(reversed(ne)))
+        self.writer.add_tensor(name, data.astype(np.float32))
+
+    def ones(self, name: str, ne: tuple[int, ...]) -> None:
+        self.writer.add_tensor(name, np.ones(tuple(reversed(ne)), dtype=np.float32))
+
+
+def _write_text_model(path: pathlib.Path, spec: TextModelSpec, seed: int) -> None:
+    import gguf
+
+    fam = spec.family
+    tokens, merges = train_bpe(_BPE_CORPUS, n_merges=96)
+    tokens = tokens + list(fam.specials)
+    types = [TOKEN_NORMAL] * (len(tokens) - len(fam.specials)) + [TOKEN_CONTROL] * len(fam.specials)
+    n_vocab = len(tokens)
+
+    w = gguf.GGUFWriter(str(path), spec.arch)
+    arch = spec.arch
+    w.add_name(f"tiny-{arch}")
+    w.add_description("random-weight test model (audiokv-edge tiny_models); its output is meaningless")
+    w.add_file_type(0)  # all F32
+    w.add_context_length(spec.n_ctx_train)
+    w.add_embedding_length(spec.n_embd)
+    w.add_block_count(spec.n_layer)
+    w.add_feed_forward_length(spec.n_ff)
+    w.add_head_count(spec.n_head)
+    w.add_head_count_kv(spec.n_head_kv)
+    w.add_key_length(spec.head_dim)
+    w.add_value_length(spec.head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(spec.rope_freq_base)
+    w.add_vocab_size(n_vocab)
+    if arch == "gemma3":
+        w.add_sliding_window(spec.sliding_window)
+        w.add_sliding_window_pattern(2)  # layers 0, 2, ... SWA; 1, 3, ... full attention
+        w.add_rope_freq_base_swa(10000.0)
+
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(fam.pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    index = {t: i for i, t in enumerate(tokens)}
+    if fam.bos is not None:
+        w.add_bos_token_id(index[fam.bos])
+    w.add_eos_token_id(index[fam.eos])
+    if fam.eot is not None:
+        w.add_eot_token_id(index[fam.eot])
+    w.add_add_bos_token(fam.add_bos)
+    w.add_chat_template(fam.template)
+
+    t = _TensorSink(w, seed)
+    d, dh, hq, hkv = spec.n_embd, spec.head_dim, spec.n_head, spec.n_head_kv
+    t.normal("token_embd.weight", (d, n_vocab), 1.0 / np.sqrt(d) if arch != "gemma3" else 0.05)
+    t.ones("output_norm.weight", (d,))
+    for il in range(spec.n_layer):
+        p = f"blk.{il}."
+        t.ones(p + "attn_norm.weight", (d,))
+        t.matrix(p + "attn_q.weight", (d, hq * dh))
+        t.matrix(p + "attn_k.weight", (d, hkv * dh))
+        t.matrix(p + "attn_v.weight", (d, hkv * dh))
+        if arch == "qwen2":
+            t.normal(p + "attn_q.bias", (hq * dh,), 0.02)
+            t.normal(p + "attn_k.bias", (hkv * dh,), 0.02)
+            t.normal(p + "attn_v.bias", (hkv * dh,), 0.02)
+        if arch in ("qwen3", "gemma3"):
+            t.ones(p + "attn_q_norm.weight", (dh,))
+            t.ones(p + "attn_k_norm.weight", (dh,))
+        t.matrix(p + "attn_output.weight", (hq * dh, d))
+        if arch == "gemma3":
+            t.ones(p + "post_attention_norm.weight", (d,))
+        t.ones(p + "ffn_norm.weight", (d,))
+        t.matrix(p + "ffn_gate.weight", (d, spec.n_ff))
+        t.matrix(p + "ffn_up.weight", (d, spec.n_ff))
+        t.matrix(p + "ffn_down.weight", (spec.n_ff, d))
+        if arch == "gemma3":
+            t.ones(p + "post_ffw_norm.weight", (d,))
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _write_audio_projector(path: pathlib.Path, spec: AudioProjectorSpec, n_embd_text: int, seed: int) -> None:
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_name(f"tiny-{spec.projector}")
+    w.add_description("random-weight test audio encoder (audiokv-edge tiny_models)")
+    w.add_file_type(1)  # conv1d kernels are F16, as in converted Whisper towers
+    w.add_bool("clip.has_audio_encoder", True)
+    w.add_bool("clip.has_vision_encoder", False)
+    w.add_string("clip.projector_type", spec.projector)
+    w.add_uint32("clip.audio.embedding_length", spec.n_embd)
+    w.add_uint32("clip.audio.feed_forward_length", spec.n_ff)
+    w.add_uint32("clip.audio.block_count", spec.n_layer)
+    w.add_uint32("clip.audio.projection_dim", n_embd_text)
+    w.add_uint32("clip.audio.attention.head_count", spec.n_head)
+    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    w.add_uint32("clip.audio.num_mel_bins", spec.n_mel)
+    if spec.stack_factor:
+        w.add_uint32("clip.audio.projector.stack_factor", spec.stack_factor)
+
+    t = _TensorSink(w, seed)
+    d = spec.n_embd
+    t.matrix("a.conv1d.1.weight", (3, spec.n_mel, d), dtype=np.float16)
+    t.normal("a.conv1d.1.bias", (1, d), 0.02)
+    t.matrix("a.conv1d.2.weight", (3, d, d), dtype=np.float16)
+    t.normal("a.conv1d.2.bias", (1, d), 0.02)
+    t.normal("a.position_embd.weight", (d, WHISPER_POSITIONS), 0.1)
+    for il in range(spec.n_layer):
+        p = f"a.blk.{il}."
+        t.ones(p + "ln1.weight", (d,))
+        t.normal(p + "ln1.bias", (d,), 0.02)
+        t.matrix(p + "attn_q.weight", (d, d))
+        t.normal(p + "attn_q.bias", (d,), 0.02)
+        t.matrix(p + "attn_k.weight", (d, d))
+        t.matrix(p + "attn_v.weight", (d, d))
+        t.normal(p + "attn_v.bias", (d,), 0.02)
+        t.matrix(p + "attn_out.weight", (d, d))
+        t.normal(p + "attn_out.bias", (d,), 0.02)
+        t.ones(p + "ln2.weight", (d,))
+        t.normal(p + "ln2.bias", (d,), 0.02)
+        t.matrix(p + "ffn_up.weight", (d, spec.n_ff))
+        t.normal(p + "ffn_up.bias", (spec.n_ff,), 0.02)
+        t.matrix(p + "ffn_down.weight", (spec.n_ff, d))
+        t.normal(p + "ffn_down.bias", (d,), 0.02)
+    t.ones("a.post_ln.weight", (d,))
+    t.normal("a.post_ln.bias", (d,), 0.02)
+    if spec.projector == "qwen2a":
+        t.matrix("mm.a.fc.weight", (d, n_embd_text))
+        t.normal("mm.a.fc.bias", (n_embd_text,), 0.02)
+    elif spec.projector == "ultravox":
+        ds = d * spec.stack_factor
+        t.ones("mm.a.norm_pre.weight", (ds,))
+        t.matrix("mm.a.mlp.1.weight", (ds, 2 * spec.n_hidden))
+        t.ones("mm.a.norm_mid.weight", (spec.n_hidden,))
+        t.matrix("mm.a.mlp.2.weight", (spec.n_hidden, n_embd_text))
+    else:  # voxtral
+        ds = d * spec.stack_factor
+        t.matrix("mm.a.mlp.1.weight", (ds, spec.n_hidden))
+        t.matrix("mm.a.mlp.2.weight", (spec.n_hidden, n_embd_text))
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def write_tiny_pair(out_dir: str | pathlib.Path, name: str, seed: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
+    """Write ``out_dir/<name>/model.gguf`` and ``out_dir/<name>/mmproj.gguf``.
+
+    Parameters
+    ----------
+    out_dir : str or pathlib.Path
+        Parent directory; created when missing.
+    name : str
+        A key of :data:`TINY_PAIRS`, e.g. ``"qwen2-qwen2a"``.
+    seed : int
+        Seed of the random weights; the same seed gives byte-identical files.
+
+    Returns
+    -------
+    tuple of pathlib.Path
+        ``(model_path, mmproj_path)``.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``name``.
+    """
+    if name not in TINY_PAIRS:
+        raise ValueError(f"unknown tiny pair {name!r}; choose from {', '.join(TINY_PAIRS)}")
+    pair = TINY_PAIRS[name]
+    directory = pathlib.Path(out_dir) / name
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = directory / "model.gguf"
+    mmproj_path = directory / "mmproj.gguf"
+    for final, writer in (
+        (model_path, lambda p: _write_text_model(p, pair.text, seed)),
+        (mmproj_path, lambda p: _write_audio_projector(p, pair.audio, pair.text.n_embd, seed)),
+    ):
+        partial = final.with_name(final.name + ".partial")
+        writer(partial)
+        partial.replace(final)  # never leave a half-written GGUF under the final name
+    logger.info("wrote tiny pair %s to %s", name, directory)
+    return model_path, mmproj_path
+
+
+def write_all(out_dir: str | pathlib.Path, seed: int = 0, names: list[str] | None = None) -> dict[str, tuple[pathlib.Path, pathlib.Path]]:
+    """Write every tiny pair (or those in ``names``) under ``out_dir``.
+
+    Returns
+    -------
+    dict
+        ``name -> (model_path, mmproj_path)``.
+    """
+    return {n: write_tiny_pair(out_dir, n, seed) for n in (names or list(TINY_PAIRS))}
