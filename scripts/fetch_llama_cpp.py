@@ -152,7 +152,8 @@ def apply_patches(tree: pathlib.Path, patches: list[pathlib.Path]) -> None:
         except FileNotFoundError as exc:
             raise FetchError("the `patch` program is missing; run scripts/install_system_deps.sh") from exc
         if result.returncode != 0:
-            raise FetchError(f"patch {index}/{len(patches)} {patch.relative_to(REPO_ROOT)} does not apply to "
+            shown = patch.relative_to(REPO_ROOT) if patch.is_relative_to(REPO_ROOT) else patch
+            raise FetchError(f"patch {index}/{len(patches)} {shown} does not apply to "
                              f"llama.cpp {VERSION}:\n{result.stdout}{result.stderr}")
         logger.info("applied %s", patch.name)
 
