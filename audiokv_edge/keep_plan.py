@@ -242,7 +242,7 @@ def plan(method: str | KeepMethod, q_window: np.ndarray | None, keys: np.ndarray
         return plan_c(m.name, q_window, keys, keep, profile, c_params)
     n_tokens, window, budget = inputs.n_tokens, inputs.window, inputs.budget
     shape = (inputs.n_layer, inputs.n_head_kv)
-    if m.keeps_everything or budget >= n_tokens:
+    if m.keeps_everything or budget >= n_tokens or n_tokens <= m.window:
         every = np.arange(n_tokens, dtype=np.int64)
         return KeepPlan([[every] * shape[1] for _ in range(shape[0])], n_tokens, m.name)
     if budget <= window:

@@ -48,8 +48,9 @@ def window_attention_layer(q_layer: np.ndarray, k_layer: np.ndarray, row_reduce:
     g = n_head // n_head_kv
     q = np.asarray(q_layer, dtype=np.float64).reshape(n_head_kv, g * w, d)
     k = np.asarray(k_layer, dtype=np.float64)
-    z = np.matmul(q, k.transpose(0, 2, 1)).reshape(n_head_kv, g, w, n_tokens)
-    z /= math.sqrt(d)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = np.matmul(q, k.transpose(0, 2, 1)).reshape(n_head_kv, g, w, n_tokens)
+        z /= math.sqrt(d)
     if not np.all(np.isfinite(z)):
         raise ValueError("attention logits overflow float64: queries or keys are too large")
     n_prefix = n_tokens - w
