@@ -1,0 +1,104 @@
+/* Internal declarations shared by the libaudiokv sources (not installed). */
+#ifndef AUDIOKV_INTERNAL_H
+#define AUDIOKV_INTERNAL_H
+
+#include "audiokv.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- complex FFT of any length (fft.c) ---- */
+typedef struct { double re, im; } akv_cpx;
+
+typedef struct akv_fft_plan akv_fft_plan;
+
+/* Plan a forward complex FFT of length n >= 1; NULL when out of memory or n too large. */
+akv_fft_plan * akv_fft_plan_new(int64_t n);
+void           akv_fft_plan_free(akv_fft_plan * plan);
+/* Scratch (in complex numbers) needed by akv_fft_forward / akv_rfft_exec / akv_irfft_exec. */
+int64_t        akv_fft_scratch_len(const akv_fft_plan * plan);
+/* out[k] = sum_j in[j] exp(-2 pi i j k / n); in and out distinct, neither inside scratch. */
+void           akv_fft_forward(const akv_fft_plan * plan, const akv_cpx * in, akv_cpx * out, akv_cpx * scratch);
+/* Real FFT: x[n] -> X[n/2 + 1] (numpy.fft.rfft). */
+void           akv_rfft_exec(const akv_fft_plan * plan, const double * x, akv_cpx * X, akv_cpx * scratch);
+/* Inverse real FFT: X[n/2 + 1] -> x[n] (numpy.fft.irfft(X, n)); x may not alias X. */
+void           akv_irfft_exec(const akv_fft_plan * plan, const akv_cpx * X, double * x, akv_cpx * scratch);
+
+/* ---- smoothing (sss.c, pool.c) ---- */
+/* Scratch (in complex numbers) akv_sss_exec needs for a row of n, beside the plan's own. */
+int64_t akv_sss_scratch_len(int64_t n);
+/* SSS of one row; plan for length n (NULL allowed when n <= 1); out may equal x. */
+void    akv_sss_exec(const akv_fft_plan * plan, const double * x, int64_t n, double alpha, double gamma,
+                     double * out, akv_cpx * scratch);
+/* Pooling; out must not alias x. */
+void    akv_pool_exec(const double * x, int64_t n, int32_t kernel, int32_t pool_type, double * out);
+
+/* ---- selection and integerisation (select.c, integerise.c) ---- */
+/* Ranking key of a score: float32 rounding, larger key = ranked first; NaN lowest; ties by lower index. */
+uint64_t akv_rank_key(double score, uint32_t index);
+/* Indices of the k largest keys, written ascending to out; keys is scratch (reordered). */
+void     akv_select_top_exec(const double * scores, int64_t n, int64_t k, int32_t * out, uint64_t * keys);
+/* Count, per row of length n, how many of the top k over rows[n_rows * n] (flat index r*n + j) fall in row r. */
+void     akv_select_top_rows(const double * scores, int64_t n_rows, int64_t n, int64_t k, int64_t * counts,
+                             uint64_t * keys);
+/* Largest remainder; returns AUDIOKV_OK or AUDIOKV_ERR_SIZE. Scratch: frac [n], order [n], tmp [n]. */
+int      akv_integerise_exec(const double * r, int64_t n, int64_t total, int64_t lo, int64_t hi, int64_t * b,
+                             double * frac, int64_t * order, int64_t * tmp);
+
+/* ---- f16 (f16.c) ---- */
+double akv_f16_to_double(uint16_t h);
+/* 65536-entry binary16 -> float table (built once, thread safe). */
+const float * akv_f16_table(void);
+
+/* ---- window scores (scores.c) ---- */
+/* Per-thread scratch of the window-score kernel, in doubles. */
+int64_t akv_scores_scratch_len(int32_t w, int64_t n_tokens, int32_t head_dim);
+/* Column scores of one query head: out[j] = sum (or mean) over the w window rows of the causal softmax,
+ * j in [0, n_tokens - w). Returns AUDIOKV_OK or AUDIOKV_ERR_NONFINITE. */
+struct akv_key_view {
+    const char * base;            /* token 0 of this KV head */
+    size_t nb_token;
+    int32_t type;
+    audiokv_to_float_fn to_float;
+    void * user_data;
+};
+struct akv_query_view {
+    const char * base;            /* row 0 of this query head */
+    size_t nb_row;
+    int32_t type;
+};
+int akv_window_scores(const struct akv_query_view * q, const struct akv_key_view * k, int32_t w, int64_t n_tokens,
+                      int32_t head_dim, int mean, double * out, double * scratch);
+
+/* ---- budgets (budgets.c) ---- */
+struct akv_budget_input {
+    int32_t method;
+    int32_t n_layer, n_head_kv;
+    int64_t n_tokens, w, C;         /* C = per-head uniform budget, w < C < n_tokens */
+    const struct audiokv_params * params;
+    const double * profile;         /* [n_layer * n_head_kv] or NULL */
+    const double * scores;          /* smoothed prefix scores [n_layer][n_head_kv][n_tokens - w] (adakv) */
+};
+/* Writes b[n_layer * n_head_kv]; scratch: dscratch 3 * L * Hkv doubles, iscratch 3 * L * Hkv int64, keys
+ * n_head_kv * (N - w) (adakv). */
+int akv_budgets(const struct akv_budget_input * in, int64_t * b, double * dscratch, int64_t * iscratch,
+                uint64_t * keys);
+
+/* ---- threads (threads.c) ---- */
+typedef int (*akv_task_fn)(void * arg, int64_t task, int thread);
+/* Run tasks 0..n_tasks-1 on n_threads threads (thread index 0..n_threads-1 passed to fn); first error wins
+ * (the error of the lowest failing task). Returns AUDIOKV_OK, the task's error, or AUDIOKV_ERR_THREAD. */
+int akv_parallel_for(int n_threads, int64_t n_tasks, akv_task_fn fn, void * arg);
+int akv_online_cores(void);
+
+/* ---- logging (log.c) ---- */
+void akv_log(enum audiokv_log_level level, const char * fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* ---- params (params.c) ---- */
+int akv_params_check(const struct audiokv_params * p);
+
+#endif
