@@ -64,16 +64,24 @@ static int audio_heads(const struct akv_budget_input * in, int64_t * b, double *
         real[i] = shat[i] * remain + (double) m + (double) in->w;
         clipped[i] = 0;
     }
-    for (int64_t round = 0; round < lh; ++round) {
+    /* clip at N and share the surplus by profile among the never-clipped heads (equally when their profile is
+     * all zero), until no head exceeds N; sums run sequentially in row-major order like the reference */
+    for (int64_t round = 0; round <= lh; ++round) {
         double surplus = 0.0;
+        int any = 0;
         for (int64_t i = 0; i < lh; ++i) {
-            if (real[i] > N) { surplus += real[i] - N; real[i] = N; clipped[i] = 1; }
+            if (real[i] > N) { surplus += real[i] - N; real[i] = N; clipped[i] = 1; any = 1; }
         }
-        if (surplus == 0.0) break;
+        if (!any) break;
         double free_weight = 0.0;
-        for (int64_t i = 0; i < lh; ++i) if (!clipped[i]) free_weight += shat[i];
-        if (free_weight <= 0.0) break;
-        for (int64_t i = 0; i < lh; ++i) if (!clipped[i]) real[i] += surplus * (shat[i] / free_weight);
+        int64_t n_free = 0;
+        for (int64_t i = 0; i < lh; ++i) if (!clipped[i]) { free_weight += shat[i]; ++n_free; }
+        if (n_free == 0) return AUDIOKV_ERR_SIZE;
+        for (int64_t i = 0; i < lh; ++i) {
+            if (clipped[i]) continue;
+            if (free_weight > 0.0) real[i] += surplus * (shat[i] / free_weight);
+            else real[i] += surplus / (double) n_free;
+        }
     }
     return akv_integerise_exec(real, lh, in->C * lh, in->w, in->n_tokens, b, frac, order, tmp);
 }

@@ -270,7 +270,7 @@ int audiokv_plan(struct audiokv_context * ctx, double keep,
     const int64_t C = cr < 1.0 ? 1 : (int64_t) cr;
 
     int mode; /* 0 keep all, 1 keep last C, 2 method */
-    if (method == AUDIOKV_METHOD_FULL || C >= N) mode = 0;
+    if (method == AUDIOKV_METHOD_FULL || C >= N || N <= ctx->p.window) mode = 0;
     else if (C <= w) mode = 1;
     else mode = 2;
 

@@ -1,0 +1,207 @@
+"""The keep plan computed by libaudiokv (``audiokv_edge.plan(..., backend="c")``), equal to the NumPy reference.
+
+:class:`AudioKVContext` owns one libaudiokv context (a context manager); :func:`plan_c` feeds it layer by layer the
+way the llama.cpp eviction callback does and returns a :class:`~audiokv_edge.keep_plan.KeepPlan`.
+Contract: docs/semantics.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from audiokv_edge import audiokv_cpp as C
+from audiokv_edge.profile import HeadProfile
+
+__all__ = ["AudioKVContext", "plan_c", "c_params"]
+
+_SCORING_METHODS = ("h2o", "snapkv", "pyramidkv", "adakv", "audiokv")
+_DTYPES = {np.dtype(np.float32): C.AUDIOKV_TYPE_F32, np.dtype(np.float16): C.AUDIOKV_TYPE_F16,
+           np.dtype(np.float64): C.AUDIOKV_TYPE_F64}
+
+
+def c_params(method: str, params: dict, n_threads: int = 0) -> C.audiokv_params:
+    """struct audiokv_params for a method name and its parameter dict (a method dataclass as a dict).
+
+    Raises
+    ------
+    ValueError
+        Unknown method or parameter, or a value the C struct cannot hold.
+    """
+    if method not in C.METHOD_IDS:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(C.METHOD_IDS)}")
+    lib = C.load_library()
+    p = lib.audiokv_default_params(C.METHOD_IDS[method])
+    for key, value in params.items():
+        if key in ("pool_type", "gqa_reduce"):
+            table = C.POOL_TYPES if key == "pool_type" else C.GQA_REDUCTIONS
+            if value not in table:
+                raise ValueError(f"{key} must be one of {sorted(table)}, got {value!r}")
+            setattr(p, key, table[value])
+        elif key in ("window", "pool_kernel", "n_sink"):
+            setattr(p, key, int(value))
+        elif key in ("beta", "safeguard", "sss_alpha", "sss_gamma", "uniform_share"):
+            setattr(p, key, float(value))
+        else:
+            raise ValueError(f"parameter {key!r} is not known to libaudiokv (method {method})")
+    if n_threads < 0:
+        raise ValueError(f"n_threads must be >= 0 (0 = all cores), got {n_threads}")
+    p.n_threads = int(n_threads)
+    return p
+
+
+def _ptr(a: np.ndarray, ctype):
+    return a.ctypes.data_as(ctypes.POINTER(ctype))
+
+
+class AudioKVContext:
+    """One libaudiokv context for a sequence of n_tokens cached tokens.
+
+    Parameters
+    ----------
+    params : audiokv_cpp.audiokv_params
+        From :func:`c_params`.
+    n_layer, n_head, n_head_kv, head_dim, n_tokens : int
+        Model shape and cache length.
+    """
+
+    def __init__(self, params: C.audiokv_params, n_layer: int, n_head: int, n_head_kv: int, head_dim: int,
+                 n_tokens: int) -> None:
+        self._lib = C.load_library()
+        self._handle = ctypes.c_void_p()
+        status = self._lib.audiokv_init(ctypes.byref(params), n_layer, n_head, n_head_kv, head_dim, n_tokens,
+                                        ctypes.byref(self._handle))
+        C.check("audiokv_init", status, f"n_layer={n_layer}, n_head={n_head}, n_head_kv={n_head_kv}, "
+                                        f"head_dim={head_dim}, n_tokens={n_tokens}")
+        self.shape = (n_layer, n_head, n_head_kv, head_dim, n_tokens)
+        self.window = int(self._lib.audiokv_window(self._handle))
+
+    def close(self) -> None:
+        """Free the context (idempotent)."""
+        if self._handle:
+            self._lib.audiokv_free(self._handle)
+            self._handle = ctypes.c_void_p()
+
+    def __enter__(self) -> "AudioKVContext":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def add_layer(self, layer: int, q_layer: np.ndarray, k_layer: np.ndarray) -> None:
+        """Score one layer from its window queries and keys.
+
+        Parameters
+        ----------
+        layer : int
+        q_layer : ndarray, float16/32/64, shape [n_head, w, head_dim]
+        k_layer : ndarray, float16/32/64, shape [n_head_kv, n_tokens, head_dim]
+            Any strides with a contiguous last axis (other float types are converted to float64).
+        """
+        q = _rows_contiguous(q_layer)
+        k = _rows_contiguous(k_layer)
+        status = self._lib.audiokv_add_layer(
+            self._handle, layer, q.ctypes.data, _DTYPES[q.dtype], q.strides[0], q.strides[1],
+            k.ctypes.data, _DTYPES[k.dtype], k.strides[1], k.strides[0], C.audiokv_to_float_fn(), None)
+        C.check("audiokv_add_layer", status, f"layer {layer}")
+
+    def set_layer_scores(self, layer: int, scores: np.ndarray) -> None:
+        """Set one layer's scores directly (H2O accumulated attention), shape [n_head or n_head_kv, n_tokens]."""
+        s = np.ascontiguousarray(scores, dtype=np.float64)
+        status = self._lib.audiokv_set_layer_scores(self._handle, layer, _ptr(s, ctypes.c_double), s.shape[0],
+                                                    s.shape[1])
+        C.check("audiokv_set_layer_scores", status, f"layer {layer}, scores of shape {s.shape}")
+
+    def plan(self, keep: float, profile: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Counts [n_layer, n_head_kv] (int32) and concatenated kept indices (int32) for keep ratio `keep`."""
+        n_layer, _, n_head_kv, _, _ = self.shape
+        capacity = int(self._lib.audiokv_plan_capacity(self._handle))
+        counts = np.zeros((n_layer, n_head_kv), dtype=np.int32)
+        indices = np.empty(capacity, dtype=np.int32)
+        total = ctypes.c_int64(0)
+        prof_ptr, prof_shape = None, (0, 0)
+        if profile is not None:
+            prof = np.ascontiguousarray(profile, dtype=np.float64)
+            if prof.ndim != 2:
+                raise ValueError(f"head profile must be 2-D [n_layer, n_head_kv], got shape {prof.shape}")
+            prof_ptr, prof_shape = _ptr(prof, ctypes.c_double), prof.shape
+        status = self._lib.audiokv_plan(self._handle, float(keep), prof_ptr, prof_shape[0], prof_shape[1],
+                                        _ptr(counts, ctypes.c_int32), _ptr(indices, ctypes.c_int32), capacity,
+                                        ctypes.byref(total))
+        C.check("audiokv_plan", status, f"keep={keep}, profile shape {prof_shape}")
+        return counts, indices[: total.value]
+
+
+def _rows_contiguous(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype not in _DTYPES:
+        a = a.astype(np.float64)
+    if a.strides[-1] != a.itemsize or any(s < 0 for s in a.strides):
+        a = np.ascontiguousarray(a)
+    return a
+
+
+def plan_c(method: str, q_window: np.ndarray | None, keys: np.ndarray, keep: float,
+           profile: HeadProfile | None, params: dict, n_threads: int = 0):
+    """The keep plan of one sequence computed by libaudiokv.
+
+    Parameters
+    ----------
+    method : str
+        Registered method name.
+    q_window : ndarray, float, shape [n_layer, n_head, w, head_dim], or None
+    keys : ndarray, float, shape [n_layer, n_head_kv, n_tokens, head_dim]
+    keep : float
+        In (0, 1].
+    profile : HeadProfile or None
+    params : dict
+        The method's parameters (``dataclasses.asdict`` of the method object), plus "accumulated_scores"
+        ([n_layer, n_head or n_head_kv, n_tokens]) for h2o.
+    n_threads : int, default 0
+        Worker threads (0 = all cores); the plan does not depend on it.
+
+    Returns
+    -------
+    KeepPlan
+    """
+    from audiokv_edge.keep_plan import KeepPlan
+
+    params = dict(params)
+    accumulated = params.pop("accumulated_scores", None)
+    keys = np.asarray(keys)
+    if keys.ndim != 4:
+        raise ValueError(f"keys must be [n_layer, n_head_kv, n_tokens, head_dim], got shape {keys.shape}")
+    n_layer, n_head_kv, n_tokens, head_dim = keys.shape
+    if q_window is not None:
+        q_window = np.asarray(q_window)
+        n_head = q_window.shape[1]
+    elif accumulated is not None:
+        n_head = np.shape(accumulated)[1]
+    else:
+        n_head = n_head_kv
+    p = c_params(method, params, n_threads)
+    with AudioKVContext(p, n_layer, n_head, n_head_kv, head_dim, n_tokens) as ctx:
+        w = ctx.window
+        budget = max(1, int(np.floor(keep * n_tokens + 0.5)))
+        needs_scores = (method in _SCORING_METHODS and 0.0 < keep <= 1.0 and w < budget < n_tokens
+                        and n_tokens > p.window)
+        if needs_scores:
+            for layer in range(n_layer):
+                if accumulated is not None:
+                    ctx.set_layer_scores(layer, np.asarray(accumulated[layer], dtype=np.float64))
+                elif q_window is not None:
+                    if q_window.shape[2] != w:
+                        raise ValueError(f"q_window holds {q_window.shape[2]} window queries, the context uses {w}")
+                    ctx.add_layer(layer, q_window[layer], keys[layer])
+                else:
+                    raise ValueError(f"method {method} needs q_window (or accumulated_scores for h2o)")
+        scores = profile.scores if isinstance(profile, HeadProfile) else profile
+        counts, flat = ctx.plan(keep, scores if method == "audiokv" else None)
+    return KeepPlan.from_flat(counts, flat, n_tokens, method)
