@@ -1,0 +1,133 @@
+"""Statistics of one answered audio prompt: KV-cache bytes, throughput, peak memory; text and JSON forms."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from dataclasses import asdict, dataclass
+
+#: Bytes per element of the KV-cache types the runner offers (ggml block sizes: q8_0 = 34 bytes per 32 values).
+KV_TYPE_BYTES: dict[str, float] = {"f32": 4.0, "f16": 2.0, "q8_0": 34.0 / 32.0}
+
+
+@dataclass(frozen=True)
+class KVGeometry:
+    """What one cached token costs in every layer.
+
+    Parameters
+    ----------
+    n_layer : int
+        Layers with a KV cache.
+    n_head_kv : int
+        KV heads per layer.
+    head_dim_k, head_dim_v : int
+        Key and value head sizes.
+    kv_type : str
+        Key of :data:`KV_TYPE_BYTES` (both K and V use it).
+    """
+
+    n_layer: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    kv_type: str = "f16"
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head_kv", "head_dim_k", "head_dim_v"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.kv_type not in KV_TYPE_BYTES:
+            raise ValueError(f"unknown KV type {self.kv_type!r}; known: {sorted(KV_TYPE_BYTES)}")
+
+    def bytes_per_head_token(self) -> float:
+        """K + V bytes of one token in one KV head of one layer."""
+        return (self.head_dim_k + self.head_dim_v) * KV_TYPE_BYTES[self.kv_type]
+
+    def full_bytes(self, n_tokens: int) -> int:
+        """n_layer * n_tokens * (n_embd_k_gqa + n_embd_v_gqa) * type size: what llama.cpp holds for n_tokens."""
+        return int(round(self.n_layer * self.n_head_kv * n_tokens * self.bytes_per_head_token()))
+
+    def kept_bytes(self, kept_entries: int) -> int:
+        """Bytes of ``kept_entries`` (layer, KV head, token) cache entries."""
+        return int(round(kept_entries * self.bytes_per_head_token()))
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (bytes; ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+@dataclass(frozen=True)
+class AnswerStats:
+    """Numbers reported for one answer (the ``--json`` fields besides ``text``).
+
+    Parameters
+    ----------
+    audio_seconds : float
+        Duration of the audio after resampling.
+    audio_tokens : int
+        Audio embeddings placed in the prompt (all audio chunks).
+    prompt_tokens : int
+        Every prompt position (text + audio).
+    generated_tokens : int
+        Tokens decoded (the end-of-generation token not counted).
+    method : str
+        Keep-plan method.
+    keep : float
+        Keep ratio asked for.
+    eviction_applied : bool
+        False while this llama.cpp build has no per-head eviction: ``kv_bytes_kept`` is then what the method WOULD
+        keep (its budgets), and the cache actually holds ``kv_bytes_full``.
+    kv_bytes_full : int
+        Cache bytes of the prompt without eviction.
+    kv_bytes_kept : int
+        Cache bytes of the prompt after eviction (see ``eviction_applied``).
+    prefill_tokens_per_s : float
+        Prompt positions per second, audio encoding included.
+    decode_tokens_per_s : float
+        Generated tokens per second.
+    prefill_s, decode_s : float
+        Wall-clock seconds.
+    evict_ms : float
+        Time spent planning / evicting (ms).
+    peak_rss_bytes : int
+        Peak resident memory of the process.
+    finish_reason : str
+        ``"stop"`` (end-of-generation token), ``"length"`` (max tokens) or ``"context"`` (context full).
+    """
+
+    audio_seconds: float
+    audio_tokens: int
+    prompt_tokens: int
+    generated_tokens: int
+    method: str
+    keep: float
+    eviction_applied: bool
+    kv_bytes_full: int
+    kv_bytes_kept: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    prefill_s: float
+    decode_s: float
+    evict_ms: float
+    peak_rss_bytes: int
+    finish_reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable lines for stderr."""
+        mib = 1024.0 * 1024.0
+        kept_note = "" if self.eviction_applied else " (planned only: this build does not evict yet)"
+        ratio = self.kv_bytes_kept / self.kv_bytes_full if self.kv_bytes_full else 1.0
+        return [
+            f"audio: {self.audio_seconds:.2f} s -> {self.audio_tokens} audio tokens, {self.prompt_tokens} prompt tokens",
+            f"kv cache ({self.method}, keep {self.keep:g}): full {self.kv_bytes_full / mib:.2f} MiB, "
+            f"kept {self.kv_bytes_kept / mib:.2f} MiB ({ratio:.1%}){kept_note}",
+            f"prefill: {self.prefill_tokens_per_s:.1f} tok/s ({self.prefill_s:.2f} s); decode: "
+            f"{self.decode_tokens_per_s:.1f} tok/s ({self.generated_tokens} tokens, {self.finish_reason}); "
+            f"eviction: {self.evict_ms:.1f} ms",
+            f"peak RSS: {self.peak_rss_bytes / mib:.1f} MiB",
+        ]
