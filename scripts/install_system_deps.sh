@@ -12,6 +12,7 @@ packages=(
     flite             # synthetic calibration speech with exact word timings
     espeak-ng         # second synthetic voice
     gcc-aarch64-linux-gnu   # ARM64 cross-build of libaudiokv
+    libc6-dev-arm64-cross   # its C library headers and start files (only recommended by the compiler package)
     qemu-user         # runs the ARM64 C tests
 )
 
