@@ -74,7 +74,8 @@ class ChatFamily:
 
 CHATML = ChatFamily(
     name="chatml",
-    specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|audio_eos|>", "<|AUDIO|>"),
+    specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|audio_eos|>", "<|AUDIO|>",
+              "<|audio_start|>", "<|audio_end|>"),
     bos=None,
     eos="<|im_end|>",
     eot="<|im_end|>",
@@ -179,7 +180,8 @@ class AudioProjectorSpec:
     Parameters
     ----------
     projector : str
-        ``clip.projector_type``: ``"qwen2a"`` (Qwen2-Audio / Qwen2.5-Omni), ``"ultravox"`` or ``"voxtral"``.
+        ``clip.projector_type``: ``"qwen2a"`` (Qwen2-Audio / Qwen2.5-Omni), ``"qwen3a"`` (Qwen3-Omni / Qwen3-ASR:
+        conv2d stem on 100-frame chunks, 13 tokens per second), ``"ultravox"`` or ``"voxtral"``.
     n_embd, n_layer, n_head, n_ff : int
         Encoder sizes.
     n_mel : int
@@ -187,7 +189,9 @@ class AudioProjectorSpec:
     stack_factor : int
         Frames stacked by the ultravox / voxtral projector (0 for qwen2a).
     n_hidden : int
-        Hidden width of the ultravox / voxtral projector MLP.
+        Hidden width of the ultravox / voxtral / qwen3a projector MLP.
+    n_conv : int
+        qwen3a only: channels of the conv2d stem.
     """
 
     projector: str
@@ -198,14 +202,17 @@ class AudioProjectorSpec:
     n_mel: int = 128
     stack_factor: int = 0
     n_hidden: int = 64
+    n_conv: int = 8
 
     def __post_init__(self) -> None:
-        if self.projector not in ("qwen2a", "ultravox", "voxtral"):
+        if self.projector not in ("qwen2a", "qwen3a", "ultravox", "voxtral"):
             raise ValueError(f"unsupported tiny audio projector {self.projector!r}")
         if self.projector in ("ultravox", "voxtral") and self.stack_factor < 1:
             raise ValueError(f"{self.projector} needs stack_factor >= 1")
         if self.n_embd % self.n_head:
             raise ValueError("audio n_embd must be a multiple of n_head")
+        if self.projector == "qwen3a" and self.n_mel % 8:
+            raise ValueError("qwen3a needs n_mel divisible by 8 (three stride-2 convolutions)")
 
 
 @dataclass(frozen=True)
@@ -221,8 +228,8 @@ class TinyPair:
 
 
 #: Every tiny pair, by name. Real counterparts: Qwen2-Audio / Qwen2.5-Omni (qwen2 + qwen2a), Ultravox v0.5
-#: (llama + ultravox, stack factor 8), Voxtral (llama + voxtral, stack factor 4); qwen3 and gemma3 (iSWA) text
-#: models take the Qwen2.5-Omni audio tower.
+#: (llama + ultravox, stack factor 8), Qwen3-Omni (qwen3 + qwen3a); qwen3 and gemma3 (iSWA) text models also
+#: take the Qwen2.5-Omni audio tower.
 TINY_PAIRS: dict[str, TinyPair] = {
     p.name: p
     for p in (
@@ -234,6 +241,10 @@ TINY_PAIRS: dict[str, TinyPair] = {
         TinyPair(
             TextModelSpec("qwen3", CHATML, n_head=4, n_head_kv=1, head_dim=32, rope_freq_base=1000000.0),
             AudioProjectorSpec("qwen2a"),
+        ),
+        TinyPair(
+            TextModelSpec("qwen3", CHATML, n_head=4, n_head_kv=1, head_dim=32, rope_freq_base=1000000.0),
+            AudioProjectorSpec("qwen3a"),
         ),
         TinyPair(
             TextModelSpec("gemma3", GEMMA, n_head=4, n_head_kv=1, head_dim=32, sliding_window=64),
@@ -327,7 +338,17 @@ class _TensorSink:
         self.writer.add_tensor(name, np.ones(tuple(reversed(ne)), dtype=np.float32))
 
 
-def _write_text_model(path: pathlib.Path, spec: TextModelSpec, seed: int) -> None:
+def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 0) -> None:
+    """Write a tiny text-model GGUF (F32 weights, byte-level BPE vocabulary, the family's chat template).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Output file (overwritten).
+    spec : TextModelSpec
+    seed : int
+        Seed of the random weights.
+    """
     import gguf
 
     fam = spec.family
@@ -404,7 +425,19 @@ def _write_text_model(path: pathlib.Path, spec: TextModelSpec, seed: int) -> Non
     w.close()
 
 
-def _write_audio_projector(path: pathlib.Path, spec: AudioProjectorSpec, n_embd_text: int, seed: int) -> None:
+def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_embd_text: int, seed: int = 0) -> None:
+    """Write a tiny audio-projector GGUF (libmtmd ``clip`` file; conv kernels F16, the rest F32).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Output file (overwritten).
+    spec : AudioProjectorSpec
+    n_embd_text : int
+        Embedding size of the text model it feeds (the projector's output width).
+    seed : int
+        Seed of the random weights.
+    """
     import gguf
 
     w = gguf.GGUFWriter(str(path), "clip")
@@ -426,11 +459,22 @@ def _write_audio_projector(path: pathlib.Path, spec: AudioProjectorSpec, n_embd_
 
     t = _TensorSink(w, seed)
     d = spec.n_embd
-    t.matrix("a.conv1d.1.weight", (3, spec.n_mel, d), dtype=np.float16)
-    t.normal("a.conv1d.1.bias", (1, d), 0.02)
-    t.matrix("a.conv1d.2.weight", (3, d, d), dtype=np.float16)
-    t.normal("a.conv1d.2.bias", (1, d), 0.02)
-    t.normal("a.position_embd.weight", (d, WHISPER_POSITIONS), 0.1)
+    if spec.projector == "qwen3a":  # models/qwen3a.cpp: 3 x conv2d(3x3, stride 2) on [100 frames, n_mel] chunks
+        c = spec.n_conv
+        t.matrix("a.conv2d.1.weight", (3, 3, 1, c), dtype=np.float16)
+        t.normal("a.conv2d.1.bias", (c,), 0.02)
+        t.matrix("a.conv2d.2.weight", (3, 3, c, c), dtype=np.float16)
+        t.normal("a.conv2d.2.bias", (c,), 0.02)
+        t.matrix("a.conv2d.3.weight", (3, 3, c, c), dtype=np.float16)
+        t.normal("a.conv2d.3.bias", (c,), 0.02)
+        t.matrix("a.conv_out.weight", (spec.n_mel // 8 * c, d))
+        t.normal("a.position_embd.weight", (d, 64), 0.1)
+    else:  # models/whisper-enc.cpp
+        t.matrix("a.conv1d.1.weight", (3, spec.n_mel, d), dtype=np.float16)
+        t.normal("a.conv1d.1.bias", (1, d), 0.02)
+        t.matrix("a.conv1d.2.weight", (3, d, d), dtype=np.float16)
+        t.normal("a.conv1d.2.bias", (1, d), 0.02)
+        t.normal("a.position_embd.weight", (d, WHISPER_POSITIONS), 0.1)
     for il in range(spec.n_layer):
         p = f"a.blk.{il}."
         t.ones(p + "ln1.weight", (d,))
@@ -453,6 +497,11 @@ def _write_audio_projector(path: pathlib.Path, spec: AudioProjectorSpec, n_embd_
     if spec.projector == "qwen2a":
         t.matrix("mm.a.fc.weight", (d, n_embd_text))
         t.normal("mm.a.fc.bias", (n_embd_text,), 0.02)
+    elif spec.projector == "qwen3a":
+        t.matrix("mm.a.mlp.1.weight", (d, spec.n_hidden))
+        t.normal("mm.a.mlp.1.bias", (spec.n_hidden,), 0.02)
+        t.matrix("mm.a.mlp.2.weight", (spec.n_hidden, n_embd_text))
+        t.normal("mm.a.mlp.2.bias", (n_embd_text,), 0.02)
     elif spec.projector == "ultravox":
         ds = d * spec.stack_factor
         t.ones("mm.a.norm_pre.weight", (ds,))
@@ -500,8 +549,8 @@ def write_tiny_pair(out_dir: str | pathlib.Path, name: str, seed: int = 0) -> tu
     model_path = directory / "model.gguf"
     mmproj_path = directory / "mmproj.gguf"
     for final, writer in (
-        (model_path, lambda p: _write_text_model(p, pair.text, seed)),
-        (mmproj_path, lambda p: _write_audio_projector(p, pair.audio, pair.text.n_embd, seed)),
+        (model_path, lambda p: write_text_model(p, pair.text, seed)),
+        (mmproj_path, lambda p: write_audio_projector(p, pair.audio, pair.text.n_embd, seed)),
     ):
         partial = final.with_name(final.name + ".partial")
         writer(partial)

@@ -67,9 +67,13 @@ def test_pair_layout(tmp_path, name):
     assert _field(a, "clip.projector_type") == pair.audio.projector
     assert bool(_field(a, "clip.has_audio_encoder"))
     atensors = {t.name: t for t in a.tensors}
-    assert atensors["a.conv1d.1.weight"].tensor_type.name == "F16"
-    assert tuple(int(x) for x in atensors["a.conv1d.1.bias"].shape) == (1, pair.audio.n_embd)
-    assert int(atensors["a.position_embd.weight"].shape[1]) >= 1500
+    if pair.audio.projector == "qwen3a":
+        assert atensors["a.conv2d.1.weight"].tensor_type.name == "F16"
+        assert int(atensors["a.conv_out.weight"].shape[0]) == pair.audio.n_mel // 8 * pair.audio.n_conv
+    else:
+        assert atensors["a.conv1d.1.weight"].tensor_type.name == "F16"
+        assert tuple(int(x) for x in atensors["a.conv1d.1.bias"].shape) == (1, pair.audio.n_embd)
+        assert int(atensors["a.position_embd.weight"].shape[1]) >= 1500
     assert "a.blk.0.attn_k.bias" not in atensors  # Whisper has no K bias; whisper-enc.cpp asserts it
     out = atensors["mm.a.fc.weight" if pair.audio.projector == "qwen2a" else "mm.a.mlp.2.weight"]
     assert int(out.shape[1]) == pair.text.n_embd  # projector output feeds the LLM's embedding
