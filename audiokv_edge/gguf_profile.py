@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGUFValueType
 
 from . import __version__
+from .gguf_header import GGUFFormatError, GGUFHeader
 from .profile import HeadProfile
 from .profile_defaults import ProfileDefaults
 
@@ -53,8 +53,6 @@ KNOWN_KEYS = frozenset(
     + [key for key, _ in KEY_DEFAULTS.values()])
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9_]+$")
-_GGUF_MAGIC = b"GGUF"
-_HEADER_BYTES = 24          # magic, version, tensor count, kv count
 _COPY_CHUNK = 16 << 20      # bytes per streamed read
 
 
@@ -73,97 +71,63 @@ class ModelShape:
 
 # ---------------------------------------------------------------------------------------------------- reading
 
-class _CheckedReader(GGUFReader):
-    """GGUFReader that reports a tensor running past the end of the file as truncation."""
-
-    def _build_tensors(self, start_offs, fields):  # noqa: D401 - gguf-py override
-        size = int(self.data.shape[0])
-        for field in fields:
-            _nl, name, _nd, dims, raw_type, offset = field.parts
-            try:
-                block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(int(raw_type[0]))]
-            except (ValueError, KeyError) as exc:
-                raise GGUFProfileError(
-                    f"tensor {bytes(name).decode('utf-8', 'replace')!r} has unknown type {int(raw_type[0])}"
-                ) from exc
-            n_bytes = int(np.prod(dims.astype(np.int64))) * type_size // block
-            end = int(start_offs) + int(offset[0]) + n_bytes
-            if end > size:
-                raise GGUFProfileError(
-                    f"truncated: tensor {bytes(name).decode('utf-8', 'replace')!r} ends at byte {end} "
-                    f"but the file has {size} bytes")
-        super()._build_tensors(start_offs, fields)
-
-
-def open_gguf(path: str | os.PathLike) -> GGUFReader:
-    """Open a GGUF read-only (memory-mapped) and check it is complete.
+def open_gguf(path: str | os.PathLike) -> GGUFHeader:
+    """Parse a GGUF's header, metadata and tensor table and check the tensor data is complete.
 
     Raises
     ------
     GGUFProfileError
-        Not a GGUF (magic), empty, truncated header or tensor data, corrupt metadata.
+        Not a GGUF (magic), unsupported version, truncated or corrupt header, tensor data past the end.
     OSError
         The file cannot be opened.
     """
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if len(magic) < 4 or magic != _GGUF_MAGIC:
-        raise GGUFProfileError(f"{path}: not a GGUF file (starts with {magic!r}, expected {_GGUF_MAGIC!r})")
     try:
-        return _CheckedReader(path, "r")
-    except GGUFProfileError as exc:
-        raise GGUFProfileError(f"{path}: {exc}") from None
-    except (IndexError, ValueError, KeyError, OverflowError, UnicodeDecodeError) as exc:
-        if os.path.getsize(path) < _HEADER_BYTES or isinstance(exc, IndexError):
-            raise GGUFProfileError(f"{path}: truncated or corrupt GGUF header/metadata ({exc})") from None
-        raise GGUFProfileError(f"{path}: corrupt GGUF ({exc})") from None
+        return GGUFHeader(path)
+    except GGUFFormatError as exc:
+        raise GGUFProfileError(str(exc)) from None
 
 
-def _scalar(reader: GGUFReader, key: str, path: str, types: tuple[GGUFValueType, ...]):
-    field = reader.get_field(key)
-    if field is None:
-        return None
-    if len(field.types) != 1 or field.types[0] not in types:
-        got = "/".join(t.name for t in field.types)
-        want = " or ".join(t.name for t in types)
-        raise GGUFProfileError(f"{path}: {key} has type {got}, expected {want}")
-    if field.types[0] == GGUFValueType.STRING:
-        try:
-            return bytes(field.parts[-1]).decode("utf-8")
-        except UnicodeDecodeError:
-            raise GGUFProfileError(f"{path}: {key} is not valid UTF-8") from None
-    return field.parts[-1][0].item()
+def _scalar(header: GGUFHeader, key: str, types: tuple[GGUFValueType, ...]):
+    try:
+        return header.scalar(key, types)
+    except GGUFFormatError as exc:
+        raise GGUFProfileError(str(exc)) from None
 
 
 _INT_TYPES = (GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
               GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64)
 
 
-def model_shape(reader: GGUFReader, path: str = "model") -> ModelShape:
+def model_shape(header: GGUFHeader) -> ModelShape:
     """The model's (arch, block_count, head_count_kv) from its own architecture keys.
 
-    head_count_kv defaults to head_count when absent (as in llama.cpp); a per-layer array must be constant.
+    head_count_kv defaults to head_count when absent (as in llama.cpp); a per-layer array must be constant
+    (zeros, used by llama.cpp for layers without attention, are ignored).
     """
-    arch = _scalar(reader, "general.architecture", path, (GGUFValueType.STRING,))
+    path = header.path
+    arch = _scalar(header, "general.architecture", (GGUFValueType.STRING,))
     if not arch:
         raise GGUFProfileError(f"{path}: no general.architecture key; cannot check the profile shape")
-    n_layer = _scalar(reader, f"{arch}.block_count", path, _INT_TYPES)
+    n_layer = _scalar(header, f"{arch}.block_count", _INT_TYPES)
     if n_layer is None or n_layer < 1:
         raise GGUFProfileError(f"{path}: missing or invalid {arch}.block_count; cannot check the profile shape")
     n_head_kv = None
     for key in (f"{arch}.attention.head_count_kv", f"{arch}.attention.head_count"):
-        field = reader.get_field(key)
-        if field is None:
+        entry = header.entries.get(key)
+        if entry is None:
             continue
-        if field.types and field.types[0] == GGUFValueType.ARRAY:
-            values = sorted({int(v) for v in field.contents()} - {0})
+        if entry.type == GGUFValueType.ARRAY:
+            try:
+                arr = header.array(key, _INT_TYPES)
+            except GGUFFormatError as exc:
+                raise GGUFProfileError(str(exc)) from None
+            values = sorted({int(v) for v in arr} - {0})
             if len(values) != 1:
                 raise GGUFProfileError(
                     f"{path}: {key} varies per layer ({values}); per-layer KV-head counts are not supported")
             n_head_kv = values[0]
         else:
-            n_head_kv = _scalar(reader, key, path, _INT_TYPES)
+            n_head_kv = _scalar(header, key, _INT_TYPES)
         break
     if n_head_kv is None or n_head_kv < 1:
         raise GGUFProfileError(f"{path}: missing or invalid {arch}.attention.head_count_kv / head_count")
@@ -177,12 +141,13 @@ def _parse_hex_scores(text: str, key: str, path: str) -> np.ndarray:
         raise GGUFProfileError(f"{path}: {key} is not a list of hex floats") from None
 
 
-def _read_stored(reader: GGUFReader, path: str, check_model: bool = True
+def _read_stored(header: GGUFHeader, check_model: bool = True
                  ) -> tuple[HeadProfile | None, ProfileDefaults | None]:
-    keys = [k for k in reader.fields if k.startswith(PREFIX)]
+    path = header.path
+    keys = [k for k in header.entries if k.startswith(PREFIX)]
     if not keys:
         return None, None
-    version = _scalar(reader, KEY_FORMAT_VERSION, path, (GGUFValueType.UINT32,))
+    version = _scalar(header, KEY_FORMAT_VERSION, (GGUFValueType.UINT32,))
     if version is None:
         raise GGUFProfileError(f"{path}: has audiokv.* keys but no {KEY_FORMAT_VERSION}")
     if version != FORMAT_VERSION:
@@ -192,27 +157,25 @@ def _read_stored(reader: GGUFReader, path: str, check_model: bool = True
     if unknown:
         raise GGUFProfileError(f"{path}: unknown key(s) for format version {FORMAT_VERSION}: {', '.join(unknown)}")
 
-    n_layer = _scalar(reader, KEY_N_LAYER, path, (GGUFValueType.UINT32,))
-    n_head_kv = _scalar(reader, KEY_N_HEAD_KV, path, (GGUFValueType.UINT32,))
+    n_layer = _scalar(header, KEY_N_LAYER, (GGUFValueType.UINT32,))
+    n_head_kv = _scalar(header, KEY_N_HEAD_KV, (GGUFValueType.UINT32,))
     for key, v in ((KEY_N_LAYER, n_layer), (KEY_N_HEAD_KV, n_head_kv)):
         if v is None:
             raise GGUFProfileError(f"{path}: missing {key}")
         if v < 1:
             raise GGUFProfileError(f"{path}: {key} must be >= 1, got {v}")
 
-    field = reader.get_field(KEY_SCORES)
-    if field is None:
+    try:
+        scores = header.array(KEY_SCORES, (GGUFValueType.FLOAT32,))
+    except GGUFFormatError as exc:
+        raise GGUFProfileError(str(exc)) from None
+    if scores is None:
         raise GGUFProfileError(f"{path}: missing {KEY_SCORES}")
-    if field.types != [GGUFValueType.ARRAY, GGUFValueType.FLOAT32] and not (
-            field.types == [GGUFValueType.ARRAY] and len(field.data) == 0):
-        got = "/".join(t.name for t in field.types)
-        raise GGUFProfileError(f"{path}: {KEY_SCORES} has type {got}, expected ARRAY of FLOAT32")
-    scores = np.array([field.parts[i][0] for i in field.data], dtype=np.float32)
     if scores.size != n_layer * n_head_kv:
         raise GGUFProfileError(
             f"{path}: {KEY_SCORES} has {scores.size} values but {KEY_N_LAYER} x {KEY_N_HEAD_KV} = "
             f"{n_layer} x {n_head_kv} = {n_layer * n_head_kv}")
-    hex_text = _scalar(reader, KEY_SCORES_HEX, path, (GGUFValueType.STRING,))
+    hex_text = _scalar(header, KEY_SCORES_HEX, (GGUFValueType.STRING,))
     if hex_text is None:
         raise GGUFProfileError(f"{path}: missing {KEY_SCORES_HEX}")
     hex_scores = _parse_hex_scores(hex_text, KEY_SCORES_HEX, path)
@@ -237,13 +200,13 @@ def _read_stored(reader: GGUFReader, path: str, check_model: bool = True
             name = key[len(SOURCE_PREFIX):]
             if not _SOURCE_NAME.match(name):
                 raise GGUFProfileError(f"{path}: invalid source key {key!r} (allowed: [a-z0-9_]+ after the prefix)")
-            source[name] = _scalar(reader, key, path, (GGUFValueType.STRING,))
+            source[name] = _scalar(header, key, (GGUFValueType.STRING,))
     missing = [SOURCE_PREFIX + n for n in SOURCE_REQUIRED if n not in source]
     if missing:
         raise GGUFProfileError(f"{path}: missing {', '.join(missing)}")
 
     if check_model:
-        shape = model_shape(reader, path)
+        shape = model_shape(header)
         if (shape.n_layer, shape.n_head_kv) != (n_layer, n_head_kv):
             raise GGUFProfileError(
                 f"{path}: stored profile is {n_layer} layers x {n_head_kv} KV heads but the model "
@@ -252,7 +215,7 @@ def _read_stored(reader: GGUFReader, path: str, check_model: bool = True
 
     values = {}
     for name, (key, gtype) in KEY_DEFAULTS.items():
-        values[name] = _scalar(reader, key, path, (gtype,))
+        values[name] = _scalar(header, key, (gtype,))
     if all(v is None for v in values.values()):
         return profile, None
     try:
@@ -277,8 +240,7 @@ def read_stored(path: str | os.PathLike) -> tuple[HeadProfile | None, ProfileDef
         Invalid GGUF, or audiokv.* keys that are incomplete, mistyped, of an unknown format version, of the
         wrong shape for the model, NaN, negative or all zero.
     """
-    path = os.fspath(path)
-    return _read_stored(open_gguf(path), path)
+    return _read_stored(open_gguf(path))
 
 
 def read_profile(path: str | os.PathLike) -> HeadProfile | None:
@@ -292,10 +254,6 @@ def read_defaults(path: str | os.PathLike) -> ProfileDefaults | None:
 
 
 # ---------------------------------------------------------------------------------------------------- writing
-
-def _endian_prefix(reader: GGUFReader) -> str:
-    return "<" if reader.endianess.name == "LITTLE" else ">"
-
 
 def _kv_bytes(key: str, gtype: GGUFValueType, value, e: str) -> bytes:
     kb = key.encode("utf-8")
@@ -357,31 +315,9 @@ def profile_kv_bytes(profile: HeadProfile, defaults: ProfileDefaults | None, e: 
     return entries
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """Byte ranges of a parsed GGUF: kept metadata entries, tensor-info table, data region."""
-
-    kept_kv: list[tuple[int, int]]
-    tensor_info: tuple[int, int]
-    data_offset: int
-    file_size: int
-
-
-def _layout(reader: GGUFReader, path: str) -> _Layout:
-    kvs = [(name, f.offset, f.offset + sum(int(p.nbytes) for p in f.parts))
-           for name, f in reader.fields.items() if not name.startswith("GGUF.")]
-    pos = _HEADER_BYTES
-    for name, start, end in kvs:
-        if start != pos:
-            raise GGUFProfileError(f"{path}: metadata entry {name!r} is not where the previous one ended")
-        pos = end
-    ti_start = pos
-    for t in reader.tensors:
-        if t.field.offset != pos:
-            raise GGUFProfileError(f"{path}: tensor info {t.name!r} is not contiguous")
-        pos = t.field.offset + sum(int(p.nbytes) for p in t.field.parts)
-    kept = [(s, e) for name, s, e in kvs if not name.startswith(PREFIX)]
-    return _Layout(kept, (ti_start, pos), int(reader.data_offset), int(reader.data.shape[0]))
+def _kept_entries(header: GGUFHeader) -> list[bytes]:
+    """Raw bytes of every metadata entry that is not an audiokv.* key, in file order."""
+    return [header.raw(m.start, m.end) for m in header.entries.values() if not m.key.startswith(PREFIX)]
 
 
 def _current_umask() -> int:
@@ -431,27 +367,22 @@ def _hash_range(path: str, offset: int, length: int) -> str:
     return h.hexdigest()
 
 
-def _verify(tmp: str, src_reader: GGUFReader, src_layout: _Layout, src_hash: str,
-            profile: HeadProfile, defaults: ProfileDefaults | None, dst: str) -> None:
+def _verify(tmp: str, src: GGUFHeader, src_hash: str, profile: HeadProfile,
+            defaults: ProfileDefaults | None, dst: str) -> None:
     """Re-read the written file and compare it with the source and the profile; raise on any difference."""
     try:
         out = open_gguf(tmp)
-        got_profile, got_defaults = _read_stored(out, tmp)
+        got_profile, got_defaults = _read_stored(out)
     except GGUFProfileError as exc:
         raise GGUFProfileError(f"verification of {dst} failed: {exc}") from None
-    lay = _layout(out, tmp)
-
-    def region(reader, a, b):
-        return bytes(reader.data[a:b])
-
     problems = []
-    if [region(out, a, b) for a, b in lay.kept_kv] != [region(src_reader, a, b) for a, b in src_layout.kept_kv]:
+    if _kept_entries(out) != _kept_entries(src):
         problems.append("metadata differs from the input")
-    if region(out, *lay.tensor_info) != region(src_reader, *src_layout.tensor_info):
+    if out.raw(*out.tensor_table) != src.raw(*src.tensor_table) or out.tensors != src.tensors:
         problems.append("tensor table differs from the input")
-    if lay.file_size - lay.data_offset != src_layout.file_size - src_layout.data_offset:
+    if out.size - out.data_offset != src.size - src.data_offset:
         problems.append("tensor data size differs from the input")
-    elif _hash_range(tmp, lay.data_offset, lay.file_size - lay.data_offset) != src_hash:
+    elif _hash_range(tmp, out.data_offset, out.size - out.data_offset) != src_hash:
         problems.append("tensor data differs from the input")
     if got_profile is None or not np.array_equal(
             got_profile.scores, profile.scores.astype(np.float32).astype(np.float64)):
@@ -461,7 +392,6 @@ def _verify(tmp: str, src_reader: GGUFReader, src_layout: _Layout, src_hash: str
     want_defaults = None if defaults is None or defaults.is_empty() else defaults
     if got_defaults != want_defaults:
         problems.append("stored defaults differ")
-    del out
     if problems:
         raise GGUFProfileError(f"verification of {dst} failed: {'; '.join(problems)}")
 
@@ -511,16 +441,16 @@ def write_profile(src: str | os.PathLike, profile: HeadProfile, dst: str | os.Pa
     if os.path.exists(dst) and (not os.access(dst, os.W_OK) or not os.stat(dst).st_mode & 0o222):
         raise GGUFProfileError(f"{dst}: exists and is read-only; not replaced")
 
-    reader = open_gguf(src)
-    shape = model_shape(reader, src)
+    header = open_gguf(src)
+    shape = model_shape(header)
     try:
         profile.check_shape(shape.n_layer, shape.n_head_kv)
     except ValueError as exc:
         raise GGUFProfileError(f"{src} ({shape.arch}): {exc}") from None
-    if reader.get_field(KEY_FORMAT_VERSION) is not None:
+    if any(k.startswith(PREFIX) for k in header.entries):
         logger.info("%s already holds a head profile; it is replaced in the copy", src)
-    layout = _layout(reader, src)
-    e = _endian_prefix(reader)
+    kept = _kept_entries(header)
+    e = header.endian
     stored = HeadProfile(profile.scores.astype(np.float32), source=_complete_source(profile.source))
     new_kv = profile_kv_bytes(stored, defaults, e)
 
@@ -531,21 +461,17 @@ def write_profile(src: str | os.PathLike, profile: HeadProfile, dst: str | os.Pa
         raise OSError(exc.errno, f"cannot create a file in {dst_dir}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as out:
-            raw = reader.data
-            out.write(bytes(raw[0:16]))                                       # magic, version, tensor count
-            out.write(struct.pack(e + "Q", len(layout.kept_kv) + len(new_kv)))
-            for a, b in layout.kept_kv:
-                out.write(bytes(raw[a:b]))
-            for entry in new_kv:
+            out.write(header.raw(0, 16))                                      # magic, version, tensor count
+            out.write(struct.pack(e + "Q", len(kept) + len(new_kv)))
+            for entry in kept + new_kv:
                 out.write(entry)
-            out.write(bytes(raw[layout.tensor_info[0]:layout.tensor_info[1]]))
-            pad = -out.tell() % int(reader.alignment)
-            out.write(b"\0" * pad)
-            src_hash = _copy_data(src, layout.data_offset, layout.file_size - layout.data_offset, out, progress)
+            out.write(header.raw(*header.tensor_table))
+            out.write(b"\0" * (-out.tell() % header.alignment))
+            src_hash = _copy_data(src, header.data_offset, header.size - header.data_offset, out, progress)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o666 & ~_current_umask())
-        _verify(tmp, reader, layout, src_hash, stored, defaults, dst)
+        _verify(tmp, header, src_hash, stored, defaults, dst)
         os.replace(tmp, dst)
     except BaseException:
         try:

@@ -106,7 +106,7 @@ def test_progress_callback_counts_every_data_byte(model, tmp_path):
 def test_head_count_kv_fallback_and_per_layer_array(tmp_path):
     src = tmp_path / "arr.gguf"
     write_tiny_gguf(src, n_layer=3, head_count_kv_array=[2, 2, 2])
-    assert gp.model_shape(GGUFReader(src)).n_head_kv == 2
+    assert gp.model_shape(gp.open_gguf(src)).n_head_kv == 2
     bad = tmp_path / "var.gguf"
     write_tiny_gguf(bad, n_layer=3, head_count_kv_array=[2, 1, 2])
     with pytest.raises(gp.GGUFProfileError, match="varies per layer"):
