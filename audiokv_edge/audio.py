@@ -150,25 +150,24 @@ def clip_from_array(
     return AudioClip(out, int(target_rate), int(sample_rate), int(channels), path)
 
 
-def load_audio(path: str | pathlib.Path, target_rate: int, *, max_channels: int = MAX_CHANNELS) -> AudioClip:
-    """Read an audio file (any format libsndfile reads: wav, flac, ogg/vorbis/opus, mp3 with libsndfile >= 1.1).
+def probe_audio(path: str | pathlib.Path, *, max_channels: int = MAX_CHANNELS):
+    """Check that ``path`` is a readable audio file without decoding it.
 
     Parameters
     ----------
     path : str or pathlib.Path
-    target_rate : int
-        Rate the encoder expects (Hz), e.g. ``mtmd_get_audio_sample_rate``.
     max_channels : int
         Refuse wider input (default 2).
 
     Returns
     -------
-    AudioClip
+    soundfile._SoundFileInfo
+        ``samplerate``, ``channels``, ``frames``, ``format`` ... of the file.
 
     Raises
     ------
     AudioError
-        Missing, empty, unreadable or not an audio file, 0 Hz, no samples, too many channels, NaN samples.
+        Missing, not a file, empty, not audio, 0 Hz, too many channels, no samples.
     """
     import soundfile
 
@@ -192,6 +191,35 @@ def load_audio(path: str | pathlib.Path, target_rate: int, *, max_channels: int 
             f"{p}: audio has {info.channels} channels; only mono or stereo is supported "
             f"(mix it down first, e.g. `sox in.wav -c 1 out.wav`)"
         )
+    if info.frames == 0:
+        raise AudioError(f"{p}: audio has no samples (zero length)")
+    return info
+
+
+def load_audio(path: str | pathlib.Path, target_rate: int, *, max_channels: int = MAX_CHANNELS) -> AudioClip:
+    """Read an audio file (any format libsndfile reads: wav, flac, ogg/vorbis/opus, mp3 with libsndfile >= 1.1).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+    target_rate : int
+        Rate the encoder expects (Hz), e.g. ``mtmd_get_audio_sample_rate``.
+    max_channels : int
+        Refuse wider input (default 2).
+
+    Returns
+    -------
+    AudioClip
+
+    Raises
+    ------
+    AudioError
+        Missing, empty, unreadable or not an audio file, 0 Hz, no samples, too many channels, NaN samples.
+    """
+    import soundfile
+
+    p = pathlib.Path(path)
+    probe_audio(p, max_channels=max_channels)
     try:
         data, rate = soundfile.read(str(p), dtype="float32", always_2d=True)
     except Exception as exc:

@@ -1,0 +1,196 @@
+"""Command line: answer a prompt about an audio file with a GGUF audio-language model.
+
+    python -m audiokv_edge.run MODEL.gguf AUDIO [--prompt TEXT] [--method audiokv] [--keep 0.4] [--json] ...
+
+With no arguments it runs the built-in default: a tiny random-weight test model (generated on first use into the
+cache directory) on a speech clip shipped with the package. The generated text streams to stdout; statistics,
+the progress bar and errors go to stderr. Every error is one line ``audiokv-run: error: ...`` and a non-zero exit
+status (2: bad arguments or input, 1: model / runtime problem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import platform
+import sys
+
+PROG = "audiokv-run"
+DEFAULT_PAIR = "qwen2-qwen2a"
+DEFAULT_AUDIO = "jfk.wav"
+DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
+
+logger = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise UsageError(message)
+
+
+def _keep(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not (0.0 < value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
+def _positive_int(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from audiokv_edge.methods import METHODS
+    from audiokv_edge.session import DEFAULT_PROMPT, KV_TYPES
+
+    p = _Parser(prog=PROG, description="Answer a prompt about an audio file with a GGUF audio-language model "
+                "(llama.cpp + libmtmd) and AudioKV per-head KV-cache eviction.")
+    p.add_argument("model", nargs="?", help="text model GGUF (default: the built-in tiny test model)")
+    p.add_argument("audio", nargs="?", help="audio file: wav, flac, ogg, mp3, ... (default: a shipped speech clip)")
+    p.add_argument("--mmproj", help="audio projector GGUF (default: the mmproj*.gguf beside the model)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"question about the audio (default: {DEFAULT_PROMPT!r})")
+    p.add_argument("--method", default="audiokv", choices=list(METHODS), help="KV-cache keep method (default audiokv)")
+    p.add_argument("--keep", type=_keep, default=0.4, help="fraction of the prompt's KV cache kept (default 0.4)")
+    p.add_argument("--stream", action="store_true", help="evict after every audio chunk (bounded memory)")
+    p.add_argument("--max-tokens", type=_positive_int(1), default=128, help="most tokens generated (default 128)")
+    p.add_argument("--threads", type=_positive_int(1), default=None, help="CPU threads (default min(4, CPUs))")
+    p.add_argument("--ctx", type=_positive_int(16), default=8192, help="context size in tokens (default 8192)")
+    p.add_argument("--kv-type", choices=list(KV_TYPES), default="f16", help="KV-cache type (default f16)")
+    p.add_argument("--flash-attn", action="store_true", help="use flash attention")
+    p.add_argument("--json", action="store_true", help="print one JSON object (text + statistics) on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no statistics on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug log, including llama.cpp's own")
+    return p
+
+
+def cache_dir() -> pathlib.Path:
+    """Where generated assets live: ``$AUDIOKV_EDGE_CACHE`` or ``~/.cache/audiokv-edge``."""
+    return pathlib.Path(os.environ.get("AUDIOKV_EDGE_CACHE") or pathlib.Path.home() / ".cache" / "audiokv-edge")
+
+
+def default_model() -> tuple[pathlib.Path, pathlib.Path]:
+    """The built-in default model pair, written on first use (a tiny random-weight test model)."""
+    from audiokv_edge.tiny_models import write_tiny_pair
+
+    directory = cache_dir() / "tiny-models"
+    model, mmproj = directory / DEFAULT_PAIR / "model.gguf", directory / DEFAULT_PAIR / "mmproj.gguf"
+    if not (model.is_file() and mmproj.is_file()):
+        model, mmproj = write_tiny_pair(directory, DEFAULT_PAIR)
+    return model, mmproj
+
+
+def default_audio() -> pathlib.Path:
+    """The speech clip shipped with the package (whisper.cpp jfk.wav, MIT, see data/README.md)."""
+    return DATA_DIR / DEFAULT_AUDIO
+
+
+def _run(args: argparse.Namespace) -> int:
+    from audiokv_edge.audio import probe_audio
+    from audiokv_edge.progress import ProgressBar
+    from audiokv_edge.session import Session, SessionConfig
+
+    if args.model is not None and args.audio is None:
+        raise UsageError("give both MODEL.gguf and AUDIO (or neither, for the built-in default)")
+    mmproj = args.mmproj
+    if args.model is None:
+        model, mmproj = default_model()
+        audio = default_audio()
+        print(f"{PROG}: no model given: running the built-in default, a TINY RANDOM-WEIGHT TEST MODEL "
+              f"({DEFAULT_PAIR}) on {audio.name}; its text is meaningless. Usage: {PROG} MODEL.gguf AUDIO",
+              file=sys.stderr)
+    else:
+        model, audio = pathlib.Path(args.model), args.audio
+        probe_audio(audio)  # fail on a bad audio file before loading the model
+
+    config = SessionConfig(method=args.method, keep=args.keep, stream=args.stream, max_tokens=args.max_tokens,
+                           threads=args.threads or 0, ctx=args.ctx, kv_type=args.kv_type, flash_attn=args.flash_attn)
+    show = not args.quiet
+    with Session(model, mmproj, config=config) as session:
+        bar = ProgressBar("encoding + prefill", 1, "positions", enabled=None if show else False)
+        bar_used = [False]
+
+        def progress(done: int, total: int) -> None:
+            bar.total = max(1, total)
+            bar.update(done)
+            bar_used[0] = True
+
+        def on_token(piece: str) -> None:
+            if bar_used[0]:
+                bar.close()
+                bar_used[0] = False
+            if not args.json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+
+        answer = session.answer(audio, args.prompt, on_token=on_token, progress=progress)
+        bar.close()
+        if args.json:
+            record = answer.to_dict()
+            record.update(model=str(session.model_path), mmproj=str(session.mmproj_path), audio=str(audio),
+                          prompt=args.prompt, threads=config.n_threads, ctx=session.n_ctx, kv_type=config.kv_type,
+                          flash_attn=session.flash_attn, stream=config.stream, machine=platform.machine(),
+                          python=platform.python_version())
+            print(json.dumps(record))
+        else:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        if show:
+            for line in answer.stats.summary_lines():
+                print(line, file=sys.stderr)
+            if not answer.stats.eviction_applied:
+                print(f"{PROG}: note: per-head eviction is not in this llama.cpp build yet; the cache kept everything "
+                      f"and kv_bytes_kept is what {config.method} would keep", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 model/runtime error, 2 bad arguments or input, 130 interrupted)."""
+    from audiokv_edge.audio import AudioError
+    from audiokv_edge.native_libs import NativeLibraryNotFoundError
+    from audiokv_edge.session import ContextTooSmallError, SessionError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except (UsageError, AudioError, ContextTooSmallError, ValueError) as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except (SessionError, NativeLibraryNotFoundError, ImportError, OSError) as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

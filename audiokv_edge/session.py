@@ -1,0 +1,610 @@
+"""Answer prompts about audio with a llama.cpp text model + libmtmd audio projector: the Python API for apps.
+
+A :class:`Session` loads the model and its projector once and answers many audio prompts::
+
+    from audiokv_edge.session import Session, SessionConfig
+
+    with Session("model.gguf", config=SessionConfig(method="full", max_tokens=64)) as s:
+        for piece in s.stream("talk.wav", "Transcribe the audio."):
+            print(piece, end="", flush=True)
+        print(s.last_answer.stats.audio_tokens)
+
+Pipeline: audio file -> mono float32 at the projector's rate (:mod:`audiokv_edge.audio`) -> the model's own chat
+template (from its GGUF, rendered with llama-cpp-python's Jinja support) with mtmd's media marker where the user
+content starts -> ``mtmd_tokenize`` (text chunks + one chunk per 30 s audio window) -> each chunk encoded and
+decoded into the KV cache -> greedy decoding.
+
+KV-cache eviction: this llama.cpp build has no per-head eviction yet. ``method="full"`` keeps everything. Any other
+method runs with the full cache and reports, with ``eviction_applied=False``, the cache size the method's budgets
+would keep; :meth:`Session._evict` is the single place where the per-head eviction call will go (after the prompt,
+or after every audio chunk with ``stream=True``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import ctypes
+import logging
+import os
+import pathlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from audiokv_edge.audio import AudioClip, clip_from_array, load_audio
+from audiokv_edge.stats import KV_TYPE_BYTES, AnswerStats, KVGeometry, peak_rss_bytes
+
+logger = logging.getLogger(__name__)
+native_logger = logging.getLogger("audiokv_edge.native")
+
+DEFAULT_PROMPT = "Transcribe the audio."
+GGUF_MAGIC = b"GGUF"
+KV_TYPES = ("f16", "q8_0")
+
+_GGML_TYPE_IDS = {"f32": 0, "f16": 1, "q8_0": 8}
+
+
+class SessionError(RuntimeError):
+    """A model, projector or context problem; the message is one line naming the file or the limit."""
+
+
+class ContextTooSmallError(SessionError):
+    """The prompt (mostly audio tokens) does not fit in the context."""
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Options of a :class:`Session` (the runner's command-line options).
+
+    Parameters
+    ----------
+    method : str
+        Keep-plan method, a key of ``audiokv_edge.methods.METHODS`` (default ``"audiokv"``).
+    keep : float
+        Fraction of the prompt's KV entries kept, in (0, 1] (ignored by ``full``).
+    stream : bool
+        Evict after every audio chunk (bounded memory) instead of once after the prompt.
+    max_tokens : int
+        Most tokens generated per answer (>= 1).
+    threads : int
+        CPU threads (0: min(4, CPU count)).
+    ctx : int
+        Context size in tokens (prompt + answer).
+    batch : int
+        Logical / physical batch size for prompt decoding.
+    kv_type : str
+        KV-cache type, ``"f16"`` or ``"q8_0"`` (quantized V needs flash attention, which is then switched on).
+    flash_attn : bool
+        Use flash attention.
+    """
+
+    method: str = "audiokv"
+    keep: float = 0.4
+    stream: bool = False
+    max_tokens: int = 128
+    threads: int = 0
+    ctx: int = 8192
+    batch: int = 512
+    kv_type: str = "f16"
+    flash_attn: bool = False
+
+    def __post_init__(self) -> None:
+        from audiokv_edge.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        keep = self.keep
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not np.isfinite(keep) or not 0 < keep <= 1:
+            raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+        for name, low in (("max_tokens", 1), ("threads", 0), ("ctx", 16), ("batch", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {self.kv_type!r}")
+
+    @property
+    def n_threads(self) -> int:
+        return self.threads or min(4, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Generated text and the statistics of producing it."""
+
+    text: str
+    stats: AnswerStats
+
+    def to_dict(self) -> dict:
+        """``{"text": ..., **stats}``: the runner's ``--json`` object."""
+        return {"text": self.text, **self.stats.to_dict()}
+
+
+@dataclass
+class _PromptInfo:
+    chunks: int = 0
+    audio_tokens: int = 0
+    prompt_tokens: int = 0
+    n_pos: int = 0
+    audio_chunk_ids: list = field(default_factory=list)
+
+
+def check_gguf(path: str | pathlib.Path, what: str) -> pathlib.Path:
+    """Raise :class:`SessionError` unless ``path`` is an existing GGUF file.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+    what : str
+        ``"model"`` or ``"audio projector"``, used in the message.
+    """
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise SessionError(f"{what} file not found: {p}")
+    if not p.is_file():
+        raise SessionError(f"{what} path is not a file: {p}")
+    with open(p, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise SessionError(f"{what} {p} is not a GGUF file")
+    return p
+
+
+def find_mmproj(model_path: str | pathlib.Path, mmproj: str | pathlib.Path | None = None) -> pathlib.Path:
+    """The audio projector of a model: ``mmproj`` if given, else the one ``mmproj*.gguf`` beside the model.
+
+    Raises
+    ------
+    SessionError
+        Missing, ambiguous, not a GGUF, or without an audio encoder.
+    """
+    if mmproj is not None:
+        found = check_gguf(mmproj, "audio projector")
+    else:
+        model_path = pathlib.Path(model_path)
+        beside = sorted(model_path.parent.glob("mmproj*.gguf"))
+        if not beside:
+            raise SessionError(
+                f"no audio projector for {model_path}: pass --mmproj FILE or put an mmproj*.gguf beside the model"
+            )
+        if len(beside) > 1:
+            names = ", ".join(b.name for b in beside)
+            raise SessionError(f"several projectors beside {model_path} ({names}): choose one with --mmproj")
+        found = check_gguf(beside[0], "audio projector")
+    if not _gguf_bool(found, "clip.has_audio_encoder"):
+        raise SessionError(f"{found} has no audio encoder (clip.has_audio_encoder is not set)")
+    return found
+
+
+def _gguf_bool(path: pathlib.Path, key: str) -> bool:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:
+        raise SessionError(f"cannot read GGUF metadata of {path}: {exc}") from None
+    f = reader.fields.get(key)
+    return bool(f is not None and f.parts[f.data[0]][0])
+
+
+_LOG_CALLBACK = None
+_LAST_NATIVE_ERRORS: collections.deque = collections.deque(maxlen=8)
+_BACKEND_READY = False
+
+
+def _route_native_logs(llama_cpp, mtmd_cpp) -> None:
+    """Send llama.cpp / libmtmd log lines to the ``audiokv_edge.native`` logger (DEBUG); remember errors."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is None:
+
+        def _log(level, text, user_data):
+            line = (text or b"").decode("utf-8", "replace").rstrip()
+            if level == 3 and line:
+                _LAST_NATIVE_ERRORS.append(line)
+            if line:
+                native_logger.debug("%s", line)
+
+        _LOG_CALLBACK = llama_cpp.llama_log_callback(_log)
+    llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_helper_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+
+
+def _native_error(default: str) -> str:
+    """The most telling recent native error line (without llama.cpp's function prefixes), else ``default``."""
+    for line in reversed(_LAST_NATIVE_ERRORS):
+        text = line
+        while ": " in text and text.split(": ", 1)[0].replace("_", "").isalnum() and " " not in text.split(": ")[0]:
+            text = text.split(": ", 1)[1]
+        if text.startswith("error: "):
+            text = text[len("error: "):]
+        if text and "failed to load" not in text:
+            return text
+    return default
+
+
+class Session:
+    """A loaded text model + audio projector answering audio prompts; a context manager freeing every handle.
+
+    Parameters
+    ----------
+    model : str or pathlib.Path
+        Text model GGUF.
+    mmproj : str or pathlib.Path, optional
+        Audio projector GGUF; default: the one ``mmproj*.gguf`` beside ``model``.
+    config : SessionConfig
+        Options.
+
+    Raises
+    ------
+    SessionError
+        A file is missing, not a GGUF, not loadable, the projector has no audio encoder or does not fit the model.
+    """
+
+    def __init__(self, model: str | pathlib.Path, mmproj: str | pathlib.Path | None = None,
+                 config: SessionConfig | None = None) -> None:
+        self.config = config or SessionConfig()
+        self._model = self._ctx = self._mctx = self._sampler = None
+        self.last_answer: Answer | None = None
+        self.model_path = check_gguf(model, "model")
+        self.mmproj_path = find_mmproj(self.model_path, mmproj)
+
+        from audiokv_edge import native_libs
+
+        self._llama = native_libs.load_llama_cpp()
+        self._lc = self._llama.llama_cpp
+        self._mtmd = native_libs.load_mtmd_cpp()
+        _route_native_logs(self._lc, self._mtmd)
+        global _BACKEND_READY
+        if not _BACKEND_READY:
+            self._lc.llama_backend_init()
+            _BACKEND_READY = True
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ loading
+    def _load(self) -> None:
+        lc, mt, cfg = self._lc, self._mtmd, self.config
+        _LAST_NATIVE_ERRORS.clear()
+        mparams = lc.llama_model_default_params()
+        self._model = lc.llama_model_load_from_file(str(self.model_path).encode(), mparams)
+        if not self._model:
+            raise SessionError(f"llama.cpp cannot load model {self.model_path}: {_native_error('unsupported or corrupt')}")
+        self._vocab = lc.llama_model_get_vocab(self._model)
+
+        flash = cfg.flash_attn
+        if cfg.kv_type != "f16" and not flash:
+            logger.warning("kv_type %s quantizes the V cache, which needs flash attention: switching it on", cfg.kv_type)
+            flash = True
+        self.flash_attn = flash
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = cfg.ctx
+        cparams.n_batch = cfg.batch
+        cparams.n_ubatch = cfg.batch
+        cparams.n_seq_max = 1
+        cparams.n_threads = cfg.n_threads
+        cparams.n_threads_batch = cfg.n_threads
+        cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cparams.type_k = _GGML_TYPE_IDS[cfg.kv_type]
+        cparams.type_v = _GGML_TYPE_IDS[cfg.kv_type]
+        cparams.no_perf = True
+        self._ctx = lc.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise SessionError(f"cannot create a llama.cpp context for {self.model_path}: {_native_error('see -v log')}")
+        self.n_ctx = int(lc.llama_n_ctx(self._ctx))
+
+        mp = mt.mtmd_context_params_default()
+        mp.use_gpu = False
+        mp.print_timings = False
+        mp.n_threads = cfg.n_threads
+        mp.warmup = False
+        mp.flash_attn_type = cparams.flash_attn_type
+        self._mctx = mt.mtmd_init_from_file(str(self.mmproj_path).encode(), self._model, mp)
+        if not self._mctx:
+            raise SessionError(
+                f"audio projector {self.mmproj_path} does not fit model {self.model_path}: "
+                f"{_native_error('libmtmd refused it')}"
+            )
+        if not mt.mtmd_support_audio(self._mctx):
+            raise SessionError(f"{self.mmproj_path} has no audio encoder")
+        self.sample_rate = int(mt.mtmd_get_audio_sample_rate(self._mctx))
+        if self.sample_rate <= 0:
+            raise SessionError(f"{self.mmproj_path} reports audio sample rate {self.sample_rate}")
+        self._sampler = lc.llama_sampler_init_greedy()
+        self.geometry = self._kv_geometry()
+        self._formatter = self._chat_formatter()
+        self.marker = mt.mtmd_default_marker().decode()
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = self._lc.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode() if n >= 0 else None
+
+    def _kv_geometry(self) -> KVGeometry:
+        lc = self._lc
+        arch = self._meta("general.architecture") or ""
+        n_layer = int(lc.llama_model_n_layer(self._model))
+        n_head = int(lc.llama_model_n_head(self._model))
+        n_head_kv = int(lc.llama_model_n_head_kv(self._model))
+        n_embd = int(lc.llama_model_n_embd(self._model))
+        dk = self._meta(f"{arch}.attention.key_length")
+        dv = self._meta(f"{arch}.attention.value_length")
+        head_dim_k = int(dk) if dk else n_embd // max(1, n_head)
+        head_dim_v = int(dv) if dv else head_dim_k
+        return KVGeometry(n_layer, n_head_kv, head_dim_k, head_dim_v, self.config.kv_type)
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        raw = self._lc.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def _chat_formatter(self):
+        template = self._lc.llama_model_chat_template(self._model, None)
+        self._bos_text = self._token_text(self._lc.llama_vocab_bos(self._vocab))
+        if not template:
+            logger.warning("%s has no chat template: the prompt is sent as plain text", self.model_path)
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        eos_text = self._token_text(self._lc.llama_vocab_eos(self._vocab))
+        return Jinja2ChatFormatter(template.decode("utf-8", "replace"), eos_token=eos_text, bos_token=self._bos_text)
+
+    def render_prompt(self, prompt: str) -> str:
+        """The chat-formatted prompt, with mtmd's media marker where the audio goes (start of the user turn)."""
+        content = f"{self.marker}\n{prompt}"
+        if self._formatter is None:
+            return content + "\n"
+        return self._formatter(messages=[{"role": "user", "content": content}]).prompt
+
+    # ------------------------------------------------------------------ answering
+    def _clip(self, audio, sample_rate: int | None) -> AudioClip:
+        if isinstance(audio, AudioClip):
+            if audio.sample_rate != self.sample_rate:
+                return clip_from_array(audio.samples, audio.sample_rate, self.sample_rate, path=audio.path)
+            return audio
+        if isinstance(audio, np.ndarray):
+            if sample_rate is None:
+                raise ValueError("sample_rate is required with an audio array")
+            return clip_from_array(audio, sample_rate, self.sample_rate)
+        return load_audio(audio, self.sample_rate)
+
+    def answer(self, audio, prompt: str = DEFAULT_PROMPT, *, sample_rate: int | None = None,
+               on_token: Callable[[str], None] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> Answer:
+        """Answer ``prompt`` about ``audio``.
+
+        Parameters
+        ----------
+        audio : str, pathlib.Path, AudioClip or ndarray
+            A file, a loaded clip, or samples ([n] or [n, channels], with ``sample_rate``).
+        prompt : str
+            The question (default: transcribe).
+        sample_rate : int, optional
+            Rate of an array ``audio``.
+        on_token : callable, optional
+            Called with each piece of text as soon as it is generated.
+        progress : callable, optional
+            ``progress(done_positions, total_positions)`` after every prompt chunk (encoding + prefill).
+
+        Returns
+        -------
+        Answer
+        """
+        pieces = []
+        for piece in self.stream(audio, prompt, sample_rate=sample_rate, progress=progress):
+            pieces.append(piece)
+            if on_token is not None:
+                on_token(piece)
+        assert self.last_answer is not None
+        return self.last_answer
+
+    def stream(self, audio, prompt: str = DEFAULT_PROMPT, *, sample_rate: int | None = None,
+               progress: Callable[[int, int], None] | None = None) -> Iterator[str]:
+        """Like :meth:`answer`, yielding text pieces as they are generated; the :class:`Answer` is then in
+        :attr:`last_answer`."""
+        if self._ctx is None:
+            raise SessionError("session is closed")
+        clip = self._clip(audio, sample_rate)
+        return self._generate(clip, prompt, progress)
+
+    def _tokenize(self, clip: AudioClip, prompt: str):
+        lc, mt = self._lc, self._mtmd
+        text = self.render_prompt(prompt)
+        add_special = not (self._bos_text and text.startswith(self._bos_text))
+        samples = np.ascontiguousarray(clip.samples, dtype=np.float32)
+        bitmap = mt.mtmd_bitmap_init_from_audio(samples.shape[0], samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+        if not bitmap:
+            raise SessionError("libmtmd could not take the audio samples")
+        chunks = mt.mtmd_input_chunks_init()
+        try:
+            raw = text.encode("utf-8")
+            inp = mt.mtmd_input_text(raw, len(raw), add_special, True)
+            bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            rc = mt.mtmd_tokenize(self._mctx, chunks, ctypes.byref(inp), bitmaps, 1)
+        finally:
+            mt.mtmd_bitmap_free(bitmap)
+        if rc != 0:
+            mt.mtmd_input_chunks_free(chunks)
+            raise SessionError(f"libmtmd could not tokenize the prompt (code {rc}): {_native_error('see -v log')}")
+        info = _PromptInfo()
+        info.chunks = int(mt.mtmd_input_chunks_size(chunks))
+        for i in range(info.chunks):
+            chunk = mt.mtmd_input_chunks_get(chunks, i)
+            n = int(mt.mtmd_input_chunk_get_n_tokens(chunk))
+            info.prompt_tokens += n
+            info.n_pos += int(mt.mtmd_input_chunk_get_n_pos(chunk))
+            if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_AUDIO:
+                info.audio_tokens += n
+                info.audio_chunk_ids.append(i)
+        return chunks, info
+
+    def count_audio_tokens(self, audio, *, sample_rate: int | None = None) -> int:
+        """Audio tokens mtmd would place in the prompt for ``audio`` (tokenization only, nothing encoded)."""
+        chunks, info = self._tokenize(self._clip(audio, sample_rate), DEFAULT_PROMPT)
+        self._mtmd.mtmd_input_chunks_free(chunks)
+        return info.audio_tokens
+
+    def _needs_eviction(self) -> bool:
+        return self.config.method != "full"
+
+    def _evict(self, n_past: int) -> tuple[int, float]:
+        """Apply the configured method to the cache holding ``n_past`` prompt positions.
+
+        Returns
+        -------
+        kept_entries : int
+            (layer, KV head, token) entries the method keeps.
+        elapsed_ms : float
+
+        Notes
+        -----
+        This build has no per-head eviction in llama.cpp: nothing is removed, and ``kept_entries`` is the total of
+        the method's per-head budgets (for every method but ``full`` they sum to L * Hkv * min(C, N), C the
+        uniform budget of docs/semantics.md). The per-head eviction call replaces this body.
+        """
+        from audiokv_edge.keep_plan import uniform_budget
+
+        start = time.perf_counter()
+        g = self.geometry
+        per_head = n_past if not self._needs_eviction() else min(uniform_budget(self.config.keep, n_past), n_past)
+        return g.n_layer * g.n_head_kv * per_head, (time.perf_counter() - start) * 1e3
+
+    def _generate(self, clip: AudioClip, prompt: str, progress) -> Iterator[str]:
+        lc, mt, cfg = self._lc, self._mtmd, self.config
+        self.last_answer = None
+        lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
+        lc.llama_sampler_reset(self._sampler)
+        t0 = time.perf_counter()
+        chunks, info = self._tokenize(clip, prompt)
+        evict_ms = 0.0
+        try:
+            if info.n_pos + 1 > self.n_ctx:
+                hint = ("--stream needs per-head eviction, which this llama.cpp build does not have yet; use a larger "
+                        f"--ctx (at least {info.n_pos + cfg.max_tokens})") if cfg.stream else \
+                    f"use --stream or a larger --ctx (at least {info.n_pos + cfg.max_tokens})"
+                raise ContextTooSmallError(
+                    f"the prompt needs {info.n_pos} positions ({clip.seconds:.1f} s of audio -> {info.audio_tokens} "
+                    f"audio tokens) but the context holds {self.n_ctx}: {hint}"
+                )
+            n_past = 0
+            done = 0
+            if progress is not None:
+                progress(0, info.n_pos)
+            for i in range(info.chunks):
+                chunk = mt.mtmd_input_chunks_get(chunks, i)
+                new_n_past = lc.llama_pos(0)
+                rc = mt.mtmd_helper_eval_chunk_single(self._mctx, self._ctx, chunk, n_past, 0, cfg.batch,
+                                                      i == info.chunks - 1, ctypes.byref(new_n_past))
+                if rc != 0:
+                    raise SessionError(f"evaluating prompt chunk {i + 1}/{info.chunks} failed (code {rc}): "
+                                       f"{_native_error('see -v log')}")
+                n_past = int(new_n_past.value)
+                done += int(mt.mtmd_input_chunk_get_n_pos(chunk))
+                if cfg.stream and self._needs_eviction() and i in info.audio_chunk_ids:
+                    evict_ms += self._evict(n_past)[1]
+                if progress is not None:
+                    progress(done, info.n_pos)
+        finally:
+            mt.mtmd_input_chunks_free(chunks)
+        kept_entries, ms = self._evict(n_past)
+        evict_ms += ms
+        prefill_s = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pieces: list[str] = []
+        generated = 0
+        finish = "length"
+        buf = ctypes.create_string_buffer(256)
+        token_arr = (lc.llama_token * 1)()
+        while generated < cfg.max_tokens:
+            token = int(lc.llama_sampler_sample(self._sampler, self._ctx, -1))
+            if lc.llama_vocab_is_eog(self._vocab, token):
+                finish = "stop"
+                break
+            generated += 1
+            n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = decoder.decode(buf.raw[: max(n, 0)])
+            if piece:
+                pieces.append(piece)
+                yield piece
+            if generated >= cfg.max_tokens:
+                break
+            if n_past + 1 > self.n_ctx:
+                finish = "context"
+                break
+            token_arr[0] = token
+            rc = lc.llama_decode(self._ctx, lc.llama_batch_get_one(token_arr, 1))
+            if rc != 0:
+                raise SessionError(f"llama_decode failed at position {n_past} (code {rc})")
+            n_past += 1
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            pieces.append(tail)
+            yield tail
+        decode_s = time.perf_counter() - t1
+
+        g = self.geometry
+        stats = AnswerStats(
+            audio_seconds=round(clip.seconds, 6),
+            audio_tokens=info.audio_tokens,
+            prompt_tokens=info.n_pos,
+            generated_tokens=generated,
+            method=cfg.method,
+            keep=1.0 if cfg.method == "full" else float(cfg.keep),
+            eviction_applied=not self._needs_eviction(),
+            kv_bytes_full=g.full_bytes(info.n_pos),
+            kv_bytes_kept=g.kept_bytes(kept_entries),
+            prefill_tokens_per_s=info.n_pos / prefill_s if prefill_s > 0 else 0.0,
+            decode_tokens_per_s=generated / decode_s if decode_s > 0 and generated else 0.0,
+            prefill_s=prefill_s,
+            decode_s=decode_s,
+            evict_ms=evict_ms,
+            peak_rss_bytes=peak_rss_bytes(),
+            finish_reason=finish,
+        )
+        self.last_answer = Answer("".join(pieces), stats)
+
+    # ------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        """Free the projector, context, model and sampler (idempotent)."""
+        lc = getattr(self, "_lc", None)
+        mt = getattr(self, "_mtmd", None)
+        if getattr(self, "_mctx", None) and mt is not None:
+            mt.mtmd_free(self._mctx)
+        self._mctx = None
+        if getattr(self, "_sampler", None) and lc is not None:
+            lc.llama_sampler_free(self._sampler)
+        self._sampler = None
+        if getattr(self, "_ctx", None) and lc is not None:
+            lc.llama_free(self._ctx)
+        self._ctx = None
+        if getattr(self, "_model", None) and lc is not None:
+            lc.llama_model_free(self._model)
+        self._model = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+__all__ = ["Answer", "AnswerStats", "ContextTooSmallError", "DEFAULT_PROMPT", "KV_TYPE_BYTES", "Session",
+           "SessionConfig", "SessionError", "find_mmproj", "check_gguf"]

@@ -1,0 +1,90 @@
+"""Audio lengths 1 s, 29.9 s, 30 s, 31 s and 300 s give the audio-token counts each projector's spec predicts.
+
+The expected counts are derived here from the projectors' documented behaviour (../shared/design/llama-cpp-notes.md
+and the mtmd preprocessors), not from our code:
+
+- Whisper family (qwen2a, ultravox): 16 kHz, hop 160 -> floor(n / 160) mel frames; 30 s of silence are
+  appended (+3000 frames) and the STFT adds one frame; the mel is cut into 3000-frame chunks and the incomplete tail
+  dropped. Tokens per chunk: qwen2a 750 (conv stride 2, avg-pool 2), ultravox 3000 / stack / 2 (stack 8 -> 187).
+  So exactly 30 s gives TWO chunks (the second one silent), 29.9 s one.
+- qwen3a: floor(n / 160) + 1 frames, cut into 800-frame (8 s) windows, each padded to whole 100-frame (1 s) chunks,
+  13 tokens per chunk.
+
+Tokenization only (nothing is encoded), in a subprocess so that a native abort fails the test instead of pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from audiokv_edge.tiny_models import TINY_PAIRS, write_tiny_pair
+
+REPO = Path(__file__).resolve().parents[1]
+SECONDS = (1.0, 29.9, 30.0, 31.0, 300.0)
+RATE = 16000
+
+PROBE = r"""
+import json, sys
+import numpy as np
+from audiokv_edge.session import Session, SessionConfig
+model, mmproj, *secs = sys.argv[1:]
+counts = {}
+with Session(model, mmproj, SessionConfig(method="full", ctx=256, threads=2)) as s:
+    assert s.sample_rate == 16000, s.sample_rate
+    rng = np.random.default_rng(0)
+    for sec in secs:
+        n = int(round(float(sec) * 16000))
+        audio = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        counts[sec] = s.count_audio_tokens(audio, sample_rate=16000)
+print(json.dumps(counts))
+"""
+
+
+def expected_audio_tokens(projector: str, n_samples: int, stack_factor: int = 0) -> int:
+    """Audio tokens for ``n_samples`` at 16 kHz, from the projector's spec."""
+    if projector == "qwen3a":
+        frames = n_samples // 160 + 1
+        total = 0
+        for offset in range(0, frames, 800):
+            window = min(800, frames - offset)
+            total += -(-window // 100) * 13
+        return total
+    chunks = (n_samples // 160 + 3000 + 1) // 3000
+    per_chunk = {"qwen2a": 750, "ultravox": 3000 // max(stack_factor, 1) // 2}[projector]
+    return chunks * per_chunk
+
+
+def test_expected_table_matches_the_notes():
+    # llama-cpp-notes.md: qwen2a 750 per 30 s chunk (25/s), ultravox stack 8 -> 187, qwen3a ~13 tokens/s
+    assert [expected_audio_tokens("qwen2a", int(round(s * RATE))) for s in SECONDS] == [750, 750, 1500, 1500, 8250]
+    assert [expected_audio_tokens("ultravox", int(round(s * RATE)), 8) for s in SECONDS] == [187, 187, 374, 374, 2057]
+    assert [expected_audio_tokens("qwen3a", int(round(s * RATE))) for s in SECONDS] == [26, 390, 403, 416, 3913]
+
+
+def _projector_pairs() -> list[str]:
+    seen, names = set(), []
+    for name, pair in TINY_PAIRS.items():
+        key = (pair.audio.projector, pair.audio.stack_factor)
+        if key not in seen:
+            seen.add(key)
+            names.append(name)
+    return names
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("name", _projector_pairs())
+def test_audio_token_counts(tmp_path, name):
+    model, mmproj = write_tiny_pair(tmp_path, name)
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(model), str(mmproj), *map(str, SECONDS)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    audio = TINY_PAIRS[name].audio
+    for sec in SECONDS:
+        n = int(round(sec * RATE))
+        assert counts[str(sec)] == expected_audio_tokens(audio.projector, n, audio.stack_factor), (name, sec, counts)

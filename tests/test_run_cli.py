@@ -1,0 +1,192 @@
+"""``python -m audiokv_edge.run`` as a subprocess: end-to-end runs on tiny models of several architectures with
+real speech, the JSON record, the built-in default, and bad input (one-line error, non-zero exit, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiokv_edge.methods import METHODS
+from audiokv_edge.tiny_models import TINY_PAIRS, AudioProjectorSpec, write_audio_projector, write_tiny_pair
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "audiokv_edge" / "data"
+JFK = DATA / "jfk.wav"
+JSON_FIELDS = {"text", "audio_seconds", "audio_tokens", "method", "keep", "kv_bytes_full", "kv_bytes_kept",
+               "prefill_tokens_per_s", "decode_tokens_per_s", "evict_ms", "peak_rss_bytes"}
+
+
+def run_cli(*args: str, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "audiokv_edge.run", *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode not in (0, None) and proc.returncode > 0, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("audiokv-run: error: "), lines[0]
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), (needle, lines[0])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    return {name: write_tiny_pair(out, name) for name in TINY_PAIRS}
+
+
+# --- bad arguments: no native code involved ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep", ["0", "-1", "1.5", "abc", "nan"])
+def test_bad_keep(keep):
+    assert_one_line_error(run_cli("m.gguf", str(JFK), "--keep", keep), "--keep", "(0, 1]")
+
+
+def test_unknown_method():
+    assert_one_line_error(run_cli("m.gguf", str(JFK), "--method", "magic"), "--method", "magic")
+
+
+def test_missing_model(tmp_path):
+    assert_one_line_error(run_cli(str(tmp_path / "nope.gguf"), str(JFK)), "model file not found")
+
+
+def test_model_that_is_not_gguf(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 definitely not a gguf" * 10)
+    assert_one_line_error(run_cli(str(fake), str(JFK)), "not a GGUF file")
+
+
+def test_model_without_audio_projector(tmp_path, tiny):
+    lonely = tmp_path / "alone"
+    lonely.mkdir()
+    shutil.copy(tiny["qwen2-qwen2a"][0], lonely / "model.gguf")
+    assert_one_line_error(run_cli(str(lonely / "model.gguf"), str(JFK)), "no audio projector", "--mmproj")
+
+
+def test_model_given_without_audio():
+    assert_one_line_error(run_cli("m.gguf"), "AUDIO")
+
+
+def _wav_bytes(rate: int, channels: int, frames: int) -> bytes:
+    data = np.zeros(frames * channels, dtype="<i2").tobytes()
+    fmt = struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * channels * 2, channels * 2, 16)
+    return b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + fmt + b"data" + struct.pack("<I", len(data)) + data
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda p: None, "not found"),
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_text("hello, not audio\n" * 50), "cannot read audio"),
+        (lambda p: p.write_bytes(_wav_bytes(16000, 1, 0)), "zero length"),
+        (lambda p: p.write_bytes(_wav_bytes(0, 1, 1600)), "0 Hz"),
+        (lambda p: sf.write(p, np.zeros((1600, 8)), 16000, format="WAV"), "8 channels"),
+    ],
+    ids=["missing", "empty", "not-audio", "zero-length", "0Hz", "8-channels"],
+)
+def test_bad_audio(tmp_path, tiny, make, needle):
+    audio = tmp_path / "bad.wav"
+    make(audio)
+    model, _ = tiny["qwen2-qwen2a"]
+    assert_one_line_error(run_cli(str(model), str(audio), "--method", "full"), needle)
+
+
+# --- with the native build ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.native
+def test_projector_of_another_model(tmp_path, tiny):
+    model, _ = tiny["qwen2-qwen2a"]
+    other = tmp_path / "mmproj-other.gguf"
+    write_audio_projector(other, AudioProjectorSpec("qwen2a"), n_embd_text=96)
+    proc = run_cli(str(model), str(JFK), "--mmproj", str(other), "--method", "full")
+    assert_one_line_error(proc, "does not fit", "n_embd")
+
+
+@pytest.mark.native
+def test_audio_longer_than_context(tiny):
+    model, _ = tiny["qwen2-qwen2a"]
+    proc = run_cli(str(model), str(JFK), "--method", "full", "--ctx", "256")
+    assert_one_line_error(proc, "--stream", "--ctx", "750 audio tokens")
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("name", sorted(TINY_PAIRS))
+def test_end_to_end_full_json(tiny, name):
+    model, mmproj = tiny[name]
+    proc = run_cli(str(model), str(JFK), "--mmproj", str(mmproj), "--method", "full", "--max-tokens", "6",
+                   "--threads", "2", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert JSON_FIELDS <= set(record)
+    assert record["method"] == "full" and record["eviction_applied"] is True
+    assert record["audio_seconds"] == pytest.approx(11.0)
+    assert record["audio_tokens"] > 0 and record["prompt_tokens"] > record["audio_tokens"]
+    assert 0 <= record["generated_tokens"] <= 6 and isinstance(record["text"], str)
+    assert record["kv_bytes_full"] > 0
+    assert abs(record["kv_bytes_kept"] / record["kv_bytes_full"] - record["keep"]) <= 0.05 * record["keep"]
+    assert record["prefill_tokens_per_s"] > 0 and record["peak_rss_bytes"] > 0
+    assert "kv cache" in proc.stderr  # statistics on stderr
+
+
+@pytest.mark.native
+def test_text_streams_to_stdout_and_stats_to_stderr(tiny):
+    model, _ = tiny["llama-ultravox"]
+    proc = run_cli(str(model), str(DATA / "jfk.mp3"), "--method", "full", "--max-tokens", "5", "--threads", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.endswith("\n") and "{" not in proc.stdout[:1]
+    assert "audio: 11." in proc.stderr and "prefill:" in proc.stderr and "peak RSS" in proc.stderr
+    quiet = run_cli(str(model), str(DATA / "jfk.mp3"), "--method", "full", "--max-tokens", "5", "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr.strip() == "" and quiet.stdout == proc.stdout
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_reports_its_budget(tiny, method):
+    """Until per-head eviction lands: ``full`` keeps everything; every other method runs with the full cache and
+    reports (eviction_applied false) the bytes its budgets keep, which must be within 5% of keep."""
+    model, _ = tiny["qwen3-qwen2a"]
+    proc = run_cli(str(model), str(DATA / "arctic_a0007.wav"), "--method", method, "--keep", "0.4",
+                   "--max-tokens", "3", "--threads", "2", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["method"] == method
+    ratio = record["kv_bytes_kept"] / record["kv_bytes_full"]
+    if method == "full":
+        assert record["keep"] == 1.0 and ratio == 1.0 and record["eviction_applied"] is True
+    else:
+        assert record["keep"] == 0.4 and record["eviction_applied"] is False
+        assert abs(ratio - 0.4) <= 0.05 * 0.4
+        assert "not in this llama.cpp build" in proc.stderr
+
+
+@pytest.mark.native
+def test_stream_without_eviction_refuses_clearly(tiny):
+    model, _ = tiny["qwen2-qwen2a"]
+    proc = run_cli(str(model), str(JFK), "--stream", "--ctx", "256")
+    assert_one_line_error(proc, "--stream needs per-head eviction", "--ctx")
+
+
+@pytest.mark.native
+def test_builtin_default_without_arguments(tmp_path):
+    proc = run_cli("--max-tokens", "4", env_extra={"AUDIOKV_EDGE_CACHE": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TINY RANDOM-WEIGHT TEST MODEL" in proc.stderr
+    assert (tmp_path / "tiny-models" / "qwen2-qwen2a" / "model.gguf").is_file()
