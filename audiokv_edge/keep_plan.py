@@ -250,7 +250,6 @@ def plan(method: str | KeepMethod, q_window: np.ndarray | None, keys: np.ndarray
         return KeepPlan([[last] * shape[1] for _ in range(shape[0])], n_tokens, m.name)
     scores = m.score(inputs)
     budgets = m.budgets(inputs, scores)
-    if budgets.shape != shape or int(budgets.sum()) != inputs.uniform_total:
-        raise RuntimeError(f"{m.name} sized budgets of shape {budgets.shape} and total {budgets.sum()}, "
-                           f"expected {shape} and {inputs.uniform_total}")
+    if budgets.shape != shape:
+        raise RuntimeError(f"{m.name} sized budgets of shape {budgets.shape}, expected {shape}")
     return KeepPlan(select_kept(scores, budgets, n_tokens, window), n_tokens, m.name)

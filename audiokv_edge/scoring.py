@@ -145,7 +145,7 @@ def pool1d(x: np.ndarray, kernel: int, pool_type: str = "avg") -> np.ndarray:
 
 def smoothed_window_scores(q_window: np.ndarray, keys: np.ndarray, gqa_reduce: str = "mean",
                            pool_kernel: int = 5, pool_type: str = "avg", sss_alpha: float = 0.0,
-                           sss_gamma: float = 0.7) -> np.ndarray:
+                           sss_gamma: float = 0.7, sss_taper: float = 0.05) -> np.ndarray:
     """Window scores, GQA-reduced, then smoothed: SSS when sss_alpha > 0, else pooling.
 
     Parameters
@@ -156,7 +156,7 @@ def smoothed_window_scores(q_window: np.ndarray, keys: np.ndarray, gqa_reduce: s
     pool_kernel : int
         Odd >= 1 (used when sss_alpha == 0).
     pool_type : {"avg", "max"}
-    sss_alpha, sss_gamma : float
+    sss_alpha, sss_gamma, sss_taper : float
         Spectral Score Smoothing parameters (audiokv_edge.sss.spectral_smooth).
 
     Returns
@@ -165,5 +165,5 @@ def smoothed_window_scores(q_window: np.ndarray, keys: np.ndarray, gqa_reduce: s
     """
     reduced = reduce_gqa(window_scores(q_window, keys), keys.shape[1], gqa_reduce)
     if sss_alpha > 0:
-        return spectral_smooth(reduced, sss_alpha, sss_gamma)
+        return spectral_smooth(reduced, sss_alpha, sss_gamma, sss_taper)
     return pool1d(reduced, pool_kernel, pool_type)

@@ -12,20 +12,25 @@ import numpy as np
 __all__ = ["spectral_smooth", "spectral_mask", "taper_width", "check_sss_params"]
 
 
-def check_sss_params(alpha: float, gamma: float) -> None:
-    """Raise ValueError unless 0 <= alpha <= 1 and 0 < gamma <= 1 (both finite)."""
+def check_sss_params(alpha: float, gamma: float, taper: float = 0.05) -> None:
+    """Raise ValueError unless 0 <= alpha <= 1, 0 < gamma <= 1 and 0 <= taper <= 1."""
+    if not isinstance(taper, (int, float)) or isinstance(taper, bool) or not 0.0 <= float(taper) <= 1.0:
+        raise ValueError(f"SSS taper must be a number in [0, 1], got {taper!r}")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"SSS alpha must be a number in [0, 1], got {alpha!r}")
     if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not 0.0 < float(gamma) <= 1.0:
         raise ValueError(f"SSS gamma must be a number in (0, 1], got {gamma!r}")
 
 
-def taper_width(n: int) -> int:
-    """Cosine taper width D = max(2, ceil(0.05 * (n // 2 + 1))) for a row of length n."""
-    return max(2, math.ceil(0.05 * (n // 2 + 1)))
+def taper_width(n: int, taper: float = 0.05) -> int:
+    """Cosine taper width D = max(2, ceil(taper * (n // 2 + 1))) for a row of length n; D = 1 (no taper, a hard
+    cut after k*) when taper == 0. The paper gives no width: taper = 0.05 is this project's [choice]."""
+    if taper == 0:
+        return 1
+    return max(2, math.ceil(taper * (n // 2 + 1)))
 
 
-def spectral_mask(energy: np.ndarray, gamma: float, n: int) -> np.ndarray:
+def spectral_mask(energy: np.ndarray, gamma: float, n: int, taper: float = 0.05) -> np.ndarray:
     """Low-pass mask from the power spectrum (Eq. 15-17 plus the cosine taper).
 
     Parameters
@@ -36,6 +41,8 @@ def spectral_mask(energy: np.ndarray, gamma: float, n: int) -> np.ndarray:
         Fraction of the total energy the pass band must hold.
     n : int
         Length of the time-domain rows.
+    taper : float
+        Relative taper width (:func:`taper_width`).
 
     Returns
     -------
@@ -47,7 +54,7 @@ def spectral_mask(energy: np.ndarray, gamma: float, n: int) -> np.ndarray:
     total = c[..., -1:]
     k_star = np.argmax(c >= gamma * total, axis=-1)[..., None]  # first True; exists since c[-1] >= gamma c[-1]
     i = np.arange(energy.shape[-1])
-    d = taper_width(n)
+    d = taper_width(n, taper)
     offset = (i - k_star).astype(np.float64)
     mask = np.where(offset <= 0, 1.0, 0.0)
     in_taper = (offset > 0) & (offset < d)
@@ -55,7 +62,7 @@ def spectral_mask(energy: np.ndarray, gamma: float, n: int) -> np.ndarray:
     return np.where(total > 0, mask, 1.0)
 
 
-def spectral_smooth(x: np.ndarray, alpha: float = 0.5, gamma: float = 0.7) -> np.ndarray:
+def spectral_smooth(x: np.ndarray, alpha: float = 0.5, gamma: float = 0.7, taper: float = 0.05) -> np.ndarray:
     """Spectral Score Smoothing along the last axis.
 
     out = (1 - alpha) x + alpha irfft(rfft(x) * m, n), with the energy-quantile low-pass mask m of
@@ -69,6 +76,8 @@ def spectral_smooth(x: np.ndarray, alpha: float = 0.5, gamma: float = 0.7) -> np
         Blend weight of the smoothed row, in [0, 1]; 0 returns x unchanged.
     gamma : float, default 0.7
         Energy fraction kept in the pass band, in (0, 1].
+    taper : float, default 0.05
+        [choice] cosine taper width as a fraction of the n // 2 + 1 bins (at least 2 bins); 0 = hard cut.
 
     Returns
     -------
@@ -78,9 +87,9 @@ def spectral_smooth(x: np.ndarray, alpha: float = 0.5, gamma: float = 0.7) -> np
     Raises
     ------
     ValueError
-        On alpha or gamma out of range, a 0-d input, or non-finite values.
+        On alpha, gamma or taper out of range, a 0-d input, or non-finite values.
     """
-    check_sss_params(alpha, gamma)
+    check_sss_params(alpha, gamma, taper)
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 0:
         raise ValueError("spectral_smooth needs an array with at least one axis (the token axis)")
@@ -91,5 +100,5 @@ def spectral_smooth(x: np.ndarray, alpha: float = 0.5, gamma: float = 0.7) -> np
         return x.copy()
     spectrum = np.fft.rfft(x, axis=-1)
     energy = spectrum.real ** 2 + spectrum.imag ** 2
-    smoothed = np.fft.irfft(spectrum * spectral_mask(energy, gamma, n), n=n, axis=-1)
+    smoothed = np.fft.irfft(spectrum * spectral_mask(energy, gamma, n, taper), n=n, axis=-1)
     return (1.0 - alpha) * x + alpha * smoothed

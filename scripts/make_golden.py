@@ -25,7 +25,7 @@ CASES = [
     ("snapkv", {}), ("snapkv", {"pool_kernel": 7, "pool_type": "max"}), ("snapkv", {"gqa_reduce": "max"}),
     ("pyramidkv", {}), ("pyramidkv", {"beta": 2}), ("adakv", {}), ("adakv", {"safeguard": 0.5}),
     ("audiokv", {}), ("audiokv", {"sss_alpha": 1.0, "sss_gamma": 0.3}), ("audiokv", {"sss_alpha": 0.0}),
-    ("audiokv", {"uniform_share": 0.0}),
+    ("audiokv", {"uniform_share": 0.0}), ("audiokv", {"sss_taper": 0.0}), ("audiokv", {"redistribute_surplus": False}),
 ]
 KEEPS = [0.1, 0.4, 0.75]
 # name -> (n_layer, n_head, n_head_kv, n_tokens, window, head_dim, seed, kind)

@@ -48,6 +48,15 @@ def test_surplus_to_zero_score_heads_equally():
     assert budgets_of([[0, 0, 0, 1]], 50, 40, 8).tolist() == [[37, 37, 36, 50]]
 
 
+def test_sparsemm_mode_drops_the_surplus():
+    # [28, 28, 32, 72] clipped at N = 50: the 22 tokens above N are not given to anybody
+    assert budgets_of([[1, 1, 2, 12]], 50, 40, 8, redistribute_surplus=False).tolist() == [[28, 28, 32, 50]]
+    # 15.2, 18.4, 21.6, 24.8 rounded per head: 15, 18, 22, 25
+    assert budgets_of([[1, 2], [3, 4]], 1000, 20, 4, redistribute_surplus=False).tolist() == [[15, 18], [22, 25]]
+    with pytest.raises(ValueError, match="bool"):
+        AudioKV(redistribute_surplus=1)
+
+
 def test_two_layers_normalised_over_all_heads():
     # S_hat over all 4 heads: 0.1, 0.2, 0.3, 0.4; C = 20, w = 4: base 16, m = 8, remain = 32
     got = audiokv_real_budgets(np.array([[1, 2], [3, 4]]), 20, 4, 1000)

@@ -39,4 +39,4 @@ def test_golden_plans(path):
                    **case["params"])
         assert got == expected, case
         n += 1
-    assert n == 48
+    assert n == 54

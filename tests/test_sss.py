@@ -8,7 +8,7 @@ import pytest
 from audiokv_edge.sss import spectral_smooth, taper_width
 
 
-def transcribed_sss(x, alpha, gamma):
+def transcribed_sss(x, alpha, gamma, taper=0.05):
     """Eq. 13-20 written out for one row with an explicit DFT and loops (no FFT library)."""
     n = len(x)
     if alpha == 0 or n <= 1:
@@ -27,7 +27,7 @@ def transcribed_sss(x, alpha, gamma):
         if acc >= gamma * total:
             k_star = k
             break
-    d = max(2, math.ceil(0.05 * half))
+    d = max(2, math.ceil(taper * half)) if taper > 0 else 1
     mask = []
     for i in range(half):  # Eq. 17 plus the cosine taper
         if i <= k_star:
@@ -54,6 +54,18 @@ def test_matches_transcription_of_the_equations(n, alpha, gamma):
         x = rng.random(n) if kind == "uniform" else rng.random(n) ** 8
         np.testing.assert_allclose(spectral_smooth(x, alpha, gamma), transcribed_sss(list(x), alpha, gamma),
                                    rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("taper", [0.0, 0.2, 1.0])
+def test_taper_parameter_matches_transcription(taper):
+    x = np.random.default_rng(9).random(90) ** 4
+    np.testing.assert_allclose(spectral_smooth(x, 0.7, 0.5, taper), transcribed_sss(list(x), 0.7, 0.5, taper),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_gamma_one_without_taper_is_identity():
+    x = np.random.default_rng(4).random((3, 77))
+    np.testing.assert_allclose(spectral_smooth(x, alpha=1.0, gamma=1.0, taper=0.0), x, rtol=1e-12, atol=1e-13)
 
 
 def test_alpha_zero_is_identity():
@@ -100,6 +112,7 @@ def test_low_pass_keeps_a_slow_tone_and_damps_noise():
 def test_taper_width():
     assert taper_width(10) == 2
     assert taper_width(7468) == math.ceil(0.05 * 3735)
+    assert taper_width(7468, 0.0) == 1
 
 
 @pytest.mark.parametrize("alpha,gamma", [(-0.1, 0.7), (1.1, 0.7), (0.5, 0.0), (0.5, 1.5), (float("nan"), 0.7),
@@ -107,6 +120,12 @@ def test_taper_width():
 def test_bad_parameters(alpha, gamma):
     with pytest.raises(ValueError):
         spectral_smooth(np.ones(8), alpha, gamma)
+
+
+@pytest.mark.parametrize("taper", [-0.1, 1.5, None])
+def test_bad_taper(taper):
+    with pytest.raises(ValueError, match="taper"):
+        spectral_smooth(np.ones(8), 0.5, 0.7, taper)
 
 
 def test_bad_input():

@@ -20,7 +20,7 @@ _warned_no_profile = False
 
 
 def audiokv_real_budgets(scores: np.ndarray, budget: int, window: int, n_tokens: int,
-                         uniform_share: float = 0.5) -> np.ndarray:
+                         uniform_share: float = 0.5, redistribute_surplus: bool = True) -> np.ndarray:
     """Real per-head budgets from a head profile (paper Eq. 1, SparseMM), surplus above N redistributed.
 
     S_hat = S / sum(S); base = C - w; m = floor(uniform_share * base); remain = (base - m) * L * Hkv;
@@ -36,11 +36,13 @@ def audiokv_real_budgets(scores: np.ndarray, budget: int, window: int, n_tokens:
         C, w, N with w < C < N.
     uniform_share : float
         r_frac, the share of base every head gets regardless of its score.
+    redistribute_surplus : bool
+        False: clip at N and drop the surplus (SparseMM); the sum is then below C * L * Hkv.
 
     Returns
     -------
     ndarray, float64, shape [n_layer, n_head_kv]
-        Sums to C * L * Hkv up to round-off; every entry in [w, N].
+        Sums to C * L * Hkv up to round-off (when redistributing); every entry in [w, N].
     """
     s = np.asarray(scores, dtype=np.float64)
     s_hat = s / sequential_sum(s)
@@ -48,6 +50,8 @@ def audiokv_real_budgets(scores: np.ndarray, budget: int, window: int, n_tokens:
     m = math.floor(uniform_share * base)
     remain = float((base - m) * s.size)
     real = s_hat * remain + m + window
+    if not redistribute_surplus:
+        return np.minimum(real, n_tokens)
     clipped = np.zeros(s.shape, dtype=bool)
     while True:
         over = real > n_tokens
@@ -80,6 +84,12 @@ class AudioKV(KeepMethod):
         SSS energy fraction (paper: "k = 0.7").
     uniform_share : float, default 0.5
         r_frac, share of the prefix budget given uniformly to every head (SparseMM: 0.5).
+    sss_taper : float, default 0.05
+        [choice] SSS cosine taper width as a fraction of the spectrum (audiokv_edge.sss.taper_width).
+    redistribute_surplus : bool, default True
+        [choice] give the budget of heads clipped at N to the other heads (sum stays C * L * Hkv, integerised by
+        largest remainder). False: SparseMM's rule b = min(N, floor(S_hat remain + m + w + 0.5)), surplus dropped
+        (the plan then keeps fewer than C * L * Hkv tokens).
     gqa_reduce : {"mean", "max"}, default "mean"
         [choice] reduction of the query heads of a KV head.
     pool_kernel : int, default 5
@@ -93,13 +103,17 @@ class AudioKV(KeepMethod):
     sss_alpha: float = 0.5
     sss_gamma: float = 0.7
     uniform_share: float = 0.5
+    sss_taper: float = 0.05
+    redistribute_surplus: bool = True
     gqa_reduce: str = "mean"
     pool_kernel: int = 5
     pool_type: str = "avg"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_sss_params(self.sss_alpha, self.sss_gamma)
+        check_sss_params(self.sss_alpha, self.sss_gamma, self.sss_taper)
+        if not isinstance(self.redistribute_surplus, (bool, np.bool_)):
+            raise ValueError(f"redistribute_surplus must be a bool, got {self.redistribute_surplus!r}")
         if isinstance(self.uniform_share, bool) or not isinstance(self.uniform_share, (int, float)) \
                 or not 0.0 <= self.uniform_share <= 1.0:
             raise ValueError(f"uniform_share must be a number in [0, 1], got {self.uniform_share!r}")
@@ -112,10 +126,11 @@ class AudioKV(KeepMethod):
     def score(self, inputs: PlanInputs) -> np.ndarray:
         """SSS-smoothed window scores, float64 [n_layer, n_head_kv, n_tokens - w]."""
         return smoothed_window_scores(inputs.q_window, inputs.keys, self.gqa_reduce, self.pool_kernel,
-                                      self.pool_type, float(self.sss_alpha), float(self.sss_gamma))
+                                      self.pool_type, float(self.sss_alpha), float(self.sss_gamma),
+                                      float(self.sss_taper))
 
     def budgets(self, inputs: PlanInputs, scores: np.ndarray) -> np.ndarray:
-        """Profile budgets, int64 [n_layer, n_head_kv], summing to the uniform total."""
+        """Profile budgets, int64 [n_layer, n_head_kv], summing to the uniform total (when redistributing)."""
         global _warned_no_profile
         if inputs.profile is None:
             if not _warned_no_profile:
@@ -123,5 +138,7 @@ class AudioKV(KeepMethod):
                 _warned_no_profile = True
             return super().budgets(inputs, scores)
         real = audiokv_real_budgets(inputs.profile.scores, inputs.budget, inputs.window, inputs.n_tokens,
-                                    float(self.uniform_share))
+                                    float(self.uniform_share), bool(self.redistribute_surplus))
+        if not self.redistribute_surplus:  # SparseMM: round each head, clip at N (already done), drop the surplus
+            return np.minimum(np.floor(real + 0.5), inputs.n_tokens).astype(np.int64)
         return largest_remainder(real, inputs.uniform_total, inputs.window, inputs.n_tokens)
