@@ -17,9 +17,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from fractions import Fraction
 
-import numpy as np
 import soundfile as sf
 
 from .head_scoring import WordTiming, uniform_word_timings
@@ -50,22 +48,6 @@ class CalibrationItem:
     timings: tuple
     timed: bool
     duration: float
-
-
-def load_audio(path: str, sample_rate: int) -> np.ndarray:
-    """Mono float32 audio at ``sample_rate`` (channels averaged, polyphase resampling), shape [n_samples]."""
-    try:
-        audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError) as exc:
-        raise ValueError(f"{path}: cannot read audio ({exc})") from None
-    audio = audio.mean(axis=1)
-    if sr != sample_rate:
-        from scipy.signal import resample_poly
-        ratio = Fraction(sample_rate, sr).limit_denominator(1000)
-        audio = resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
-    if audio.size == 0:
-        raise ValueError(f"{path}: no audio samples")
-    return audio
 
 
 def _read_timings(path: str, words: list[str], duration: float) -> list[WordTiming]:

@@ -25,7 +25,7 @@ import soundfile as sf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from audiokv_edge import __version__  # noqa: E402
-from audiokv_edge.calibration_set import load_audio  # noqa: E402
+from audiokv_edge.audio import resample  # noqa: E402
 from audiokv_edge.flite_speech import SynthesisError, synthesize  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -106,10 +106,7 @@ def main() -> int:
             print(f"make_calibration_set: error: {exc}", file=sys.stderr)
             return 2
         if sr != SAMPLE_RATE:
-            tmp = os.path.join(args.out, ".resample.wav")
-            sf.write(tmp, audio, sr)
-            audio = load_audio(tmp, SAMPLE_RATE)
-            os.unlink(tmp)
+            audio = resample(audio, sr, SAMPLE_RATE)
         stem = f"clip_{c:03d}"
         peak = float(np.max(np.abs(audio))) or 1.0
         sf.write(os.path.join(args.out, stem + ".wav"), audio / max(peak, 1.0), SAMPLE_RATE, subtype="PCM_16")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiokv_edge.calibration_set import load_audio, load_calibration_dir
+from audiokv_edge.calibration_set import load_calibration_dir
 from audiokv_edge.flite_speech import SynthesisError, align_words, synthesize
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,12 +102,3 @@ def test_loader_uniform_fallback_and_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="no audio files"):
         load_calibration_dir(str(empty))
-
-
-def test_load_audio_resamples_and_mixes(tmp_path):
-    t = np.arange(8000) / 8000
-    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t)], axis=1).astype(np.float32)
-    sf.write(tmp_path / "s.wav", stereo, 8000)
-    a = load_audio(str(tmp_path / "s.wav"), 16000)
-    assert a.shape == (16000,) and a.dtype == np.float32
-    assert abs(_rms(a[1000:-1000]) - np.sqrt(0.5)) < 0.02
