@@ -41,8 +41,10 @@ def c_params(method: str, params: dict, n_threads: int = 0) -> C.audiokv_params:
             setattr(p, key, table[value])
         elif key in ("window", "pool_kernel", "n_sink"):
             setattr(p, key, int(value))
-        elif key in ("beta", "safeguard", "sss_alpha", "sss_gamma", "uniform_share"):
+        elif key in ("beta", "safeguard", "sss_alpha", "sss_gamma", "sss_taper", "uniform_share"):
             setattr(p, key, float(value))
+        elif key == "redistribute_surplus":
+            setattr(p, key, bool(value))
         else:
             raise ValueError(f"parameter {key!r} is not known to libaudiokv (method {method})")
     if n_threads < 0:
@@ -189,9 +191,9 @@ def plan_c(method: str, q_window: np.ndarray | None, keys: np.ndarray, keep: flo
     p = c_params(method, params, n_threads)
     with AudioKVContext(p, n_layer, n_head, n_head_kv, head_dim, n_tokens) as ctx:
         w = ctx.window
-        budget = max(1, int(np.floor(keep * n_tokens + 0.5)))
-        needs_scores = (method in _SCORING_METHODS and 0.0 < keep <= 1.0 and w < budget < n_tokens
-                        and n_tokens > p.window)
+        valid_keep = 0.0 < keep <= 1.0   # the C call reports anything else as AUDIOKV_ERR_KEEP
+        budget = max(1, int(np.floor(keep * n_tokens + 0.5))) if valid_keep else 0
+        needs_scores = method in _SCORING_METHODS and valid_keep and w < budget < n_tokens and n_tokens > p.window
         if needs_scores:
             for layer in range(n_layer):
                 if accumulated is not None:

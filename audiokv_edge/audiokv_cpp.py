@@ -56,7 +56,8 @@ AUDIOKV_LOG_DEBUG, AUDIOKV_LOG_INFO, AUDIOKV_LOG_WARN, AUDIOKV_LOG_ERROR = 0, 1,
 
 # struct audiokv_params {
 #     int32_t method; int32_t window; int32_t pool_kernel; int32_t pool_type; int32_t gqa_reduce; int32_t n_sink;
-#     int32_t n_threads; double beta; double safeguard; double sss_alpha; double sss_gamma; double uniform_share;
+#     int32_t n_threads; double beta; double safeguard; double sss_alpha; double sss_gamma; double sss_taper;
+#     double uniform_share; bool redistribute_surplus;
 # };
 class audiokv_params(ctypes.Structure):
     _fields_ = [
@@ -71,7 +72,9 @@ class audiokv_params(ctypes.Structure):
         ("safeguard", ctypes.c_double),
         ("sss_alpha", ctypes.c_double),
         ("sss_gamma", ctypes.c_double),
+        ("sss_taper", ctypes.c_double),
         ("uniform_share", ctypes.c_double),
+        ("redistribute_surplus", ctypes.c_bool),
     ]
 
 
@@ -129,8 +132,9 @@ _DECLARATIONS = [
     ("audiokv_rfft", ctypes.c_int, [_c_double_p, ctypes.c_int64, _c_double_p]),
     # int audiokv_irfft(const double * in, int64_t n, double * out);
     ("audiokv_irfft", ctypes.c_int, [_c_double_p, ctypes.c_int64, _c_double_p]),
-    # int audiokv_sss(const double * x, int64_t n, double alpha, double gamma, double * out);
-    ("audiokv_sss", ctypes.c_int, [_c_double_p, ctypes.c_int64, ctypes.c_double, ctypes.c_double, _c_double_p]),
+    # int audiokv_sss(const double * x, int64_t n, double alpha, double gamma, double taper, double * out);
+    ("audiokv_sss", ctypes.c_int, [_c_double_p, ctypes.c_int64, ctypes.c_double, ctypes.c_double, ctypes.c_double,
+                                   _c_double_p]),
     # int audiokv_pool(const double * x, int64_t n, int32_t kernel, int32_t pool_type, double * out);
     ("audiokv_pool", ctypes.c_int, [_c_double_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, _c_double_p]),
     # int audiokv_select_top(const double * scores, int64_t n, int64_t k, int32_t * out);

@@ -46,6 +46,7 @@
 #ifndef AUDIOKV_H
 #define AUDIOKV_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -129,7 +130,12 @@ struct audiokv_params {
     double  safeguard;      /* adakv: share of B' = C - w every head gets, in [0, 1]. 0.2 */
     double  sss_alpha;      /* audiokv SSS blend in [0, 1]; 0 = off (pooling applies). audiokv 0.5, others 0 */
     double  sss_gamma;      /* audiokv SSS cumulative spectral energy kept, in (0, 1]. 0.7 */
+    double  sss_taper;      /* audiokv SSS cosine taper width as a share of the n/2 + 1 bins, in [0, 1]; 0 = hard
+                               cut after k*. 0.05 */
     double  uniform_share;  /* audiokv: share of base = C - w given uniformly, in [0, 1]. 0.5 */
+    bool    redistribute_surplus; /* audiokv: budgets above n_tokens are clipped and their surplus shared by the
+                                     other heads (true), or dropped as SparseMM does (false; the plan then keeps
+                                     fewer than the uniform total). true */
 };
 
 /* Defaults of one method (an unknown method gets snapkv's scoring defaults and fails in audiokv_init). */
@@ -219,9 +225,10 @@ AUDIOKV_API int audiokv_rfft(const double * x, int64_t n, double * out);
  * The imaginary parts of bin 0 (and of bin n/2 for even n) are ignored. Errors as audiokv_rfft. */
 AUDIOKV_API int audiokv_irfft(const double * in, int64_t n, double * out);
 
-/* Spectral Score Smoothing of one row of n doubles (docs/semantics.md), in place allowed (out == x).
- * Errors: NULL, SIZE (n < 0), PARAM (alpha outside [0, 1], gamma outside (0, 1] or NaN), NOMEM. */
-AUDIOKV_API int audiokv_sss(const double * x, int64_t n, double alpha, double gamma, double * out);
+/* Spectral Score Smoothing of one row of n doubles (docs/semantics.md), in place allowed (out == x). This is the
+ * smoothing alone; audiokv_plan also rounds the smoothed row to its 24-bit grid (docs/semantics.md).
+ * Errors: NULL, SIZE (n < 0), PARAM (alpha or taper outside [0, 1], gamma outside (0, 1], NaN), NOMEM. */
+AUDIOKV_API int audiokv_sss(const double * x, int64_t n, double alpha, double gamma, double taper, double * out);
 
 /* 1-D pooling of n doubles, stride 1, padding kernel/2 (avg: zero padding, divide by kernel; max: -inf padding).
  * out must not alias x. Errors: NULL, SIZE (n < 0), PARAM (kernel even or < 1, unknown pool_type). */

@@ -64,6 +64,14 @@ static int audio_heads(const struct akv_budget_input * in, int64_t * b, double *
         real[i] = shat[i] * remain + (double) m + (double) in->w;
         clipped[i] = 0;
     }
+    if (!in->params->redistribute_surplus) {
+        /* SparseMM: round each head, clip at N, drop the surplus */
+        for (int64_t i = 0; i < lh; ++i) {
+            const double r = floor((real[i] < N ? real[i] : N) + 0.5);
+            b[i] = r < N ? (int64_t) r : in->n_tokens;
+        }
+        return AUDIOKV_OK;
+    }
     /* clip at N and share the surplus by profile among the never-clipped heads (equally when their profile is
      * all zero), until no head exceeds N; sums run sequentially in row-major order like the reference */
     for (int64_t round = 0; round <= lh; ++round) {

@@ -29,7 +29,10 @@ void           akv_irfft_exec(const akv_fft_plan * plan, const akv_cpx * X, doub
 int64_t akv_sss_scratch_len(int64_t n);
 /* SSS of one row; plan for length n (NULL allowed when n <= 1); out may equal x. */
 void    akv_sss_exec(const akv_fft_plan * plan, const double * x, int64_t n, double alpha, double gamma,
-                     double * out, akv_cpx * scratch);
+                     double taper, double * out, akv_cpx * scratch);
+/* Round a smoothed row to the absolute grid q = 2^(e - 24), max|x| = f 2^e, f in [0.5, 1) (docs/semantics.md):
+ * FFT round-off (about 1e-16 max|x|) then cannot rank tokens whose smoothed score is about zero. */
+void    akv_snap_to_row_grid(double * x, int64_t n);
 /* Pooling; out must not alias x. */
 void    akv_pool_exec(const double * x, int64_t n, int32_t kernel, int32_t pool_type, double * out);
 

@@ -35,7 +35,9 @@ struct audiokv_params audiokv_default_params(int32_t method) {
     p.safeguard = 0.2;
     p.sss_alpha = 0.0;
     p.sss_gamma = 0.7;
+    p.sss_taper = 0.05;
     p.uniform_share = 0.5;
+    p.redistribute_surplus = true;
     switch (method) {
         case AUDIOKV_METHOD_SNAPKV:
         case AUDIOKV_METHOD_PYRAMIDKV:
@@ -59,10 +61,11 @@ int akv_params_check(const struct audiokv_params * p) {
     if (p->pool_type != AUDIOKV_POOL_AVG && p->pool_type != AUDIOKV_POOL_MAX) return AUDIOKV_ERR_PARAM;
     if (p->gqa_reduce != AUDIOKV_GQA_MEAN && p->gqa_reduce != AUDIOKV_GQA_MAX) return AUDIOKV_ERR_PARAM;
     if (p->n_sink < 0 || p->n_threads < 0) return AUDIOKV_ERR_PARAM;
-    if (!(p->beta > 0.0) || !isfinite(p->beta)) return AUDIOKV_ERR_PARAM;
+    if (!(p->beta >= 1.0) || !isfinite(p->beta)) return AUDIOKV_ERR_PARAM;
     if (!(p->safeguard >= 0.0 && p->safeguard <= 1.0)) return AUDIOKV_ERR_PARAM;
     if (!(p->sss_alpha >= 0.0 && p->sss_alpha <= 1.0)) return AUDIOKV_ERR_PARAM;
     if (!(p->sss_gamma > 0.0 && p->sss_gamma <= 1.0)) return AUDIOKV_ERR_PARAM;
+    if (!(p->sss_taper >= 0.0 && p->sss_taper <= 1.0)) return AUDIOKV_ERR_PARAM;
     if (!(p->uniform_share >= 0.0 && p->uniform_share <= 1.0)) return AUDIOKV_ERR_PARAM;
     return AUDIOKV_OK;
 }

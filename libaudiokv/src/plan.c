@@ -225,7 +225,8 @@ static int smooth_row(void * arg, int64_t row, int thread) {
             if (!isfinite(src[j])) return AUDIOKV_ERR_NONFINITE;
         }
         akv_cpx * scratch = (akv_cpx *) (void *) (ctx->thread_scratch + (int64_t) thread * ctx->thread_len);
-        akv_sss_exec(ctx->fft, src, n, p->sss_alpha, p->sss_gamma, dst, scratch);
+        akv_sss_exec(ctx->fft, src, n, p->sss_alpha, p->sss_gamma, p->sss_taper, dst, scratch);
+        akv_snap_to_row_grid(dst, n);
     } else if (p->pool_kernel > 1) {
         akv_pool_exec(src, n, p->pool_kernel, p->pool_type, dst);
     } else {

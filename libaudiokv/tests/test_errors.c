@@ -32,6 +32,10 @@ int main(void) {
     CHECK_EQ_INT(audiokv_init(&bad, 2, 4, 2, 8, 100, &ctx), AUDIOKV_ERR_PARAM);
     bad = p; bad.sss_alpha = NAN;
     CHECK_EQ_INT(audiokv_init(&bad, 2, 4, 2, 8, 100, &ctx), AUDIOKV_ERR_PARAM);
+    bad = p; bad.sss_taper = 1.5;
+    CHECK_EQ_INT(audiokv_init(&bad, 2, 4, 2, 8, 100, &ctx), AUDIOKV_ERR_PARAM);
+    bad = p; bad.beta = 0.5;
+    CHECK_EQ_INT(audiokv_init(&bad, 2, 4, 2, 8, 100, &ctx), AUDIOKV_ERR_PARAM);
     bad = p; bad.window = 0;
     CHECK_EQ_INT(audiokv_init(&bad, 2, 4, 2, 8, 100, &ctx), AUDIOKV_ERR_PARAM);
     bad = p; bad.n_threads = -1;
@@ -114,7 +118,7 @@ int main(void) {
     CHECK_EQ_INT(audiokv_rfft(NULL, 4, y), AUDIOKV_ERR_NULL);
     CHECK_EQ_INT(audiokv_rfft(x, 0, y), AUDIOKV_ERR_SIZE);
     CHECK_EQ_INT(audiokv_irfft(x, -1, y), AUDIOKV_ERR_SIZE);
-    CHECK_EQ_INT(audiokv_sss(x, -1, 0.5, 0.5, y), AUDIOKV_ERR_SIZE);
+    CHECK_EQ_INT(audiokv_sss(x, -1, 0.5, 0.5, 0.05, y), AUDIOKV_ERR_SIZE);
     CHECK_EQ_INT(audiokv_pool(x, 4, 0, 0, y), AUDIOKV_ERR_PARAM);
     CHECK_EQ_INT(audiokv_pool(x, 4, 3, 9, y), AUDIOKV_ERR_PARAM);
     CHECK_EQ_INT(audiokv_select_top(x, 4, 5, o), AUDIOKV_ERR_SIZE);

@@ -81,20 +81,20 @@ static void test_pool_sss(void) {
     CHECK_EQ_INT(audiokv_pool(x, 5, 2, AUDIOKV_POOL_AVG, y), AUDIOKV_ERR_PARAM);
     double r[257], s[257];
     for (int i = 0; i < 257; ++i) r[i] = rnd();
-    CHECK_EQ_INT(audiokv_sss(r, 257, 0.0, 0.7, s), AUDIOKV_OK);
+    CHECK_EQ_INT(audiokv_sss(r, 257, 0.0, 0.7, 0.05, s), AUDIOKV_OK);
     CHECK(memcmp(r, s, sizeof r) == 0);                            /* alpha 0: identity */
     for (int i = 0; i < 257; ++i) r[i] = 0.375;
-    CHECK_EQ_INT(audiokv_sss(r, 257, 0.5, 0.7, s), AUDIOKV_OK);
+    CHECK_EQ_INT(audiokv_sss(r, 257, 0.5, 0.7, 0.05, s), AUDIOKV_OK);
     for (int i = 0; i < 257; ++i) CHECK(fabs(s[i] - 0.375) < 1e-15);   /* constant: unchanged */
     /* low pass: a noisy row gets smoother (smaller total variation) */
     double tv_in = 0, tv_out = 0;
     for (int i = 0; i < 257; ++i) r[i] = sin(i * 0.05) + (rnd() - 0.5);
-    CHECK_EQ_INT(audiokv_sss(r, 257, 1.0, 0.7, s), AUDIOKV_OK);
+    CHECK_EQ_INT(audiokv_sss(r, 257, 1.0, 0.7, 0.05, s), AUDIOKV_OK);
     for (int i = 1; i < 257; ++i) { tv_in += fabs(r[i] - r[i - 1]); tv_out += fabs(s[i] - s[i - 1]); }
     CHECK(tv_out < 0.5 * tv_in);
-    CHECK_EQ_INT(audiokv_sss(r, 257, 1.5, 0.7, s), AUDIOKV_ERR_PARAM);
-    CHECK_EQ_INT(audiokv_sss(r, 257, 0.5, 0.0, s), AUDIOKV_ERR_PARAM);
-    CHECK_EQ_INT(audiokv_sss(r, 257, NAN, 0.5, s), AUDIOKV_ERR_PARAM);
+    CHECK_EQ_INT(audiokv_sss(r, 257, 1.5, 0.7, 0.05, s), AUDIOKV_ERR_PARAM);
+    CHECK_EQ_INT(audiokv_sss(r, 257, 0.5, 0.0, 0.05, s), AUDIOKV_ERR_PARAM);
+    CHECK_EQ_INT(audiokv_sss(r, 257, NAN, 0.5, 0.05, s), AUDIOKV_ERR_PARAM);
 }
 
 int main(void) {
