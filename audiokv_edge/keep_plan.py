@@ -213,7 +213,8 @@ def plan(method: str | KeepMethod, q_window: np.ndarray | None, keys: np.ndarray
         Attention column sums over all prompt queries (h2o only).
     backend : {"numpy", "c"}
         "c" runs libaudiokv through audiokv_edge._native_plan.plan_c(method, q_window, keys, keep, profile,
-        params), params being the method's full parameter dict (plus "accumulated_scores" when given).
+        params), params holding "window" and every parameter that differs from the method's default (the C side
+        starts from its own defaults, which mirror these), plus "accumulated_scores" when given.
     **params
         Method parameters (see each method class).
 
@@ -236,7 +237,9 @@ def plan(method: str | KeepMethod, q_window: np.ndarray | None, keys: np.ndarray
     if backend == "c":
         from audiokv_edge._native_plan import plan_c
 
-        c_params = dataclasses.asdict(m)
+        defaults = dataclasses.asdict(type(m)())
+        c_params = {key: value for key, value in dataclasses.asdict(m).items()
+                    if key == "window" or value != defaults[key]}
         if accumulated_scores is not None:
             c_params["accumulated_scores"] = accumulated_scores
         return plan_c(m.name, q_window, keys, keep, profile, c_params)

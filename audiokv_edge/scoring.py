@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from audiokv_edge.sss import spectral_smooth
+from audiokv_edge.sss import snap_to_row_grid, spectral_smooth
 
 __all__ = ["window_attention_layer", "window_scores", "reduce_gqa", "pool1d", "smoothed_window_scores",
            "GQA_REDUCTIONS", "POOL_TYPES"]
@@ -148,6 +148,9 @@ def smoothed_window_scores(q_window: np.ndarray, keys: np.ndarray, gqa_reduce: s
                            sss_gamma: float = 0.7, sss_taper: float = 0.05) -> np.ndarray:
     """Window scores, GQA-reduced, then smoothed: SSS when sss_alpha > 0, else pooling.
 
+    SSS rows (of length n > 1) are then rounded to their 24-bit grid (audiokv_edge.sss.snap_to_row_grid), so
+    that FFT round-off cannot reorder tokens scored about 0.
+
     Parameters
     ----------
     q_window : ndarray, float, shape [n_layer, n_head, w, head_dim]
@@ -165,5 +168,6 @@ def smoothed_window_scores(q_window: np.ndarray, keys: np.ndarray, gqa_reduce: s
     """
     reduced = reduce_gqa(window_scores(q_window, keys), keys.shape[1], gqa_reduce)
     if sss_alpha > 0:
-        return spectral_smooth(reduced, sss_alpha, sss_gamma, sss_taper)
+        smoothed = spectral_smooth(reduced, sss_alpha, sss_gamma, sss_taper)
+        return snap_to_row_grid(smoothed) if reduced.shape[-1] > 1 else smoothed
     return pool1d(reduced, pool_kernel, pool_type)

@@ -9,7 +9,9 @@ import math
 
 import numpy as np
 
-__all__ = ["spectral_smooth", "spectral_mask", "taper_width", "check_sss_params"]
+__all__ = ["spectral_smooth", "spectral_mask", "taper_width", "check_sss_params", "snap_to_row_grid"]
+
+GRID_BITS = 24
 
 
 def check_sss_params(alpha: float, gamma: float, taper: float = 0.05) -> None:
@@ -102,3 +104,27 @@ def spectral_smooth(x: np.ndarray, alpha: float = 0.5, gamma: float = 0.7, taper
     energy = spectrum.real ** 2 + spectrum.imag ** 2
     smoothed = np.fft.irfft(spectrum * spectral_mask(energy, gamma, n, taper), n=n, axis=-1)
     return (1.0 - alpha) * x + alpha * smoothed
+
+
+def snap_to_row_grid(x: np.ndarray) -> np.ndarray:
+    """Round every row to its 24-bit absolute grid (docs/semantics.md, "Smoothing").
+
+    With max|row| = f * 2^e, f in [0.5, 1): q = 2^(e - 24) and row = rint(row / q) * q (half to even; exact
+    power-of-two scaling). FFT round-off (~1e-16 max|row| on every token) then cannot order tokens whose smoothed
+    score is about 0 differently in two FFT implementations: they become exact ties. Rows of zeros are unchanged.
+
+    Parameters
+    ----------
+    x : ndarray, float64, shape [..., n]
+
+    Returns
+    -------
+    ndarray, float64, shape [..., n]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return x.copy()
+    peak = np.max(np.abs(x), axis=-1, keepdims=True)
+    _, exponent = np.frexp(peak)
+    step = np.ldexp(1.0, exponent - GRID_BITS)
+    return np.where(peak > 0, np.rint(x / step) * step, x)

@@ -145,4 +145,6 @@ def test_backend_c_dispatch(monkeypatch):
     assert plan("pyramidkv", q, k, 0.5, backend="c", window=8, beta=10) == "from C"
     method, keep, profile, params = calls[0]
     assert method == "pyramidkv" and keep == 0.5 and profile is None
-    assert params == {"window": 8, "pool_kernel": 5, "pool_type": "avg", "gqa_reduce": "mean", "beta": 10}
+    assert params == {"window": 8, "beta": 10}  # window and the non-default parameters
+    plan("audiokv", q, k, 0.5, backend="c", window=8, accumulated_scores=None)
+    assert calls[1][3] == {"window": 8}

@@ -133,3 +133,28 @@ def test_bad_input():
         spectral_smooth(np.array([1.0, np.nan, 2.0]))
     with pytest.raises(ValueError, match="axis"):
         spectral_smooth(np.float64(1.0))
+
+
+def test_row_grid_rounding():
+    from audiokv_edge.sss import snap_to_row_grid
+
+    x = np.array([[0.75, 1e-17, -3e-9, 0.1], [0.0, 0.0, 0.0, 0.0]])
+    out = snap_to_row_grid(x)
+    step = 2.0 ** -24  # max 0.75 = 0.75 * 2^0
+    assert out[0, 0] == 0.75 and out[0, 1] == 0.0 and out[0, 2] == -step * round(3e-9 / step)
+    assert abs(out[0, 3] - 0.1) <= step / 2 and (out[0, 3] / step).is_integer()
+    assert np.array_equal(out[1], x[1])
+    # values on the grid are float32-representable and stay put
+    assert np.array_equal(snap_to_row_grid(out), out)
+    assert np.array_equal(out[0].astype(np.float32).astype(np.float64), out[0])
+
+
+def test_smoothed_scores_are_on_the_grid_and_noise_ties():
+    from audiokv_edge.scoring import smoothed_window_scores
+    from audiokv_edge.sss import snap_to_row_grid
+
+    rng = np.random.default_rng(0)
+    q = 40 * rng.standard_normal((1, 2, 4, 8))  # huge logits: one-hot attention, most scores exactly 0
+    k = 40 * rng.standard_normal((1, 1, 64, 8))
+    s = smoothed_window_scores(q, k, sss_alpha=0.5, sss_gamma=0.95)
+    assert np.array_equal(s, snap_to_row_grid(s))
