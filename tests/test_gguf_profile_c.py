@@ -1,0 +1,121 @@
+"""The C reader (c_profile_reader/, llama.cpp's model metadata API) agrees bit for bit with the Python reader."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audiokv_edge import gguf_profile as gp
+from audiokv_edge.profile import HeadProfile
+from audiokv_edge.profile_defaults import ProfileDefaults
+from audiokv_edge.tiny_models import write_tiny_pair
+
+REPO = Path(__file__).resolve().parent.parent
+SRC = REPO / "c_profile_reader"
+pytestmark = pytest.mark.native
+
+
+@pytest.fixture(scope="module")
+def reader_exe(tmp_path_factory):
+    from audiokv_edge import native_libs
+    lib = native_libs.lib_dir()
+    inc = [REPO / "build" / "llama.cpp-src" / "include", REPO / "build" / "llama.cpp-src" / "ggml" / "include"]
+    missing = [str(p / h) for p, h in zip(inc, ("llama.h", "ggml.h")) if not (p / h).is_file()]
+    assert not missing, f"llama.cpp headers not found ({missing}): run scripts/setup.sh"
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    assert cc, "no C compiler"
+    exe = tmp_path_factory.mktemp("cprof") / "print_profile"
+    cmd = [cc, "-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", *[f"-I{p}" for p in inc],
+           str(SRC / "audiokv_gguf_profile.c"), str(SRC / "print_profile.c"), f"-L{lib}", "-lllama",
+           f"-Wl,-rpath,{lib}", "-lm", "-o", str(exe)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return exe
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    model, _ = write_tiny_pair(tmp_path_factory.mktemp("tiny"), "qwen2-qwen2a")
+    return model
+
+
+def _c_read(exe, path):
+    res = subprocess.run([str(exe), str(path)], capture_output=True, text=True, timeout=120)
+    return res.returncode, res.stdout, res.stderr
+
+
+def _parse(stdout):
+    scores, vals = [], {}
+    for line in stdout.splitlines():
+        k, v = line.split(" ", 1)
+        if k == "score":
+            scores.append(float.fromhex(v))
+        else:
+            vals[k] = v
+    return np.array(scores), vals
+
+
+@pytest.mark.parametrize("defaults", [None, ProfileDefaults(window=8, sss_alpha=0.5, sss_gamma=0.7, keep=0.123456)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_c_reader_matches_python(reader_exe, tiny_model, tmp_path, defaults, seed):
+    shape = gp.model_shape(gp.open_gguf(tiny_model))
+    rng = np.random.default_rng(seed)
+    scores = rng.random((shape.n_layer, shape.n_head_kv)) ** 3 / 7       # odd values, tiny and large exponents
+    scores[0, 0] = 1e-30
+    out = tmp_path / "p.gguf"
+    gp.write_profile(tiny_model, HeadProfile(scores, source={"calibration": "c parity"}), out, defaults)
+    py, py_d = gp.read_stored(out)
+    rc, stdout, stderr = _c_read(reader_exe, out)
+    assert rc == 0, stderr
+    c_scores, vals = _parse(stdout)
+    assert (int(vals["n_layer"]), int(vals["n_head_kv"])) == py.scores.shape
+    np.testing.assert_array_equal(c_scores.astype(np.float32).view(np.uint32),
+                                  py.scores.astype(np.float32).ravel().view(np.uint32))     # bit for bit
+    want = py_d or ProfileDefaults()
+    assert int(vals["window"]) == (want.window if want.window is not None else -1)
+    for name in ("sss_alpha", "sss_gamma", "keep"):
+        v = float(vals[name])
+        assert (np.isnan(v) and getattr(want, name) is None) or v == getattr(want, name)
+
+
+def test_c_reader_no_profile(reader_exe, tiny_model):
+    rc, stdout, _ = _c_read(reader_exe, tiny_model)
+    assert rc == 1 and stdout.strip() == "none"
+
+
+def _patch_u32(path, key: str, value: int):
+    data = bytearray(path.read_bytes())
+    kb = key.encode()
+    i = data.index(struct.pack("<Q", len(kb)) + kb)
+    off = i + 8 + len(kb) + 4
+    data[off:off + 4] = struct.pack("<I", value)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("case, code, match", [
+    ("version", -2, "format_version = 2"),
+    ("shape", -5, "layers x"),
+    ("nan", -6, "NaN, infinite or negative score at layer 0, KV head 0"),
+])
+def test_c_reader_errors_name_the_problem(reader_exe, tiny_model, tmp_path, case, code, match):
+    shape = gp.model_shape(gp.open_gguf(tiny_model))
+    out = tmp_path / "bad.gguf"
+    gp.write_profile(tiny_model, HeadProfile(np.ones((shape.n_layer, shape.n_head_kv)), source={"calibration": "c"}),
+                     out)
+    if case == "version":
+        _patch_u32(out, gp.KEY_FORMAT_VERSION, 2)
+    elif case == "shape":
+        _patch_u32(out, gp.KEY_N_LAYER, shape.n_layer + 1)
+    else:
+        data = out.read_bytes()
+        tok = float(np.float32(1.0)).hex().encode()
+        out.write_bytes(data.replace(tok, b"nan".ljust(len(tok)), 1))
+    with pytest.raises(gp.GGUFProfileError):
+        gp.read_stored(out)                                   # the Python reader refuses it too
+    rc, _, stderr = _c_read(reader_exe, out)
+    assert rc == 2 and f"error {code}:" in stderr and match in stderr, stderr
