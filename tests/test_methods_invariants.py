@@ -110,3 +110,16 @@ def test_keep_one_keeps_everything_and_short_cache(method):
     for keep in (0.05, 0.5, 1.0):
         p = plan(method, q, k, keep, profile)
         assert np.all(p.budgets == 20)
+
+
+@pytest.mark.slow
+def test_realistic_length_qwen25_omni_heads():
+    # Qwen2.5-Omni-7B head layout (28 query / 4 KV heads, head_dim 128) over five minutes of audio, 2 layers.
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((2, 28, 32, 128), dtype=np.float32)
+    k = rng.standard_normal((2, 4, 7500, 128), dtype=np.float32)
+    profile = HeadProfile(rng.random((2, 4)))
+    for method in ("snapkv", "pyramidkv", "adakv", "audiokv", "h2o", "streamingllm"):
+        for keep in (0.2, 0.4, 0.8):
+            p = plan(method, q, k, keep, profile)
+            check_plan(p, method, 2, 4, 7500, 32, keep)
