@@ -46,22 +46,24 @@ def window_attention_layer(q_layer: np.ndarray, k_layer: np.ndarray, row_reduce:
     n_head, w, d = q_layer.shape
     n_head_kv, n_tokens, _ = k_layer.shape
     g = n_head // n_head_kv
-    q = np.asarray(q_layer, dtype=np.float64).reshape(n_head_kv, g * w, d)
-    k = np.asarray(k_layer, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        z = np.matmul(q, k.transpose(0, 2, 1)).reshape(n_head_kv, g, w, n_tokens)
-        z /= math.sqrt(d)
-    if not np.all(np.isfinite(z)):
-        raise ValueError("attention logits overflow float64: queries or keys are too large")
     n_prefix = n_tokens - w
     future = np.triu(np.ones((w, w), dtype=bool), k=1)  # key N - w + j is in the future of query i when j > i
-    z[..., n_prefix:][..., future] = -np.inf
-    z -= z.max(axis=-1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=-1, keepdims=True)
-    prefix = z[..., :n_prefix]
-    rows = prefix.sum(axis=2) if row_reduce == "sum" else prefix.mean(axis=2)
-    return rows.reshape(n_head, n_prefix)
+    out = np.empty((n_head_kv, g, n_prefix), dtype=np.float64)
+    for h in range(n_head_kv):  # one KV head at a time: the logits of a whole layer can take GiBs at 100k tokens
+        q = np.asarray(q_layer[h * g:(h + 1) * g], dtype=np.float64).reshape(g * w, d)
+        k = np.asarray(k_layer[h], dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = np.matmul(q, k.T).reshape(g, w, n_tokens)
+            z /= math.sqrt(d)
+        if not np.all(np.isfinite(z)):
+            raise ValueError("attention logits overflow float64: queries or keys are too large")
+        z[..., n_prefix:][..., future] = -np.inf
+        z -= z.max(axis=-1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=-1, keepdims=True)
+        prefix = z[..., :n_prefix]
+        out[h] = prefix.sum(axis=1) if row_reduce == "sum" else prefix.mean(axis=1)
+    return out.reshape(n_head, n_prefix)
 
 
 def window_scores(q_window: np.ndarray, keys: np.ndarray, row_reduce: str = "mean") -> np.ndarray:
