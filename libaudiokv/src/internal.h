@@ -54,10 +54,10 @@ double akv_f16_to_double(uint16_t h);
 const float * akv_f16_table(void);
 
 /* ---- window scores (scores.c) ---- */
-/* Per-thread scratch of the window-score kernel, in doubles. */
-int64_t akv_scores_scratch_len(int32_t w, int64_t n_tokens, int32_t head_dim);
-/* Column scores of one query head: out[j] = sum (or mean) over the w window rows of the causal softmax,
- * j in [0, n_tokens - w). Returns AUDIOKV_OK or AUDIOKV_ERR_NONFINITE. */
+/* Per-thread scratch of the window-score kernel for n_heads query heads at once, in doubles. */
+int64_t akv_scores_scratch_len(int32_t n_heads, int32_t w, int64_t n_tokens, int32_t head_dim);
+/* Column scores of n_heads query heads reading the same KV head: out[h * out_stride + j] = sum (or mean) over
+ * the w window rows of the causal softmax, j in [0, n_tokens - w). Returns AUDIOKV_OK or AUDIOKV_ERR_NONFINITE. */
 struct akv_key_view {
     const char * base;            /* token 0 of this KV head */
     size_t nb_token;
@@ -70,8 +70,9 @@ struct akv_query_view {
     size_t nb_row;
     int32_t type;
 };
-int akv_window_scores(const struct akv_query_view * q, const struct akv_key_view * k, int32_t w, int64_t n_tokens,
-                      int32_t head_dim, int mean, double * out, double * scratch);
+int akv_window_scores(const struct akv_query_view * q, int32_t n_heads, const struct akv_key_view * k, int32_t w,
+                      int64_t n_tokens, int32_t head_dim, int mean, double * out, int64_t out_stride,
+                      double * scratch);
 
 /* ---- budgets (budgets.c) ---- */
 struct akv_budget_input {

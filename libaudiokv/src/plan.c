@@ -12,6 +12,7 @@ struct audiokv_context {
     int32_t L, H, Hkv, d, w;
     int64_t N, n;                 /* n = N - w prefix tokens */
     int n_threads;
+    int32_t heads_per_task;       /* query heads of one KV head scored together (share the key conversion) */
     double * scores;              /* [L][Hkv][n] GQA-reduced raw scores */
     unsigned char * have;         /* [L] layer scored */
     double * qscores;             /* [H][n] query-head scores of the layer being added */
@@ -76,7 +77,16 @@ int audiokv_init(const struct audiokv_params * params, int32_t n_layer, int32_t 
     if (ctx->n_threads > 256) ctx->n_threads = 256;
 
     const int use_sss = params->method == AUDIOKV_METHOD_AUDIOKV && params->sss_alpha > 0.0 && n > 1;
-    int64_t len = akv_scores_scratch_len(ctx->w, n_tokens, head_dim);
+    /* query heads per scoring task: all g heads of a KV head share one key conversion, unless that leaves
+     * threads idle or the logits buffer would exceed 64 MiB per thread */
+    const int32_t g = n_head / n_head_kv;
+    int64_t hpt = g;
+    const int64_t per_head = (int64_t) ctx->w * n_tokens * (int64_t) sizeof(double);
+    if (per_head > 0 && hpt * per_head > ((int64_t) 64 << 20)) hpt = ((int64_t) 64 << 20) / per_head;
+    while (hpt > 1 && (int64_t) n_head_kv * ((g + hpt - 1) / hpt) < ctx->n_threads) --hpt;
+    if (hpt < 1) hpt = 1;
+    ctx->heads_per_task = (int32_t) hpt;
+    int64_t len = akv_scores_scratch_len(ctx->heads_per_task, ctx->w, n_tokens, head_dim);
     if (use_sss) {
         ctx->fft = akv_fft_plan_new(n);
         if (!ctx->fft) { audiokv_free(ctx); return AUDIOKV_ERR_NOMEM; }
@@ -118,15 +128,28 @@ struct layer_job {
     audiokv_to_float_fn to_float; void * user_data;
 };
 
-static int score_query_head(void * arg, int64_t head, int thread) {
+/* task t: KV head t / tasks_per_kv, query heads [first, first + count) of its group */
+static int score_query_heads(void * arg, int64_t task, int thread) {
     struct layer_job * job = (struct layer_job *) arg;
     struct audiokv_context * ctx = job->ctx;
-    const int32_t g = ctx->H / ctx->Hkv;
-    struct akv_query_view qv = { job->q + (size_t) head * job->q_nb_head, job->q_nb_row, job->q_type };
-    struct akv_key_view kv = { job->k + (size_t) (head / g) * job->k_nb_head, job->k_nb_token, job->k_type,
-                               job->to_float, job->user_data };
-    return akv_window_scores(&qv, &kv, ctx->w, ctx->N, ctx->d, ctx->p.method != AUDIOKV_METHOD_H2O,
-                             ctx->qscores + head * ctx->n, ctx->thread_scratch + (int64_t) thread * ctx->thread_len);
+    const int32_t g = ctx->H / ctx->Hkv, hpt = ctx->heads_per_task;
+    const int32_t tasks_per_kv = (g + hpt - 1) / hpt;
+    const int32_t kv = (int32_t) (task / tasks_per_kv);
+    const int32_t first = kv * g + (int32_t) (task % tasks_per_kv) * hpt;
+    const int32_t count = first + hpt <= (kv + 1) * g ? hpt : (kv + 1) * g - first;
+    struct akv_query_view qv[64];
+    struct akv_query_view * views = count <= 64 ? qv : NULL;
+    if (!views) return AUDIOKV_ERR_SIZE;
+    for (int32_t h = 0; h < count; ++h) {
+        views[h].base = job->q + (size_t) (first + h) * job->q_nb_head;
+        views[h].nb_row = job->q_nb_row;
+        views[h].type = job->q_type;
+    }
+    struct akv_key_view kview = { job->k + (size_t) kv * job->k_nb_head, job->k_nb_token, job->k_type,
+                                  job->to_float, job->user_data };
+    return akv_window_scores(views, count, &kview, ctx->w, ctx->N, ctx->d, ctx->p.method != AUDIOKV_METHOD_H2O,
+                             ctx->qscores + (int64_t) first * ctx->n, ctx->n,
+                             ctx->thread_scratch + (int64_t) thread * ctx->thread_len);
 }
 
 /* rows [n_rows][stride] -> scores of layer il; n_rows == H reduces the g query heads of each KV head */
@@ -175,7 +198,9 @@ int audiokv_add_layer(struct audiokv_context * ctx, int32_t il,
     if (ctx->n == 0) { ctx->have[il] = 1; return AUDIOKV_OK; }
     struct layer_job job = { ctx, (const char *) q, q_type, q_nb_head, q_nb_row, (const char *) k, k_type,
                              k_nb_token, k_nb_head, to_float, to_float_user_data };
-    int rc = akv_parallel_for(ctx->n_threads, ctx->H, score_query_head, &job);
+    const int32_t g = ctx->H / ctx->Hkv;
+    const int64_t n_tasks = (int64_t) ctx->Hkv * ((g + ctx->heads_per_task - 1) / ctx->heads_per_task);
+    int rc = akv_parallel_for(ctx->n_threads, n_tasks, score_query_heads, &job);
     if (rc != AUDIOKV_OK) return rc;
     reduce_rows(ctx, il, ctx->qscores, ctx->H, ctx->n);
     ctx->have[il] = 1;
