@@ -50,7 +50,7 @@ class AdaKV(SnapKV):
     Parameters
     ----------
     window, pool_kernel, pool_type, gqa_reduce
-        As SnapKV.
+        As SnapKV (defaults 5 / "avg" as in kvpress; the AdaKV code pools with kernel 7, "max").
     safeguard : float, default 0.2
         Share a of the uniform prefix budget every head keeps at least (kvpress default 0.2; AdaKV code 0.5).
     """
