@@ -1,0 +1,391 @@
+"""Record every head's attention rows while a llama.cpp model is teacher-forced to emit a known transcript.
+
+Used by convert/profile_heads.py to measure the AudioKV head profile (arXiv 2604.06694, Sec. 3) on a text model +
+libmtmd audio projector. The prompt (chat template, audio, "Transcribe the audio.") is evaluated as in
+:mod:`audiokv_edge.session`; then the transcript tokens are decoded in one teacher-forced batch
+[last prompt token, t_0, ..., t_{m-2}], whose row j is the decode step that emits t_j. llama.cpp's eval callback
+(``llama_context_params.cb_eval``) hands over the tensor "kq_soft_max-<il>" of every layer (flash attention off):
+float32 [n_kv, n_tokens, n_head], column j = KV cell j = position j in a fresh single-sequence cache.
+
+Audio tokens and time: Whisper-family encoders (qwen2a, qwen2.5o, ultravox, voxtral, glma, musicflamingo, meralion)
+pad the clip with 30 s of silence and keep whole 30 s windows, so the audio tokens of K chunks cover K * 30 s, the
+speech at the start. Other encoders are assumed to cover exactly the clip (logged once).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from gguf import GGUFValueType
+
+from .audio import load_audio
+from .calibration_set import CalibrationItem
+from .gguf_header import GGUFFormatError, GGUFHeader
+from .head_scoring import HitRatioAccumulator, word_token_spans
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "Transcribe the audio."
+WHISPER_FAMILY = frozenset({"qwen2a", "qwen2.5o", "ultravox", "voxtral", "glma", "musicflamingo", "meralion"})
+WHISPER_CHUNK_SECONDS = 30.0
+_SOFTMAX_PREFIX = "kq_soft_max-"
+_GGML_TYPE_F32 = 0
+_CAUSAL_TOL = 1e-6
+_ROW_SUM_TOL = 1e-3
+
+
+class CaptureError(RuntimeError):
+    """The model, projector or a clip cannot be profiled; the message names the file and the problem."""
+
+
+class _GGMLTensor(ctypes.Structure):
+    """Leading fields of ``struct ggml_tensor`` (ggml/include/ggml.h of the vendored llama.cpp), read-only use."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4),
+        ("op", ctypes.c_int),
+        ("op_params", ctypes.c_int32 * 16),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * 10),
+        ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("name", ctypes.c_char * 64),
+        ("extra", ctypes.c_void_p),
+        ("padding", ctypes.c_char * 8),
+    ]
+
+
+def projector_type(mmproj: str) -> str:
+    """``clip.audio.projector_type`` (or ``clip.projector_type``) of an mmproj GGUF, "" if absent."""
+    try:
+        h = GGUFHeader(mmproj)
+        for key in ("clip.audio.projector_type", "clip.projector_type"):
+            v = h.scalar(key, (GGUFValueType.STRING,))
+            if v:
+                return v
+    except GGUFFormatError as exc:
+        raise CaptureError(str(exc)) from None
+    return ""
+
+
+def token_words(pieces: list[str], words: list[str]) -> np.ndarray:
+    """Word index of every token, from the token texts and the transcript words.
+
+    A token belongs to the word holding its first non-space character (punctuation stays with its word, as the
+    transcript's words keep it); a token of spaces only belongs to the next word.
+
+    Returns
+    -------
+    ndarray, int64, shape [n_tokens]
+
+    Raises
+    ------
+    CaptureError
+        The pieces do not spell the words in order.
+    """
+    text = "".join(pieces)
+    starts, pos = [], 0
+    for w in words:
+        i = text.find(w, pos)
+        if i < 0:
+            raise CaptureError(f"the tokens of the transcript do not spell {w!r} (text {text[:60]!r}...)")
+        starts.append(i)
+        pos = i + len(w)
+    out = np.empty(len(pieces), dtype=np.int64)
+    c = 0
+    for j, piece in enumerate(pieces):
+        first = c + (len(piece) - len(piece.lstrip()))
+        out[j] = min(max(int(np.searchsorted(starts, first, side="right")) - 1, 0), len(words) - 1)
+        c += len(piece)
+    return out
+
+
+@dataclass(frozen=True)
+class ClipCapture:
+    """What one clip contributed: decode steps scored, audio-token geometry."""
+
+    steps: int
+    audio_tokens: int
+    audio_start: int
+    audio_seconds_covered: float
+    prompt_positions: int
+
+
+class TeacherForcedAttention:
+    """A loaded model + audio projector whose attention rows are captured at teacher-forced transcript tokens.
+
+    Parameters
+    ----------
+    model, mmproj : path
+        Text model GGUF and audio projector GGUF.
+    n_ctx : int
+        Context size (prompt + transcript).
+    n_batch : int
+        Batch size (prompt slices and transcript batches).
+    n_threads : int
+    prompt : str
+        User instruction placed after the audio.
+    """
+
+    def __init__(self, model, mmproj, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 2,
+                 prompt: str = DEFAULT_PROMPT) -> None:
+        from . import native_libs
+        from .session import check_gguf, find_mmproj
+
+        self._model = self._ctx = self._mctx = None
+        self.model_path = check_gguf(model, "model")
+        self.mmproj_path = find_mmproj(self.model_path, mmproj)
+        self.proj_type = projector_type(str(self.mmproj_path))
+        self.prompt = prompt
+        self.n_batch = n_batch
+        self._llama = native_libs.load_llama_cpp()
+        self._lc = lc = self._llama.llama_cpp
+        self._mt = native_libs.load_mtmd_cpp()
+        ggml_base = ctypes.CDLL(str(native_libs.lib_dir() / native_libs.shared_library_name("ggml-base")))
+        self._tensor_get = ggml_base.ggml_backend_tensor_get
+        self._tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+        self._tensor_get.restype = None
+        lc.llama_backend_init()
+        self._capturing = False
+        self._captured: dict[int, list[np.ndarray]] = {}
+        self._cb = lc.ggml_backend_sched_eval_callback(self._on_tensor)
+        try:
+            self._load(n_ctx, n_batch, n_threads)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------------------------------ loading
+    def _load(self, n_ctx: int, n_batch: int, n_threads: int) -> None:
+        lc, mt = self._lc, self._mt
+        mp = lc.llama_model_default_params()
+        self._model = lc.llama_model_load_from_file(str(self.model_path).encode(), mp)
+        if not self._model:
+            raise CaptureError(f"llama.cpp cannot load model {self.model_path}")
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.n_layer = int(lc.llama_model_n_layer(self._model))
+        self.n_head = int(lc.llama_model_n_head(self._model))
+        self.n_head_kv = int(lc.llama_model_n_head_kv(self._model))
+        cp = lc.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = n_batch
+        cp.n_ubatch = n_batch
+        cp.n_seq_max = 1
+        cp.n_threads = cp.n_threads_batch = n_threads
+        cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED     # kq_soft_max exists only without it
+        cp.cb_eval = self._cb
+        cp.cb_eval_user_data = None
+        cp.no_perf = True
+        self._ctx = lc.llama_init_from_model(self._model, cp)
+        if not self._ctx:
+            raise CaptureError(f"cannot create a llama.cpp context for {self.model_path}")
+        self.n_ctx = int(lc.llama_n_ctx(self._ctx))
+        mpp = mt.mtmd_context_params_default()
+        mpp.use_gpu = False
+        mpp.print_timings = False
+        mpp.n_threads = n_threads
+        mpp.warmup = False
+        mpp.flash_attn_type = cp.flash_attn_type
+        self._mctx = mt.mtmd_init_from_file(str(self.mmproj_path).encode(), self._model, mpp)
+        if not self._mctx or not mt.mtmd_support_audio(self._mctx):
+            raise CaptureError(f"audio projector {self.mmproj_path} does not fit model {self.model_path}")
+        self.sample_rate = int(mt.mtmd_get_audio_sample_rate(self._mctx))
+        self.marker = mt.mtmd_default_marker().decode()
+        template = lc.llama_model_chat_template(self._model, None)
+        self._formatter = None
+        bos = lc.llama_vocab_bos(self._vocab)
+        self._bos_text = self._token_text(bos) if bos >= 0 else ""
+        if template:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+            eos = self._token_text(lc.llama_vocab_eos(self._vocab))
+            self._formatter = Jinja2ChatFormatter(template.decode("utf-8", "replace"), eos_token=eos,
+                                                  bos_token=self._bos_text)
+        if self.proj_type not in WHISPER_FAMILY:
+            logger.warning("projector type %r: assuming its audio tokens cover exactly the clip", self.proj_type)
+
+    def _token_text(self, token: int) -> str:
+        raw = self._lc.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def _piece(self, token: int) -> str:
+        buf = ctypes.create_string_buffer(256)
+        n = self._lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:max(n, 0)].decode("utf-8", "replace")
+
+    def render_prompt(self) -> str:
+        content = f"{self.marker}\n{self.prompt}"
+        if self._formatter is None:
+            return content + "\n"
+        return self._formatter(messages=[{"role": "user", "content": content}]).prompt
+
+    def tokenize_text(self, text: str) -> list[int]:
+        raw = text.encode("utf-8")
+        arr = (self._lc.llama_token * (len(raw) + 8))()
+        n = self._lc.llama_tokenize(self._vocab, raw, len(raw), arr, len(arr), False, False)
+        if n < 0:
+            raise CaptureError(f"cannot tokenize the transcript {text[:40]!r}")
+        return list(arr[:n])
+
+    # ------------------------------------------------------------------------------------------ callback
+    def _on_tensor(self, tensor_p, ask, _user) -> bool:
+        try:
+            t = ctypes.cast(tensor_p, ctypes.POINTER(_GGMLTensor)).contents
+            name = t.name.decode("utf-8", "replace")
+            if not name.startswith(_SOFTMAX_PREFIX):
+                return False if ask else True
+            if ask:
+                return self._capturing
+            if t.type != _GGML_TYPE_F32:
+                raise CaptureError(f"{name} has ggml type {t.type}, expected F32")
+            ne = [int(t.ne[i]) for i in range(4)]
+            if int(t.nb[0]) != 4 or int(t.nb[1]) != 4 * ne[0] or int(t.nb[2]) != 4 * ne[0] * ne[1]:
+                raise CaptureError(f"{name} is not contiguous")
+            out = np.empty((ne[3], ne[2], ne[1], ne[0]), dtype=np.float32)
+            self._tensor_get(tensor_p, out.ctypes.data, 0, out.nbytes)
+            il = int(name[len(_SOFTMAX_PREFIX):])
+            self._captured.setdefault(il, []).append(out[0].transpose(1, 0, 2).copy())  # [n_tokens, n_head, n_kv]
+            return True
+        except Exception:                       # never let an exception cross into C
+            logger.exception("attention capture failed")
+            self._capture_failed = True
+            return False if ask else True
+
+    # ------------------------------------------------------------------------------------------ running
+    def _eval_prompt(self, samples: np.ndarray) -> tuple[int, int, int, int, int]:
+        lc, mt = self._lc, self._mt
+        text = self.render_prompt()
+        add_special = not (self._bos_text and text.startswith(self._bos_text))
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        bitmap = mt.mtmd_bitmap_init_from_audio(samples.shape[0],
+                                                samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+        chunks = mt.mtmd_input_chunks_init()
+        try:
+            raw = text.encode("utf-8")
+            inp = mt.mtmd_input_text(raw, len(raw), add_special, True)
+            bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            rc = mt.mtmd_tokenize(self._mctx, chunks, ctypes.byref(inp), bitmaps, 1)
+            mt.mtmd_bitmap_free(bitmap)
+            if rc != 0:
+                raise CaptureError(f"libmtmd could not tokenize the prompt (code {rc})")
+            n_chunks = int(mt.mtmd_input_chunks_size(chunks))
+            n_past, a0, n_audio, audio_chunks, last_token = 0, -1, 0, 0, -1
+            for i in range(n_chunks):
+                chunk = mt.mtmd_input_chunks_get(chunks, i)
+                n_tok = int(mt.mtmd_input_chunk_get_n_tokens(chunk))
+                is_audio = mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_AUDIO
+                if is_audio:
+                    if a0 < 0:
+                        a0 = n_past
+                    elif a0 + n_audio != n_past:
+                        raise CaptureError("audio chunks are not contiguous in the prompt")
+                    n_audio += n_tok
+                    audio_chunks += 1
+                else:
+                    n = ctypes.c_size_t(0)
+                    toks = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                    if n.value:
+                        last_token = int(toks[n.value - 1])
+                new_n_past = lc.llama_pos(0)
+                rc = mt.mtmd_helper_eval_chunk_single(self._mctx, self._ctx, chunk, n_past, 0, self.n_batch,
+                                                      i == n_chunks - 1, ctypes.byref(new_n_past))
+                if rc != 0:
+                    raise CaptureError(f"evaluating prompt chunk {i + 1}/{n_chunks} failed (code {rc})")
+                n_past = int(new_n_past.value)
+                if is_audio and n_past != a0 + n_audio:
+                    raise CaptureError("audio positions differ from audio tokens (M-RoPE projectors are "
+                                       "not supported by the profiler)")
+            if a0 < 0:
+                raise CaptureError("the prompt has no audio chunk")
+            if last_token < 0 or mt.mtmd_input_chunk_get_type(mt.mtmd_input_chunks_get(
+                    chunks, n_chunks - 1)) == mt.MTMD_INPUT_CHUNK_TYPE_AUDIO:
+                raise CaptureError("the prompt does not end with text")
+        finally:
+            mt.mtmd_input_chunks_free(chunks)
+        return n_past, a0, n_audio, audio_chunks, last_token
+
+    def score_clip(self, item: CalibrationItem, acc: HitRatioAccumulator) -> ClipCapture:
+        """Run one clip and add its decode steps to ``acc`` (shape [n_layer, n_head])."""
+        lc = self._lc
+        clip = load_audio(item.audio_path, self.sample_rate)
+        lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
+        n_past, a0, n_audio, audio_chunks, last_token = self._eval_prompt(clip.samples)
+        covered = audio_chunks * WHISPER_CHUNK_SECONDS if self.proj_type in WHISPER_FAMILY else clip.seconds
+        words = item.transcript.split()
+        tokens = self.tokenize_text(item.transcript)
+        if not tokens:
+            raise CaptureError(f"{item.audio_path}: empty transcript after tokenization")
+        owner = token_words([self._piece(t) for t in tokens], words)
+        spans = word_token_spans(list(item.timings), covered, n_audio, a0)
+        if n_past + len(tokens) > self.n_ctx:
+            raise CaptureError(f"{item.audio_path}: prompt ({n_past}) + transcript ({len(tokens)}) exceed the "
+                               f"context ({self.n_ctx}); use a larger --ctx")
+        # re-decode the last prompt token so that its row (which emits t_0) is captured too
+        if not lc.llama_memory_seq_rm(lc.llama_get_memory(self._ctx), 0, n_past - 1, -1):
+            raise CaptureError("cannot remove the last prompt token from the cache")
+        forced = [last_token] + tokens[:-1]
+        self._captured = {}
+        self._capture_failed = False
+        self._capturing = True
+        try:
+            for s in range(0, len(forced), self.n_batch):
+                part = forced[s:s + self.n_batch]
+                arr = (lc.llama_token * len(part))(*part)
+                rc = lc.llama_decode(self._ctx, lc.llama_batch_get_one(arr, len(part)))
+                if rc != 0:
+                    raise CaptureError(f"llama_decode failed on the transcript (code {rc})")
+        finally:
+            self._capturing = False
+        if self._capture_failed or sorted(self._captured) != list(range(self.n_layer)):
+            raise CaptureError(f"attention rows were not captured for every layer (got {sorted(self._captured)}); "
+                               "is flash attention forced on?")
+        n_kv = max(a.shape[2] for parts in self._captured.values() for a in parts)
+        rows = np.zeros((len(forced), self.n_layer, self.n_head, n_kv), dtype=np.float32)
+        for il, parts in self._captured.items():
+            r = 0
+            for a in parts:
+                rows[r:r + a.shape[0], il, :, :a.shape[2]] = a
+                r += a.shape[0]
+            if r != len(forced):
+                raise CaptureError(f"layer {il}: captured {r} rows for {len(forced)} tokens")
+        sums = rows.sum(axis=-1, dtype=np.float64)
+        if not np.all(np.abs(sums - 1.0) < _ROW_SUM_TOL):
+            raise CaptureError(f"captured attention rows do not sum to 1 (min {sums.min():.4f}, max {sums.max():.4f})")
+        for j in range(len(forced)):
+            pos = n_past - 1 + j
+            leak = float(rows[j, :, :, pos + 1:].max(initial=0.0))
+            if leak > _CAUSAL_TOL:
+                raise CaptureError(f"attention row of position {pos} reaches later cells ({leak:.2e}): "
+                                   "cells and positions differ")
+            acc.add(rows[j], tuple(spans[owner[j]]))
+        self._captured = {}
+        return ClipCapture(len(forced), n_audio, a0, covered, n_past)
+
+    # ------------------------------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        lc, mt = getattr(self, "_lc", None), getattr(self, "_mt", None)
+        if getattr(self, "_mctx", None) and mt is not None:
+            mt.mtmd_free(self._mctx)
+        self._mctx = None
+        if getattr(self, "_ctx", None) and lc is not None:
+            lc.llama_free(self._ctx)
+        self._ctx = None
+        if getattr(self, "_model", None) and lc is not None:
+            lc.llama_model_free(self._model)
+        self._model = None
+
+    def __enter__(self) -> "TeacherForcedAttention":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+

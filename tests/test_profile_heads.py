@@ -1,0 +1,97 @@
+"""convert/profile_heads.py: token-to-word mapping, projector geometry, CLI errors, and the end-to-end run on a tiny
+model pair: profile -> GGUF -> read back -> AudioKV keep plans use the stored budgets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audiokv_edge import gguf_profile as gp
+from audiokv_edge.attention_capture import CaptureError, projector_type, token_words
+from audiokv_edge.tiny_models import write_tiny_pair
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILE_HEADS = REPO / "convert" / "profile_heads.py"
+MAKE_CALIB = REPO / "scripts" / "make_calibration_set.py"
+
+
+def test_token_words_bpe_and_punctuation():
+    pieces = ["The", " bir", "ch", " canoe", ".", " Four", " ", "hours"]
+    words = ["The", "birch", "canoe.", "Four", "hours"]
+    np.testing.assert_array_equal(token_words(pieces, words), [0, 1, 1, 2, 2, 3, 4, 4])
+
+
+def test_token_words_refuses_other_text():
+    with pytest.raises(CaptureError, match="do not spell"):
+        token_words(["Hello", " there"], ["Hello", "world"])
+
+
+def test_projector_type_of_tiny_pair(tmp_path):
+    _, mmproj = write_tiny_pair(tmp_path, "qwen2-qwen2a")
+    assert projector_type(str(mmproj)) == "qwen2a"
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(PROFILE_HEADS), *map(str, args), "--no-progress"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
+def test_cli_missing_calibration_dir(tmp_path):
+    model, mmproj = write_tiny_pair(tmp_path, "qwen2-qwen2a")
+    res = _run(model, "--mmproj", mmproj, "--calib", tmp_path / "nope", "-o", tmp_path / "p.json")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"profile_heads: error: {tmp_path / 'nope'}: not a directory"]
+    assert not (tmp_path / "p.json").exists()
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory):
+    out = tmp_path_factory.mktemp("calib")
+    res = subprocess.run([sys.executable, str(MAKE_CALIB), "--out", str(out), "--clips", "2",
+                          "--sentences-per-clip", "2"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+@pytest.mark.native
+@pytest.mark.slow
+def test_end_to_end_profile_write_load_plan(tmp_path, calib):
+    from audiokv_edge.keep_plan import plan, uniform_budget
+    from audiokv_edge.methods.audiokv import audiokv_real_budgets
+
+    model, mmproj = write_tiny_pair(tmp_path, "qwen2-qwen2a")
+    pj = tmp_path / "profile.json"
+    out = tmp_path / "model-profiled.gguf"
+    res = _run(model, "--mmproj", mmproj, "--calib", calib, "-o", pj, "--gguf-out", out, "--npz",
+               "--threads", "2", "--window", "8")
+    assert res.returncode == 0, res.stderr
+    meta = json.loads(pj.read_text())
+    shape = gp.model_shape(gp.open_gguf(model))
+    assert (meta["n_layer"], meta["n_head_kv"]) == (shape.n_layer, shape.n_head_kv)
+    assert meta["details"]["n_steps"] > 10
+    assert all(c["timed"] and c["audio_tokens"] > 0 for c in meta["details"]["clips"])
+    scores = np.array(meta["scores"])
+    assert scores.sum() == pytest.approx(1.0) and np.all(scores >= 0)
+    assert (tmp_path / "profile.npz").exists()
+
+    stored, dflt = gp.read_stored(out)                       # load: the profile travels with the model
+    np.testing.assert_array_equal(stored.scores, scores.astype(np.float32).astype(np.float64))
+    assert dflt.window == 8 and "calib" in stored.source["calibration"]
+
+    # the AudioKV keep plan of this model uses the stored budgets
+    rng = np.random.default_rng(0)
+    n_tok, d, n_head, w = 200, 8, 4, 8
+    keys = rng.standard_normal((shape.n_layer, shape.n_head_kv, n_tok, d))
+    q = rng.standard_normal((shape.n_layer, n_head, w, d))
+    p = plan("audiokv", q, keys, 0.4, stored, window=w)
+    budgets = p.budgets
+    want = audiokv_real_budgets(stored.scores, uniform_budget(0.4, n_tok), w, n_tok)
+    assert budgets.sum() == uniform_budget(0.4, n_tok) * shape.n_layer * shape.n_head_kv
+    assert np.all(np.abs(budgets - want) < 1.0)              # integerised real budgets of the stored profile
+    if not np.allclose(stored.scores, stored.scores.mean()):
+        assert len(set(budgets.ravel().tolist())) > 1        # not uniform
