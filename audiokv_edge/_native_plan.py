@@ -114,6 +114,38 @@ class AudioKVContext:
             k.ctypes.data, _DTYPES[k.dtype], k.strides[1], k.strides[0], C.audiokv_to_float_fn(), None)
         C.check("audiokv_add_layer", status, f"layer {layer}")
 
+    def add_layer_ggml(self, layer: int, q_layer: np.ndarray, k_rows: np.ndarray, ggml_type: int,
+                       head_row_bytes: int) -> None:
+        """Score one layer whose keys are stored like llama.cpp's K cache in any ggml type (quantized included).
+
+        Parameters
+        ----------
+        layer : int
+        q_layer : ndarray, float16/32/64, shape [n_head, w, head_dim]
+        k_rows : ndarray, uint8, shape [n_tokens, row_bytes]
+            One row per token holding all KV heads, head h at byte h * head_row_bytes.
+        ggml_type : int
+            enum ggml_type of the keys (e.g. 8 = Q8_0).
+        head_row_bytes : int
+            Bytes of head_dim elements of that type (ggml_row_size).
+
+        Raises
+        ------
+        RuntimeError
+            When libaudiokv was built without ggml (standalone build).
+        """
+        if not C.has_ggml(self._lib):
+            raise RuntimeError("this libaudiokv was built without ggml (standalone build); use the combined build")
+        if not self._lib.audiokv_ggml_type_supported(ggml_type):
+            raise ValueError(f"ggml type {ggml_type} cannot be converted to float")
+        q = _rows_contiguous(q_layer)
+        k = np.ascontiguousarray(k_rows, dtype=np.uint8)
+        status = self._lib.audiokv_add_layer(
+            self._handle, layer, q.ctypes.data, _DTYPES[q.dtype], q.strides[0], q.strides[1],
+            k.ctypes.data, C.AUDIOKV_TYPE_OTHER, k.strides[0], head_row_bytes, C.ggml_to_float(self._lib),
+            ggml_type)
+        C.check("audiokv_add_layer", status, f"layer {layer}, ggml type {ggml_type}")
+
     def set_layer_scores(self, layer: int, scores: np.ndarray) -> None:
         """Set one layer's scores directly (H2O accumulated attention), shape [n_head or n_head_kv, n_tokens]."""
         s = np.ascontiguousarray(scores, dtype=np.float64)

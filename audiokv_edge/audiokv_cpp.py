@@ -22,7 +22,7 @@ __all__ = [
     "AUDIOKV_ERR_THREAD", "AUDIOKV_ERR_NONFINITE", "METHOD_IDS", "POOL_TYPES", "GQA_REDUCTIONS",
     "AUDIOKV_TYPE_F32", "AUDIOKV_TYPE_F16", "AUDIOKV_TYPE_F64", "AUDIOKV_TYPE_OTHER",
     "audiokv_params", "audiokv_to_float_fn", "audiokv_log_fn", "LibAudioKVError", "LibAudioKVInputError",
-    "library_path", "load_library",
+    "library_path", "load_library", "has_ggml", "ggml_to_float",
     "check",
 ]
 
@@ -144,6 +144,26 @@ _DECLARATIONS = [
                                           ctypes.c_int64, _c_int64_p]),
 ]
 
+# Exported only by a libaudiokv built inside the combined build (it then links ggml): include/audiokv_ggml.h
+_GGML_DECLARATIONS = [
+    # void audiokv_ggml_to_float(const void * src, float * dst, int64_t n, void * user_data);
+    ("audiokv_ggml_to_float", None, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64,
+                                     ctypes.c_void_p]),
+    # int audiokv_ggml_type_supported(int32_t ggml_type);
+    ("audiokv_ggml_type_supported", ctypes.c_int, [ctypes.c_int32]),
+]
+
+
+def has_ggml(lib: ctypes.CDLL) -> bool:
+    """True when the loaded libaudiokv exports the ggml to_float helper (built inside the combined build)."""
+    return hasattr(lib, "audiokv_ggml_to_float")
+
+
+def ggml_to_float(lib: ctypes.CDLL) -> "audiokv_to_float_fn":
+    """audiokv_ggml_to_float as a to_float callback for audiokv_add_layer (user_data: the ggml type number)."""
+    address = ctypes.cast(lib.audiokv_ggml_to_float, ctypes.c_void_p).value
+    return audiokv_to_float_fn(address)
+
 
 class LibAudioKVError(RuntimeError):
     """A libaudiokv call returned an error status; ``status`` holds the code, the message names it."""
@@ -216,7 +236,7 @@ def load_library() -> ctypes.CDLL:
         if _lib is None:
             path = library_path()
             lib = ctypes.CDLL(str(path))
-            for name, restype, argtypes in _DECLARATIONS:
+            for name, restype, argtypes in _DECLARATIONS + [d for d in _GGML_DECLARATIONS if hasattr(lib, d[0])]:
                 fn = getattr(lib, name)
                 fn.restype = restype
                 fn.argtypes = argtypes

@@ -1,6 +1,7 @@
 /*
- * audiokv_ggml.h - libaudiokv_ggml: reads keys of any ggml type (quantized K caches) for audiokv_add_layer.
- * Built only inside the combined build (the ggml target exists). Thread safe.
+ * audiokv_ggml.h - keys of any ggml type (quantized K caches) for audiokv_add_layer. libaudiokv exports these two
+ * functions only when built inside the combined build, where it links ggml (check for the symbol when loading
+ * dynamically). Thread safe.
  *
  *     if (audiokv_ggml_type_supported(k->type))
  *         audiokv_add_layer(ctx, il, q, AUDIOKV_TYPE_F32, q_nb_head, q_nb_row, k->data, AUDIOKV_TYPE_OTHER,
