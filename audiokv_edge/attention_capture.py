@@ -313,9 +313,26 @@ class TeacherForcedAttention:
             mt.mtmd_input_chunks_free(chunks)
         return n_past, a0, n_audio, audio_chunks, last_token
 
-    def score_clip(self, item: CalibrationItem, acc: HitRatioAccumulator) -> ClipCapture:
-        """Run one clip and add its decode steps to ``acc`` (shape [n_layer, n_head])."""
+    def capture_rows(self, item: CalibrationItem, forced_batch: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, ClipCapture]:
+        """Run one clip; return every decode step's attention rows and the audio span of the word it emits.
+
+        Parameters
+        ----------
+        item : CalibrationItem
+        forced_batch : int, optional
+            Tokens per llama_decode call for the teacher-forced transcript (default: the batch size).
+
+        Returns
+        -------
+        rows : ndarray, float32, shape [n_steps, n_layer, n_head, n_kv]
+            Row j is the attention of the step that emits transcript token j; column = position.
+        spans : ndarray, int64, shape [n_steps, 2]
+            [start, end) audio-token positions of the word each step emits.
+        info : ClipCapture
+        """
         lc = self._lc
+        step = min(forced_batch or self.n_batch, self.n_batch)
         clip = load_audio(item.audio_path, self.sample_rate)
         lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
         n_past, a0, n_audio, audio_chunks, last_token = self._eval_prompt(clip.samples)
@@ -337,8 +354,8 @@ class TeacherForcedAttention:
         self._capture_failed = False
         self._capturing = True
         try:
-            for s in range(0, len(forced), self.n_batch):
-                part = forced[s:s + self.n_batch]
+            for s in range(0, len(forced), step):
+                part = forced[s:s + step]
                 arr = (lc.llama_token * len(part))(*part)
                 rc = lc.llama_decode(self._ctx, lc.llama_batch_get_one(arr, len(part)))
                 if rc != 0:
@@ -366,9 +383,15 @@ class TeacherForcedAttention:
             if leak > _CAUSAL_TOL:
                 raise CaptureError(f"attention row of position {pos} reaches later cells ({leak:.2e}): "
                                    "cells and positions differ")
-            acc.add(rows[j], tuple(spans[owner[j]]))
         self._captured = {}
-        return ClipCapture(len(forced), n_audio, a0, covered, n_past)
+        return rows, spans[owner], ClipCapture(len(forced), n_audio, a0, covered, n_past)
+
+    def score_clip(self, item: CalibrationItem, acc: HitRatioAccumulator) -> ClipCapture:
+        """Run one clip and add its decode steps to ``acc`` (shape [n_layer, n_head])."""
+        rows, spans, info = self.capture_rows(item)
+        for j in range(rows.shape[0]):
+            acc.add(rows[j], (int(spans[j, 0]), int(spans[j, 1])))
+        return info
 
     # ------------------------------------------------------------------------------------------ teardown
     def close(self) -> None:
