@@ -268,3 +268,40 @@ def test_not_a_gguf_and_truncated(model, tmp_path):
         bad.write_bytes(data[:cut])
         with pytest.raises(gp.GGUFProfileError, match=match):
             gp.read_profile(bad)
+
+
+def test_header_parser_agrees_with_gguf_py(tmp_path):
+    """gguf_header.GGUFHeader (our fast parser) reads what gguf-py's GGUFReader reads, for every value type."""
+    from audiokv_edge.gguf_header import GGUFHeader
+
+    path = tmp_path / "types.gguf"
+    w = GGUFWriter(str(path), "qwen2")
+    w.add_block_count(2)
+    values = {"t.u8": (GGUFValueType.UINT8, 7), "t.i8": (GGUFValueType.INT8, -7), "t.u16": (GGUFValueType.UINT16, 700),
+              "t.i16": (GGUFValueType.INT16, -700), "t.u32": (GGUFValueType.UINT32, 70000),
+              "t.i32": (GGUFValueType.INT32, -70000), "t.f32": (GGUFValueType.FLOAT32, 0.25),
+              "t.bool": (GGUFValueType.BOOL, True), "t.u64": (GGUFValueType.UINT64, 2**40),
+              "t.i64": (GGUFValueType.INT64, -2**40), "t.f64": (GGUFValueType.FLOAT64, 0.1),
+              "t.str": (GGUFValueType.STRING, "héllo")}
+    for k, (t, v) in values.items():
+        w.add_key_value(k, v, t)
+    w.add_array("t.arr_str", ["a", "", "ccc"] * 50)
+    w.add_array("t.arr_i32", list(range(-5, 5)))
+    w.add_array("t.arr_bool", [True, False])
+    w.add_tensor("a.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
+    w.add_tensor("b.weight", np.arange(5, dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    h, r = GGUFHeader(path), GGUFReader(path)
+    assert list(h.entries) == [k for k in r.fields if not k.startswith("GGUF.")]
+    for k, (t, v) in values.items():
+        assert h.scalar(k, (t,)) == r.fields[k].contents() == (v if t != GGUFValueType.FLOAT32 else 0.25), k
+    np.testing.assert_array_equal(h.array("t.arr_i32", (GGUFValueType.INT32,)), list(range(-5, 5)))
+    assert h.entries["t.arr_str"].count == 150
+    assert [(t.name, t.offset, t.n_bytes) for t in h.tensors] == \
+        [(t.name, t.data_offset - r.data_offset, t.n_bytes) for t in r.tensors]
+    assert h.data_offset == r.data_offset
+    with pytest.raises(gp.GGUFFormatError, match="t.u32 has type UINT32, expected STRING"):
+        h.scalar("t.u32", (GGUFValueType.STRING,))
