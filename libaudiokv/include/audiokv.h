@@ -33,7 +33,8 @@
  * different threads at the same time. audiokv_add_layer and audiokv_plan run up to params.n_threads worker threads
  * internally (pthreads) and return after joining them. Results are bitwise identical for any n_threads.
  * The free functions (audiokv_default_params, audiokv_status_string, audiokv_rfft, audiokv_irfft, audiokv_sss,
- * audiokv_pool, audiokv_select_top) are thread safe. audiokv_log_set is not (call it once at start-up).
+ * audiokv_pool, audiokv_select_top, audiokv_integerise) are thread safe. audiokv_log_set is not (call it once at
+ * start-up).
  *
  * Memory
  * ------
@@ -79,7 +80,7 @@ enum audiokv_status {
     AUDIOKV_ERR_PARAM       = -5,  /* a field of struct audiokv_params is invalid (unknown method, even pool kernel ...) */
     AUDIOKV_ERR_TYPE        = -6,  /* unknown key element type, or AUDIOKV_TYPE_OTHER without a to_float function */
     AUDIOKV_ERR_CAPACITY    = -7,  /* the caller's index buffer is too small (counts and *n_total are still written) */
-    AUDIOKV_ERR_NOMEM       = -8,  /* allocation failed (only audiokv_init and the fft/sss helpers allocate) */
+    AUDIOKV_ERR_NOMEM       = -8,  /* allocation failed (only audiokv_init and the building-block helpers allocate) */
     AUDIOKV_ERR_STATE       = -9,  /* a layer's scores are missing when audiokv_plan needs them */
     AUDIOKV_ERR_THREAD      = -10, /* a worker thread could not be started */
     AUDIOKV_ERR_NONFINITE   = -11, /* NaN in the scores (from NaN/inf in queries or keys, or given scores) */

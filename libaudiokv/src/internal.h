@@ -74,6 +74,10 @@ int akv_window_scores(const struct akv_query_view * q, int32_t n_heads, const st
                       int64_t n_tokens, int32_t head_dim, int mean, double * out, int64_t out_stride,
                       double * scratch);
 
+/* ---- AVX-512F + FMA dot-product kernel (scores_avx512.c; a stub returning 0 elsewhere) ---- */
+void akv_tile_dots_avx512(const double * qd, const double * kt, int32_t d, int64_t wpad, double * acc);
+int  akv_have_avx512_kernel(void);
+
 /* ---- budgets (budgets.c) ---- */
 struct akv_budget_input {
     int32_t method;

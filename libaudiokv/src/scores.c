@@ -77,6 +77,11 @@ static void tile_dots_v4(const double * qd, const double * kt, int32_t d, int64_
 #endif
 
 static void tile_dots(const double * qd, const double * kt, int32_t d, int64_t wpad, double * acc) {
+#if defined(AKV_AVX2_KERNEL) && defined(AUDIOKV_AVX512_KERNEL)
+    static int avx512 = -1;   /* benign race: every thread computes the same value */
+    if (avx512 < 0) avx512 = akv_have_avx512_kernel();
+    if (avx512) { akv_tile_dots_avx512(qd, kt, d, wpad, acc); return; }
+#endif
 #if defined(AKV_AVX2_KERNEL)
     if (__builtin_cpu_supports("avx2")) { tile_dots_v4(qd, kt, d, wpad, acc); return; }
 #endif
@@ -184,6 +189,20 @@ static void load_row(const char * src, int32_t type, int32_t d, double * dst, fl
     }
 }
 
+/* max of x[0..n), n >= 1, with 8 independent partial maxima (exact: the order of a max does not matter) */
+static double row_max(const double * x, int64_t n) {
+    double p[8];
+    for (int u = 0; u < 8; ++u) p[u] = x[0];
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        for (int u = 0; u < 8; ++u) p[u] = x[j + u] > p[u] ? x[j + u] : p[u];
+    }
+    for (; j < n; ++j) p[0] = x[j] > p[0] ? x[j] : p[0];
+    double m = p[0];
+    for (int u = 1; u < 8; ++u) m = p[u] > m ? p[u] : m;
+    return m;
+}
+
 int64_t akv_scores_scratch_len(int32_t n_heads, int32_t w, int64_t n_tokens, int32_t head_dim) {
     return n_heads * round_up(w, RI) * head_dim   /* queries as double */
          + (int64_t) head_dim * TJ                 /* transposed key tile */
@@ -215,7 +234,7 @@ int akv_window_scores(const struct akv_query_view * q, int32_t n_heads, const st
     }
 
     /* every key tile is converted once and serves the n_heads query heads that read this KV head */
-    int finite = 1;
+    double chk[TJ] = { 0, 0, 0, 0, 0, 0, 0, 0 };   /* sums of z * 0: NaN once any logit is NaN or infinite */
     for (int64_t j0 = 0; j0 < N; j0 += TJ) {
         const int64_t nj = N - j0 < TJ ? N - j0 : TJ;
         for (int64_t jj = 0; jj < TJ; ++jj) {
@@ -231,15 +250,18 @@ int akv_window_scores(const struct akv_query_view * q, int32_t n_heads, const st
             tile_dots(qd + h * wpad * d, kt, d, wpad, acc);
             for (int64_t i = 0; i < w; ++i) {
                 double * zr = z + ((int64_t) h * w + i) * N + j0;
+                const double * ar = acc + i * TJ;
                 for (int64_t jj = 0; jj < nj; ++jj) {
-                    const double v = acc[i * TJ + jj] / sqrt_d;
-                    finite &= isfinite(v) != 0;
+                    const double v = ar[jj] / sqrt_d;
+                    chk[jj] += v * 0.0;
                     zr[jj] = v;
                 }
             }
         }
     }
-    if (!finite) return AUDIOKV_ERR_NONFINITE;
+    for (int jj = 0; jj < TJ; ++jj) {
+        if (chk[jj] != 0.0) return AUDIOKV_ERR_NONFINITE;
+    }
 
     for (int32_t h = 0; h < n_heads; ++h) {
         double * o = out + h * out_stride;
@@ -247,8 +269,7 @@ int akv_window_scores(const struct akv_query_view * q, int32_t n_heads, const st
         for (int32_t i = 0; i < w; ++i) {
             double * zr = z + ((int64_t) h * w + i) * N;
             const int64_t valid = n + i + 1;   /* keys 0 .. N - w + i */
-            double m = zr[0];
-            for (int64_t j = 1; j < valid; ++j) m = zr[j] > m ? zr[j] : m;
+            double m = row_max(zr, valid);
             exp_shifted(zr, valid, m);
             double part[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
             int64_t j = 0;
