@@ -107,7 +107,7 @@ llama_kv_evict_callback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.POINTER(llama_
 
 
 # struct llama_kv_evict_params {
-#     int32_t n_window; int32_t mode; llama_kv_evict_callback callback; void * user_data;
+#     int32_t n_window; int32_t mode; llama_kv_evict_callback callback; void * user_data; int32_t n_headroom;
 # };
 class llama_kv_evict_params(ctypes.Structure):
     _fields_ = [
@@ -115,11 +115,13 @@ class llama_kv_evict_params(ctypes.Structure):
         ("mode", ctypes.c_int32),
         ("callback", llama_kv_evict_callback),
         ("user_data", ctypes.c_void_p),
+        ("n_headroom", ctypes.c_int32),
     ]
 
 
 # struct llama_kv_evict_stats {
 #     int64_t n_tokens; int64_t n_entries; int64_t n_entries_full; int64_t bytes_used; int64_t bytes_kept;
+#     int64_t bytes_headroom;
 # };
 class llama_kv_evict_stats(ctypes.Structure):
     _fields_ = [
@@ -128,6 +130,7 @@ class llama_kv_evict_stats(ctypes.Structure):
         ("n_entries_full", ctypes.c_int64),
         ("bytes_used", ctypes.c_int64),
         ("bytes_kept", ctypes.c_int64),
+        ("bytes_headroom", ctypes.c_int64),
     ]
 
 

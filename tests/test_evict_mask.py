@@ -138,14 +138,17 @@ def evict_lib():
     return llama_evict_cpp.load_library()
 
 
-def enable(runner, fn, n_window=8, mode=0):
+def enable(runner, fn, n_window=8, mode=0, n_headroom=None):
     """Enable eviction on ``runner`` with the Python plan function ``fn(seq_id, layers, uniform)``."""
     from audiokv_edge import llama_evict_cpp as E
 
     lib = evict_lib()
     params = lib.llama_kv_evict_default_params()
+    assert params.n_window == 32 and params.mode == 0 and params.n_headroom == 256
     params.n_window = n_window
     params.mode = mode
+    if n_headroom is not None:
+        params.n_headroom = n_headroom
     callback = E.make_callback(fn)
     runner.callbacks.append(callback)  # the context may call any callback it accepted: keep them all alive
     params.callback = callback
@@ -496,7 +499,7 @@ def test_errors_change_nothing(models):
         stats = E.llama_kv_evict_stats()
         assert lib.llama_kv_evict_get_stats(r.ctx, 0, ctypes.byref(stats)) == E.LLAMA_KV_EVICT_ERR_NOT_INIT
         assert enable(r, keep_all, n_window=0) == E.LLAMA_KV_EVICT_ERR_ARG
-        assert enable(r, keep_all, mode=E.LLAMA_KV_EVICT_MODE_COMPACT) == E.LLAMA_KV_EVICT_ERR_UNSUPPORTED
+        assert enable(r, keep_all, n_headroom=-1) == E.LLAMA_KV_EVICT_ERR_ARG
         assert enable(r, keep_all, mode=7) == E.LLAMA_KV_EVICT_ERR_ARG
 
         behaviour = {"mode": "unsorted"}
