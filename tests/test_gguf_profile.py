@@ -305,3 +305,29 @@ def test_header_parser_agrees_with_gguf_py(tmp_path):
     assert h.data_offset == r.data_offset
     with pytest.raises(gp.GGUFFormatError, match="t.u32 has type UINT32, expected STRING"):
         h.scalar("t.u32", (GGUFValueType.STRING,))
+
+
+def test_big_endian_gguf_round_trip(tmp_path):
+    """A big-endian GGUF keeps its byte order: the new keys are written big-endian and read back exactly."""
+    from gguf import GGUFEndian
+
+    src = tmp_path / "be.gguf"
+    w = GGUFWriter(str(src), "qwen2", endianess=GGUFEndian.BIG)
+    w.add_block_count(3)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_tensor("output_norm.weight", np.arange(8, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    dst = tmp_path / "be-out.gguf"
+    prof = _profile()
+    gp.write_profile(src, prof, dst, ProfileDefaults(window=4, keep=0.25))
+    got, d = gp.read_stored(dst)
+    np.testing.assert_array_equal(got.scores, prof.scores)
+    assert d == ProfileDefaults(window=4, keep=0.25)
+    r = GGUFReader(dst)
+    assert r.endianess == GGUFEndian.BIG
+    np.testing.assert_array_equal(r.fields[gp.KEY_SCORES].contents(), prof.scores.ravel().astype(np.float32))
+    assert r.fields[gp.KEY_FORMAT_VERSION].contents() == 1
