@@ -116,3 +116,54 @@ def test_batched_teacher_forcing_equals_step_by_step_decoding(tmp_path, calib):
     np.testing.assert_allclose(batched[..., :n], stepped[..., :n], rtol=1e-2, atol=2e-4)
     np.testing.assert_array_equal(spans_b, spans_s)
     assert spans_b[0, 0] >= info.audio_start and spans_b[-1, 1] <= info.audio_start + info.audio_tokens
+
+
+@pytest.mark.native
+def test_captured_rows_equal_attention_recomputed_from_queries_and_keys(tmp_path):
+    """The eval-callback rows (kq_soft_max) equal softmax(kq_scale * q . k) recomputed in NumPy from the post-RoPE
+    queries and cached keys that the eviction API hands over: heads, tokens and positions are read correctly."""
+    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.attention_capture import TeacherForcedAttention
+
+    model, mmproj = write_tiny_pair(tmp_path, "qwen2-qwen2a")
+    n_tok, w = 40, 8
+    with TeacherForcedAttention(model, mmproj, n_ctx=256, n_batch=64, n_threads=1) as cap:
+        lib = E.load_library()
+        seen = {}
+
+        def record(seq_id, layers, uniform):
+            seen["q"] = [lv.q.copy() for lv in layers]                         # [H, w, d]
+            seen["k"] = [[lv.keys(h) for h in range(lv.n_head_kv)] for lv in layers]
+            seen["pos"] = [[lv.pos[h].copy() for h in range(lv.n_head_kv)] for lv in layers]
+            seen["q_pos"] = layers[0].q_pos.copy()
+            seen["scale"] = [lv.kq_scale for lv in layers]
+            return 1                                                            # keep everything
+
+        cb = E.make_callback(record)
+        params = lib.llama_kv_evict_default_params()
+        params.n_window = w
+        params.callback = cb
+        assert lib.llama_kv_evict_init(cap._ctx, params) == 0
+        lc = cap._lc
+        toks = np.random.default_rng(2).integers(5, 200, size=n_tok).tolist()
+        cap._captured, cap._capture_failed, cap._capturing = {}, False, True
+        arr = (lc.llama_token * n_tok)(*toks)
+        assert lc.llama_decode(cap._ctx, lc.llama_batch_get_one(arr, n_tok)) == 0
+        cap._capturing = False
+        assert lib.llama_kv_evict_seq(cap._ctx, 0) == E.LLAMA_KV_EVICT_DECLINED
+        assert not cap._capture_failed and sorted(cap._captured) == list(range(cap.n_layer))
+        g = cap.n_head // cap.n_head_kv
+        np.testing.assert_array_equal(seen["q_pos"], np.arange(n_tok - w, n_tok))
+        for il in range(cap.n_layer):
+            rows = cap._captured[il][0]                                         # [n_tok, H, n_kv]
+            for h in range(cap.n_head):
+                k = seen["k"][il][h // g]
+                order = np.argsort(seen["pos"][il][h // g])
+                logits = seen["scale"][il] * (seen["q"][il][h] @ k[order].T)    # [w, n_tok]
+                logits = np.where(np.arange(n_tok)[None, :] <= seen["q_pos"][:, None], logits, -np.inf)
+                ref = np.exp(logits - logits.max(axis=1, keepdims=True))
+                ref /= ref.sum(axis=1, keepdims=True)
+                got = rows[n_tok - w:, h, :n_tok]
+                # f16 cache: llama.cpp multiplies q rounded to f16; the reference uses f32 q
+                np.testing.assert_allclose(got, ref, atol=2e-3)
+                assert not rows[n_tok - w:, h, n_tok:].any()
