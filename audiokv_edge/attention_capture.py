@@ -139,6 +139,9 @@ class TeacherForcedAttention:
         from . import native_libs
         from .session import check_gguf, find_mmproj
 
+        for name, value, low in (("n_ctx", n_ctx, 16), ("n_batch", n_batch, 1), ("n_threads", n_threads, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         self._model = self._ctx = self._mctx = None
         self.model_path = check_gguf(model, "model")
         self.mmproj_path = find_mmproj(self.model_path, mmproj)
@@ -154,6 +157,7 @@ class TeacherForcedAttention:
         self._tensor_get.restype = None
         lc.llama_backend_init()
         self._capturing = False
+        self._capture_failed = False
         self._captured: dict[int, list[np.ndarray]] = {}
         self._cb = lc.ggml_backend_sched_eval_callback(self._on_tensor)
         try:
