@@ -174,23 +174,56 @@ def find_mmproj(model_path: str | pathlib.Path, mmproj: str | pathlib.Path | Non
             names = ", ".join(b.name for b in beside)
             raise SessionError(f"several projectors beside {model_path} ({names}): choose one with --mmproj")
         found = check_gguf(beside[0], "audio projector")
-    if not _gguf_bool(found, "clip.has_audio_encoder"):
+    meta = _gguf_scalars(found, ("clip.has_audio_encoder", "clip.projector_type", "clip.audio.projector_type",
+                                 "clip.audio.projector.stack_factor"))
+    if not meta.get("clip.has_audio_encoder"):
         raise SessionError(f"{found} has no audio encoder (clip.has_audio_encoder is not set)")
+    projector = meta.get("clip.projector_type") or meta.get("clip.audio.projector_type") or ""
+    problem = stacked_projector_problem(projector, int(meta.get("clip.audio.projector.stack_factor") or 0))
+    if problem:
+        raise SessionError(f"{found}: {problem}")
     return found
 
 
-def _gguf_bool(path: pathlib.Path, key: str) -> bool:
+def stacked_projector_problem(projector: str, stack_factor: int) -> str:
+    """Why libmtmd (this llama.cpp) would abort on a frame-stacking Whisper projector, or "".
+
+    clip.cpp announces ``align(3000, s) / s / 2`` tokens per 30 s chunk (``/ 2`` again for voxtral's average pool)
+    but its graph stacks the 1500 (voxtral: 750) encoder frames padded up to a multiple of ``s``; when ``s`` does not
+    divide them the counts differ by one and ``clip_image_batch_encode`` calls GGML_ABORT ("Invalid number of output
+    tokens"), e.g. Ultravox v0.5 (s = 8: 187 announced, 188 produced) and Voxtral (s = 4).
+    """
+    if projector not in ("ultravox", "voxtral", "meralion") or stack_factor <= 0:
+        return ""
+    pool = 2 if projector == "voxtral" else 1
+    frames = 1500 // pool
+    produced = -(-frames // stack_factor)
+    announced = (-(-3000 // stack_factor) * stack_factor) // stack_factor // 2 // pool
+    if produced == announced:
+        return ""
+    return (f"{projector} projector with stack factor {stack_factor} makes libmtmd abort in this llama.cpp build "
+            f"(it announces {announced} tokens per 30 s chunk but produces {produced}); not supported")
+
+
+def _gguf_scalars(path: pathlib.Path, keys: tuple[str, ...]) -> dict:
     import gguf
 
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as exc:
-        raise SessionError(f"cannot read GGUF metadata of {path}: {exc}") from None
-    f = reader.fields.get(key)
-    return bool(f is not None and f.parts[f.data[0]][0])
+        raise SessionError(f"cannot read GGUF metadata of {path}: {' '.join(str(exc).split())}") from None
+    out = {}
+    for key in keys:
+        f = reader.fields.get(key)
+        if f is None or not f.data:
+            continue
+        part = f.parts[f.data[0]]
+        out[key] = bytes(part).decode("utf-8", "replace") if f.types[0] == gguf.GGUFValueType.STRING else part[0]
+    return out
 
 
 _LOG_CALLBACK = None
+_GGML_LOG_LEVEL_ERROR = 4  # ggml.h enum ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 _LAST_NATIVE_ERRORS: collections.deque = collections.deque(maxlen=8)
 _BACKEND_READY = False
 
@@ -202,7 +235,7 @@ def _route_native_logs(llama_cpp, mtmd_cpp) -> None:
 
         def _log(level, text, user_data):
             line = (text or b"").decode("utf-8", "replace").rstrip()
-            if level == 3 and line:
+            if level == _GGML_LOG_LEVEL_ERROR and line:
                 _LAST_NATIVE_ERRORS.append(line)
             if line:
                 native_logger.debug("%s", line)
@@ -214,15 +247,17 @@ def _route_native_logs(llama_cpp, mtmd_cpp) -> None:
 
 
 def _native_error(default: str) -> str:
-    """The most telling recent native error line (without llama.cpp's function prefixes), else ``default``."""
+    """The most telling recent native error line (without llama.cpp's ``function: `` prefixes), else ``default``."""
+    import re
+
     for line in reversed(_LAST_NATIVE_ERRORS):
         text = line
-        while ": " in text and text.split(": ", 1)[0].replace("_", "").isalnum() and " " not in text.split(": ")[0]:
+        while re.match(r"^[A-Za-z_][\w:~]*: ", text):
             text = text.split(": ", 1)[1]
         if text.startswith("error: "):
             text = text[len("error: "):]
         if text and "failed to load" not in text:
-            return text
+            return " ".join(text.split())
     return default
 
 
@@ -402,7 +437,8 @@ class Session:
             pieces.append(piece)
             if on_token is not None:
                 on_token(piece)
-        assert self.last_answer is not None
+        if self.last_answer is None:
+            raise SessionError("generation ended without an answer")
         return self.last_answer
 
     def stream(self, audio, prompt: str = DEFAULT_PROMPT, *, sample_rate: int | None = None,
@@ -499,7 +535,7 @@ class Session:
                 progress(0, info.n_pos)
             for i in range(info.chunks):
                 chunk = mt.mtmd_input_chunks_get(chunks, i)
-                new_n_past = lc.llama_pos(0)
+                new_n_past = lc.llama_pos(n_past)  # in/out: text chunks add to it, media chunks set it
                 rc = mt.mtmd_helper_eval_chunk_single(self._mctx, self._ctx, chunk, n_past, 0, cfg.batch,
                                                       i == info.chunks - 1, ctypes.byref(new_n_past))
                 if rc != 0:

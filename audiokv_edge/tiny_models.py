@@ -227,16 +227,17 @@ class TinyPair:
         return f"{self.text.arch}-{self.audio.projector}"
 
 
-#: Every tiny pair, by name. Real counterparts: Qwen2-Audio / Qwen2.5-Omni (qwen2 + qwen2a), Ultravox v0.5
-#: (llama + ultravox, stack factor 8), Qwen3-Omni (qwen3 + qwen3a); qwen3 and gemma3 (iSWA) text models also
-#: take the Qwen2.5-Omni audio tower.
+#: Every tiny pair, by name. Real counterparts: Qwen2-Audio / Qwen2.5-Omni (qwen2 + qwen2a), Ultravox (llama +
+#: ultravox), Qwen3-Omni (qwen3 + qwen3a); qwen3 and gemma3 (iSWA) text models also take the Qwen2.5-Omni audio tower.
+#: Ultravox uses stack factor 4: with v0.5's 8 (and Voxtral's 4) this llama.cpp's libmtmd aborts on encoding
+#: (clip.cpp announces 187 tokens per chunk, its graph produces 188); see session.stacked_projector_problem.
 TINY_PAIRS: dict[str, TinyPair] = {
     p.name: p
     for p in (
         TinyPair(TextModelSpec("qwen2", CHATML, rope_freq_base=1000000.0), AudioProjectorSpec("qwen2a")),
         TinyPair(
             TextModelSpec("llama", LLAMA3, rope_freq_base=500000.0),
-            AudioProjectorSpec("ultravox", stack_factor=8),
+            AudioProjectorSpec("ultravox", stack_factor=4),
         ),
         TinyPair(
             TextModelSpec("qwen3", CHATML, n_head=4, n_head_kv=1, head_dim=32, rope_freq_base=1000000.0),
@@ -396,6 +397,15 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
     d, dh, hq, hkv = spec.n_embd, spec.head_dim, spec.n_head, spec.n_head_kv
     t.normal("token_embd.weight", (d, n_vocab), 1.0 / np.sqrt(d) if arch != "gemma3" else 0.05)
     t.ones("output_norm.weight", (d,))
+    # untied output head whose rows for non-printable byte tokens and for specials other than end-of-turn are zero:
+    # greedy decoding then emits printable (if meaningless) text and may stop, as a chat model would
+    head = _rng(seed, "output.weight").normal(0.0, 1.0 / np.sqrt(d), size=(n_vocab, d))
+    printable = {i for i in range(32, 127)} | {10}
+    stop_ids = {index[fam.eos]} | ({index[fam.eot]} if fam.eot else set())
+    for i in range(n_vocab):
+        if (i < 256 and i not in printable) or (types[i] == TOKEN_CONTROL and i not in stop_ids):
+            head[i] = 0.0
+    w.add_tensor("output.weight", head.astype(np.float32))
     for il in range(spec.n_layer):
         p = f"blk.{il}."
         t.ones(p + "attn_norm.weight", (d,))

@@ -190,3 +190,14 @@ def test_builtin_default_without_arguments(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "TINY RANDOM-WEIGHT TEST MODEL" in proc.stderr
     assert (tmp_path / "tiny-models" / "qwen2-qwen2a" / "model.gguf").is_file()
+
+
+@pytest.mark.parametrize("projector,stack", [("ultravox", 8), ("voxtral", 4)])
+def test_projector_that_would_abort_libmtmd_is_refused(tmp_path, tiny, projector, stack):
+    """Ultravox v0.5 (stack 8) and Voxtral (stack 4) make this llama.cpp's clip.cpp abort while encoding (it
+    announces one token fewer per chunk than its graph produces): refused with a clear error instead of a crash."""
+    model, _ = tiny["llama-ultravox"]
+    bad = tmp_path / "mmproj-stacked.gguf"
+    write_audio_projector(bad, AudioProjectorSpec(projector, stack_factor=stack), n_embd_text=64)
+    assert_one_line_error(run_cli(str(model), str(JFK), "--mmproj", str(bad), "--method", "full"),
+                          f"stack factor {stack}", "abort")

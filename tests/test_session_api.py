@@ -1,0 +1,93 @@
+"""The Session API: one load answers many audio prompts; streaming iterator and callback agree with answer();
+greedy decoding is deterministic; the chat template comes from the GGUF; close() frees every handle.
+
+Each probe runs in a subprocess so that a native abort fails the test instead of killing pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from audiokv_edge.session import SessionConfig
+from audiokv_edge.tiny_models import write_tiny_pair
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "audiokv_edge" / "data"
+
+PROBE = r"""
+import json, sys
+import numpy as np
+from audiokv_edge.session import Session, SessionConfig, SessionError
+from audiokv_edge.audio import load_audio
+model, jfk, arctic = sys.argv[1:4]
+out = {}
+with Session(model, config=SessionConfig(method="full", max_tokens=8, threads=2, ctx=2048)) as s:
+    out["prompt"] = s.render_prompt("Transcribe the audio.")
+    a = s.answer(jfk)
+    pieces, calls = [], []
+    for piece in s.stream(jfk):
+        pieces.append(piece)
+    streamed = s.last_answer
+    b = s.answer(arctic, "What is said?", on_token=calls.append)
+    clip = load_audio(jfk, 44100)  # a clip at another rate is resampled to the projector's
+    c = s.answer(clip.samples, sample_rate=44100)
+    out.update(a=a.to_dict(), streamed_text="".join(pieces), streamed=streamed.to_dict(), b=b.to_dict(),
+               callback_text="".join(calls), c=c.to_dict())
+    handles = [s._model, s._ctx, s._mctx]
+out["freed"] = [s._model, s._ctx, s._mctx] == [None, None, None] and all(h for h in handles)
+try:
+    s.stream(jfk)
+    out["closed_error"] = ""
+except SessionError as exc:
+    out["closed_error"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    model, _ = write_tiny_pair(tmp_path_factory.mktemp("tiny"), "qwen2-qwen2a")
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(model), str(DATA / "jfk.wav"),
+                           str(DATA / "arctic_a0007.wav")], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.native
+def test_chat_template_from_gguf_with_audio_marker(probe):
+    prompt = probe["prompt"]
+    assert prompt.startswith("<|im_start|>user\n<__media__>\nTranscribe the audio.<|im_end|>")
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.native
+def test_many_prompts_one_load_and_deterministic(probe):
+    a, streamed, b = probe["a"], probe["streamed"], probe["b"]
+    assert a["text"] == streamed["text"] == probe["streamed_text"]  # greedy: same audio, same answer
+    assert a["audio_tokens"] == 750 and b["audio_tokens"] == 750  # one 30 s chunk each
+    assert b["audio_seconds"] == pytest.approx(4.0) and probe["callback_text"] == b["text"]
+    assert a["generated_tokens"] <= 8
+
+
+@pytest.mark.native
+def test_array_input_is_resampled(probe):
+    assert probe["c"]["audio_seconds"] == pytest.approx(11.0, abs=1e-3)
+    assert probe["c"]["audio_tokens"] == probe["a"]["audio_tokens"]
+
+
+@pytest.mark.native
+def test_close_frees_handles(probe):
+    assert probe["freed"] is True
+    assert "closed" in probe["closed_error"]
+
+
+@pytest.mark.parametrize("bad", [dict(keep=0), dict(keep=-1), dict(keep=1.5), dict(keep="abc"),
+                                 dict(method="nope"), dict(max_tokens=0), dict(kv_type="q4_0"), dict(ctx=8)])
+def test_config_validation(bad):
+    with pytest.raises(ValueError):
+        SessionConfig(**bad)
