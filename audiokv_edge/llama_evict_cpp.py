@@ -257,11 +257,11 @@ class EvictLayerView:
     def set_keep(self, head: int, keep: Sequence[int] | np.ndarray) -> None:
         """Write the kept entry indices of KV head ``head`` (sorted, unique, in [0, n_kv_h)) into the plan."""
         h = self._layer.heads[head]
-        idx = np.asarray(keep, dtype=np.int64).ravel()
+        idx = np.ascontiguousarray(np.asarray(keep).ravel(), dtype=np.int32)
         if idx.size > h.n_kv:
             raise ValueError(f"{idx.size} kept entries for a head holding {h.n_kv}")
-        for i, v in enumerate(idx):
-            h.keep[i] = int(v)
+        if idx.size:
+            ctypes.memmove(h.keep, idx.ctypes.data, idx.nbytes)
         h.n_keep = int(idx.size)
 
 
