@@ -68,13 +68,16 @@ def versions() -> dict:
     return out
 
 
-def timed(fn, repeats: int) -> tuple[list[float], object]:
-    seconds, result = [], None
+def timed(fn, repeats: int) -> tuple[list[float], list[float], object]:
+    """Wall seconds and process CPU seconds (all threads) of each run, and the last result. On a shared machine
+    the CPU time is the steadier measure of the work done."""
+    seconds, cpu_seconds, result = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = fn()
         seconds.append(time.perf_counter() - start)
-    return seconds, result
+        cpu_seconds.append(time.process_time() - cpu_start)
+    return seconds, cpu_seconds, result
 
 
 def forward_flops(n_tokens: int, n_layer: int, d_model: int, n_head: int, n_head_kv: int, head_dim: int,
@@ -149,22 +152,27 @@ def main() -> None:
     profile = HeadProfile(rng.random((args.n_layer, args.n_head_kv)) ** 2)
 
     for method in args.methods:
-        np_s, np_plan = timed(lambda: plan(method, q, k, args.keep, profile, window=args.window),
-                              args.numpy_repeats)
+        np_s, np_cpu, np_plan = timed(lambda: plan(method, q, k, args.keep, profile, window=args.window),
+                                      args.numpy_repeats)
         params = {"window": args.window}
-        c1_s, c1_plan = timed(lambda: plan_c(method, q, k, args.keep, profile, params, n_threads=1), args.repeats)
-        ca_s, ca_plan = timed(lambda: plan_c(method, q, k, args.keep, profile, params, n_threads=all_threads),
-                              args.repeats)
+        c1_s, c1_cpu, c1_plan = timed(lambda: plan_c(method, q, k, args.keep, profile, params, n_threads=1),
+                                      args.repeats)
+        ca_s, ca_cpu, ca_plan = timed(
+            lambda: plan_c(method, q, k, args.keep, profile, params, n_threads=all_threads), args.repeats)
         row = {"numpy_s": np_s, "c_1thread_s": c1_s, "c_all_threads_s": ca_s,
+               "numpy_cpu_s": np_cpu, "c_1thread_cpu_s": c1_cpu, "c_all_threads_cpu_s": ca_cpu,
                "numpy_median_s": statistics.median(np_s), "c_1thread_median_s": statistics.median(c1_s),
                "c_all_threads_median_s": statistics.median(ca_s),
+               "numpy_cpu_median_s": statistics.median(np_cpu), "c_1thread_cpu_median_s": statistics.median(c1_cpu),
                "plans_identical": bool(np_plan == c1_plan == ca_plan), "kept_total": np_plan.kept_total}
         row["speedup_1thread"] = row["numpy_median_s"] / row["c_1thread_median_s"]
         row["speedup_all_threads"] = row["numpy_median_s"] / row["c_all_threads_median_s"]
+        row["cpu_time_ratio_numpy_over_c"] = row["numpy_cpu_median_s"] / row["c_1thread_cpu_median_s"]
         result["results"][method] = row
         print(f"{method:13s} numpy {row['numpy_median_s']:8.3f} s | C 1 thread {row['c_1thread_median_s']:7.3f} s "
               f"({row['speedup_1thread']:5.1f}x) | C {all_threads} threads {row['c_all_threads_median_s']:7.3f} s "
-              f"({row['speedup_all_threads']:5.1f}x) | identical {row['plans_identical']}", flush=True)
+              f"({row['speedup_all_threads']:5.1f}x) | CPU s numpy {row['numpy_cpu_median_s']:.2f} "
+              f"C {row['c_1thread_cpu_median_s']:.2f} | identical {row['plans_identical']}", flush=True)
 
     if not args.skip_prefill:
         try:

@@ -6,15 +6,17 @@ float64 and float16 inputs, and the committed golden plans. Tolerance: none, pla
 must also not depend on the thread count.
 """
 
+import dataclasses
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from audiokv_edge import HeadProfile, KeepPlan, plan
-from audiokv_edge._native_plan import plan_c
+from audiokv_edge import audiokv_cpp as C
+from audiokv_edge._native_plan import c_params, plan_c
+from audiokv_edge.methods import METHODS
 from tests.libaudiokv_build import ensure_libaudiokv
 
 pytestmark = pytest.mark.native
@@ -48,31 +50,25 @@ def snap_to_row_grid(x):
     return np.where(m > 0, np.rint(x / q) * q, x)
 
 
-def reference_snaps_sss_rows():
-    """True when the reference's scoring already rounds SSS rows to the grid (spiky rows are on the grid)."""
+def test_reference_rounds_sss_rows_to_the_grid():
+    """Both sides apply the grid (C: akv_snap_to_row_grid); spiky rows would otherwise rank FFT noise."""
     from audiokv_edge.scoring import smoothed_window_scores
 
     q, k, _ = make_inputs("large", 1, 2, 1, 40, 8, 8, 7)
     s = smoothed_window_scores(q, k, sss_alpha=0.5, sss_gamma=0.95)
-    return bool(np.array_equal(s, snap_to_row_grid(s)))
+    assert np.array_equal(s, snap_to_row_grid(s))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def reference_with_grid():
-    """Until the reference adopts the SSS row grid of docs/semantics.md, compare against reference + grid."""
-    if reference_snaps_sss_rows():
-        yield
-        return
-    import audiokv_edge.scoring as scoring
-
-    warnings.warn("the NumPy reference does not round SSS rows to the 24-bit grid of docs/semantics.md yet; "
-                  "comparing libaudiokv against the reference plus that rule")
-    original = scoring.spectral_smooth
-    scoring.spectral_smooth = lambda *a, **kw: snap_to_row_grid(original(*a, **kw))
-    try:
-        yield
-    finally:
-        scoring.spectral_smooth = original
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_python_and_c_defaults_agree(method):
+    """plan(backend="c") passes only non-default parameters: the C defaults must be the dataclass defaults."""
+    p = c_params(method, {})
+    pool = {v: k for k, v in C.POOL_TYPES.items()}
+    gqa = {v: k for k, v in C.GQA_REDUCTIONS.items()}
+    for key, value in dataclasses.asdict(METHODS[method]()).items():
+        got = getattr(p, key)
+        got = pool[got] if key == "pool_type" else gqa[got] if key == "gqa_reduce" else got
+        assert got == value, (method, key)
 
 
 def make_inputs(kind, n_layer, n_head, n_head_kv, n_tokens, w, d, seed, dtype=np.float32):
