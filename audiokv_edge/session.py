@@ -14,10 +14,12 @@ template (from its GGUF, rendered with llama-cpp-python's Jinja support) with mt
 content starts -> ``mtmd_tokenize`` (text chunks + one chunk per 30 s audio window) -> each chunk encoded and
 decoded into the KV cache -> greedy decoding.
 
-KV-cache eviction: this llama.cpp build has no per-head eviction yet. ``method="full"`` keeps everything. Any other
-method runs with the full cache and reports, with ``eviction_applied=False``, the cache size the method's budgets
-would keep; :meth:`Session._evict` is the single place where the per-head eviction call will go (after the prompt,
-or after every audio chunk with ``stream=True``).
+KV-cache eviction: ``method="full"`` keeps everything. Any other method, with a libllama carrying the per-head
+eviction API (patches/0001-0002, docs/per-head-eviction.md), evicts once after the prompt in COMPACT mode: llama.cpp
+hands the captured window queries and the keys to a callback, which plans with :func:`audiokv_edge.keep_plan.plan`
+(the head profile stored in the model's GGUF drives AudioKV's budgets) and llama.cpp frees the dropped entries.
+Without that API (an unpatched build) the cache is left full and ``eviction_applied=False`` marks
+``kv_bytes_kept`` as what the method's budgets would keep. :meth:`Session._evict` is the one place either happens.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ logger = logging.getLogger(__name__)
 native_logger = logging.getLogger("audiokv_edge.native")
 
 DEFAULT_PROMPT = "Transcribe the audio."
+#: Window queries captured for eviction (the methods' default observation window, docs/semantics.md).
+EVICT_WINDOW = 32
 GGUF_MAGIC = b"GGUF"
 KV_TYPES = ("f16", "q8_0")
 
@@ -333,6 +337,13 @@ class Session:
         if not self._ctx:
             raise SessionError(f"cannot create a llama.cpp context for {self.model_path}: {_native_error('see -v log')}")
         self.n_ctx = int(lc.llama_n_ctx(self._ctx))
+        self._evict_lib = None
+        self._evict_record: dict = {}
+        if cfg.method != "full":
+            self._init_eviction()
+            if cfg.stream and self._evict_lib is not None:
+                raise SessionError("--stream (eviction after every audio chunk) needs re-planning of an already "
+                                   "evicted, ragged cache, which the planner does not do yet: drop --stream")
 
         mp = mt.mtmd_context_params_default()
         mp.use_gpu = False
@@ -355,6 +366,58 @@ class Session:
         self.geometry = self._kv_geometry()
         self._formatter = self._chat_formatter()
         self.marker = mt.mtmd_default_marker().decode()
+
+    def _init_eviction(self) -> None:
+        """Switch on llama.cpp's per-head eviction (COMPACT) with a planning callback, when this libllama has it."""
+        from audiokv_edge import llama_evict_cpp as E
+
+        try:
+            lib = E.load_library()
+        except E.EvictApiMissingError as exc:
+            logger.warning("%s; the cache stays full and only the planned budgets are reported", exc)
+            return
+        if self.config.kv_type != "f16":
+            raise SessionError(f"method {self.config.method} plans in NumPy, which reads f16 keys only: use "
+                               f"--kv-type f16 (or --method full)")
+        from audiokv_edge.gguf_profile import read_profile
+
+        try:
+            self._profile = read_profile(self.model_path)
+        except Exception as exc:
+            raise SessionError(f"head profile of {self.model_path} is unusable: {' '.join(str(exc).split())}") from None
+        params = lib.llama_kv_evict_default_params()
+        params.n_window = EVICT_WINDOW
+        params.mode = E.LLAMA_KV_EVICT_MODE_COMPACT
+        params.n_headroom = self.config.max_tokens + 1
+        self._evict_callback = E.make_callback(self._plan_callback)
+        params.callback = self._evict_callback
+        rc = lib.llama_kv_evict_init(self._ctx, params)
+        if rc != 0:
+            raise SessionError(f"per-head eviction cannot run on {self.model_path}: {E.status_name(lib, rc)} "
+                               f"({_native_error('see -v log')}); use --method full")
+        self._evict_lib = lib
+
+    def _plan_callback(self, seq_id: int, layers: list, uniform: bool) -> int:
+        """llama.cpp's eviction callback: plan with the NumPy reference on the queries and keys it hands over."""
+        from audiokv_edge.keep_plan import plan
+        from audiokv_edge.profile import HeadProfile
+
+        if not uniform:
+            raise SessionError("a second eviction of a ragged cache is not supported by the planner")
+        orders = [[np.argsort(lv.pos[h], kind="stable") for h in range(lv.n_head_kv)] for lv in layers]
+        keys = np.stack([np.stack([lv.keys(h)[orders[i][h]] for h in range(lv.n_head_kv)])
+                         for i, lv in enumerate(layers)])
+        # docs/per-head-eviction.md: logits are kq_scale * q.k; docs/semantics.md divides by sqrt(d)
+        q = np.stack([lv.q * np.float32(lv.kq_scale * np.sqrt(lv.head_dim)) for lv in layers])
+        profile = self._profile
+        if profile is not None and profile.n_layer != len(layers):  # iSWA: only full-attention layers are handed over
+            profile = HeadProfile(profile.scores[[lv.il for lv in layers]], profile.source)
+        kept = plan(self.config.method, q, keys, self.config.keep, profile, window=q.shape[2])
+        for i, lv in enumerate(layers):
+            for h in range(lv.n_head_kv):
+                lv.set_keep(h, np.sort(orders[i][h][np.asarray(kept.indices[i][h])]))
+        self._evict_record["entries"] = int(kept.kept_total)
+        return 0
 
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(256)
@@ -490,27 +553,45 @@ class Session:
     def _needs_eviction(self) -> bool:
         return self.config.method != "full"
 
-    def _evict(self, n_past: int) -> tuple[int, float]:
+    def _evict(self, n_past: int) -> tuple[int, int, float, bool]:
         """Apply the configured method to the cache holding ``n_past`` prompt positions.
 
         Returns
         -------
         kept_entries : int
-            (layer, KV head, token) entries the method keeps.
+            (layer, KV head, token) entries kept, over the evictable layers.
+        full_entries : int
+            The same without eviction.
         elapsed_ms : float
-
-        Notes
-        -----
-        This build has no per-head eviction in llama.cpp: nothing is removed, and ``kept_entries`` is the total of
-        the method's per-head budgets (for every method but ``full`` they sum to L * Hkv * min(C, N), C the
-        uniform budget of docs/semantics.md). The per-head eviction call replaces this body.
+        applied : bool
+            Whether llama.cpp really dropped the other entries. False on a libllama without the eviction API:
+            nothing is removed and ``kept_entries`` is the total of the method's budgets (for every method but
+            ``full`` they sum to L * Hkv * min(C, N), C the uniform budget of docs/semantics.md).
         """
         from audiokv_edge.keep_plan import uniform_budget
 
         start = time.perf_counter()
         g = self.geometry
-        per_head = n_past if not self._needs_eviction() else min(uniform_budget(self.config.keep, n_past), n_past)
-        return g.n_layer * g.n_head_kv * per_head, (time.perf_counter() - start) * 1e3
+        full = g.n_layer * g.n_head_kv * n_past
+        if not self._needs_eviction():
+            return full, full, (time.perf_counter() - start) * 1e3, True
+        if self._evict_lib is None:
+            kept = g.n_layer * g.n_head_kv * min(uniform_budget(self.config.keep, n_past), n_past)
+            return kept, full, (time.perf_counter() - start) * 1e3, False
+        from audiokv_edge import llama_evict_cpp as E
+
+        before, after = E.llama_kv_evict_stats(), E.llama_kv_evict_stats()
+        if self._evict_lib.llama_kv_evict_get_stats(self._ctx, 0, ctypes.byref(before)) != 0:
+            raise SessionError("per-head eviction statistics are unavailable")
+        rc = self._evict_lib.llama_kv_evict_seq(self._ctx, 0)
+        elapsed = (time.perf_counter() - start) * 1e3
+        if rc not in (E.LLAMA_KV_EVICT_OK, E.LLAMA_KV_EVICT_DECLINED):
+            raise SessionError(f"per-head eviction failed: {E.status_name(self._evict_lib, rc)} "
+                               f"({_native_error('see -v log')})")
+        if self._evict_lib.llama_kv_evict_get_stats(self._ctx, 0, ctypes.byref(after)) != 0:
+            raise SessionError("per-head eviction statistics are unavailable")
+        # entries over the evictable layers (iSWA models: the full-attention ones), before and after
+        return int(after.n_entries), int(before.n_entries_full), elapsed, True
 
     def _generate(self, clip: AudioClip, prompt: str, progress) -> Iterator[str]:
         lc, mt, cfg = self._lc, self._mtmd, self.config
@@ -543,13 +624,13 @@ class Session:
                                        f"{_native_error('see -v log')}")
                 n_past = int(new_n_past.value)
                 done += int(mt.mtmd_input_chunk_get_n_pos(chunk))
-                if cfg.stream and self._needs_eviction() and i in info.audio_chunk_ids:
-                    evict_ms += self._evict(n_past)[1]
+                if cfg.stream and self._needs_eviction() and self._evict_lib is None and i in info.audio_chunk_ids:
+                    evict_ms += self._evict(n_past)[2]
                 if progress is not None:
                     progress(done, info.n_pos)
         finally:
             mt.mtmd_input_chunks_free(chunks)
-        kept_entries, ms = self._evict(n_past)
+        kept_entries, full_entries, ms, applied = self._evict(n_past)
         evict_ms += ms
         prefill_s = time.perf_counter() - t0
 
@@ -598,8 +679,8 @@ class Session:
             generated_tokens=generated,
             method=cfg.method,
             keep=1.0 if cfg.method == "full" else float(cfg.keep),
-            eviction_applied=not self._needs_eviction(),
-            kv_bytes_full=g.full_bytes(info.n_pos),
+            eviction_applied=applied,
+            kv_bytes_full=g.kept_bytes(full_entries),
             kv_bytes_kept=g.kept_bytes(kept_entries),
             prefill_tokens_per_s=info.n_pos / prefill_s if prefill_s > 0 else 0.0,
             decode_tokens_per_s=generated / decode_s if decode_s > 0 and generated else 0.0,
