@@ -201,3 +201,21 @@ def test_projector_that_would_abort_libmtmd_is_refused(tmp_path, tiny, projector
     write_audio_projector(bad, AudioProjectorSpec(projector, stack_factor=stack), n_embd_text=64)
     assert_one_line_error(run_cli(str(model), str(JFK), "--mmproj", str(bad), "--method", "full"),
                           f"stack factor {stack}", "abort")
+
+
+@pytest.mark.native
+@pytest.mark.slow
+def test_five_minutes_of_speech_end_to_end(tmp_path, tiny):
+    """300 s of real speech (jfk.wav repeated) through encoding, prefill, eviction and decoding; the token count is
+    the qwen3a spec's (tests/test_audio_tokens.py)."""
+    speech, rate = sf.read(JFK, dtype="float32")
+    long = np.tile(speech, 300 // 11 + 1)[: 300 * rate]
+    path = tmp_path / "five_minutes.flac"
+    sf.write(path, long, rate)
+    model, _ = tiny["qwen3-qwen3a"]
+    proc = run_cli(str(model), str(path), "--method", "audiokv", "--max-tokens", "4", "--threads", "2", "--json",
+                   timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["audio_seconds"] == pytest.approx(300.0) and record["audio_tokens"] == 3913
+    assert record["eviction_applied"] is True and abs(record["kv_bytes_kept"] / record["kv_bytes_full"] - 0.4) < 0.02

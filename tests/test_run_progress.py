@@ -1,0 +1,58 @@
+"""Runner helpers without native code: the progress bar (drawn only on a terminal) and KV-byte accounting."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from audiokv_edge.progress import ProgressBar
+from audiokv_edge.stats import KVGeometry, AnswerStats
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_draws_only_on_a_terminal():
+    pipe = io.StringIO()
+    with ProgressBar("prefill", 10, "positions", stream=pipe) as bar:
+        bar.update(5)
+    assert pipe.getvalue() == ""
+
+    tty = FakeTTY()
+    with ProgressBar("prefill", 10, "positions", stream=tty, width=10) as bar:
+        bar.update(5)
+        bar.update(99)  # clamped to total
+    text = tty.getvalue()
+    assert "\rprefill [#####.....] 5/10 positions" in text
+    assert "[##########] 10/10" in text and text.endswith("\n")
+
+    quiet = FakeTTY()
+    with ProgressBar("prefill", 10, stream=quiet, enabled=False) as bar:
+        bar.update(3)
+    assert quiet.getvalue() == ""
+
+
+def test_kv_geometry_bytes():
+    g = KVGeometry(n_layer=4, n_head_kv=2, head_dim_k=16, head_dim_v=16, kv_type="f16")
+    # n_layer * n_tokens * (n_embd_k_gqa + n_embd_v_gqa) * 2 bytes
+    assert g.full_bytes(100) == 4 * 100 * (32 + 32) * 2
+    assert g.kept_bytes(4 * 2 * 40) == g.full_bytes(40)
+    q8 = KVGeometry(4, 2, 32, 32, "q8_0")
+    assert q8.full_bytes(32) == 4 * 2 * 32 * 64 * 34 // 32
+    with pytest.raises(ValueError, match="KV type"):
+        KVGeometry(4, 2, 16, 16, "q4_0")
+    with pytest.raises(ValueError, match="n_head_kv"):
+        KVGeometry(4, 0, 16, 16)
+
+
+def test_summary_marks_planned_only_budgets():
+    stats = AnswerStats(audio_seconds=11.0, audio_tokens=750, prompt_tokens=770, generated_tokens=3, method="snapkv",
+                        keep=0.4, eviction_applied=False, kv_bytes_full=1000, kv_bytes_kept=400,
+                        prefill_tokens_per_s=100.0, decode_tokens_per_s=10.0, prefill_s=7.7, decode_s=0.3,
+                        evict_ms=1.0, peak_rss_bytes=1 << 20, finish_reason="length")
+    lines = stats.summary_lines()
+    assert any("planned only" in line and "40.0%" in line for line in lines)
+    assert stats.to_dict()["kv_bytes_kept"] == 400
