@@ -603,9 +603,10 @@ class Session:
         evict_ms = 0.0
         try:
             if info.n_pos + 1 > self.n_ctx:
-                hint = ("--stream needs per-head eviction, which this llama.cpp build does not have yet; use a larger "
-                        f"--ctx (at least {info.n_pos + cfg.max_tokens})") if cfg.stream else \
-                    f"use --stream or a larger --ctx (at least {info.n_pos + cfg.max_tokens})"
+                need = info.n_pos + cfg.max_tokens
+                hint = (f"--stream does not evict between audio chunks yet; use a larger --ctx (at least {need})"
+                        ) if cfg.stream else \
+                    f"use --stream or a larger --ctx (at least {need})"
                 raise ContextTooSmallError(
                     f"the prompt needs {info.n_pos} positions ({clip.seconds:.1f} s of audio -> {info.audio_tokens} "
                     f"audio tokens) but the context holds {self.n_ctx}: {hint}"
