@@ -6,6 +6,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #define TJ 8   /* keys per tile */
@@ -78,9 +79,13 @@ static void tile_dots_v4(const double * qd, const double * kt, int32_t d, int64_
 
 static void tile_dots(const double * qd, const double * kt, int32_t d, int64_t wpad, double * acc) {
 #if defined(AKV_AVX2_KERNEL) && defined(AUDIOKV_AVX512_KERNEL)
-    static int avx512 = -1;   /* benign race: every thread computes the same value */
-    if (avx512 < 0) avx512 = akv_have_avx512_kernel();
-    if (avx512) { akv_tile_dots_avx512(qd, kt, d, wpad, acc); return; }
+    static atomic_int avx512 = -1;   /* CPU check done once; every thread would store the same value */
+    int have = atomic_load_explicit(&avx512, memory_order_relaxed);
+    if (have < 0) {
+        have = akv_have_avx512_kernel();
+        atomic_store_explicit(&avx512, have, memory_order_relaxed);
+    }
+    if (have) { akv_tile_dots_avx512(qd, kt, d, wpad, acc); return; }
 #endif
 #if defined(AKV_AVX2_KERNEL)
     if (__builtin_cpu_supports("avx2")) { tile_dots_v4(qd, kt, d, wpad, acc); return; }
