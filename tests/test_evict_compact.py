@@ -264,3 +264,25 @@ def test_compact_refuses_what_would_be_wrong(models):
     finally:
         r.close()
         fresh.close()
+
+
+@pytest.mark.parametrize("flash_attn", [True, False], ids=["fa", "nofa"])
+def test_compact_graph_fits_a_30_layer_model(tmp_path, flash_attn):
+    """SmolLM2's depth and head layout (30 layers, 9 query / 3 KV heads): the per-KV-head attention of the compact
+    path must fit the graph llama.cpp reserves (it aborted with GGML_ASSERT(obj_new) before patch 0003)."""
+    from audiokv_edge import tiny_models as tm
+
+    path = tmp_path / "deep.gguf"
+    tm.write_text_model(path, tm.TextModelSpec("llama", tm.LLAMA3, n_embd=144, n_layer=30, n_head=9, n_head_kv=3,
+                                               head_dim=16, n_ff=64), seed=1)
+    fn, _ = ragged_plan(4)
+    r = Runner(path, flash_attn=flash_attn, type_kv=GGML_TYPE_F32)
+    try:
+        assert enable(r, fn, mode=COMPACT, n_headroom=8) == 0
+        first = r.decode(prompt(64, 3, r.n_vocab))
+        assert evict_lib().llama_kv_evict_seq(r.ctx, 0) == 0
+        y = r.decode(prompt(20, 4, r.n_vocab))  # a multi-token ubatch on the compact path
+        _, ys = greedy(r, y, 4)
+        assert np.all(np.isfinite(ys)) and np.all(np.isfinite(first))
+    finally:
+        r.close()
