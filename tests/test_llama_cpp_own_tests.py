@@ -14,6 +14,7 @@ import os
 import pathlib
 import re
 import subprocess
+import tempfile
 
 import pytest
 
@@ -41,8 +42,9 @@ def llama_test_program(name: str) -> pathlib.Path:
 
 def run_program(name: str, *args: str, timeout: int = 1200) -> str:
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    result = subprocess.run([str(llama_test_program(name)), *args], capture_output=True, text=True, timeout=timeout,
-                            env=env, cwd=REPO)
+    with tempfile.TemporaryDirectory() as scratch:  # some programs write files (dump_state.bin) into their cwd
+        result = subprocess.run([str(llama_test_program(name)), *args], capture_output=True, text=True,
+                                timeout=timeout, env=env, cwd=scratch)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{name} {' '.join(args)}: exit {result.returncode}\n{output[-6000:]}"
     return output
