@@ -11,6 +11,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 src="$repo/libaudiokv"
 out="$repo/build/check_c"
+mkdir -p "$out"
 jobs="${AUDIOKV_CHECK_JOBS:-2}"
 variants=("$@")
 [ ${#variants[@]} -eq 0 ] && variants=(release sanitize aarch64)

@@ -246,8 +246,6 @@ def test_real_llm_full_cache(smollm2_with_tiny_projector):
 
 @pytest.mark.native
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="llama.cpp COMPACT eviction aborts building the graph of a 30-layer model "
-                   "(ggml.c GGML_ASSERT(obj_new) in llama_kv_evict_state::build_attn_compact): graph context too small")
 def test_real_llm_evicts(smollm2_with_tiny_projector):
     model, mmproj = smollm2_with_tiny_projector
     proc = run_cli(str(model), str(JFK), "--mmproj", str(mmproj), "--method", "audiokv", "--max-tokens", "8",
