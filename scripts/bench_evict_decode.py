@@ -16,47 +16,15 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from bench_common import REPO, header, write_result
+
 sys.path.insert(0, str(REPO))
-
-
-def machine_info() -> dict:
-    info = {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count()}
-    try:
-        info["loadavg_1min_at_start"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            info["cpu_model"] = names[0]
-    except OSError:
-        pass
-    return info
-
-
-def versions(lib_dir: Path) -> dict:
-    out = {"python": platform.python_version(), "numpy": np.__version__, "llama_cpp_source": "llama-cpp-python 0.3.36 "
-           "sdist (vendor/llama.cpp 0c1e570)", "libllama": str(lib_dir)}
-    series = REPO / "patches" / "series"
-    out["patches"] = [ln.strip() for ln in series.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                           check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return out
 
 
 def ragged_keep(keep: float, protect: int):
@@ -178,18 +146,15 @@ def main() -> None:
     tps_kept = 1.0 / float(np.median(times["keep"]))
 
     report = {
-        "benchmark": "decode tokens/s, full cache vs per-head COMPACT eviction",
+        **header("decode tokens/s, full cache vs per-head COMPACT eviction", native_lib_dir=native_libs.lib_dir()),
         "model": f"SmolLM2-135M-Instruct Q4_1 ({model_path.name})",
         "n_ctx_fill": args.n_ctx_fill, "n_decode": args.n_decode, "keep": args.keep, "threads": args.threads,
         "flash_attn": not args.no_flash_attn, "prefill_seconds": prefill_s, "evict_seconds": evict_s,
         "decode_tokens_per_s_full": tps_full, "decode_tokens_per_s_keep": tps_kept,
         "speedup": tps_kept / tps_full, "decode_seconds_full": times["full"], "decode_seconds_keep": times["keep"],
         "kv_full": stats_full, "kv_after_eviction": stats_kept,
-        "machine": machine_info(), "versions": versions(native_libs.lib_dir()),
-        "command": " ".join([sys.executable] + sys.argv),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report)
     print(json.dumps({k: report[k] for k in ("decode_tokens_per_s_full", "decode_tokens_per_s_keep", "speedup",
                                              "prefill_seconds", "evict_seconds")}, indent=2))
 

@@ -9,55 +9,15 @@ minutes of audio at 25 tokens/s), window 32, keep 0.4, random float32 queries an
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from bench_common import REPO, header, write_result
+
 ALL_METHODS = ["full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "audiokv"]
-
-
-def machine_info() -> dict:
-    info = {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count()}
-    try:
-        info["loadavg_1min_at_start"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            info["cpu_model"] = names[0]
-    except OSError:
-        pass
-    return info
-
-
-def versions() -> dict:
-    import scipy
-
-    import audiokv_edge
-
-    out = {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-           "audiokv_edge": audiokv_edge.__version__}
-    try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                           check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        out["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
-    except Exception:  # noqa: BLE001  (best effort: the config layout varies across numpy versions)
-        pass
-    return out
 
 
 def main() -> None:
@@ -102,22 +62,15 @@ def main() -> None:
     print(f"window scores alone (softmax of the window over all layers): {window_scores_s:.3f} s")
 
     report = {
-        "benchmark": "bench_plan",
+        **header("bench_plan", modules=("scipy",)),
         "what": "wall time of audiokv_edge.plan(backend='numpy') per method, random float32 inputs",
-        "command": " ".join([sys.executable] + sys.argv),
         "shape": {"n_layer": args.n_layer, "n_head": args.n_head, "n_head_kv": args.n_head_kv,
                   "head_dim": args.head_dim, "n_tokens": args.n_tokens, "window": args.window, "keep": args.keep},
         "repeats": args.repeats,
         "results": results,
         "window_scores_s": window_scores_s,
-        "machine": machine_info(),
-        "versions": versions(),
-        "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-                        if k in os.environ},
-        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report)
     print(f"wrote {args.out}")
 
 
