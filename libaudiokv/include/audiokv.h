@@ -169,8 +169,8 @@ AUDIOKV_API void audiokv_free(struct audiokv_context * ctx);
  * -1 for NULL. */
 AUDIOKV_API int32_t audiokv_window(const struct audiokv_context * ctx);
 
-/* Upper bound of the number of indices any plan of this context writes: n_layer * n_head_kv * n_tokens;
- * -1 for NULL. */
+/* Upper bound of the number of indices any plan of this context writes: n_layer * n_head_kv * n_tokens (ragged:
+ * the sum of n_entries); -1 for NULL. */
 AUDIOKV_API int64_t audiokv_plan_capacity(const struct audiokv_context * ctx);
 
 /* Score layer il from its window queries and cached keys (methods snapkv, pyramidkv, adakv, audiokv; h2o when no
@@ -194,7 +194,9 @@ AUDIOKV_API int audiokv_add_layer(struct audiokv_context * ctx, int32_t il,
  *   scores: n_rows rows of at least n_tokens doubles, row r at scores + r*row_stride (elements);
  *           n_rows == n_head (reduced to KV heads by params.gqa_reduce) or n_head_kv. Only the prefix
  *           [0, n_tokens - w) of each row is used.
- * Errors: NULL, SIZE (il, n_rows not n_head or n_head_kv, row_stride < n_tokens), NONFINITE (NaN). */
+ * Errors: NULL, SIZE (il, n_rows not n_head or n_head_kv, row_stride < n_tokens), NONFINITE (NaN),
+ * STATE (a ragged context where a head holds fewer than n_positions entries: accumulated scores of an evicted
+ * cache are not defined). */
 AUDIOKV_API int audiokv_set_layer_scores(struct audiokv_context * ctx, int32_t il, const double * scores,
                                          int32_t n_rows, int64_t row_stride);
 
@@ -209,11 +211,61 @@ AUDIOKV_API int audiokv_set_layer_scores(struct audiokv_context * ctx, int32_t i
  * Needs every layer's scores (add_layer or set_layer_scores) unless the plan needs no scores (full,
  * streamingllm, or a budget that keeps everything or only the window). The scores are not changed: plan may be
  * called again with another keep.
- * Errors: NULL (ctx, counts, indices), SIZE (capacity < 1), KEEP, PROFILE, STATE, THREAD,
- * CAPACITY (counts and *n_total are written, indices are not). */
+ * Ragged contexts (audiokv_init_ragged): indices are entry indices of each head; budgets are capped at the entries
+ * a head holds (docs/semantics.md, "Re-planning a ragged cache").
+ * Errors: NULL (ctx, counts, indices), SIZE (capacity < 1; a scoring plan of a ragged context where a head holds
+ * fewer than w entries), KEEP, PROFILE, STATE, THREAD, CAPACITY (counts and *n_total are written, indices are not). */
 AUDIOKV_API int audiokv_plan(struct audiokv_context * ctx, double keep,
                              const double * profile, int32_t profile_n_layer, int32_t profile_n_head_kv,
                              int32_t * counts, int32_t * indices, int64_t capacity, int64_t * n_total);
+
+/* ---- ragged caches: re-planning after an eviction (docs/semantics.md, "Re-planning a ragged cache") -------
+ *
+ * After a per-head eviction every (layer, KV head) holds its own entries (ascending positions; new tokens are
+ * appended to every head, and every plan keeps the window, so the last w entries of every head are the window
+ * tokens). A ragged context plans such a cache again:
+ *     int32_t n_entries[n_layer * n_head_kv];             // llama_kv_evict_head.n_kv of head (l, h)
+ *     audiokv_init_ragged(&p, n_layer, n_head, n_head_kv, head_dim, n_entries, n_positions, &ctx);
+ *     for each layer: audiokv_add_layer_ragged(ctx, il, q, AUDIOKV_TYPE_F32, q_nb_head, q_nb_row,
+ *                                              k_heads, k_type, k_nb_entry, to_float, user_data);
+ *     audiokv_plan(ctx, keep, profile, ...);               // indices are ENTRY indices of each head
+ * audiokv_add_layer, audiokv_plan, audiokv_window and audiokv_plan_capacity work on both kinds of context; a context
+ * from audiokv_init is the ragged context whose heads all hold n_tokens entries (n_positions = n_tokens), and a
+ * ragged context whose heads all hold n_positions entries plans exactly (bitwise) like it. */
+
+/* Create a context for a ragged cache.
+ *   n_entries:   [n_layer * n_head_kv] entries held by head (l, h) at n_entries[l*n_head_kv + h], each in
+ *                [1, n_positions]. The window used is w = min(params.window, n_positions); a plan that scores (not
+ *                full, not a budget that keeps everything or only the last entries) needs every head to hold at
+ *                least w entries, its last w being the window tokens (the caller's guarantee).
+ *   n_positions: tokens the sequence has seen (the n_tokens it would hold without eviction); sizes the budgets:
+ *                C = max(1, floor(keep * n_positions + 0.5)) per head on average, each head capped at its entries.
+ * Memory: as audiokv_init with n_tokens = n_positions at most (scores of sum_h (n_entries - w) prefix entries).
+ * Errors: NULL (params, n_entries, out), SIZE (a size < 1, an n_entries outside [1, n_positions], n_positions >
+ * INT32_MAX - 1, n_head % n_head_kv != 0), PARAM, NOMEM. *out is set to NULL on error. */
+AUDIOKV_API int audiokv_init_ragged(const struct audiokv_params * params, int32_t n_layer, int32_t n_head,
+                                    int32_t n_head_kv, int32_t head_dim, const int32_t * n_entries,
+                                    int64_t n_positions, struct audiokv_context ** out);
+
+/* Score layer il from its window queries and each KV head's own entries (any context).
+ *   q, q_type, q_nb_head, q_nb_row, to_float: as audiokv_add_layer.
+ *   k:           [n_head_kv] pointers: entry e of KV head kh at (const char *) k[kh] + e*k_nb_entry[kh], head_dim
+ *                contiguous elements of k_type, e = 0 .. n_entries(il, kh) - 1 (llama_kv_evict_head.k, .nb_entry).
+ *   k_nb_entry:  [n_head_kv] byte strides (>= 1).
+ * The window query i (i = 0 .. w-1) sees the entries e <= n_entries - w + i of each head (causal).
+ * Heads holding fewer than w entries are not scored. Calling it again for the same layer replaces its scores.
+ * Errors: NULL (ctx, q, k, k_nb_entry, a k[kh]), SIZE (il out of range, a stride < 1), TYPE, NONFINITE, THREAD. */
+AUDIOKV_API int audiokv_add_layer_ragged(struct audiokv_context * ctx, int32_t il,
+                                         const void * q, int32_t q_type, size_t q_nb_head, size_t q_nb_row,
+                                         const void * const * k, int32_t k_type, const size_t * k_nb_entry,
+                                         audiokv_to_float_fn to_float, void * to_float_user_data);
+
+/* Entries held by head (il, kv_head): n_entries of audiokv_init_ragged, n_tokens of audiokv_init; -1 for NULL or
+ * an index out of range. */
+AUDIOKV_API int64_t audiokv_n_entries(const struct audiokv_context * ctx, int32_t il, int32_t kv_head);
+
+/* Positions the sequence has seen: n_positions of audiokv_init_ragged, n_tokens of audiokv_init; -1 for NULL. */
+AUDIOKV_API int64_t audiokv_n_positions(const struct audiokv_context * ctx);
 
 /* ---- building blocks (the steps of audiokv_plan, exposed for tests and other callers) -------------------- */
 

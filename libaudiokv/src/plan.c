@@ -336,3 +336,32 @@ int audiokv_plan(struct audiokv_context * ctx, double keep,
     }
     return AUDIOKV_OK;
 }
+
+/* ---- ragged caches (implementation in progress: the API is fixed, the calls refuse for now) ---------------- */
+
+int audiokv_init_ragged(const struct audiokv_params * params, int32_t n_layer, int32_t n_head, int32_t n_head_kv,
+                        int32_t head_dim, const int32_t * n_entries, int64_t n_positions,
+                        struct audiokv_context ** out) {
+    (void) n_layer; (void) n_head; (void) n_head_kv; (void) head_dim; (void) n_positions;
+    if (!out) return AUDIOKV_ERR_NULL;
+    *out = NULL;
+    if (!params || !n_entries) return AUDIOKV_ERR_NULL;
+    akv_log(AUDIOKV_LOG_ERROR, "audiokv_init_ragged: not implemented yet in this libaudiokv");
+    return AUDIOKV_ERR_STATE;
+}
+
+int audiokv_add_layer_ragged(struct audiokv_context * ctx, int32_t il, const void * q, int32_t q_type,
+                             size_t q_nb_head, size_t q_nb_row, const void * const * k, int32_t k_type,
+                             const size_t * k_nb_entry, audiokv_to_float_fn to_float, void * to_float_user_data) {
+    (void) il; (void) q_type; (void) q_nb_head; (void) q_nb_row; (void) k_type; (void) to_float;
+    (void) to_float_user_data;
+    if (!ctx || !q || !k || !k_nb_entry) return AUDIOKV_ERR_NULL;
+    return AUDIOKV_ERR_STATE;
+}
+
+int64_t audiokv_n_entries(const struct audiokv_context * ctx, int32_t il, int32_t kv_head) {
+    if (!ctx || il < 0 || il >= ctx->L || kv_head < 0 || kv_head >= ctx->Hkv) return -1;
+    return ctx->N;
+}
+
+int64_t audiokv_n_positions(const struct audiokv_context * ctx) { return ctx ? ctx->N : -1; }
