@@ -338,6 +338,72 @@ class _TensorSink:
     def ones(self, name: str, ne: tuple[int, ...]) -> None:
         self.writer.add_tensor(name, np.ones(tuple(reversed(ne)), dtype=np.float32))
 
+    def blocks(self, prefix: str, n_layer: int, layout: list[tuple]) -> None:
+        """Write the tensors of every layer ``il`` in ``range(n_layer)``, named ``f"{prefix}{il}.{suffix}"``.
+
+        Parameters
+        ----------
+        prefix : str
+            ``"blk."`` (text model) or ``"a.blk."`` (audio encoder).
+        n_layer : int
+        layout : list of tuple
+            ``(suffix, kind, ne, arg)`` in file order, the same for every layer: kind ``"matrix"`` (arg: dtype),
+            ``"normal"`` (arg: standard deviation) or ``"ones"`` (arg unused).
+        """
+        for il in range(n_layer):
+            for suffix, kind, ne, arg in layout:
+                name = f"{prefix}{il}.{suffix}"
+                if kind == "matrix":
+                    self.matrix(name, ne, dtype=arg)
+                elif kind == "normal":
+                    self.normal(name, ne, arg)
+                else:
+                    self.ones(name, ne)
+
+
+def _write_file(writer) -> None:
+    """Write a GGUF writer's header, metadata and tensors, and close it."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _text_block_layout(spec: TextModelSpec) -> list[tuple]:
+    """Tensors of one text-model layer (``src/models/<arch>.cpp``), as :meth:`_TensorSink.blocks` takes them."""
+    d, dh, hq, hkv, arch, f32 = spec.n_embd, spec.head_dim, spec.n_head, spec.n_head_kv, spec.arch, np.float32
+    layout = [("attn_norm.weight", "ones", (d,), None), ("attn_q.weight", "matrix", (d, hq * dh), f32),
+              ("attn_k.weight", "matrix", (d, hkv * dh), f32), ("attn_v.weight", "matrix", (d, hkv * dh), f32)]
+    if arch == "qwen2":
+        layout += [("attn_q.bias", "normal", (hq * dh,), 0.02), ("attn_k.bias", "normal", (hkv * dh,), 0.02),
+                   ("attn_v.bias", "normal", (hkv * dh,), 0.02)]
+    if arch in ("qwen3", "gemma3"):
+        layout += [("attn_q_norm.weight", "ones", (dh,), None), ("attn_k_norm.weight", "ones", (dh,), None)]
+    layout.append(("attn_output.weight", "matrix", (hq * dh, d), f32))
+    if arch == "gemma3":
+        layout.append(("post_attention_norm.weight", "ones", (d,), None))
+    layout += [("ffn_norm.weight", "ones", (d,), None), ("ffn_gate.weight", "matrix", (d, spec.n_ff), f32),
+               ("ffn_up.weight", "matrix", (d, spec.n_ff), f32), ("ffn_down.weight", "matrix", (spec.n_ff, d), f32)]
+    if arch == "gemma3":
+        layout.append(("post_ffw_norm.weight", "ones", (d,), None))
+    return layout
+
+
+def _audio_block_layout(spec: AudioProjectorSpec) -> list[tuple]:
+    """Tensors of one Whisper-style encoder layer (``models/whisper-enc.cpp``), as :meth:`_TensorSink.blocks`
+    takes them."""
+    d, f, f32 = spec.n_embd, spec.n_ff, np.float32
+    return [
+        ("ln1.weight", "ones", (d,), None), ("ln1.bias", "normal", (d,), 0.02),
+        ("attn_q.weight", "matrix", (d, d), f32), ("attn_q.bias", "normal", (d,), 0.02),
+        ("attn_k.weight", "matrix", (d, d), f32),
+        ("attn_v.weight", "matrix", (d, d), f32), ("attn_v.bias", "normal", (d,), 0.02),
+        ("attn_out.weight", "matrix", (d, d), f32), ("attn_out.bias", "normal", (d,), 0.02),
+        ("ln2.weight", "ones", (d,), None), ("ln2.bias", "normal", (d,), 0.02),
+        ("ffn_up.weight", "matrix", (d, f), f32), ("ffn_up.bias", "normal", (f,), 0.02),
+        ("ffn_down.weight", "matrix", (f, d), f32), ("ffn_down.bias", "normal", (d,), 0.02),
+    ]
+
 
 def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 0) -> None:
     """Write a tiny text-model GGUF (F32 weights, byte-level BPE vocabulary, the family's chat template).
@@ -406,33 +472,8 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
         if (i < 256 and i not in printable) or (types[i] == TOKEN_CONTROL and i not in stop_ids):
             head[i] = 0.0
     w.add_tensor("output.weight", head.astype(np.float32))
-    for il in range(spec.n_layer):
-        p = f"blk.{il}."
-        t.ones(p + "attn_norm.weight", (d,))
-        t.matrix(p + "attn_q.weight", (d, hq * dh))
-        t.matrix(p + "attn_k.weight", (d, hkv * dh))
-        t.matrix(p + "attn_v.weight", (d, hkv * dh))
-        if arch == "qwen2":
-            t.normal(p + "attn_q.bias", (hq * dh,), 0.02)
-            t.normal(p + "attn_k.bias", (hkv * dh,), 0.02)
-            t.normal(p + "attn_v.bias", (hkv * dh,), 0.02)
-        if arch in ("qwen3", "gemma3"):
-            t.ones(p + "attn_q_norm.weight", (dh,))
-            t.ones(p + "attn_k_norm.weight", (dh,))
-        t.matrix(p + "attn_output.weight", (hq * dh, d))
-        if arch == "gemma3":
-            t.ones(p + "post_attention_norm.weight", (d,))
-        t.ones(p + "ffn_norm.weight", (d,))
-        t.matrix(p + "ffn_gate.weight", (d, spec.n_ff))
-        t.matrix(p + "ffn_up.weight", (d, spec.n_ff))
-        t.matrix(p + "ffn_down.weight", (spec.n_ff, d))
-        if arch == "gemma3":
-            t.ones(p + "post_ffw_norm.weight", (d,))
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    t.blocks("blk.", spec.n_layer, _text_block_layout(spec))
+    _write_file(w)
 
 
 def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_embd_text: int, seed: int = 0) -> None:
@@ -485,23 +526,7 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
         t.matrix("a.conv1d.2.weight", (3, d, d), dtype=np.float16)
         t.normal("a.conv1d.2.bias", (1, d), 0.02)
         t.normal("a.position_embd.weight", (d, WHISPER_POSITIONS), 0.1)
-    for il in range(spec.n_layer):
-        p = f"a.blk.{il}."
-        t.ones(p + "ln1.weight", (d,))
-        t.normal(p + "ln1.bias", (d,), 0.02)
-        t.matrix(p + "attn_q.weight", (d, d))
-        t.normal(p + "attn_q.bias", (d,), 0.02)
-        t.matrix(p + "attn_k.weight", (d, d))
-        t.matrix(p + "attn_v.weight", (d, d))
-        t.normal(p + "attn_v.bias", (d,), 0.02)
-        t.matrix(p + "attn_out.weight", (d, d))
-        t.normal(p + "attn_out.bias", (d,), 0.02)
-        t.ones(p + "ln2.weight", (d,))
-        t.normal(p + "ln2.bias", (d,), 0.02)
-        t.matrix(p + "ffn_up.weight", (d, spec.n_ff))
-        t.normal(p + "ffn_up.bias", (spec.n_ff,), 0.02)
-        t.matrix(p + "ffn_down.weight", (spec.n_ff, d))
-        t.normal(p + "ffn_down.bias", (d,), 0.02)
+    t.blocks("a.blk.", spec.n_layer, _audio_block_layout(spec))
     t.ones("a.post_ln.weight", (d,))
     t.normal("a.post_ln.bias", (d,), 0.02)
     if spec.projector == "qwen2a":
@@ -522,11 +547,7 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
         ds = d * spec.stack_factor
         t.matrix("mm.a.mlp.1.weight", (ds, spec.n_hidden))
         t.matrix("mm.a.mlp.2.weight", (spec.n_hidden, n_embd_text))
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _write_file(w)
 
 
 def write_tiny_pair(out_dir: str | pathlib.Path, name: str, seed: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
