@@ -14,9 +14,9 @@ import numpy as np
 
 from audiokv_edge.methods import KeepMethod, PlanInputs, make_method
 from audiokv_edge.profile import HeadProfile
-from audiokv_edge.selection import select_kept
+from audiokv_edge.selection import select_kept, select_kept_ragged
 
-__all__ = ["KeepPlan", "plan", "uniform_budget"]
+__all__ = ["KeepPlan", "plan", "plan_ragged", "uniform_budget"]
 
 BACKENDS = ("numpy", "c")
 
@@ -28,12 +28,15 @@ class KeepPlan:
     Parameters
     ----------
     indices : sequence of sequence of array_like, int
-        ``indices[layer][kv_head]``: sorted, unique token indices in [0, n_tokens). Stored as read-only int64
-        arrays in nested tuples.
+        ``indices[layer][kv_head]``: sorted, unique token indices in [0, n_tokens) (ragged cache: entry indices in
+        [0, n_entries[layer, kv_head])). Stored as read-only int64 arrays in nested tuples.
     n_tokens : int
-        N, tokens in the cache the plan applies to.
+        N, tokens in the cache the plan applies to (ragged cache: the positions the sequence has seen).
     method : str
         Name of the method that made the plan (informational).
+    n_entries : array_like, int, shape [n_layer, n_head_kv], optional
+        Entries each head held when planned (a ragged cache, docs/semantics.md "Re-planning a ragged cache");
+        None = every head held n_tokens. Stored as a read-only int64 array either way.
 
     Attributes
     ----------
@@ -44,24 +47,32 @@ class KeepPlan:
     indices: tuple
     n_tokens: int
     method: str = ""
+    n_entries: np.ndarray | None = None
     budgets: np.ndarray = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.n_tokens, bool) or not isinstance(self.n_tokens, (int, np.integer)) or self.n_tokens < 1:
             raise ValueError(f"n_tokens must be an integer >= 1, got {self.n_tokens!r}")
-        rows = []
-        for layer, row in enumerate(self.indices):
-            heads = []
-            for head, idx in enumerate(row):
-                a = np.array(idx, dtype=np.int64, copy=True).reshape(-1)
-                if a.size and (a[0] < 0 or a[-1] >= self.n_tokens or np.any(np.diff(a) <= 0)):
-                    raise ValueError(f"plan indices of layer {layer}, KV head {head} are not sorted, unique "
-                                     f"and within [0, {self.n_tokens})")
-                a.setflags(write=False)
-                heads.append(a)
-            rows.append(tuple(heads))
+        rows = [tuple(np.array(idx, dtype=np.int64, copy=True).reshape(-1) for idx in row) for row in self.indices]
         if not rows or not rows[0] or any(len(r) != len(rows[0]) for r in rows):
             raise ValueError("plan indices must be a non-empty [n_layer][n_head_kv] nesting")
+        shape = (len(rows), len(rows[0]))
+        if self.n_entries is None:
+            entries = np.full(shape, self.n_tokens, dtype=np.int64)
+        else:
+            entries = np.array(self.n_entries, dtype=np.int64, copy=True)
+            if entries.shape != shape or np.any(entries < 1) or np.any(entries > self.n_tokens):
+                raise ValueError(f"n_entries must be [n_layer, n_head_kv] = {list(shape)} values in "
+                                 f"[1, n_tokens = {self.n_tokens}], got shape {entries.shape}")
+        for layer, row in enumerate(rows):
+            for head, a in enumerate(row):
+                limit = int(entries[layer, head])
+                if a.size and (a[0] < 0 or a[-1] >= limit or np.any(np.diff(a) <= 0)):
+                    raise ValueError(f"plan indices of layer {layer}, KV head {head} are not sorted, unique "
+                                     f"and within [0, {limit})")
+                a.setflags(write=False)
+        entries.setflags(write=False)
+        object.__setattr__(self, "n_entries", entries)
         budgets = np.array([[a.size for a in r] for r in rows], dtype=np.int64)
         budgets.setflags(write=False)
         object.__setattr__(self, "indices", tuple(rows))
@@ -69,7 +80,8 @@ class KeepPlan:
         object.__setattr__(self, "budgets", budgets)
 
     @classmethod
-    def from_flat(cls, counts: np.ndarray, flat_indices: np.ndarray, n_tokens: int, method: str = "") -> "KeepPlan":
+    def from_flat(cls, counts: np.ndarray, flat_indices: np.ndarray, n_tokens: int, method: str = "",
+                  n_entries: np.ndarray | None = None) -> "KeepPlan":
         """Build a plan from per-head counts and the concatenated indices (the C library's output layout).
 
         Parameters
@@ -79,6 +91,8 @@ class KeepPlan:
             Head (l, h)'s indices follow those of the heads before it in row-major order.
         n_tokens : int
         method : str
+        n_entries : ndarray, int, shape [n_layer, n_head_kv], optional
+            Ragged cache: entries each head held.
         """
         counts = np.asarray(counts, dtype=np.int64)
         if counts.ndim != 2 or np.any(counts < 0):
@@ -91,7 +105,7 @@ class KeepPlan:
         heads = [flat[s:e] for s, e in zip(starts, ends)]
         n_head_kv = counts.shape[1]
         rows = [heads[i * n_head_kv:(i + 1) * n_head_kv] for i in range(counts.shape[0])]
-        return cls(rows, n_tokens, method)
+        return cls(rows, n_tokens, method, n_entries)
 
     @property
     def n_layer(self) -> int:
@@ -111,7 +125,8 @@ class KeepPlan:
         return np.concatenate([a for row in self.indices for a in row])
 
     def mask(self) -> np.ndarray:
-        """Boolean keep mask, shape [n_layer, n_head_kv, n_tokens]."""
+        """Boolean keep mask, shape [n_layer, n_head_kv, n_tokens] (ragged cache: by entry index, False beyond a
+        head's entries)."""
         out = np.zeros((self.n_layer, self.n_head_kv, self.n_tokens), dtype=bool)
         for layer, row in enumerate(self.indices):
             for head, idx in enumerate(row):
@@ -122,7 +137,7 @@ class KeepPlan:
         if not isinstance(other, KeepPlan):
             return NotImplemented
         return (self.n_tokens == other.n_tokens and self.budgets.shape == other.budgets.shape
-                and np.array_equal(self.budgets, other.budgets)
+                and np.array_equal(self.budgets, other.budgets) and np.array_equal(self.n_entries, other.n_entries)
                 and all(np.array_equal(a, b) for ra, rb in zip(self.indices, other.indices) for a, b in zip(ra, rb)))
 
     __hash__ = None  # type: ignore[assignment]
@@ -256,3 +271,147 @@ def plan(method: str | KeepMethod, q_window: np.ndarray | None, keys: np.ndarray
     if budgets.shape != shape:
         raise RuntimeError(f"{m.name} sized budgets of shape {budgets.shape}, expected {shape}")
     return KeepPlan(select_kept(scores, budgets, n_tokens, window), n_tokens, m.name)
+
+
+def _ragged_keys(keys) -> tuple[tuple[np.ndarray, ...], ...]:
+    if isinstance(keys, np.ndarray) or not isinstance(keys, (list, tuple)) or not keys:
+        raise ValueError("keys must be a non-empty [n_layer][n_head_kv] nesting of [n_entries, head_dim] arrays")
+    rows = []
+    for layer, heads in enumerate(keys):
+        if isinstance(heads, np.ndarray) or not isinstance(heads, (list, tuple)) or not heads:
+            raise ValueError(f"keys[{layer}] must be a non-empty sequence of [n_entries, head_dim] arrays")
+        rows.append(tuple(_float_array(f"keys[{layer}][{head}]", k, 2) for head, k in enumerate(heads)))
+    if any(len(r) != len(rows[0]) for r in rows):
+        raise ValueError(f"every layer must hold the same number of KV heads, got {[len(r) for r in rows]}")
+    dims = {k.shape[1] for r in rows for k in r}
+    if len(dims) != 1:
+        raise ValueError(f"every key must have the same head_dim, got {sorted(dims)}")
+    return tuple(rows)
+
+
+def _check_positions(positions, n_entries: np.ndarray, window: int) -> None:
+    """The window is the last w entries of every head: their positions must agree (docs/semantics.md)."""
+    if len(positions) != n_entries.shape[0] or any(len(p) != n_entries.shape[1] for p in positions):
+        raise ValueError(f"positions must be a [n_layer][n_head_kv] = {list(n_entries.shape)} nesting")
+    reference = None
+    for layer, heads in enumerate(positions):
+        for head, pos in enumerate(heads):
+            p = np.asarray(pos)
+            if p.shape != (n_entries[layer, head],) or p.dtype.kind not in "iu":
+                raise ValueError(f"positions[{layer}][{head}] must be {n_entries[layer, head]} integers, got "
+                                 f"shape {p.shape} of {p.dtype}")
+            if np.any(np.diff(p) < 0):
+                raise ValueError(f"positions[{layer}][{head}] are not in ascending order")
+            last = p[p.size - window:]
+            if reference is None:
+                reference = last
+            elif not np.array_equal(last, reference):
+                raise ValueError(f"the last {window} entries of layer {layer}, KV head {head} (positions "
+                                 f"{last.tolist()[:4]}...) are not the window (positions {reference.tolist()[:4]}...): "
+                                 "every head must hold the window tokens as its last entries")
+
+
+def plan_ragged(method: str | KeepMethod, q_window: np.ndarray | None, keys, keep: float,
+                profile: HeadProfile | None = None, *, n_positions: int, positions=None,
+                backend: str = "numpy", **params) -> KeepPlan:
+    """Re-plan a ragged cache: every (layer, KV head) holds its own entries after an earlier eviction.
+
+    Contract: docs/semantics.md, "Re-planning a ragged cache". When every head holds all n_positions tokens the
+    result equals ``plan(method, q_window, keys_array, keep, profile, ...)`` exactly.
+
+    Parameters
+    ----------
+    method : str or KeepMethod
+        As :func:`plan`.
+    q_window : ndarray, float, shape [n_layer, n_head, w, head_dim], or None
+        Post-RoPE queries of the last w = min(window, n_positions) tokens of the sequence (None for full and
+        streamingllm).
+    keys : sequence of sequence of ndarray, float
+        ``keys[l][h]``: shape [n_entries[l, h], head_dim], the post-RoPE keys head (l, h) holds in position order,
+        the window's keys last; 1 <= n_entries <= n_positions.
+    keep : float
+        Keep ratio in (0, 1]; C = max(1, floor(keep * n_positions + 0.5)) per head on average, each head capped at
+        its entries.
+    profile : HeadProfile or None
+        Head profile [n_layer, n_head_kv] (audiokv).
+    n_positions : int
+        P, the tokens the sequence has seen (the n_tokens it would hold without eviction).
+    positions : sequence of sequence of ndarray, int, optional
+        ``positions[l][h]``: shape [n_entries[l, h]], the entries' positions; when given, the last w of every head
+        must agree (the window), else ValueError.
+    backend : {"numpy", "c"}
+        "c" runs libaudiokv's ragged context (audiokv_edge._native_plan.plan_ragged_c).
+    **params
+        Method parameters. No accumulated_scores: h2o scores from the window.
+
+    Returns
+    -------
+    KeepPlan
+        ``indices[l][h]`` are entry indices of head (l, h); n_tokens = n_positions; n_entries = the heads' entries.
+
+    Raises
+    ------
+    ValueError
+        Bad method, parameter, shape, dtype, non-finite value, keep, n_positions, positions, or a head holding
+        fewer entries than the window when the plan scores.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(method, (str, KeepMethod)):
+        raise ValueError(f"method must be a name or a KeepMethod, got {type(method).__name__}")
+    if "accumulated_scores" in params:
+        raise ValueError("a ragged cache takes no accumulated_scores: column sums over the prompt are not defined "
+                         "for entries that left some heads; h2o scores it from the window")
+    m = make_method(method, **params)
+    keep = _check_keep(keep)
+    if isinstance(n_positions, bool) or not isinstance(n_positions, (int, np.integer)) or n_positions < 1:
+        raise ValueError(f"n_positions must be an integer >= 1, got {n_positions!r}")
+    n_positions = int(n_positions)
+    keys = _ragged_keys(keys)
+    n_entries = np.array([[k.shape[0] for k in heads] for heads in keys], dtype=np.int64)
+    if n_entries.max() > n_positions:
+        raise ValueError(f"a head holds {n_entries.max()} entries, more than n_positions = {n_positions}")
+    n_layer, n_head_kv = n_entries.shape
+    head_dim = keys[0][0].shape[1]
+    window = min(m.window, n_positions)
+    if q_window is not None:
+        q_window = _float_array("q_window", q_window, 4)
+        if q_window.shape[0] != n_layer or q_window.shape[3] != head_dim or q_window.shape[1] % n_head_kv:
+            raise ValueError(f"q_window of shape {q_window.shape} does not fit {n_layer} layers of {n_head_kv} KV "
+                             f"heads with head_dim {head_dim}")
+        if q_window.shape[2] != window:
+            raise ValueError(f"q_window holds {q_window.shape[2]} window queries but the method uses a window of "
+                             f"min(window={m.window}, n_positions={n_positions}) = {window}")
+    elif m.needs_queries:
+        raise ValueError(f"method {m.name} needs q_window (the post-RoPE queries of the last {window} tokens)")
+    if profile is not None:
+        if not isinstance(profile, HeadProfile):
+            raise ValueError(f"profile must be a HeadProfile or None, got {type(profile).__name__}")
+        profile.check_shape(n_layer, n_head_kv)
+    budget = uniform_budget(keep, n_positions)
+    scoring = not (m.keeps_everything or budget >= n_positions or n_positions <= m.window) and budget > window
+    if scoring and n_entries.min() < window:
+        layer, head = np.argwhere(n_entries < window)[0]
+        raise ValueError(f"layer {layer}, KV head {head} holds {n_entries[layer, head]} entries, fewer than the "
+                         f"window of {window}: it cannot hold the window tokens")
+    if positions is not None:
+        _check_positions(positions, n_entries, min(window, int(n_entries.min())))
+    if backend == "c":
+        from audiokv_edge._native_plan import plan_ragged_c
+
+        defaults = dataclasses.asdict(type(m)())
+        c_params = {key: value for key, value in dataclasses.asdict(m).items()
+                    if key == "window" or value != defaults[key]}
+        return plan_ragged_c(m.name, q_window, keys, keep, profile, c_params, n_positions)
+    if not scoring:
+        keep_all = m.keeps_everything or budget >= n_positions or n_positions <= m.window
+        kept = [[np.arange(0 if keep_all else max(0, int(n) - budget), int(n), dtype=np.int64) for n in layer]
+                for layer in n_entries]
+        return KeepPlan(kept, n_positions, m.name, n_entries)
+    inputs = PlanInputs(q_window=q_window, keys=keys, keep=keep, window=window, budget=budget, profile=profile,
+                        n_entries=n_entries, n_positions=n_positions)
+    scores = m.score(inputs)
+    budgets = m.budgets(inputs, scores)
+    if budgets.shape != (n_layer, n_head_kv):
+        raise RuntimeError(f"{m.name} sized budgets of shape {budgets.shape}, expected {(n_layer, n_head_kv)}")
+    return KeepPlan(select_kept_ragged(scores, budgets, n_entries, window), n_positions, m.name, n_entries)

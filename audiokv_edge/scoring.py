@@ -12,11 +12,54 @@ import numpy as np
 
 from audiokv_edge.sss import snap_to_row_grid, spectral_smooth
 
-__all__ = ["window_attention_layer", "window_scores", "reduce_gqa", "pool1d", "smoothed_window_scores",
+__all__ = ["window_attention_head", "window_attention_layer", "window_scores", "reduce_gqa", "pool1d",
+           "smoothed_window_scores", "ragged_window_scores", "smooth_row", "ragged_smoothed_window_scores",
            "GQA_REDUCTIONS", "POOL_TYPES"]
 
 GQA_REDUCTIONS = ("mean", "max")
 POOL_TYPES = ("avg", "max")
+
+
+def window_attention_head(q_group: np.ndarray, k_head: np.ndarray, row_reduce: str = "mean") -> np.ndarray:
+    """Attention of the window queries of one KV head's query heads over that head's prefix.
+
+    A = softmax(Q K^T / sqrt(d)) over all n_kv keys, query i seeing keys j <= n_kv - w + i (causal inside the window,
+    the window's keys last); then mean (or sum) over the w rows, restricted to the n_kv - w prefix columns.
+
+    Parameters
+    ----------
+    q_group : ndarray, float, shape [g, w, head_dim]
+        Post-RoPE window queries of the g query heads reading this KV head.
+    k_head : ndarray, float, shape [n_kv, head_dim]
+        The head's keys (its entries in position order), n_kv >= w.
+    row_reduce : {"mean", "sum"}
+
+    Returns
+    -------
+    ndarray, float64, shape [g, n_kv - w]
+
+    Raises
+    ------
+    ValueError
+        If a logit overflows float64.
+    """
+    g, w, d = q_group.shape
+    n_tokens = k_head.shape[0]
+    n_prefix = n_tokens - w
+    future = np.triu(np.ones((w, w), dtype=bool), k=1)  # key N - w + j is in the future of query i when j > i
+    q = np.asarray(q_group, dtype=np.float64).reshape(g * w, d)
+    k = np.asarray(k_head, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = np.matmul(q, k.T).reshape(g, w, n_tokens)
+        z /= math.sqrt(d)
+    if not np.all(np.isfinite(z)):
+        raise ValueError("attention logits overflow float64: queries or keys are too large")
+    z[..., n_prefix:][..., future] = -np.inf
+    z -= z.max(axis=-1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    prefix = z[..., :n_prefix]
+    return prefix.sum(axis=1) if row_reduce == "sum" else prefix.mean(axis=1)
 
 
 def window_attention_layer(q_layer: np.ndarray, k_layer: np.ndarray, row_reduce: str = "mean") -> np.ndarray:
@@ -47,22 +90,9 @@ def window_attention_layer(q_layer: np.ndarray, k_layer: np.ndarray, row_reduce:
     n_head_kv, n_tokens, _ = k_layer.shape
     g = n_head // n_head_kv
     n_prefix = n_tokens - w
-    future = np.triu(np.ones((w, w), dtype=bool), k=1)  # key N - w + j is in the future of query i when j > i
     out = np.empty((n_head_kv, g, n_prefix), dtype=np.float64)
     for h in range(n_head_kv):  # one KV head at a time: the logits of a whole layer can take GiBs at 100k tokens
-        q = np.asarray(q_layer[h * g:(h + 1) * g], dtype=np.float64).reshape(g * w, d)
-        k = np.asarray(k_layer[h], dtype=np.float64)
-        with np.errstate(over="ignore", invalid="ignore"):
-            z = np.matmul(q, k.T).reshape(g, w, n_tokens)
-            z /= math.sqrt(d)
-        if not np.all(np.isfinite(z)):
-            raise ValueError("attention logits overflow float64: queries or keys are too large")
-        z[..., n_prefix:][..., future] = -np.inf
-        z -= z.max(axis=-1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=-1, keepdims=True)
-        prefix = z[..., :n_prefix]
-        out[h] = prefix.sum(axis=1) if row_reduce == "sum" else prefix.mean(axis=1)
+        out[h] = window_attention_head(q_layer[h * g:(h + 1) * g], k_layer[h], row_reduce)
     return out.reshape(n_head, n_prefix)
 
 
@@ -169,7 +199,79 @@ def smoothed_window_scores(q_window: np.ndarray, keys: np.ndarray, gqa_reduce: s
     ndarray, float64, shape [n_layer, n_head_kv, n_tokens - w]
     """
     reduced = reduce_gqa(window_scores(q_window, keys), keys.shape[1], gqa_reduce)
+    return smooth_row(reduced, pool_kernel, pool_type, sss_alpha, sss_gamma, sss_taper)
+
+
+def smooth_row(x: np.ndarray, pool_kernel: int = 5, pool_type: str = "avg", sss_alpha: float = 0.0,
+               sss_gamma: float = 0.7, sss_taper: float = 0.05) -> np.ndarray:
+    """The smoothing of docs/semantics.md along the last axis: SSS (then the 24-bit row grid when the rows are
+    longer than 1) when sss_alpha > 0, else pooling.
+
+    Parameters
+    ----------
+    x : ndarray, float, shape [..., n]
+        GQA-reduced prefix scores (n may be 0).
+    pool_kernel, pool_type, sss_alpha, sss_gamma, sss_taper
+        As :func:`smoothed_window_scores`.
+
+    Returns
+    -------
+    ndarray, float64, shape [..., n]
+    """
     if sss_alpha > 0:
-        smoothed = spectral_smooth(reduced, sss_alpha, sss_gamma, sss_taper)
-        return snap_to_row_grid(smoothed) if reduced.shape[-1] > 1 else smoothed
-    return pool1d(reduced, pool_kernel, pool_type)
+        smoothed = spectral_smooth(x, sss_alpha, sss_gamma, sss_taper)
+        return snap_to_row_grid(smoothed) if x.shape[-1] > 1 else smoothed
+    return pool1d(x, pool_kernel, pool_type)
+
+
+def ragged_window_scores(q_window: np.ndarray, keys, row_reduce: str = "mean",
+                         gqa_reduce: str = "mean") -> tuple[tuple[np.ndarray, ...], ...]:
+    """GQA-reduced window scores of every head of a ragged cache, each over its own entries.
+
+    Parameters
+    ----------
+    q_window : ndarray, float, shape [n_layer, n_head, w, head_dim]
+    keys : sequence of sequence of ndarray, float
+        ``keys[l][h]``: shape [n_entries[l, h], head_dim], n_entries >= w, the window's keys last.
+    row_reduce : {"mean", "sum"}
+        Reduction over the window rows (h2o: "sum").
+    gqa_reduce : {"mean", "max"}
+
+    Returns
+    -------
+    tuple of tuple of ndarray, float64
+        ``rows[l][h]``: shape [n_entries[l, h] - w].
+    """
+    n_head = q_window.shape[1]
+    out = []
+    for layer, heads in enumerate(keys):
+        g = n_head // len(heads)
+        row = []
+        for h, k_head in enumerate(heads):
+            per_query = window_attention_head(q_window[layer, h * g:(h + 1) * g], k_head, row_reduce)
+            row.append(reduce_gqa(per_query[None], 1, gqa_reduce)[0, 0])
+        out.append(tuple(row))
+    return tuple(out)
+
+
+def ragged_smoothed_window_scores(q_window: np.ndarray, keys, gqa_reduce: str = "mean", pool_kernel: int = 5,
+                                  pool_type: str = "avg", sss_alpha: float = 0.0, sss_gamma: float = 0.7,
+                                  sss_taper: float = 0.05) -> tuple[tuple[np.ndarray, ...], ...]:
+    """:func:`smoothed_window_scores` of a ragged cache: each head scored and smoothed over its own entries.
+
+    Parameters
+    ----------
+    q_window : ndarray, float, shape [n_layer, n_head, w, head_dim]
+    keys : sequence of sequence of ndarray, float
+        ``keys[l][h]``: shape [n_entries[l, h], head_dim].
+    gqa_reduce, pool_kernel, pool_type, sss_alpha, sss_gamma, sss_taper
+        As :func:`smoothed_window_scores`.
+
+    Returns
+    -------
+    tuple of tuple of ndarray, float64
+        ``rows[l][h]``: shape [n_entries[l, h] - w].
+    """
+    rows = ragged_window_scores(q_window, keys, "mean", gqa_reduce)
+    return tuple(tuple(smooth_row(r, pool_kernel, pool_type, sss_alpha, sss_gamma, sss_taper) for r in layer)
+                 for layer in rows)

@@ -9,20 +9,21 @@ import numpy as np
 
 from audiokv_edge.methods.base import PlanInputs
 from audiokv_edge.methods.snapkv import SnapKV
-from audiokv_edge.selection import largest_remainder, rank_descending
+from audiokv_edge.selection import capped_budgets, rank_descending
 
 __all__ = ["AdaKV", "adaptive_head_caps"]
 
 
-def adaptive_head_caps(layer_scores: np.ndarray, base: int, safeguard: float) -> np.ndarray:
+def adaptive_head_caps(layer_scores, base: int, safeguard: float) -> np.ndarray:
     """Real prefix capacity of every KV head of one layer.
 
-    The Hkv prefix rows are concatenated (flat index h * n + j); the global top Hkv * B' (float32 ranking,
-    ties to the lower flat index) gives n_h winners per head; cap_h = n_h (1 - a) + floor(a B').
+    The Hkv prefix rows are concatenated (flat index = sum of the earlier rows' lengths + j, i.e. h * n + j when
+    all rows have length n); the global top Hkv * B' (float32 ranking, ties to the lower flat index) gives n_h
+    winners per head; cap_h = n_h (1 - a) + floor(a B').
 
     Parameters
     ----------
-    layer_scores : ndarray, float, shape [n_head_kv, n]
+    layer_scores : ndarray, float, shape [n_head_kv, n]; or a sequence of n_head_kv rows of any lengths (ragged)
         Prefix scores of one layer.
     base : int
         B' = C - w.
@@ -33,9 +34,12 @@ def adaptive_head_caps(layer_scores: np.ndarray, base: int, safeguard: float) ->
     -------
     ndarray, float64, shape [n_head_kv]
     """
-    n_head_kv, n = layer_scores.shape
-    winners = rank_descending(layer_scores.reshape(-1))[: n_head_kv * base]
-    counts = np.bincount(winners // n, minlength=n_head_kv).astype(np.float64)
+    rows = [np.asarray(r, dtype=np.float64).reshape(-1) for r in layer_scores]
+    n_head_kv = len(rows)
+    ends = np.cumsum([r.size for r in rows])
+    winners = rank_descending(np.concatenate(rows))[: n_head_kv * base]
+    heads = np.searchsorted(ends, winners, side="right")
+    counts = np.bincount(heads, minlength=n_head_kv).astype(np.float64)
     return counts * (1.0 - safeguard) + math.floor(safeguard * base)
 
 
@@ -66,10 +70,12 @@ class AdaKV(SnapKV):
             raise ValueError(f"safeguard must be a number in [0, 1], got {self.safeguard!r}")
 
     def budgets(self, inputs: PlanInputs, scores: np.ndarray) -> np.ndarray:
-        """Adaptive budgets, int64 [n_layer, n_head_kv]; every layer sums to n_head_kv * C."""
+        """Adaptive budgets, int64 [n_layer, n_head_kv]; every layer sums to n_head_kv * C (ragged: capped at each
+        head's entries, the surplus shared equally within the layer, to min(n_head_kv * C, the layer's entries))."""
         base = inputs.budget - inputs.window
+        caps = inputs.caps
         out = np.empty((inputs.n_layer, inputs.n_head_kv), dtype=np.int64)
         for layer in range(inputs.n_layer):
             real = adaptive_head_caps(scores[layer], base, float(self.safeguard)) + inputs.window
-            out[layer] = largest_remainder(real, inputs.n_head_kv * inputs.budget, inputs.window, inputs.n_tokens)
+            out[layer] = capped_budgets(real, inputs.n_head_kv * inputs.budget, inputs.window, caps[layer])
         return out

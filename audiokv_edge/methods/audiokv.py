@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from audiokv_edge.methods.base import KeepMethod, PlanInputs, check_choice, check_int
-from audiokv_edge.scoring import GQA_REDUCTIONS, POOL_TYPES, smoothed_window_scores
-from audiokv_edge.selection import largest_remainder, sequential_sum
+from audiokv_edge.scoring import GQA_REDUCTIONS, POOL_TYPES, ragged_smoothed_window_scores, smoothed_window_scores
+from audiokv_edge.selection import cap_and_share, capped_budgets, sequential_sum
 from audiokv_edge.sss import check_sss_params
 
 __all__ = ["AudioKV", "audiokv_real_budgets"]
@@ -19,30 +19,33 @@ logger = logging.getLogger(__name__)
 _warned_no_profile = False
 
 
-def audiokv_real_budgets(scores: np.ndarray, budget: int, window: int, n_tokens: int,
+def audiokv_real_budgets(scores: np.ndarray, budget: int, window: int, caps,
                          uniform_share: float = 0.5, redistribute_surplus: bool = True) -> np.ndarray:
-    """Real per-head budgets from a head profile (paper Eq. 1, SparseMM), surplus above N redistributed.
+    """Real per-head budgets from a head profile (paper Eq. 1, SparseMM), surplus above the caps redistributed.
 
     S_hat = S / sum(S); base = C - w; m = floor(uniform_share * base); remain = (base - m) * L * Hkv;
-    b = S_hat * remain + m + w. Heads above N are set to N and their surplus is shared by the other heads in
-    proportion to S_hat (equally when those heads all have S_hat = 0), repeated until no head exceeds N.
+    b = S_hat * remain + m + w. Heads above their cap (N, or in a ragged cache the entries they hold) are set to it
+    and their surplus is shared by the other heads in proportion to S_hat (equally when those heads all have
+    S_hat = 0), repeated until no head exceeds its cap (audiokv_edge.selection.cap_and_share).
     Sums run sequentially in row-major order.
 
     Parameters
     ----------
     scores : ndarray, float, shape [n_layer, n_head_kv]
         Head profile S (non-negative, not all zero).
-    budget, window, n_tokens : int
-        C, w, N with w < C < N.
+    budget, window : int
+        C, w with w < C.
+    caps : int or ndarray, int, shape [n_layer, n_head_kv]
+        N (uniform cache), or the entries each head holds (ragged cache).
     uniform_share : float
         r_frac, the share of base every head gets regardless of its score.
     redistribute_surplus : bool
-        False: clip at N and drop the surplus (SparseMM); the sum is then below C * L * Hkv.
+        False: clip at the caps and drop the surplus (SparseMM); the sum is then below C * L * Hkv.
 
     Returns
     -------
     ndarray, float64, shape [n_layer, n_head_kv]
-        Sums to C * L * Hkv up to round-off (when redistributing); every entry in [w, N].
+        Sums to min(C * L * Hkv, sum of caps) up to round-off (when redistributing); every entry in [w, cap].
     """
     s = np.asarray(scores, dtype=np.float64)
     s_hat = s / sequential_sum(s)
@@ -51,21 +54,8 @@ def audiokv_real_budgets(scores: np.ndarray, budget: int, window: int, n_tokens:
     remain = float((base - m) * s.size)
     real = s_hat * remain + m + window
     if not redistribute_surplus:
-        return np.minimum(real, n_tokens)
-    clipped = np.zeros(s.shape, dtype=bool)
-    while True:
-        over = real > n_tokens
-        if not over.any():
-            return real
-        surplus = sequential_sum(real[over] - n_tokens)
-        real[over] = n_tokens
-        clipped |= over
-        free = ~clipped
-        weight_total = sequential_sum(s_hat[free])
-        if weight_total > 0:
-            real[free] += surplus * (s_hat[free] / weight_total)
-        else:
-            real[free] += surplus / np.count_nonzero(free)
+        return np.minimum(real, caps)
+    return cap_and_share(real, caps, s_hat)
 
 
 @dataclass(frozen=True)
@@ -123,9 +113,10 @@ class AudioKV(KeepMethod):
             raise ValueError(f"pool_kernel must be odd, got {self.pool_kernel}")
         check_choice("pool_type", self.pool_type, POOL_TYPES)
 
-    def score(self, inputs: PlanInputs) -> np.ndarray:
-        """SSS-smoothed window scores, float64 [n_layer, n_head_kv, n_tokens - w]."""
-        return smoothed_window_scores(inputs.q_window, inputs.keys, self.gqa_reduce, self.pool_kernel,
+    def score(self, inputs: PlanInputs):
+        """SSS-smoothed window scores, float64 [n_layer, n_head_kv, n_tokens - w] (ragged: rows [n_entries - w])."""
+        scorer = ragged_smoothed_window_scores if inputs.ragged else smoothed_window_scores
+        return scorer(inputs.q_window, inputs.keys, self.gqa_reduce, self.pool_kernel,
                                       self.pool_type, float(self.sss_alpha), float(self.sss_gamma),
                                       float(self.sss_taper))
 
@@ -137,8 +128,9 @@ class AudioKV(KeepMethod):
                 logger.warning("audiokv without a head profile: falling back to uniform budgets")
                 _warned_no_profile = True
             return super().budgets(inputs, scores)
-        real = audiokv_real_budgets(inputs.profile.scores, inputs.budget, inputs.window, inputs.n_tokens,
+        caps = inputs.caps
+        real = audiokv_real_budgets(inputs.profile.scores, inputs.budget, inputs.window, caps,
                                     float(self.uniform_share), bool(self.redistribute_surplus))
-        if not self.redistribute_surplus:  # SparseMM: round each head, clip at N (already done), drop the surplus
-            return np.minimum(np.floor(real + 0.5), inputs.n_tokens).astype(np.int64)
-        return largest_remainder(real, inputs.uniform_total, inputs.window, inputs.n_tokens)
+        if not self.redistribute_surplus:  # SparseMM: round each head, clip at its cap (done), drop the surplus
+            return np.minimum(np.floor(real + 0.5), caps).astype(np.int64)
+        return capped_budgets(real, inputs.uniform_total, inputs.window, caps)

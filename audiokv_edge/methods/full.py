@@ -19,10 +19,13 @@ class Full(KeepMethod):
     needs_queries = False
     keeps_everything = True
 
-    def score(self, inputs: PlanInputs) -> np.ndarray:
-        """All-zero prefix scores, float64 [n_layer, n_head_kv, n_tokens - w] (never ranked)."""
+    def score(self, inputs: PlanInputs):
+        """All-zero prefix scores, float64 [n_layer, n_head_kv, n_tokens - w] (ragged: rows [n_entries - w]; never
+        ranked)."""
+        if inputs.ragged:
+            return tuple(tuple(np.zeros(int(n) - inputs.window) for n in layer) for layer in inputs.caps)
         return np.zeros((inputs.n_layer, inputs.n_head_kv, inputs.n_prefix))
 
-    def budgets(self, inputs: PlanInputs, scores: np.ndarray) -> np.ndarray:
-        """n_tokens for every head, int64 [n_layer, n_head_kv]."""
-        return np.full((inputs.n_layer, inputs.n_head_kv), inputs.n_tokens, dtype=np.int64)
+    def budgets(self, inputs: PlanInputs, scores) -> np.ndarray:
+        """Every entry of every head, int64 [n_layer, n_head_kv] (n_tokens in a uniform cache)."""
+        return inputs.caps.copy()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audiokv_edge.methods.base import KeepMethod, PlanInputs, check_choice
-from audiokv_edge.scoring import GQA_REDUCTIONS, reduce_gqa, window_scores
+from audiokv_edge.scoring import GQA_REDUCTIONS, ragged_window_scores, reduce_gqa, window_scores
 
 __all__ = ["H2O"]
 
@@ -40,8 +40,11 @@ class H2O(KeepMethod):
         super().__post_init__()
         check_choice("gqa_reduce", self.gqa_reduce, GQA_REDUCTIONS)
 
-    def score(self, inputs: PlanInputs) -> np.ndarray:
-        """Heavy-hitter scores, float64 [n_layer, n_head_kv, n_tokens - w]."""
+    def score(self, inputs: PlanInputs):
+        """Heavy-hitter scores, float64 [n_layer, n_head_kv, n_tokens - w] (ragged: window scores, rows
+        [n_entries - w]; accumulated scores are not defined for an evicted cache)."""
+        if inputs.ragged:
+            return ragged_window_scores(inputs.q_window, inputs.keys, "sum", self.gqa_reduce)
         if inputs.accumulated_scores is not None:
             raw = inputs.accumulated_scores[..., : inputs.n_prefix]
         else:

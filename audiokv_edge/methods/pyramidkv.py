@@ -8,7 +8,7 @@ import numpy as np
 
 from audiokv_edge.methods.base import PlanInputs
 from audiokv_edge.methods.snapkv import SnapKV
-from audiokv_edge.selection import largest_remainder
+from audiokv_edge.selection import capped_budgets
 
 __all__ = ["PyramidKV", "pyramid_layer_caps"]
 
@@ -68,7 +68,8 @@ class PyramidKV(SnapKV):
             raise ValueError(f"beta must be a finite number >= 1, got {self.beta!r}")
 
     def budgets(self, inputs: PlanInputs, scores: np.ndarray) -> np.ndarray:
-        """Pyramid budgets, int64 [n_layer, n_head_kv], summing to the uniform total."""
+        """Pyramid budgets, int64 [n_layer, n_head_kv], summing to the uniform total (ragged: capped at each head's
+        entries, the surplus shared equally)."""
         caps = pyramid_layer_caps(inputs.budget, inputs.window, inputs.n_tokens, inputs.n_layer, float(self.beta))
         real = np.repeat(caps[:, None] + inputs.window, inputs.n_head_kv, axis=1)
-        return largest_remainder(real, inputs.uniform_total, inputs.window, inputs.n_tokens)
+        return capped_budgets(real, inputs.uniform_total, inputs.window, inputs.caps)

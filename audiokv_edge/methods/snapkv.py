@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audiokv_edge.methods.base import KeepMethod, PlanInputs, check_choice, check_int
-from audiokv_edge.scoring import GQA_REDUCTIONS, POOL_TYPES, smoothed_window_scores
+from audiokv_edge.scoring import GQA_REDUCTIONS, POOL_TYPES, ragged_smoothed_window_scores, smoothed_window_scores
 
 __all__ = ["SnapKV"]
 
@@ -42,7 +42,10 @@ class SnapKV(KeepMethod):
         check_choice("pool_type", self.pool_type, POOL_TYPES)
         check_choice("gqa_reduce", self.gqa_reduce, GQA_REDUCTIONS)
 
-    def score(self, inputs: PlanInputs) -> np.ndarray:
-        """Pooled window scores, float64 [n_layer, n_head_kv, n_tokens - w]."""
+    def score(self, inputs: PlanInputs):
+        """Pooled window scores, float64 [n_layer, n_head_kv, n_tokens - w] (ragged: rows [n_entries - w])."""
+        if inputs.ragged:
+            return ragged_smoothed_window_scores(inputs.q_window, inputs.keys, self.gqa_reduce, self.pool_kernel,
+                                                 self.pool_type)
         return smoothed_window_scores(inputs.q_window, inputs.keys, self.gqa_reduce, self.pool_kernel,
                                       self.pool_type)

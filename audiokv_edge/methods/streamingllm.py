@@ -35,8 +35,15 @@ class StreamingLLM(KeepMethod):
         super().__post_init__()
         check_int("n_sink", self.n_sink, 0)
 
-    def score(self, inputs: PlanInputs) -> np.ndarray:
-        """Recency scores with +inf sinks, float64 [n_layer, n_head_kv, n_tokens - w]."""
-        row = np.arange(inputs.n_prefix, dtype=np.float64)
-        row[: self.n_sink] = np.inf
+    def score(self, inputs: PlanInputs):
+        """Recency scores with +inf sinks, float64 [n_layer, n_head_kv, n_tokens - w] (ragged: rows
+        [n_entries - w] by entry index, the first n_sink entries of a head being its sinks)."""
+        if inputs.ragged:
+            return tuple(tuple(self._row(int(n) - inputs.window) for n in layer) for layer in inputs.caps)
+        row = self._row(inputs.n_prefix)
         return np.broadcast_to(row, (inputs.n_layer, inputs.n_head_kv, inputs.n_prefix)).copy()
+
+    def _row(self, n_prefix: int) -> np.ndarray:
+        row = np.arange(n_prefix, dtype=np.float64)
+        row[: self.n_sink] = np.inf
+        return row
