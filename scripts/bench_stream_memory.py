@@ -8,13 +8,15 @@ scripts/setup.sh; 30 layers x 3 KV heads x 64 dims, so the f16 KV cache of 7,500
 (25 audio tokens per second, 750 per 30 s chunk, as Qwen2-Audio). Each run is a separate child process:
 
 - ``full``: no eviction, the context sized for the whole prompt (audio + text + answer);
-- ``METHOD+stream`` (default ``audiokv+stream``; ``snapkv+stream`` on request): evict after every 30 s audio chunk in
-  a context sized for ``keep`` x audio + one chunk + text + answer (about 4,096 positions for five minutes);
+- ``METHOD+stream`` (default ``audiokv+stream``; ``snapkv+stream`` on request): evict after every 30 s audio chunk.
+  A COMPACT eviction moves the kept entries into per-head pools sized for ``keep`` x the positions seen + one chunk +
+  the answer (about 3,000 + 830 rows per head for five minutes) and frees the main cache but for the last position,
+  so the context (the main cache) only has to hold one chunk with its text and the answer (1,024 positions);
 - ``METHOD`` (no ``+stream``): evict once after the prompt, in the full-size context.
 
 Reported per run: the runner's ``peak_rss_bytes`` (its own ru_maxrss) and the child's maximum resident set size as
 the parent sees it (``os.wait4``: what ``/usr/bin/time -v`` prints), KV bytes of the prompt without eviction and
-kept, the KV cache allocated by the context (ctx x bytes per position), audio tokens, wall time; then every run's
+kept, the main KV cache the context allocates (ctx x bytes per position), audio tokens, wall time; then every run's
 ratios to ``full``. A run the runner refuses (e.g. ``--stream`` with a method it cannot stream yet) is reported with
 the runner's one-line error as ``"status": "refused"``; the benchmark goes on. Example (about 15 min on 2 busy cores):
 
@@ -43,9 +45,8 @@ sys.path.insert(0, str(REPO))
 DATA = REPO / "audiokv_edge" / "data"
 SPEECH_CLIPS = ("jfk.wav", "arctic_a0007.wav")
 ERROR_PREFIX = "audiokv-run: error: "
-RUNNER_FIELDS = ("audio_seconds", "audio_tokens", "prompt_tokens", "generated_tokens", "method", "keep",
-                 "eviction_applied", "kv_bytes_full", "kv_bytes_kept", "peak_rss_bytes", "prefill_s", "decode_s",
-                 "evict_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "finish_reason", "ctx", "stream")
+#: Fields of the runner's JSON record not copied into the result (the rest is, whatever the runner adds).
+RUNNER_SKIPPED = ("text", "model", "mmproj", "audio", "prompt")
 
 
 def tiled_speech(seconds: float, rate: int = 16000) -> np.ndarray:
@@ -171,9 +172,10 @@ def main() -> int:
     parser.add_argument("--text-margin", type=int, default=64, help="prompt positions besides the audio (default 64)")
     parser.add_argument("--full-ctx", type=int, default=0, help="context of unstreamed runs (default: audio + "
                         "text + answer, rounded up to 256)")
-    parser.add_argument("--stream-ctx", type=int, default=0, help="context of +stream runs (default: keep x audio + "
-                        "one chunk + text + answer, rounded up to 256)")
+    parser.add_argument("--stream-ctx", type=int, default=0, help="context (main KV cache) of +stream runs "
+                        "(default: one chunk + text + answer, rounded up to 256)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--flash-attn", action="store_true", help="pass --flash-attn to every run")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     parser.add_argument("--work-dir", type=Path, help="where the audio and projector go (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench_stream_memory.json")
@@ -204,8 +206,7 @@ def main() -> int:
         audio_tokens, chunk_tokens = count_audio_tokens(model, mmproj, audio)
         n_chunks = math.ceil(audio_tokens / chunk_tokens)
         full_ctx = args.full_ctx or round_up(audio_tokens + args.text_margin + args.max_tokens)
-        stream_ctx = args.stream_ctx or round_up(math.ceil(args.keep * audio_tokens) + chunk_tokens
-                                                 + args.text_margin + args.max_tokens)
+        stream_ctx = args.stream_ctx or round_up(chunk_tokens + args.text_margin + args.max_tokens)
         print(f"{args.audio_seconds:g} s of speech -> {audio_tokens} audio tokens in {n_chunks} chunks; "
               f"ctx {full_ctx} (full) / {stream_ctx} (stream)", flush=True)
 
@@ -217,6 +218,8 @@ def main() -> int:
                        str(args.max_tokens), "--threads", str(args.threads), "--json", "--quiet"]
             if stream:
                 command.append("--stream")
+            if args.flash_attn:
+                command.append("--flash-attn")
             child = run_child(command, args.timeout)
             status, error, record = classify(child)
             entry = {"run": name, "method": method, "stream": stream, "keep": 1.0 if method == "full" else args.keep,
@@ -224,10 +227,10 @@ def main() -> int:
                      "wall_s": round(child["wall_s"], 3), "child_maxrss_bytes": child["child_maxrss_bytes"],
                      "command": " ".join(command)}
             if record is not None:
-                entry["runner"] = {k: record[k] for k in RUNNER_FIELDS if k in record}
+                entry["runner"] = {k: v for k, v in record.items() if k not in RUNNER_SKIPPED}
                 if record.get("prompt_tokens"):
                     per_position = record["kv_bytes_full"] / record["prompt_tokens"]
-                    entry["kv_bytes_allocated"] = int(round(per_position * record.get("ctx", ctx)))
+                    entry["kv_bytes_main_cache"] = int(round(per_position * record.get("ctx", ctx)))
             results.append(entry)
             mib = 1024.0 * 1024.0
             line = f"{name:18s} ctx {ctx:6d}  {status:8s}  wall {child['wall_s']:7.1f} s  " \
@@ -250,7 +253,7 @@ def main() -> int:
         else str(args.mmproj),
         "audio": {"seconds": args.audio_seconds, "clips": list(SPEECH_CLIPS), "audio_tokens": audio_tokens,
                   "chunks": n_chunks, "chunk_tokens": chunk_tokens},
-        "keep": args.keep, "max_tokens": args.max_tokens, "threads": args.threads,
+        "keep": args.keep, "max_tokens": args.max_tokens, "threads": args.threads, "flash_attn": args.flash_attn,
         "ctx": {"full": full_ctx, "stream": stream_ctx},
         "runs": results,
         "comparisons": comparisons,
@@ -280,8 +283,8 @@ def compare(results: list[dict]) -> list[dict]:
             "peak_rss_saved_bytes": base_peak - peak,
             "child_maxrss_ratio": r["child_maxrss_bytes"] / base["child_maxrss_bytes"],
             "kv_kept_ratio": r["runner"]["kv_bytes_kept"] / r["runner"]["kv_bytes_full"],
-            "kv_allocated_ratio": (r["kv_bytes_allocated"] / base["kv_bytes_allocated"]
-                                   if r.get("kv_bytes_allocated") and base.get("kv_bytes_allocated") else None),
+            "kv_main_cache_ratio": (r["kv_bytes_main_cache"] / base["kv_bytes_main_cache"]
+                                    if r.get("kv_bytes_main_cache") and base.get("kv_bytes_main_cache") else None),
             "eviction_applied": r["runner"].get("eviction_applied"),
         })
     return out
