@@ -1,7 +1,8 @@
 """The keep plan computed by libaudiokv (``audiokv_edge.plan(..., backend="c")``), equal to the NumPy reference.
 
 :class:`AudioKVContext` owns one libaudiokv context (a context manager); :func:`plan_c` feeds it layer by layer the
-way the llama.cpp eviction callback does and returns a :class:`~audiokv_edge.keep_plan.KeepPlan`.
+way the llama.cpp eviction callback does and returns a :class:`~audiokv_edge.keep_plan.KeepPlan`;
+:func:`plan_ragged_c` does the same for a ragged cache (``audiokv_edge.keep_plan.plan_ragged(..., backend="c")``).
 Contract: docs/semantics.md.
 """
 
@@ -14,7 +15,7 @@ import numpy as np
 from audiokv_edge import audiokv_cpp as C
 from audiokv_edge.profile import HeadProfile
 
-__all__ = ["AudioKVContext", "plan_c", "c_params"]
+__all__ = ["AudioKVContext", "plan_c", "plan_ragged_c", "c_params"]
 
 _SCORING_METHODS = ("h2o", "snapkv", "pyramidkv", "adakv", "audiokv")
 _DTYPES = {np.dtype(np.float32): C.AUDIOKV_TYPE_F32, np.dtype(np.float16): C.AUDIOKV_TYPE_F16,
@@ -58,24 +59,40 @@ def _ptr(a: np.ndarray, ctype):
 
 
 class AudioKVContext:
-    """One libaudiokv context for a sequence of n_tokens cached tokens.
+    """One libaudiokv context for a sequence of n_tokens cached tokens, or for a ragged cache.
 
     Parameters
     ----------
     params : audiokv_cpp.audiokv_params
         From :func:`c_params`.
     n_layer, n_head, n_head_kv, head_dim, n_tokens : int
-        Model shape and cache length.
+        Model shape and cache length (ragged cache: the positions the sequence has seen, n_positions).
+    n_entries : ndarray, int, shape [n_layer, n_head_kv], optional
+        Ragged cache: the entries each head holds (audiokv_init_ragged); None = every head holds n_tokens.
     """
 
     def __init__(self, params: C.audiokv_params, n_layer: int, n_head: int, n_head_kv: int, head_dim: int,
-                 n_tokens: int) -> None:
+                 n_tokens: int, n_entries: np.ndarray | None = None) -> None:
         self._lib = C.load_library()
         self._handle = ctypes.c_void_p()
-        status = self._lib.audiokv_init(ctypes.byref(params), n_layer, n_head, n_head_kv, head_dim, n_tokens,
-                                        ctypes.byref(self._handle))
-        C.check("audiokv_init", status, f"n_layer={n_layer}, n_head={n_head}, n_head_kv={n_head_kv}, "
-                                        f"head_dim={head_dim}, n_tokens={n_tokens}")
+        what = f"n_layer={n_layer}, n_head={n_head}, n_head_kv={n_head_kv}, head_dim={head_dim}, n_tokens={n_tokens}"
+        if n_entries is None:
+            status = self._lib.audiokv_init(ctypes.byref(params), n_layer, n_head, n_head_kv, head_dim, n_tokens,
+                                            ctypes.byref(self._handle))
+            C.check("audiokv_init", status, what)
+        else:
+            if not C.has_ragged(self._lib):
+                raise RuntimeError(f"the libaudiokv loaded from {C.library_path()} predates the ragged API: rebuild it")
+            entries = np.asarray(n_entries)
+            if entries.shape != (n_layer, n_head_kv) or entries.dtype.kind not in "iu" \
+                    or np.any(entries < 0) or np.any(entries > np.iinfo(np.int32).max):
+                raise ValueError(f"n_entries must be [n_layer, n_head_kv] = [{n_layer}, {n_head_kv}] integers, "
+                                 f"got shape {entries.shape}")
+            entries = np.ascontiguousarray(entries, dtype=np.int32)
+            status = self._lib.audiokv_init_ragged(ctypes.byref(params), n_layer, n_head, n_head_kv, head_dim,
+                                                   _ptr(entries, ctypes.c_int32), n_tokens,
+                                                   ctypes.byref(self._handle))
+            C.check("audiokv_init_ragged", status, f"{what}, n_entries in [{entries.min()}, {entries.max()}]")
         self.shape = (n_layer, n_head, n_head_kv, head_dim, n_tokens)
         self.window = int(self._lib.audiokv_window(self._handle))
 
@@ -145,6 +162,33 @@ class AudioKVContext:
             k.ctypes.data, C.AUDIOKV_TYPE_OTHER, k.strides[0], head_row_bytes, C.ggml_to_float(self._lib),
             ggml_type)
         C.check("audiokv_add_layer", status, f"layer {layer}, ggml type {ggml_type}")
+
+    def add_layer_ragged(self, layer: int, q_layer: np.ndarray, k_heads) -> None:
+        """Score one layer from its window queries and each KV head's own entries.
+
+        Parameters
+        ----------
+        layer : int
+        q_layer : ndarray, float16/32/64, shape [n_head, w, head_dim]
+        k_heads : sequence of ndarray, float16/32/64, shape [n_entries[layer, h], head_dim]
+            One array per KV head (any row stride with a contiguous last axis; one common dtype is used, other
+            float types are converted to float64).
+        """
+        n_head_kv = self.shape[2]
+        if len(k_heads) != n_head_kv:
+            raise ValueError(f"{len(k_heads)} key arrays given for {n_head_kv} KV heads")
+        q = _rows_contiguous(q_layer)
+        heads = [_rows_contiguous(k) for k in k_heads]
+        heads = [np.ascontiguousarray(k) if k.shape[0] > 1 and k.strides[0] < 1 else k for k in heads]
+        if len({k.dtype for k in heads}) > 1:
+            heads = [k.astype(np.float64) for k in heads]
+        bases = (ctypes.c_void_p * n_head_kv)(*[k.ctypes.data for k in heads])
+        strides = (ctypes.c_size_t * n_head_kv)(*[k.strides[0] if k.shape[0] > 1 else k.itemsize * k.shape[1]
+                                                  for k in heads])
+        status = self._lib.audiokv_add_layer_ragged(
+            self._handle, layer, q.ctypes.data, _DTYPES[q.dtype], q.strides[0], q.strides[1], bases,
+            _DTYPES[heads[0].dtype], strides, C.audiokv_to_float_fn(), None)
+        C.check("audiokv_add_layer_ragged", status, f"layer {layer}")
 
     def set_layer_scores(self, layer: int, scores: np.ndarray) -> None:
         """Set one layer's scores directly (H2O accumulated attention), shape [n_head or n_head_kv, n_tokens]."""
@@ -239,3 +283,54 @@ def plan_c(method: str, q_window: np.ndarray | None, keys: np.ndarray, keep: flo
         scores = profile.scores if isinstance(profile, HeadProfile) else profile
         counts, flat = ctx.plan(keep, scores if method == "audiokv" else None)
     return KeepPlan.from_flat(counts, flat, n_tokens, method)
+
+
+def plan_ragged_c(method: str, q_window: np.ndarray | None, keys, keep: float, profile: HeadProfile | None,
+                  params: dict, n_positions: int, n_threads: int = 0):
+    """The keep plan of a ragged cache computed by libaudiokv (docs/semantics.md, "Re-planning a ragged cache").
+
+    Parameters
+    ----------
+    method : str
+        Registered method name.
+    q_window : ndarray, float, shape [n_layer, n_head, w, head_dim], or None
+    keys : sequence of sequence of ndarray, float
+        ``keys[l][h]``: shape [n_entries[l, h], head_dim].
+    keep : float
+        In (0, 1].
+    profile : HeadProfile or None
+    params : dict
+        The method's parameters (``dataclasses.asdict`` of the method object).
+    n_positions : int
+        Positions the sequence has seen.
+    n_threads : int, default 0
+        Worker threads (0 = all cores); the plan does not depend on it.
+
+    Returns
+    -------
+    KeepPlan
+        Entry indices per head, n_tokens = n_positions, n_entries = the heads' entries.
+    """
+    from audiokv_edge.keep_plan import KeepPlan
+
+    n_entries = np.array([[np.shape(k)[0] for k in heads] for heads in keys], dtype=np.int64)
+    n_layer, n_head_kv = n_entries.shape
+    head_dim = np.shape(keys[0][0])[1]
+    n_head = q_window.shape[1] if q_window is not None else n_head_kv
+    p = c_params(method, params, n_threads)
+    with AudioKVContext(p, n_layer, n_head, n_head_kv, head_dim, n_positions, n_entries) as ctx:
+        w = ctx.window
+        valid_keep = 0.0 < keep <= 1.0   # the C call reports anything else as AUDIOKV_ERR_KEEP
+        budget = max(1, int(np.floor(keep * n_positions + 0.5))) if valid_keep else 0
+        needs_scores = (method in _SCORING_METHODS and valid_keep and w < budget < n_positions
+                        and n_positions > p.window and n_entries.min() >= w)
+        if needs_scores:
+            if q_window is None:
+                raise ValueError(f"method {method} needs q_window")
+            if q_window.shape[2] != w:
+                raise ValueError(f"q_window holds {q_window.shape[2]} window queries, the context uses {w}")
+            for layer in range(n_layer):
+                ctx.add_layer_ragged(layer, q_window[layer], keys[layer])
+        scores = profile.scores if isinstance(profile, HeadProfile) else profile
+        counts, flat = ctx.plan(keep, scores if method == "audiokv" else None)
+    return KeepPlan.from_flat(counts, flat, n_positions, method, n_entries)

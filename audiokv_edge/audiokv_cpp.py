@@ -22,7 +22,7 @@ __all__ = [
     "AUDIOKV_ERR_THREAD", "AUDIOKV_ERR_NONFINITE", "METHOD_IDS", "POOL_TYPES", "GQA_REDUCTIONS",
     "AUDIOKV_TYPE_F32", "AUDIOKV_TYPE_F16", "AUDIOKV_TYPE_F64", "AUDIOKV_TYPE_OTHER",
     "audiokv_params", "audiokv_to_float_fn", "audiokv_log_fn", "LibAudioKVError", "LibAudioKVInputError",
-    "library_path", "load_library", "has_ggml", "ggml_to_float",
+    "library_path", "load_library", "has_ggml", "has_ragged", "ggml_to_float",
     "check",
 ]
 
@@ -144,6 +144,30 @@ _DECLARATIONS = [
                                           ctypes.c_int64, _c_int64_p]),
 ]
 
+# The ragged API (re-planning an evicted cache), declared when the loaded library has it (has_ragged): a library
+# built before it still loads for everything else.
+_RAGGED_DECLARATIONS = [
+    # int audiokv_init_ragged(const struct audiokv_params * params, int32_t n_layer, int32_t n_head,
+    #                         int32_t n_head_kv, int32_t head_dim, const int32_t * n_entries, int64_t n_positions,
+    #                         struct audiokv_context ** out);
+    ("audiokv_init_ragged", ctypes.c_int, [ctypes.POINTER(audiokv_params), ctypes.c_int32, ctypes.c_int32,
+                                           ctypes.c_int32, ctypes.c_int32, _c_int32_p, ctypes.c_int64,
+                                           ctypes.POINTER(ctypes.c_void_p)]),
+    # int audiokv_add_layer_ragged(struct audiokv_context * ctx, int32_t il,
+    #                              const void * q, int32_t q_type, size_t q_nb_head, size_t q_nb_row,
+    #                              const void * const * k, int32_t k_type, const size_t * k_nb_entry,
+    #                              audiokv_to_float_fn to_float, void * to_float_user_data);
+    ("audiokv_add_layer_ragged", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int32,
+                                                ctypes.c_void_p, ctypes.c_int32, ctypes.c_size_t, ctypes.c_size_t,
+                                                ctypes.POINTER(ctypes.c_void_p), ctypes.c_int32,
+                                                ctypes.POINTER(ctypes.c_size_t), audiokv_to_float_fn,
+                                                ctypes.c_void_p]),
+    # int64_t audiokv_n_entries(const struct audiokv_context * ctx, int32_t il, int32_t kv_head);
+    ("audiokv_n_entries", ctypes.c_int64, [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32]),
+    # int64_t audiokv_n_positions(const struct audiokv_context * ctx);
+    ("audiokv_n_positions", ctypes.c_int64, [ctypes.c_void_p]),
+]
+
 # Exported only by a libaudiokv built inside the combined build (it then links ggml): include/audiokv_ggml.h
 _GGML_DECLARATIONS = [
     # void audiokv_ggml_to_float(const void * src, float * dst, int64_t n, void * user_data);
@@ -157,6 +181,11 @@ _GGML_DECLARATIONS = [
 def has_ggml(lib: ctypes.CDLL) -> bool:
     """True when the loaded libaudiokv exports the ggml to_float helper (built inside the combined build)."""
     return hasattr(lib, "audiokv_ggml_to_float")
+
+
+def has_ragged(lib: ctypes.CDLL) -> bool:
+    """True when the loaded libaudiokv has the ragged API (audiokv_init_ragged, audiokv_add_layer_ragged)."""
+    return hasattr(lib, "audiokv_init_ragged")
 
 
 def ggml_to_float(lib: ctypes.CDLL) -> "audiokv_to_float_fn":
@@ -236,7 +265,8 @@ def load_library() -> ctypes.CDLL:
         if _lib is None:
             path = library_path()
             lib = ctypes.CDLL(str(path))
-            for name, restype, argtypes in _DECLARATIONS + [d for d in _GGML_DECLARATIONS if hasattr(lib, d[0])]:
+            optional = _GGML_DECLARATIONS + _RAGGED_DECLARATIONS
+            for name, restype, argtypes in _DECLARATIONS + [d for d in optional if hasattr(lib, d[0])]:
                 fn = getattr(lib, name)
                 fn.restype = restype
                 fn.argtypes = argtypes

@@ -39,7 +39,9 @@
  * Memory
  * ------
  * audiokv_init allocates everything (scores [n_layer][n_head_kv][n_tokens - w] doubles plus per-thread scratch of
- * about (w + 4) * n_tokens doubles); add_layer and plan allocate nothing. Output buffers belong to the caller.
+ * about (w + 4) * n_tokens doubles); audiokv_init_ragged the same for the heads' own prefix rows (sum of
+ * n_entries - w doubles, scratch for the longest head) plus, for audiokv with SSS, one FFT plan per distinct prefix
+ * length; add_layer and plan allocate nothing. Output buffers belong to the caller.
  *
  * Status codes: every function returning int returns AUDIOKV_OK (0) or one negative enum audiokv_status value;
  * on error no output is written unless the function says otherwise, and the context stays usable.

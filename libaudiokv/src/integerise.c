@@ -25,15 +25,26 @@ static void sort_by_fraction(const double * frac, int64_t n, int64_t * order, in
     }
 }
 
-int akv_integerise_exec(const double * r, int64_t n, int64_t total, int64_t lo, int64_t hi, int64_t * b,
-                        double * frac, int64_t * order, int64_t * tmp) {
-    if (n < 1 || lo > hi || total < lo * n || total > hi * n) return AUDIOKV_ERR_SIZE;
+int akv_integerise_exec(const double * r, int64_t n, int64_t total, int64_t lo, int64_t hi,
+                        const int64_t * hi_each, int64_t * b, double * frac, int64_t * order, int64_t * tmp) {
+    if (n < 1 || total < lo * n) return AUDIOKV_ERR_SIZE;
+    if (hi_each) {   /* caps: entries of a head, at most INT32_MAX each, n heads: the sum cannot overflow */
+        int64_t hi_sum = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            if (lo > hi_each[i]) return AUDIOKV_ERR_SIZE;
+            hi_sum += hi_each[i];
+        }
+        if (total > hi_sum) return AUDIOKV_ERR_SIZE;
+    } else if (lo > hi || (hi <= INT64_MAX / n && total > hi * n)) {
+        return AUDIOKV_ERR_SIZE;
+    }
     int64_t sum = 0;
     for (int64_t i = 0; i < n; ++i) {
         if (!isfinite(r[i])) return AUDIOKV_ERR_SIZE;
+        const int64_t h = hi_each ? hi_each[i] : hi;
         const double f = floor(r[i]);
         frac[i] = r[i] - f;
-        b[i] = f < (double) lo ? lo : (f > (double) hi ? hi : (int64_t) f);
+        b[i] = f < (double) lo ? lo : (f > (double) h ? h : (int64_t) f);
         sum += b[i];
     }
     sort_by_fraction(frac, n, order, tmp);
@@ -41,7 +52,7 @@ int akv_integerise_exec(const double * r, int64_t n, int64_t total, int64_t lo, 
     while (left > 0) {
         int64_t given = 0;
         for (int64_t i = 0; i < n && given < left; ++i) {
-            if (b[order[i]] < hi) { b[order[i]] += 1; ++given; }
+            if (b[order[i]] < (hi_each ? hi_each[order[i]] : hi)) { b[order[i]] += 1; ++given; }
         }
         if (given == 0) return AUDIOKV_ERR_SIZE;
         left -= given;
@@ -63,7 +74,7 @@ int audiokv_integerise(const double * r, int64_t n, int64_t total, int64_t lo, i
     double * frac = (double *) malloc((size_t) n * sizeof(double));
     int64_t * order = (int64_t *) malloc((size_t) n * 2 * sizeof(int64_t));
     if (!frac || !order) { free(frac); free(order); return AUDIOKV_ERR_NOMEM; }
-    int rc = akv_integerise_exec(r, n, total, lo, hi, b, frac, order, order + n);
+    int rc = akv_integerise_exec(r, n, total, lo, hi, NULL, b, frac, order, order + n);
     free(order);
     free(frac);
     return rc;

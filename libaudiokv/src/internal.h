@@ -41,12 +41,14 @@ void    akv_pool_exec(const double * x, int64_t n, int32_t kernel, int32_t pool_
 uint64_t akv_rank_key(double score, uint32_t index);
 /* Indices of the k largest keys, written ascending to out; keys is scratch (reordered). */
 void     akv_select_top_exec(const double * scores, int64_t n, int64_t k, int32_t * out, uint64_t * keys);
-/* Count, per row of length n, how many of the top k over rows[n_rows * n] (flat index r*n + j) fall in row r. */
-void     akv_select_top_rows(const double * scores, int64_t n_rows, int64_t n, int64_t k, int64_t * counts,
-                             uint64_t * keys);
-/* Largest remainder; returns AUDIOKV_OK or AUDIOKV_ERR_SIZE. Scratch: frac [n], order [n], tmp [n]. */
-int      akv_integerise_exec(const double * r, int64_t n, int64_t total, int64_t lo, int64_t hi, int64_t * b,
-                             double * frac, int64_t * order, int64_t * tmp);
+/* Count, per row, how many of the top k of the concatenated rows (row r has row_len[r] entries; flat index = the
+ * earlier rows' lengths + j, below 2^32) fall in row r. keys: scratch of sum(row_len). */
+void     akv_select_top_rows(const double * scores, int64_t n_rows, const int64_t * row_len, int64_t k,
+                             int64_t * counts, uint64_t * keys);
+/* Largest remainder; returns AUDIOKV_OK or AUDIOKV_ERR_SIZE. hi_each: per-entry upper bounds [n], or NULL for hi.
+ * Scratch: frac [n], order [n], tmp [n]. */
+int      akv_integerise_exec(const double * r, int64_t n, int64_t total, int64_t lo, int64_t hi,
+                             const int64_t * hi_each, int64_t * b, double * frac, int64_t * order, int64_t * tmp);
 
 /* ---- f16 (f16.c) ---- */
 double akv_f16_to_double(uint16_t h);
@@ -82,13 +84,18 @@ int  akv_have_avx512_kernel(void);
 struct akv_budget_input {
     int32_t method;
     int32_t n_layer, n_head_kv;
-    int64_t n_tokens, w, C;         /* C = per-head uniform budget, w < C < n_tokens */
+    int64_t n_tokens, w, C;         /* n_tokens = positions seen; C = per-head uniform budget, w < C < n_tokens */
     const struct audiokv_params * params;
     const double * profile;         /* [n_layer * n_head_kv] or NULL */
-    const double * scores;          /* smoothed prefix scores [n_layer][n_head_kv][n_tokens - w] (adakv) */
+    const double * scores;          /* smoothed prefix rows, concatenated in (l, h) row-major order (adakv) */
+    const int64_t * caps;           /* [n_layer * n_head_kv] entries each head holds (n_tokens in a uniform cache) */
+    const int64_t * row_len;        /* [n_layer * n_head_kv] prefix lengths caps - w */
 };
-/* Writes b[n_layer * n_head_kv]; scratch: dscratch 3 * L * Hkv doubles, iscratch 3 * L * Hkv int64, keys
- * n_head_kv * (N - w) (adakv). */
+/* Cap real budgets at caps and share the surplus among the never-capped entries, by weights (NULL or all zero:
+ * equally), until none exceeds its cap or all are capped (docs/semantics.md, ragged "Caps"). clipped: scratch [n]. */
+void akv_cap_and_share(double * real, int64_t n, const int64_t * caps, const double * weights, int64_t * clipped);
+/* Writes b[n_layer * n_head_kv]; scratch: dscratch 3 * L * Hkv doubles, iscratch 3 * L * Hkv + Hkv int64, keys
+ * the longest layer's sum of row_len (adakv). */
 int akv_budgets(const struct akv_budget_input * in, int64_t * b, double * dscratch, int64_t * iscratch,
                 uint64_t * keys);
 

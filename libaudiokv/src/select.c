@@ -69,22 +69,20 @@ void akv_select_top_exec(const double * scores, int64_t n, int64_t k, int32_t * 
     }
 }
 
-void akv_select_top_rows(const double * scores, int64_t n_rows, int64_t n, int64_t k, int64_t * counts,
-                         uint64_t * keys) {
-    const int64_t total = n_rows * n;
-    for (int64_t r = 0; r < n_rows; ++r) counts[r] = 0;
+void akv_select_top_rows(const double * scores, int64_t n_rows, const int64_t * row_len, int64_t k,
+                         int64_t * counts, uint64_t * keys) {
+    int64_t total = 0;
+    for (int64_t r = 0; r < n_rows; ++r) { counts[r] = 0; total += row_len[r]; }
     if (k <= 0) return;
     if (k >= total) {
-        for (int64_t r = 0; r < n_rows; ++r) counts[r] = n;
+        for (int64_t r = 0; r < n_rows; ++r) counts[r] = row_len[r];
         return;
     }
     for (int64_t f = 0; f < total; ++f) keys[f] = akv_rank_key(scores[f], (uint32_t) f);
     const uint64_t threshold = kth_largest(keys, total, k);
-    for (int64_t r = 0; r < n_rows; ++r) {
+    for (int64_t r = 0, f = 0; r < n_rows; ++r) {
         int64_t c = 0;
-        for (int64_t j = 0; j < n; ++j) {
-            c += akv_rank_key(scores[r * n + j], (uint32_t) (r * n + j)) >= threshold;
-        }
+        for (int64_t j = 0; j < row_len[r]; ++j, ++f) c += akv_rank_key(scores[f], (uint32_t) f) >= threshold;
         counts[r] = c;
     }
 }
