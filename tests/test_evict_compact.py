@@ -267,7 +267,8 @@ def test_compact_refuses_what_would_be_wrong(models):
 @pytest.mark.parametrize("flash_attn", [True, False], ids=["fa", "nofa"])
 def test_compact_graph_fits_a_30_layer_model(tmp_path, flash_attn):
     """SmolLM2's depth and head layout (30 layers, 9 query / 3 KV heads): the per-KV-head attention of the compact
-    path must fit the graph llama.cpp reserves (it aborted with GGML_ASSERT(obj_new) before patch 0003)."""
+    path must fit the graph llama.cpp reserves (it aborted with GGML_ASSERT(obj_new) before patch 0003); also with
+    two compacted sequences and an uncompacted third one in every ubatch (unified cache, tokens interleaved)."""
     from audiokv_edge import tiny_models as tm
 
     path = tmp_path / "deep.gguf"
@@ -282,6 +283,18 @@ def test_compact_graph_fits_a_30_layer_model(tmp_path, flash_attn):
         y = r.decode(prompt(20, 4, r.n_vocab))  # a multi-token ubatch on the compact path
         _, ys = greedy(r, y, 4)
         assert np.all(np.isfinite(ys)) and np.all(np.isfinite(first))
+    finally:
+        r.close()
+
+    fn, _ = ragged_plan(5)
+    r = Runner(path, n_seq_max=3, kv_unified=True, flash_attn=flash_attn, type_kv=GGML_TYPE_F32)
+    try:
+        assert enable(r, fn, mode=COMPACT, n_headroom=8) == 0
+        decode_multi(r, {s: prompt(64, 10 + s, r.n_vocab) for s in range(3)})
+        for s in (0, 1):
+            assert evict_lib().llama_kv_evict_seq(r.ctx, s) == 0
+        y = decode_multi(r, {s: prompt(12, 20 + s, r.n_vocab) for s in range(3)}, interleave=True)
+        assert all(np.all(np.isfinite(v)) for v in y.values())
     finally:
         r.close()
 
@@ -527,8 +540,9 @@ def test_two_sequences_memory_per_sequence(models, kv_unified):
             st = seq_stats(r, s)
             budget = sum(record[s][-1])
             print(f"seq {s}: full {full[s].bytes_used} B, plan {budget * row} B, in use {st.bytes_used} B")
-            assert st.n_entries == budget + (n_main_cells - 1) * n_layer * n_head_kv
-            assert st.bytes_headroom == (n_layer * n_head_kv * headroom - (n_main_cells - 1) * n_layer * n_head_kv) * row
+            new_rows = (n_main_cells - 1) * n_layer * n_head_kv  # tokens decoded since the eviction, in the pools
+            assert st.n_entries == budget + new_rows
+            assert st.bytes_headroom == (n_layer * n_head_kv * headroom - new_rows) * row
             assert st.bytes_used == budget * row + n_layer * n_head_kv * headroom * row + n_main_cells * cell
             return st
 
