@@ -133,7 +133,8 @@ def test_capped_budgets_by_hand():
 
 def test_audiokv_caps_equal_the_uniform_rule_when_caps_are_n():
     s = np.array([[1.0, 1.0, 2.0, 12.0]])
-    np.testing.assert_array_equal(audiokv_real_budgets(s, 40, 8, 50), audiokv_real_budgets(s, 40, 8, np.full((1, 4), 50)))
+    np.testing.assert_array_equal(audiokv_real_budgets(s, 40, 8, 50),
+                                  audiokv_real_budgets(s, 40, 8, np.full((1, 4), 50)))
     # a head that holds only 30 entries: capped there, its surplus shared by S_hat among the others
     real = audiokv_real_budgets(s, 40, 8, np.array([[50, 50, 30, 50]]))
     assert real[0, 2] == 30 and real[0, 3] == 50 and np.isclose(real.sum(), 160)
