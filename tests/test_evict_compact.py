@@ -29,8 +29,9 @@ import ctypes
 import numpy as np
 import pytest
 
-from test_evict_mask import (  # noqa: E402 - the shared harness of the eviction tests
-    GGML_TYPE_F16, GGML_TYPE_F32, GGML_TYPE_Q8_0, Runner, enable, evict_lib, greedy, keep_all, models, prompt,
+from evict_fixtures import (  # the shared harness of the eviction tests (tests/evict_fixtures.py)
+    GGML_TYPE_F16, GGML_TYPE_F32, GGML_TYPE_Q8_0, Runner, decode_multi, enable, evict_lib, greedy, greedy_both,
+    keep_all, models, prompt,
 )
 
 pytestmark = pytest.mark.native
@@ -353,57 +354,6 @@ def kind_plan(kind, seed, protect=8):
         return 0
 
     return fn, record
-
-
-def decode_multi(runner, parts, interleave=False):
-    """One llama_decode holding the tokens of several sequences, ``parts = {seq: tokens}`` (grouped per sequence, or
-    interleaved token by token). Returns {seq: float32 logits [n_vocab] of its last token}."""
-    llama, b = runner.llama, runner.batch
-    order = []
-    if interleave:
-        for i in range(max(len(t) for t in parts.values())):
-            order += [(s, i) for s, toks in parts.items() if i < len(toks)]
-    else:
-        for s, toks in parts.items():
-            order += [(s, i) for i in range(len(toks))]
-    b.n_tokens = len(order)
-    rows = {}
-    for j, (s, i) in enumerate(order):
-        b.token[j] = int(parts[s][i])
-        b.pos[j] = runner.n_past.get(s, 0) + i
-        b.n_seq_id[j] = 1
-        b.seq_id[j][0] = s
-        b.logits[j] = i == len(parts[s]) - 1
-        if b.logits[j]:
-            rows[s] = j
-    rc = llama.llama_decode(runner.ctx, b)
-    assert rc == 0, f"llama_decode returned {rc}"
-    for s, toks in parts.items():
-        runner.n_past[s] = runner.n_past.get(s, 0) + len(toks)
-    return {s: np.ctypeslib.as_array(llama.llama_get_logits_ith(runner.ctx, j), shape=(runner.n_vocab,)).copy()
-            for s, j in rows.items()}
-
-
-def greedy_both(runners, first, steps, lead=None, extra=(), interleave=True):
-    """Greedy continuation of sequences 0 and 1 decoded together in every runner: each llama_decode holds one token
-    of each sequence (the first one: also the ``extra`` tokens). The tokens follow ``lead``'s argmax (the first
-    runner by default). ``first``: {runner index: {seq: logits}}. Returns ({seq: tokens}, {runner index: {seq:
-    logits [steps, n_vocab]}})."""
-    lead = 0 if lead is None else lead
-    toks = {0: [], 1: []}
-    out = {r: {0: [], 1: []} for r in range(len(runners))}
-    last = first
-    for step in range(steps):
-        parts = {}
-        for s in (0, 1):
-            t = int(np.argmax(last[lead][s]))
-            toks[s].append(t)
-            parts[s] = [t] + (list(extra) if step == 0 else [])
-        last = {r: decode_multi(runner, parts, interleave=interleave) for r, runner in enumerate(runners)}
-        for r in out:
-            for s in (0, 1):
-                out[r][s].append(last[r][s])
-    return toks, {r: {s: np.stack(v) for s, v in d.items()} for r, d in out.items()}
 
 
 def two_sequence_run(path, kind, flash_attn, kv_unified=False, headroom=4, steps=32):

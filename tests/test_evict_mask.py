@@ -27,161 +27,14 @@ import sys
 import numpy as np
 import pytest
 
+from evict_fixtures import (  # the shared harness of the eviction tests (tests/evict_fixtures.py)
+    ARCHS, GGML_TYPE_F16, GGML_TYPE_Q8_0, Runner, _specs, drop_positions, enable, evict_lib, greedy,
+    keep_all, models, prompt,
+)
+
 pytestmark = pytest.mark.native
 
-GGML_TYPE_F32 = 0
-GGML_TYPE_F16 = 1
-GGML_TYPE_Q8_0 = 8
-
-# --------------------------------------------------------------------------------------------------------------
-# harness: a tiny model in one llama_context, driven through the llama_cpp low-level bindings
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _specs():
-    from audiokv_edge import tiny_models as tm
-
-    return {
-        "llama": tm.TextModelSpec("llama", tm.LLAMA3, n_embd=128, n_head=4, n_head_kv=2, head_dim=32),
-        "qwen2": tm.TextModelSpec("qwen2", tm.CHATML, n_embd=128, n_head=4, n_head_kv=2, head_dim=32),
-        # head_dim 64: a q8_0 K cache is Hadamard-rotated (attn_rot_k), and so are the captured queries
-        "qwen3": tm.TextModelSpec("qwen3", tm.CHATML, n_head=4, n_head_kv=2, head_dim=64),
-        "gemma3": tm.TextModelSpec("gemma3", tm.GEMMA, n_head=4, n_head_kv=2, head_dim=32, sliding_window=16),
-    }
-
-
-ARCHS = ["llama", "qwen2", "qwen3", "gemma3"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    from audiokv_edge import tiny_models as tm
-
-    directory = tmp_path_factory.mktemp("evict_models")
-    paths = {}
-    for name, spec in _specs().items():
-        paths[name] = directory / f"{name}.gguf"
-        tm.write_text_model(paths[name], spec, seed=3)
-    return paths
-
-
-_LOG_CB = None
-
-
-def _llama():
-    from audiokv_edge import native_libs
-
-    llama = native_libs.load_llama_cpp().llama_cpp
-    global _LOG_CB
-    if _LOG_CB is None:
-        _LOG_CB = llama.llama_log_callback(lambda level, text, data: None)
-        llama.llama_log_set(_LOG_CB, ctypes.c_void_p())
-        llama.llama_backend_init()
-    return llama
-
-
-class Runner:
-    """One model + context; decode tokens, read logits, edit memory."""
-
-    def __init__(self, path, *, n_ctx=256, n_seq_max=1, flash_attn=True, type_kv=GGML_TYPE_F32, kv_unified=False):
-        self.llama = llama = _llama()
-        self.model = llama.llama_model_load_from_file(str(path).encode(), llama.llama_model_default_params())
-        assert self.model, f"could not load {path}"
-        cp = llama.llama_context_default_params()
-        cp.n_ctx = n_ctx
-        cp.n_batch = n_ctx
-        cp.n_ubatch = n_ctx
-        cp.n_seq_max = n_seq_max
-        cp.n_threads = 1
-        cp.n_threads_batch = 1
-        cp.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cp.type_k = type_kv
-        cp.type_v = type_kv
-        cp.kv_unified = kv_unified
-        self.ctx = llama.llama_init_from_model(self.model, cp)
-        assert self.ctx, "could not create the context"
-        self.n_vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self.model))
-        self.batch = llama.llama_batch_init(n_ctx, 0, n_seq_max)
-        self.n_past = {}
-        self.callbacks = []
-
-    def decode(self, tokens, seq=0):
-        """Append ``tokens`` to sequence ``seq``; returns float32 logits [n_vocab] of the last token (a copy)."""
-        llama, b = self.llama, self.batch
-        p0 = self.n_past.get(seq, 0)
-        b.n_tokens = len(tokens)
-        for i, t in enumerate(tokens):
-            b.token[i] = int(t)
-            b.pos[i] = p0 + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq
-            b.logits[i] = i == len(tokens) - 1
-        rc = llama.llama_decode(self.ctx, b)
-        assert rc == 0, f"llama_decode returned {rc}"
-        self.n_past[seq] = p0 + len(tokens)
-        ptr = llama.llama_get_logits_ith(self.ctx, len(tokens) - 1)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
-
-    def seq_rm(self, seq, p0, p1):
-        mem = self.llama.llama_get_memory(self.ctx)
-        assert self.llama.llama_memory_seq_rm(mem, seq, p0, p1)
-
-    def close(self):
-        self.llama.llama_batch_free(self.batch)
-        self.llama.llama_free(self.ctx)
-        self.llama.llama_model_free(self.model)
-
-
-def evict_lib():
-    from audiokv_edge import llama_evict_cpp
-
-    return llama_evict_cpp.load_library()
-
-
-def enable(runner, fn, n_window=8, mode=0, n_headroom=None):
-    """Enable eviction on ``runner`` with the Python plan function ``fn(seq_id, layers, uniform)``."""
-    from audiokv_edge import llama_evict_cpp as E
-
-    lib = evict_lib()
-    params = lib.llama_kv_evict_default_params()
-    assert params.n_window == 32 and params.mode == 0 and params.n_headroom == 256
-    params.n_window = n_window
-    params.mode = mode
-    if n_headroom is not None:
-        params.n_headroom = n_headroom
-    callback = E.make_callback(fn)
-    runner.callbacks.append(callback)  # the context may call any callback it accepted: keep them all alive
-    params.callback = callback
-    return lib.llama_kv_evict_init(runner.ctx, params)
-
-
-def drop_positions(dropped):
-    """Plan function dropping the entries at positions ``dropped`` from every (layer, KV head)."""
-    dropped = set(int(p) for p in dropped)
-
-    def fn(seq_id, layers, uniform):
-        for lv in layers:
-            for h in range(lv.n_head_kv):
-                lv.set_keep(h, [i for i, p in enumerate(lv.pos[h]) if int(p) not in dropped])
-        return 0
-
-    return fn
-
-
-def prompt(n, seed, n_vocab, lo=5):
-    return np.random.default_rng(seed).integers(lo, n_vocab, size=n).tolist()
-
-
-def greedy(runner, first_logits, steps, seq=0, forced=None):
-    """Greedy continuation; returns (tokens, logits [steps, n_vocab]). ``forced`` replays given tokens."""
-    toks, out = [], []
-    logits = first_logits
-    for i in range(steps):
-        t = int(np.argmax(logits)) if forced is None else int(forced[i])
-        toks.append(t)
-        logits = runner.decode([t], seq)
-        out.append(logits)
-    return toks, np.stack(out)
+__all__ = ["models"]  # the fixture, re-exported for pytest
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -270,10 +123,6 @@ def test_two_sequences_each_equal_seq_rm(models, kv_unified):
     finally:
         a.close()
         b.close()
-
-
-def keep_all(seq_id, layers, uniform):
-    return 0  # the plan is preset to "keep every entry"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
