@@ -560,6 +560,31 @@ def test_shared_token_with_a_compacted_sequence_is_refused(models):
         ok.close()
 
 
+def test_sequence_sharing_cells_is_not_compacted(models):
+    """Unified cache: after seq_cp(0 -> 1) the two sequences share cells; compacting either is refused
+    (ERR_STATE, nothing changes) until they are separate again."""
+    from audiokv_edge import llama_evict_cpp as E
+
+    fn, _ = kind_plan("skewed", 4)
+    r = Runner(models["qwen2"], n_seq_max=2, kv_unified=True)
+    llama, lib = r.llama, evict_lib()
+    try:
+        assert enable(r, fn, mode=COMPACT, n_headroom=8) == 0
+        r.decode(prompt(32, 1, r.n_vocab), 0)
+        mem = llama.llama_get_memory(r.ctx)
+        llama.llama_memory_seq_cp(mem, 0, 1, -1, -1)
+        r.n_past[1] = 32
+        for s in (0, 1):
+            assert lib.llama_kv_evict_seq(r.ctx, s) == E.LLAMA_KV_EVICT_ERR_STATE
+            assert seq_stats(r, s).bytes_headroom == 0
+        r.decode([5, 6], 1)  # sequence 1's new tokens are its own, the first 32 cells are still shared
+        assert lib.llama_kv_evict_seq(r.ctx, 1) == E.LLAMA_KV_EVICT_ERR_STATE
+        assert llama.llama_memory_seq_rm(mem, 1, -1, -1)
+        assert lib.llama_kv_evict_seq(r.ctx, 0) == 0
+    finally:
+        r.close()
+
+
 @pytest.mark.parametrize("kv_unified", [False, True], ids=["streams", "unified"])
 def test_two_sequences_remove_keep_and_refusals(models, kv_unified):
     """With sequence 0 compacted and sequence 1 not (then compacted too):
