@@ -76,9 +76,23 @@ int akv_window_scores(const struct akv_query_view * q, int32_t n_heads, const st
                       int64_t n_tokens, int32_t head_dim, int mean, double * out, int64_t out_stride,
                       double * scratch);
 
-/* ---- AVX-512F + FMA dot-product kernel (scores_avx512.c; a stub returning 0 elsewhere) ---- */
-void akv_tile_dots_avx512(const double * qd, const double * kt, int32_t d, int64_t wpad, double * acc);
-int  akv_have_avx512_kernel(void);
+/* ---- window-score kernels (scores.c dispatches; scores_avx512.c, scores_softmax_avx512.c: stubs elsewhere) ----
+ * Logits of one tile of nr keys for all packed query rows: queries packed [n_blocks][d][mr] (block b holds rows
+ * b*mr .. b*mr + mr - 1, element t of row i at b*d*mr + t*mr + i), keys packed [d][nr]. For every row r and tile
+ * column j < nr: z[r*ldz + j] = (sum over t in order of q[r][t] k[j][t]) / sqrt_d (the nr columns are always
+ * written); rowmax[r] = max(rowmax[r], z[r][j] for j < nmax); *chk += sum of (z - z) (NaN once a logit is not
+ * finite). */
+typedef void (*akv_logits_fn)(const double * qpack, int64_t n_blocks, const double * kpack, int32_t d,
+                              double sqrt_d, int64_t nmax, double * z, int64_t ldz, double * rowmax, double * chk);
+#define AKV_AVX512_MR 8
+#define AKV_AVX512_NR 24
+/* AVX-512F + FMA logits kernel, mr = AKV_AVX512_MR, nr = AKV_AVX512_NR */
+void   akv_logits_avx512(const double * qpack, int64_t n_blocks, const double * kpack, int32_t d, double sqrt_d,
+                         int64_t nmax, double * z, int64_t ldz, double * rowmax, double * chk);
+int    akv_have_avx512_kernel(void);
+/* z[j] = exp(z[j] - shift) for j < n (all z[j] - shift <= 0); returns sum z[j] over 8 interleaved partial sums
+ * of the full blocks of 8, combined ((0+1)+(2+3))+((4+5)+(6+7)), then the tail in order. AVX-512F, no FMA. */
+double akv_exp_sum_avx512(double * z, int64_t n, double shift);
 
 /* ---- budgets (budgets.c) ---- */
 struct akv_budget_input {

@@ -1,51 +1,95 @@
-/* Window scores of one query head (docs/semantics.md, "Window scores"):
+/* Window scores of one query head group (docs/semantics.md, "Window scores"):
  *   z[i, j] = q_i . k_j / sqrt(d), causal inside the window; A = softmax over all N keys;
  *   out[j] = sum (or mean) over the w rows of A[i, j], j in the prefix [0, N - w).
- * Everything in double. The dot products run over tiles of TJ keys transposed into a small buffer, RI query rows
- * at a time, so that the inner loop is independent across keys and vectorises without reassociation. */
+ * Everything in double. The g query heads reading one KV head form one matrix of g*w rows, packed once; the keys
+ * are converted to double one tile at a time and the tile serves every row (a small matrix product in register
+ * tiles, the logits kernel). The kernel also divides by sqrt(d), checks finiteness and keeps the running maximum
+ * of each row over the prefix, so the softmax needs one more pass: exp and sum, then the scaled accumulation.
+ *
+ * Kernels (internal.h, akv_logits_fn): AVX-512F+FMA (scores_avx512.c), AVX2, 2-wide vectors (SSE2 / NEON) and
+ * plain C. The portable ones compute every element with the same multiplications and additions in t order (no
+ * FMA: -ffp-contract=off), so they give bitwise identical results; they differ only in how many elements they
+ * compute at once. The environment variable AUDIOKV_SCORE_KERNEL=avx512|avx2|v2|plain (read once) picks a
+ * kernel this CPU supports, for tests and benchmarks. */
 #include "internal.h"
+#include "scores_exp.h"
 
 #include <math.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
-#define TJ 8   /* keys per tile */
-#define RI 4   /* query rows per block (padding of the query rows) */
+#define MR_MAX 8    /* the largest rows per block of any kernel (the packing pads rows to it) */
+#define NR_MAX 24   /* the largest keys per tile; the logit rows are padded to a multiple of it */
 
-/* acc[i][jj] = sum_t qd[i][t] * kt[t][jj] for i < wpad (a multiple of RI), jj < TJ. Every variant computes each
- * element with the same sequence of multiplications and additions in t order (no FMA: -ffp-contract=off), so all
- * give bitwise identical results; they differ only in how many elements they compute at once. */
-static void tile_dots_plain(const double * qd, const double * kt, int32_t d, int64_t wpad, double * acc) {
-    for (int64_t i = 0; i < wpad; ++i) {
-        double a[TJ] = { 0, 0, 0, 0, 0, 0, 0, 0 };
-        const double * q = qd + i * d;
-        for (int32_t t = 0; t < d; ++t) {
-            for (int jj = 0; jj < TJ; ++jj) a[jj] += q[t] * kt[(int64_t) t * TJ + jj];
-        }
-        memcpy(acc + i * TJ, a, sizeof a);
+struct logits_kernel {
+    akv_logits_fn fn;
+    int32_t mr, nr;
+    const char * name;
+};
+
+/* One row's epilogue for the portable kernels: a[jj] for jj < nr -> z row, running max over jj < nmax, check. */
+static inline void store_row(const double * a, int nr, double sqrt_d, int64_t nmax, double * zr, double * rowmax,
+                             double * chk) {
+    for (int jj = 0; jj < nr; ++jj) {
+        const double v = a[jj] / sqrt_d;
+        chk[jj] += v - v;
+        zr[jj] = v;
     }
+    double m = *rowmax;
+    for (int64_t jj = 0; jj < nmax && jj < nr; ++jj) m = zr[jj] > m ? zr[jj] : m;
+    *rowmax = m;
+}
+
+/* plain C: 4 rows x 8 keys */
+static void logits_plain(const double * qpack, int64_t n_blocks, const double * kpack, int32_t d, double sqrt_d,
+                         int64_t nmax, double * z, int64_t ldz, double * rowmax, double * chk) {
+    double ck[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        double a[4][8];
+        memset(a, 0, sizeof a);
+        const double * q = qpack + b * (int64_t) d * 4;
+        for (int32_t t = 0; t < d; ++t) {
+            const double * k = kpack + (int64_t) t * 8;
+            for (int i = 0; i < 4; ++i) {
+                for (int jj = 0; jj < 8; ++jj) a[i][jj] += q[(int64_t) t * 4 + i] * k[jj];
+            }
+        }
+        for (int i = 0; i < 4; ++i) store_row(a[i], 8, sqrt_d, nmax, z + (b * 4 + i) * ldz, rowmax + b * 4 + i, ck);
+    }
+    for (int jj = 0; jj < 8; ++jj) *chk += ck[jj];
 }
 
 #if defined(__GNUC__) || defined(__clang__)
-/* GCC/Clang vector extensions (not intrinsics): 2 doubles map to SSE2 on x86-64 and NEON on ARM64. */
+/* GCC/Clang vector extensions (not intrinsics): 2 doubles map to SSE2 on x86-64 and NEON on ARM64; 4 rows x 4
+ * keys in 8 accumulators (x86-64 has 16 vector registers). */
 typedef double akv_v2d __attribute__((vector_size(16)));
 
-static void tile_dots_v2(const double * qd, const double * kt, int32_t d, int64_t wpad, double * acc) {
-    for (int64_t i0 = 0; i0 < wpad; i0 += 2) {
-        akv_v2d a[2][4];
-        for (int r = 0; r < 2; ++r) for (int u = 0; u < 4; ++u) a[r][u] = (akv_v2d) { 0.0, 0.0 };
-        const double * q0 = qd + i0 * d;
+static void logits_v2(const double * qpack, int64_t n_blocks, const double * kpack, int32_t d, double sqrt_d,
+                      int64_t nmax, double * z, int64_t ldz, double * rowmax, double * chk) {
+    double ck[4] = { 0, 0, 0, 0 };
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        akv_v2d a[4][2];
+        for (int i = 0; i < 4; ++i) { a[i][0] = (akv_v2d) { 0.0, 0.0 }; a[i][1] = (akv_v2d) { 0.0, 0.0 }; }
+        const double * q = qpack + b * (int64_t) d * 4;
         for (int32_t t = 0; t < d; ++t) {
-            akv_v2d k[4];
-            memcpy(k, kt + (int64_t) t * TJ, sizeof k);
-            for (int r = 0; r < 2; ++r) {
-                const double q = q0[(int64_t) r * d + t];
-                const akv_v2d qv = { q, q };
-                for (int u = 0; u < 4; ++u) a[r][u] += qv * k[u];
+            akv_v2d k0, k1;
+            memcpy(&k0, kpack + (int64_t) t * 4, sizeof k0);
+            memcpy(&k1, kpack + (int64_t) t * 4 + 2, sizeof k1);
+            for (int i = 0; i < 4; ++i) {
+                const double qi = q[(int64_t) t * 4 + i];
+                const akv_v2d qv = { qi, qi };
+                a[i][0] += qv * k0;
+                a[i][1] += qv * k1;
             }
         }
-        memcpy(acc + i0 * TJ, a, sizeof a);
+        for (int i = 0; i < 4; ++i) {
+            double row[4];
+            memcpy(row, a[i], sizeof row);
+            store_row(row, 4, sqrt_d, nmax, z + (b * 4 + i) * ldz, rowmax + b * 4 + i, ck);
+        }
     }
+    for (int jj = 0; jj < 4; ++jj) *chk += ck[jj];
 }
 #endif
 
@@ -54,121 +98,160 @@ static void tile_dots_v2(const double * qd, const double * kt, int32_t d, int64_
 #define AKV_AVX2_KERNEL 1
 typedef double akv_v4d __attribute__((vector_size(32)));
 
-/* the same kernel in 4-wide vectors, compiled for AVX2 and chosen at run time */
+/* 4-wide vectors compiled for AVX2 (no FMA) and chosen at run time: 4 rows x 8 keys */
 __attribute__((target("avx2")))
-static void tile_dots_v4(const double * qd, const double * kt, int32_t d, int64_t wpad, double * acc) {
-    for (int64_t i0 = 0; i0 < wpad; i0 += RI) {
-        akv_v4d a[RI][2];
-        for (int r = 0; r < RI; ++r) { a[r][0] = (akv_v4d) { 0, 0, 0, 0 }; a[r][1] = (akv_v4d) { 0, 0, 0, 0 }; }
-        const double * q0 = qd + i0 * d;
+static void logits_v4(const double * qpack, int64_t n_blocks, const double * kpack, int32_t d, double sqrt_d,
+                      int64_t nmax, double * z, int64_t ldz, double * rowmax, double * chk) {
+    double ck[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        akv_v4d a[4][2];
+        for (int i = 0; i < 4; ++i) { a[i][0] = (akv_v4d) { 0, 0, 0, 0 }; a[i][1] = (akv_v4d) { 0, 0, 0, 0 }; }
+        const double * q = qpack + b * (int64_t) d * 4;
         for (int32_t t = 0; t < d; ++t) {
             akv_v4d k0, k1;
-            memcpy(&k0, kt + (int64_t) t * TJ, sizeof k0);
-            memcpy(&k1, kt + (int64_t) t * TJ + 4, sizeof k1);
-            for (int r = 0; r < RI; ++r) {
-                const double q = q0[(int64_t) r * d + t];
-                const akv_v4d qv = { q, q, q, q };
-                a[r][0] += qv * k0;
-                a[r][1] += qv * k1;
+            memcpy(&k0, kpack + (int64_t) t * 8, sizeof k0);
+            memcpy(&k1, kpack + (int64_t) t * 8 + 4, sizeof k1);
+            for (int i = 0; i < 4; ++i) {
+                const double qi = q[(int64_t) t * 4 + i];
+                const akv_v4d qv = { qi, qi, qi, qi };
+                a[i][0] += qv * k0;
+                a[i][1] += qv * k1;
             }
         }
-        memcpy(acc + i0 * TJ, a, sizeof a);
+        for (int i = 0; i < 4; ++i) {
+            double row[8];
+            memcpy(row, a[i], sizeof row);
+            store_row(row, 8, sqrt_d, nmax, z + (b * 4 + i) * ldz, rowmax + b * 4 + i, ck);
+        }
     }
-}
-#endif
-
-static void tile_dots(const double * qd, const double * kt, int32_t d, int64_t wpad, double * acc) {
-#if defined(AKV_AVX2_KERNEL) && defined(AUDIOKV_AVX512_KERNEL)
-    static atomic_int avx512 = -1;   /* CPU check done once; every thread would store the same value */
-    int have = atomic_load_explicit(&avx512, memory_order_relaxed);
-    if (have < 0) {
-        have = akv_have_avx512_kernel();
-        atomic_store_explicit(&avx512, have, memory_order_relaxed);
-    }
-    if (have) { akv_tile_dots_avx512(qd, kt, d, wpad, acc); return; }
-#endif
-#if defined(AKV_AVX2_KERNEL)
-    if (__builtin_cpu_supports("avx2")) { tile_dots_v4(qd, kt, d, wpad, acc); return; }
-#endif
-#if defined(__GNUC__) || defined(__clang__)
-    tile_dots_v2(qd, kt, d, wpad, acc);
-    (void) tile_dots_plain;
-#else
-    tile_dots_plain(qd, kt, d, wpad, acc);
-#endif
+    for (int jj = 0; jj < 8; ++jj) *chk += ck[jj];
 }
 
-static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-/* exp(x - shift) for x - shift <= 0 to about 1 ulp; results below 2^-1022 are flushed to zero (they round to 0 in
- * float32 anyway). Cody-Waite reduction x = k ln2 + r, |r| <= ln2/2, Taylor polynomial of degree 13, scaling by 2^k
- * through the exponent bits. The scalar and the AVX2 vector versions run the same operations (bitwise equal). */
-#define EXP_LOG2E 1.44269504088896338700e+00
-#define EXP_LN2_HI 6.93147180369123816490e-01
-#define EXP_LN2_LO 1.90821492927058770002e-10
-#define EXP_ROUND 6755399441055744.0             /* 1.5 * 2^52 */
-#define EXP_ROUND_BITS 0x4338000000000000LL
-#define EXP_LIMIT (-708.0)
-#define EXP_POLY(p, r) do { \
-        p = r * 0.0 + 1.0 / 6227020800.0; p = p * r + 1.0 / 479001600.0; p = p * r + 1.0 / 39916800.0; \
-        p = p * r + 1.0 / 3628800.0; p = p * r + 1.0 / 362880.0; p = p * r + 1.0 / 40320.0; \
-        p = p * r + 1.0 / 5040.0; p = p * r + 1.0 / 720.0; p = p * r + 1.0 / 120.0; p = p * r + 1.0 / 24.0; \
-        p = p * r + 1.0 / 6.0; p = p * r + 0.5; p = p * r + 1.0; p = p * r + 1.0; } while (0)
-
-static double exp_one(double v) {
-    const double vc = v < EXP_LIMIT ? EXP_LIMIT : v;
-    double kd = vc * EXP_LOG2E + EXP_ROUND;
-    int64_t kb;
-    memcpy(&kb, &kd, sizeof kb);
-    kd -= EXP_ROUND;
-    double r = vc - kd * EXP_LN2_HI;
-    r = r - kd * EXP_LN2_LO;
-    double p;
-    EXP_POLY(p, r);
-    const uint64_t sb = (uint64_t) (kb - EXP_ROUND_BITS + 1023) << 52;
-    double s;
-    memcpy(&s, &sb, sizeof s);
-    return v < EXP_LIMIT ? 0.0 : p * s;
-}
-
-#if defined(AKV_AVX2_KERNEL)
 typedef int64_t akv_v4i __attribute__((vector_size(32)));
 typedef uint64_t akv_v4u __attribute__((vector_size(32)));
 
+/* exp and sum of one row in 4-wide vectors (AVX2, no FMA): the operations of exp_sum_plain, bitwise equal */
 __attribute__((target("avx2")))
-static int64_t exp_block_v4(double * x, int64_t n, double shift) {
-    const akv_v4d sh = { shift, shift, shift, shift };
-    const akv_v4d lim = { EXP_LIMIT, EXP_LIMIT, EXP_LIMIT, EXP_LIMIT };
+static double exp_sum_v4(double * z, int64_t n, double shift) {
+    akv_v4d p0 = { 0, 0, 0, 0 }, p1 = { 0, 0, 0, 0 };   /* partial sums of lanes 0-3 and 4-7 of each block of 8 */
     int64_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-        akv_v4d v;
-        memcpy(&v, x + j, sizeof v);
-        v = v - sh;
-        const akv_v4i low = v < lim;                            /* -1 where below the limit */
-        const akv_v4d vc = (akv_v4d) (((akv_v4i) v & ~low) | ((akv_v4i) lim & low));
-        akv_v4d kd = vc * EXP_LOG2E + EXP_ROUND;
-        const akv_v4i kb = (akv_v4i) kd;
-        kd = kd - EXP_ROUND;
-        akv_v4d r = vc - kd * EXP_LN2_HI;
-        r = r - kd * EXP_LN2_LO;
-        akv_v4d p;
-        EXP_POLY(p, r);
-        const akv_v4u sb = ((akv_v4u) (kb - EXP_ROUND_BITS + 1023)) << 52;
-        const akv_v4d e = p * (akv_v4d) sb;
-        const akv_v4d out = (akv_v4d) ((akv_v4i) e & ~low);
-        memcpy(x + j, &out, sizeof out);
+    for (; j + 8 <= n; j += 8) {
+        akv_v4d v0, v1, e0, e1;
+        memcpy(&v0, z + j, sizeof v0);
+        memcpy(&v1, z + j + 4, sizeof v1);
+        v0 = v0 - shift;
+        v1 = v1 - shift;
+        AKV_EXP_VECTOR(akv_v4d, akv_v4i, akv_v4u, v0, e0);
+        AKV_EXP_VECTOR(akv_v4d, akv_v4i, akv_v4u, v1, e1);
+        memcpy(z + j, &e0, sizeof e0);
+        memcpy(z + j + 4, &e1, sizeof e1);
+        p0 += e0;
+        p1 += e1;
     }
-    return j;
+    double sum = ((p0[0] + p0[1]) + (p0[2] + p0[3])) + ((p1[0] + p1[1]) + (p1[2] + p1[3]));
+    for (; j < n; ++j) {
+        z[j] = akv_exp_nonpositive(z[j] - shift);
+        sum += z[j];
+    }
+    return sum;
 }
 #endif
 
-static void exp_shifted(double * x, int64_t n, double shift) {
+/* z[j] = exp(z[j] - shift), j < n; the sum over 8 interleaved partial sums of the full blocks of 8, combined
+ * pairwise, then the tail in order (internal.h, akv_exp_sum_avx512: every version gives the same bits) */
+static double exp_sum_plain(double * z, int64_t n, double shift) {
+    double part[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
     int64_t j = 0;
-#if defined(AKV_AVX2_KERNEL)
-    if (__builtin_cpu_supports("avx2")) j = exp_block_v4(x, n, shift);
-#endif
-    for (; j < n; ++j) x[j] = exp_one(x[j] - shift);
+    for (; j + 8 <= n; j += 8) {
+        for (int u = 0; u < 8; ++u) {
+            z[j + u] = akv_exp_nonpositive(z[j + u] - shift);
+            part[u] += z[j + u];
+        }
+    }
+    double sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; j < n; ++j) {
+        z[j] = akv_exp_nonpositive(z[j] - shift);
+        sum += z[j];
+    }
+    return sum;
 }
+
+typedef double (*exp_sum_fn)(double * z, int64_t n, double shift);
+
+struct score_kernels {
+    struct logits_kernel logits;
+    exp_sum_fn exp_sum;
+};
+
+static int cpu_has(const char * name) {
+#if defined(AKV_AVX2_KERNEL) && defined(AUDIOKV_AVX512_KERNEL)
+    if (strcmp(name, "avx512") == 0) return akv_have_avx512_kernel();
+#endif
+#if defined(AKV_AVX2_KERNEL)
+    if (strcmp(name, "avx2") == 0) return __builtin_cpu_supports("avx2");
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+    if (strcmp(name, "v2") == 0) return 1;
+#endif
+    return strcmp(name, "plain") == 0;
+}
+
+static struct score_kernels kernels_named(const char * name) {
+    struct score_kernels k = { { logits_plain, 4, 8, "plain" }, exp_sum_plain };
+#if defined(AKV_AVX2_KERNEL) && defined(AUDIOKV_AVX512_KERNEL)
+    if (strcmp(name, "avx512") == 0) {
+        k.logits = (struct logits_kernel) { akv_logits_avx512, AKV_AVX512_MR, AKV_AVX512_NR, "avx512" };
+        k.exp_sum = akv_exp_sum_avx512;
+        return k;
+    }
+#endif
+#if defined(AKV_AVX2_KERNEL)
+    if (strcmp(name, "avx2") == 0) {
+        k.logits = (struct logits_kernel) { logits_v4, 4, 8, "avx2" };
+        k.exp_sum = exp_sum_v4;
+        return k;
+    }
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+    if (strcmp(name, "v2") == 0) k.logits = (struct logits_kernel) { logits_v2, 4, 4, "v2" };
+#endif
+    return k;
+}
+
+/* the best kernel this CPU runs, or the one AUDIOKV_SCORE_KERNEL names (if this CPU runs it) */
+static int choose_kernels(void) {
+    static const char * const names[] = { "avx512", "avx2", "v2", "plain" };
+    const char * want = getenv("AUDIOKV_SCORE_KERNEL");
+    for (int i = 0; i < 4; ++i) {
+        if (want && strcmp(want, names[i]) == 0) {
+            if (cpu_has(names[i])) return i;
+            akv_log(AUDIOKV_LOG_WARN, "AUDIOKV_SCORE_KERNEL=%s: not available on this CPU or build", want);
+            break;
+        }
+    }
+    if (want && *want && strcmp(want, "avx512") != 0 && strcmp(want, "avx2") != 0 && strcmp(want, "v2") != 0 &&
+        strcmp(want, "plain") != 0) {
+        akv_log(AUDIOKV_LOG_WARN, "AUDIOKV_SCORE_KERNEL=%s: unknown (avx512, avx2, v2, plain)", want);
+    }
+    for (int i = 0; i < 4; ++i) {
+        if (cpu_has(names[i])) return i;
+    }
+    return 3;
+}
+
+static struct score_kernels score_kernels(void) {
+    static const char * const names[] = { "avx512", "avx2", "v2", "plain" };
+    static atomic_int chosen = -1;   /* chosen once; every thread would store the same value */
+    int c = atomic_load_explicit(&chosen, memory_order_relaxed);
+    if (c < 0) {
+        c = choose_kernels();
+        atomic_store_explicit(&chosen, c, memory_order_relaxed);
+    }
+    return kernels_named(names[c]);
+}
+
+
+static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 /* one row of d elements of any supported type -> double; fbuf holds d floats (alignment-safe copies) */
 static void load_row(const char * src, int32_t type, int32_t d, double * dst, float * fbuf,
@@ -194,96 +277,70 @@ static void load_row(const char * src, int32_t type, int32_t d, double * dst, fl
     }
 }
 
-/* max of x[0..n), n >= 1, with 8 independent partial maxima (exact: the order of a max does not matter) */
-static double row_max(const double * x, int64_t n) {
-    double p[8];
-    for (int u = 0; u < 8; ++u) p[u] = x[0];
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        for (int u = 0; u < 8; ++u) p[u] = x[j + u] > p[u] ? x[j + u] : p[u];
-    }
-    for (; j < n; ++j) p[0] = x[j] > p[0] ? x[j] : p[0];
-    double m = p[0];
-    for (int u = 1; u < 8; ++u) m = p[u] > m ? p[u] : m;
-    return m;
-}
-
 int64_t akv_scores_scratch_len(int32_t n_heads, int32_t w, int64_t n_tokens, int32_t head_dim) {
-    return n_heads * round_up(w, RI) * head_dim   /* queries as double */
-         + (int64_t) head_dim * TJ                 /* transposed key tile */
-         + (int64_t) n_heads * w * n_tokens        /* logits / probabilities */
-         + 2 * (int64_t) head_dim                  /* one key row as double, and as float for to_float */
-         + round_up(w, RI) * TJ;                   /* dot products of one tile */
+    const int64_t rows = round_up((int64_t) n_heads * w, MR_MAX), ldz = round_up(n_tokens, NR_MAX);
+    return rows * head_dim              /* packed queries */
+         + (int64_t) head_dim * NR_MAX  /* packed key tile */
+         + rows * ldz                   /* logits, then probabilities */
+         + rows                         /* row maxima */
+         + 2 * (int64_t) head_dim;      /* one row as double, and as float for to_float */
 }
 
 int akv_window_scores(const struct akv_query_view * q, int32_t n_heads, const struct akv_key_view * k, int32_t w,
                       int64_t n_tokens, int32_t head_dim, int mean, double * out, int64_t out_stride,
                       double * scratch) {
-    const int32_t d = head_dim;
-    const int64_t N = n_tokens, n = N - w, wpad = round_up(w, RI);
-    double * qd = scratch;
-    double * kt = qd + n_heads * wpad * d;
-    double * z = kt + (int64_t) d * TJ;
-    double * krow = z + (int64_t) n_heads * w * N;
-    float * fbuf = (float *) (krow + d);
-    double * acc = krow + 2 * (int64_t) d;
+    const struct score_kernels kern = score_kernels();
+    const int32_t d = head_dim, mr = kern.logits.mr, nr = kern.logits.nr;
+    const int64_t N = n_tokens, n = N - w, ldz = round_up(N, NR_MAX);
+    const int64_t n_rows = (int64_t) n_heads * w, rows = round_up(n_rows, MR_MAX);
+    double * qpack = scratch;
+    double * kpack = qpack + rows * d;
+    double * z = kpack + (int64_t) d * NR_MAX;
+    double * rowmax = z + rows * ldz;
+    double * row = rowmax + rows;
+    float * fbuf = (float *) (row + d);
     const float * f16 = akv_f16_table();
     const double sqrt_d = sqrt((double) d);
 
-    for (int32_t h = 0; h < n_heads; ++h) {
-        double * qh = qd + h * wpad * d;
-        for (int32_t i = 0; i < w; ++i) {
-            load_row(q[h].base + (size_t) i * q[h].nb_row, q[h].type, d, qh + (int64_t) i * d, fbuf, NULL, NULL, f16);
-        }
-        memset(qh + (int64_t) w * d, 0, (size_t) ((wpad - w) * d) * sizeof(double));
+    /* queries: row r = h * w + i, packed in blocks of mr rows; padding rows are zero */
+    memset(qpack, 0, (size_t) (rows * d) * sizeof(double));
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const struct akv_query_view * qh = &q[r / w];
+        load_row(qh->base + (size_t) (r % w) * qh->nb_row, qh->type, d, row, fbuf, NULL, NULL, f16);
+        double * dst = qpack + (r / mr) * (int64_t) d * mr + r % mr;
+        for (int32_t t = 0; t < d; ++t) dst[(int64_t) t * mr] = row[t];
     }
+    for (int64_t r = 0; r < rows; ++r) rowmax[r] = -INFINITY;
 
-    /* every key tile is converted once and serves the n_heads query heads that read this KV head */
-    double chk[TJ] = { 0, 0, 0, 0, 0, 0, 0, 0 };   /* sums of z * 0: NaN once any logit is NaN or infinite */
-    for (int64_t j0 = 0; j0 < N; j0 += TJ) {
-        const int64_t nj = N - j0 < TJ ? N - j0 : TJ;
-        for (int64_t jj = 0; jj < TJ; ++jj) {
+    /* logits, one key tile at a time: each tile is converted once and serves every query row */
+    double chk = 0.0;   /* NaN once any logit is NaN or infinite */
+    const int64_t n_blocks = rows / mr;
+    for (int64_t j0 = 0; j0 < N; j0 += nr) {
+        const int64_t nj = N - j0 < nr ? N - j0 : nr;
+        for (int64_t jj = 0; jj < nr; ++jj) {
             if (jj < nj) {
-                load_row(k->base + (size_t) (j0 + jj) * k->nb_token, k->type, d, krow, fbuf, k->to_float,
+                load_row(k->base + (size_t) (j0 + jj) * k->nb_token, k->type, d, row, fbuf, k->to_float,
                          k->user_data, f16);
-                for (int32_t t = 0; t < d; ++t) kt[(int64_t) t * TJ + jj] = krow[t];
+                for (int32_t t = 0; t < d; ++t) kpack[(int64_t) t * nr + jj] = row[t];
             } else {
-                for (int32_t t = 0; t < d; ++t) kt[(int64_t) t * TJ + jj] = 0.0;
+                for (int32_t t = 0; t < d; ++t) kpack[(int64_t) t * nr + jj] = 0.0;
             }
         }
-        for (int32_t h = 0; h < n_heads; ++h) {
-            tile_dots(qd + h * wpad * d, kt, d, wpad, acc);
-            for (int64_t i = 0; i < w; ++i) {
-                double * zr = z + ((int64_t) h * w + i) * N + j0;
-                const double * ar = acc + i * TJ;
-                for (int64_t jj = 0; jj < nj; ++jj) {
-                    const double v = ar[jj] / sqrt_d;
-                    chk[jj] += v * 0.0;
-                    zr[jj] = v;
-                }
-            }
-        }
+        const int64_t nmax = n - j0 < 0 ? 0 : (n - j0 < nr ? n - j0 : nr);   /* prefix columns of the tile */
+        kern.logits.fn(qpack, n_blocks, kpack, d, sqrt_d, nmax, z + j0, ldz, rowmax, &chk);
     }
-    for (int jj = 0; jj < TJ; ++jj) {
-        if (chk[jj] != 0.0) return AUDIOKV_ERR_NONFINITE;
-    }
+    if (chk != 0.0) return AUDIOKV_ERR_NONFINITE;
 
+    /* softmax of each row over its valid keys 0 .. N - w + i, accumulated over the w rows of each head */
     for (int32_t h = 0; h < n_heads; ++h) {
         double * o = out + h * out_stride;
         for (int64_t j = 0; j < n; ++j) o[j] = 0.0;
         for (int32_t i = 0; i < w; ++i) {
-            double * zr = z + ((int64_t) h * w + i) * N;
-            const int64_t valid = n + i + 1;   /* keys 0 .. N - w + i */
-            double m = row_max(zr, valid);
-            exp_shifted(zr, valid, m);
-            double part[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
-            int64_t j = 0;
-            for (; j + 8 <= valid; j += 8) {
-                for (int u = 0; u < 8; ++u) part[u] += zr[j + u];
-            }
-            double sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-            for (; j < valid; ++j) sum += zr[j];
-            const double inv = 1.0 / sum;
+            const int64_t r = (int64_t) h * w + i, valid = n + i + 1;
+            double * zr = z + r * ldz;
+            double m = rowmax[r];
+            for (int64_t j = n; j < valid; ++j) m = zr[j] > m ? zr[j] : m;
+            const double inv = 1.0 / kern.exp_sum(zr, valid, m);
             for (int64_t c = 0; c < n; ++c) o[c] += zr[c] * inv;
         }
         if (mean) {
