@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"question about the audio (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--method", default="audiokv", choices=list(METHODS), help="KV-cache keep method (default audiokv)")
     p.add_argument("--keep", type=_keep, default=0.4, help="fraction of the prompt's KV cache kept (default 0.4)")
-    p.add_argument("--stream", action="store_true", help="evict after every audio chunk (bounded memory)")
+    p.add_argument("--stream", action="store_true", help="evict after every audio chunk: memory for keep x the audio + one chunk + the answer, "
+                   "and --ctx only needs to hold one 30 s chunk with its text and the answer")
     p.add_argument("--max-tokens", type=_positive_int(1), default=128, help="most tokens generated (default 128)")
     p.add_argument("--threads", type=_positive_int(1), default=None, help="CPU threads (default min(4, CPUs))")
     p.add_argument("--ctx", type=_positive_int(16), default=8192, help="context size in tokens (default 8192)")

@@ -15,11 +15,14 @@ content starts -> ``mtmd_tokenize`` (text chunks + one chunk per 30 s audio wind
 decoded into the KV cache -> greedy decoding.
 
 KV-cache eviction: ``method="full"`` keeps everything. Any other method, with a libllama carrying the per-head
-eviction API (patches/0001-0002, docs/per-head-eviction.md), evicts once after the prompt in COMPACT mode: llama.cpp
-hands the captured window queries and the keys to a callback, which plans with :func:`audiokv_edge.keep_plan.plan`
-(the head profile stored in the model's GGUF drives AudioKV's budgets) and llama.cpp frees the dropped entries.
-Without that API (an unpatched build) the cache is left full and ``eviction_applied=False`` marks
-``kv_bytes_kept`` as what the method's budgets would keep. :meth:`Session._evict` is the one place either happens.
+eviction API (patches/0001-0003, docs/per-head-eviction.md), evicts in COMPACT mode once after the prompt, or with
+``stream=True`` also after every audio chunk (the main cache then only ever holds one chunk with its text, the kept
+entries live in per-head pools of keep x the positions seen + one chunk + the answer). llama.cpp hands the captured
+window queries and the keys (f16 or q8_0) to libaudiokv's C callback (``audiokv_llama_evict_callback``, Python only
+registers it), which plans with the method (the head profile stored in the model's GGUF drives AudioKV's budgets),
+and llama.cpp frees the dropped entries. Without that API (an unpatched build) the cache is left full and
+``eviction_applied=False`` marks ``kv_bytes_kept`` as what the method's budgets would keep. :meth:`Session._evict`
+is the one place either happens.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ native_logger = logging.getLogger("audiokv_edge.native")
 DEFAULT_PROMPT = "Transcribe the audio."
 #: Window queries captured for eviction (the methods' default observation window, docs/semantics.md).
 EVICT_WINDOW = 32
+#: Text tokens around one audio chunk that a streaming eviction's headroom reserves beside the chunk and the answer.
+STREAM_TEXT_MARGIN = 64
 GGUF_MAGIC = b"GGUF"
 KV_TYPES = ("f16", "q8_0")
 
@@ -134,6 +139,7 @@ class _PromptInfo:
     prompt_tokens: int = 0
     n_pos: int = 0
     audio_chunk_ids: list = field(default_factory=list)
+    chunk_tokens: list = field(default_factory=list)  # tokens (= main-cache cells) of each chunk
 
 
 def check_gguf(path: str | pathlib.Path, what: str) -> pathlib.Path:
@@ -286,8 +292,12 @@ class Session:
     def __init__(self, model: str | pathlib.Path, mmproj: str | pathlib.Path | None = None,
                  config: SessionConfig | None = None) -> None:
         self.config = config or SessionConfig()
-        self._model = self._ctx = self._mctx = self._sampler = None
+        self._model = self._ctx = self._mctx = self._sampler = self._evictor = None
         self.last_answer: Answer | None = None
+        #: One dict per eviction of the last answer: n_past (positions seen), ms, entries_before / _after,
+        #: bytes_used_before / _after (K+V bytes the sequence occupies in the evictable layers: per-head pools incl.
+        #: headroom + main-cache cells), bytes_kept_after, bytes_headroom_after (llama_kv_evict_stats).
+        self.last_evictions: list[dict] = []
         self.model_path = check_gguf(model, "model")
         self.mmproj_path = find_mmproj(self.model_path, mmproj)
 
@@ -338,12 +348,6 @@ class Session:
             raise SessionError(f"cannot create a llama.cpp context for {self.model_path}: {_native_error('see -v log')}")
         self.n_ctx = int(lc.llama_n_ctx(self._ctx))
         self._evict_lib = None
-        self._evict_record: dict = {}
-        if cfg.method != "full":
-            self._init_eviction()
-            if cfg.stream and self._evict_lib is not None:
-                raise SessionError("--stream (eviction after every audio chunk) needs re-planning of an already "
-                                   "evicted, ragged cache, which the planner does not do yet: drop --stream")
 
         mp = mt.mtmd_context_params_default()
         mp.use_gpu = False
@@ -366,9 +370,17 @@ class Session:
         self.geometry = self._kv_geometry()
         self._formatter = self._chat_formatter()
         self.marker = mt.mtmd_default_marker().decode()
+        if cfg.method != "full":
+            self._init_eviction()
 
     def _init_eviction(self) -> None:
-        """Switch on llama.cpp's per-head eviction (COMPACT) with a planning callback, when this libllama has it."""
+        """Switch on llama.cpp's per-head eviction (COMPACT) with libaudiokv's C callback, when this libllama has it.
+
+        Python only registers the callback: llama.cpp calls ``audiokv_llama_evict_callback`` (libaudiokv), which plans
+        with the configured method on the captured queries and the keys of any cache type, with the head profile
+        stored in the model's GGUF (uniform budgets and one warning without one).
+        """
+        from audiokv_edge import audiokv_cpp
         from audiokv_edge import llama_evict_cpp as E
 
         try:
@@ -376,48 +388,41 @@ class Session:
         except E.EvictApiMissingError as exc:
             logger.warning("%s; the cache stays full and only the planned budgets are reported", exc)
             return
-        if self.config.kv_type != "f16":
-            raise SessionError(f"method {self.config.method} plans in NumPy, which reads f16 keys only: use "
-                               f"--kv-type f16 (or --method full)")
-        from audiokv_edge.gguf_profile import read_profile
-
         try:
-            self._profile = read_profile(self.model_path)
-        except Exception as exc:
-            raise SessionError(f"head profile of {self.model_path} is unusable: {' '.join(str(exc).split())}") from None
-        params = lib.llama_kv_evict_default_params()
-        params.n_window = EVICT_WINDOW
-        params.mode = E.LLAMA_KV_EVICT_MODE_COMPACT
-        params.n_headroom = self.config.max_tokens + 1
-        self._evict_callback = E.make_callback(self._plan_callback)
-        params.callback = self._evict_callback
-        rc = lib.llama_kv_evict_init(self._ctx, params)
+            akv = E.load_adapter()
+        except (E.AdapterMissingError, FileNotFoundError) as exc:
+            raise SessionError(f"per-head eviction needs libaudiokv's llama.cpp callback: {exc}") from None
+        cfg = self.config
+        if cfg.stream and not E.has_ragged_planner(akv):
+            raise SessionError("--stream (eviction after every audio chunk) needs re-planning of an already "
+                               "evicted, ragged cache, which this libaudiokv does not do yet: drop --stream")
+        params = akv.audiokv_default_params(audiokv_cpp.METHOD_IDS[cfg.method])
+        params.window = EVICT_WINDOW
+        params.n_threads = cfg.n_threads
+        status = ctypes.c_int(0)
+        err = ctypes.create_string_buffer(512)
+        evictor = akv.audiokv_llama_evictor_new(self._model, ctypes.byref(params), float(cfg.keep),
+                                                ctypes.byref(status), err, len(err))
+        if not evictor:
+            raise SessionError(f"cannot plan evictions for {self.model_path}: {err.value.decode('utf-8', 'replace')}")
+        self._evictor, self._akv = evictor, akv
+        eparams = lib.llama_kv_evict_default_params()
+        eparams.n_window = EVICT_WINDOW
+        eparams.mode = E.LLAMA_KV_EVICT_MODE_COMPACT
+        # rows per (layer, KV head) reserved after each eviction for the tokens until the next: the answer, and when
+        # streaming one 30 s audio chunk with its text (more are allocated on demand)
+        headroom = cfg.max_tokens + 1
+        if cfg.stream:
+            headroom += self.audio_chunk_tokens() + STREAM_TEXT_MARGIN
+        eparams.n_headroom = headroom
+        self._evict_callback = E.c_callback(akv)
+        eparams.callback = self._evict_callback
+        eparams.user_data = evictor
+        rc = lib.llama_kv_evict_init(self._ctx, eparams)
         if rc != 0:
             raise SessionError(f"per-head eviction cannot run on {self.model_path}: {E.status_name(lib, rc)} "
                                f"({_native_error('see -v log')}); use --method full")
         self._evict_lib = lib
-
-    def _plan_callback(self, seq_id: int, layers: list, uniform: bool) -> int:
-        """llama.cpp's eviction callback: plan with the NumPy reference on the queries and keys it hands over."""
-        from audiokv_edge.keep_plan import plan
-        from audiokv_edge.profile import HeadProfile
-
-        if not uniform:
-            raise SessionError("a second eviction of a ragged cache is not supported by the planner")
-        orders = [[np.argsort(lv.pos[h], kind="stable") for h in range(lv.n_head_kv)] for lv in layers]
-        keys = np.stack([np.stack([lv.keys(h)[orders[i][h]] for h in range(lv.n_head_kv)])
-                         for i, lv in enumerate(layers)])
-        # docs/per-head-eviction.md: logits are kq_scale * q.k; docs/semantics.md divides by sqrt(d)
-        q = np.stack([lv.q * np.float32(lv.kq_scale * np.sqrt(lv.head_dim)) for lv in layers])
-        profile = self._profile
-        if profile is not None and profile.n_layer != len(layers):  # iSWA: only full-attention layers are handed over
-            profile = HeadProfile(profile.scores[[lv.il for lv in layers]], profile.source)
-        kept = plan(self.config.method, q, keys, self.config.keep, profile, window=q.shape[2])
-        for i, lv in enumerate(layers):
-            for h in range(lv.n_head_kv):
-                lv.set_keep(h, np.sort(orders[i][h][np.asarray(kept.indices[i][h])]))
-        self._evict_record["entries"] = int(kept.kept_total)
-        return 0
 
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(256)
@@ -538,6 +543,7 @@ class Session:
             chunk = mt.mtmd_input_chunks_get(chunks, i)
             n = int(mt.mtmd_input_chunk_get_n_tokens(chunk))
             info.prompt_tokens += n
+            info.chunk_tokens.append(n)
             info.n_pos += int(mt.mtmd_input_chunk_get_n_pos(chunk))
             if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_AUDIO:
                 info.audio_tokens += n
@@ -550,6 +556,13 @@ class Session:
         self._mtmd.mtmd_input_chunks_free(chunks)
         return info.audio_tokens
 
+    def audio_chunk_tokens(self) -> int:
+        """Most tokens mtmd gives one audio chunk (30 s of audio; tokenization only, nothing encoded)."""
+        clip = clip_from_array(np.zeros(30 * self.sample_rate, np.float32), self.sample_rate, self.sample_rate)
+        chunks, info = self._tokenize(clip, DEFAULT_PROMPT)
+        self._mtmd.mtmd_input_chunks_free(chunks)
+        return max((info.chunk_tokens[i] for i in info.audio_chunk_ids), default=0)
+
     def _needs_eviction(self) -> bool:
         return self.config.method != "full"
 
@@ -561,7 +574,7 @@ class Session:
         kept_entries : int
             (layer, KV head, token) entries kept, over the evictable layers.
         full_entries : int
-            The same without eviction.
+            The same without eviction: ``n_past`` positions in every evictable (layer, KV head).
         elapsed_ms : float
         applied : bool
             Whether llama.cpp really dropped the other entries. False on a libllama without the eviction API:
@@ -580,39 +593,88 @@ class Session:
             return kept, full, (time.perf_counter() - start) * 1e3, False
         from audiokv_edge import llama_evict_cpp as E
 
-        before, after = E.llama_kv_evict_stats(), E.llama_kv_evict_stats()
-        if self._evict_lib.llama_kv_evict_get_stats(self._ctx, 0, ctypes.byref(before)) != 0:
-            raise SessionError("per-head eviction statistics are unavailable")
+        before, after = self._evict_stats(), None
         rc = self._evict_lib.llama_kv_evict_seq(self._ctx, 0)
         elapsed = (time.perf_counter() - start) * 1e3
         if rc not in (E.LLAMA_KV_EVICT_OK, E.LLAMA_KV_EVICT_DECLINED):
+            detail = ""
+            if rc == E.LLAMA_KV_EVICT_ERR_CALLBACK and self._evictor:
+                detail = self._akv.audiokv_llama_evictor_last_error(self._evictor).decode("utf-8", "replace")
             raise SessionError(f"per-head eviction failed: {E.status_name(self._evict_lib, rc)} "
-                               f"({_native_error('see -v log')})")
-        if self._evict_lib.llama_kv_evict_get_stats(self._ctx, 0, ctypes.byref(after)) != 0:
+                               f"({detail or _native_error('see -v log')})")
+        after = self._evict_stats()
+        self.last_evictions.append({
+            "n_past": n_past, "ms": elapsed, "entries_before": int(before.n_entries),
+            "entries_after": int(after.n_entries), "bytes_used_before": int(before.bytes_used),
+            "bytes_used_after": int(after.bytes_used), "bytes_kept_after": int(after.bytes_kept),
+            "bytes_headroom_after": int(after.bytes_headroom)})
+        # entries over the evictable layers (iSWA models: the full-attention ones); the entries of one position in
+        # every evictable head, times the positions seen (after an earlier eviction llama.cpp counts only the
+        # positions some head still holds)
+        per_position = int(before.n_entries_full) // max(1, int(before.n_tokens))
+        return int(after.n_entries), per_position * n_past, elapsed, True
+
+    def _evict_stats(self):
+        from audiokv_edge import llama_evict_cpp as E
+
+        stats = E.llama_kv_evict_stats()
+        if self._evict_lib.llama_kv_evict_get_stats(self._ctx, 0, ctypes.byref(stats)) != 0:
             raise SessionError("per-head eviction statistics are unavailable")
-        # entries over the evictable layers (iSWA models: the full-attention ones), before and after
-        return int(after.n_entries), int(before.n_entries_full), elapsed, True
+        return stats
+
+    def _streaming(self) -> bool:
+        """Whether the prompt is evicted after every audio chunk (``stream`` with eviction available)."""
+        return self.config.stream and self._evict_lib is not None
+
+    def _cells_needed(self, info: "_PromptInfo") -> int:
+        """Most cells of the main KV cache the prompt occupies at once, plus one for the first answer token.
+
+        Without streaming: every prompt position. Streaming: a COMPACT eviction leaves one cell of the main cache
+        (the last position; the kept entries move to per-head pools), so the largest stretch between two evictions
+        counts: an audio chunk with the text before it, or the last chunk with the text after it.
+        """
+        if not self._streaming():
+            return info.n_pos + 1
+        cells = peak = 0
+        last = info.chunks - 1
+        for i, n in enumerate(info.chunk_tokens):
+            cells += n
+            peak = max(peak, cells)
+            if i in info.audio_chunk_ids and i != last:
+                cells = 1
+        return peak + 1
 
     def _generate(self, clip: AudioClip, prompt: str, progress) -> Iterator[str]:
         lc, mt, cfg = self._lc, self._mtmd, self.config
         self.last_answer = None
+        self.last_evictions = []
         lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
         lc.llama_sampler_reset(self._sampler)
         t0 = time.perf_counter()
         chunks, info = self._tokenize(clip, prompt)
         evict_ms = 0.0
+        streaming = self._streaming()
         try:
-            if info.n_pos + 1 > self.n_ctx:
-                need = info.n_pos + cfg.max_tokens
-                hint = (f"--stream does not evict between audio chunks yet; use a larger --ctx (at least {need})"
-                        ) if cfg.stream else \
-                    f"use --stream or a larger --ctx (at least {need})"
+            need = self._cells_needed(info)
+            if need > self.n_ctx:
+                at_least = need - 1 + cfg.max_tokens
+                if streaming:
+                    raise ContextTooSmallError(
+                        f"with --stream the context must hold the largest audio chunk with its text ({need - 1} "
+                        f"tokens) but it holds {self.n_ctx}: use a larger --ctx (at least {at_least})")
+                if cfg.method == "full":
+                    hint = f"use a larger --ctx (at least {at_least}), or --stream with an evicting --method"
+                elif self._evict_lib is None:
+                    hint = f"use a larger --ctx (at least {at_least}); this libllama cannot evict"
+                else:
+                    hint = f"use --stream or a larger --ctx (at least {at_least})"
                 raise ContextTooSmallError(
                     f"the prompt needs {info.n_pos} positions ({clip.seconds:.1f} s of audio -> {info.audio_tokens} "
                     f"audio tokens) but the context holds {self.n_ctx}: {hint}"
                 )
             n_past = 0
             done = 0
+            cells = 0  # main-cache cells the sequence holds
             if progress is not None:
                 progress(0, info.n_pos)
             for i in range(info.chunks):
@@ -624,15 +686,19 @@ class Session:
                     raise SessionError(f"evaluating prompt chunk {i + 1}/{info.chunks} failed (code {rc}): "
                                        f"{_native_error('see -v log')}")
                 n_past = int(new_n_past.value)
+                cells += info.chunk_tokens[i]
                 done += int(mt.mtmd_input_chunk_get_n_pos(chunk))
-                if cfg.stream and self._needs_eviction() and self._evict_lib is None and i in info.audio_chunk_ids:
+                if streaming and i in info.audio_chunk_ids and i != info.chunks - 1:
                     evict_ms += self._evict(n_past)[2]
+                    cells = 1
                 if progress is not None:
                     progress(done, info.n_pos)
         finally:
             mt.mtmd_input_chunks_free(chunks)
         kept_entries, full_entries, ms, applied = self._evict(n_past)
         evict_ms += ms
+        if self._evict_lib is not None and self._needs_eviction():
+            cells = 1  # COMPACT: the main cache keeps the last position only
         prefill_s = time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -658,7 +724,7 @@ class Session:
                 yield piece
             if generated >= cfg.max_tokens:
                 break
-            if n_past + 1 > self.n_ctx:
+            if cells + 1 > self.n_ctx:
                 finish = "context"
                 break
             token_arr[0] = token
@@ -666,6 +732,7 @@ class Session:
             if rc != 0:
                 raise SessionError(f"llama_decode failed at position {n_past} (code {rc})")
             n_past += 1
+            cells += 1
         tail = decoder.decode(b"", final=True)
         if tail:
             pieces.append(tail)
@@ -707,6 +774,9 @@ class Session:
         if getattr(self, "_ctx", None) and lc is not None:
             lc.llama_free(self._ctx)
         self._ctx = None
+        if getattr(self, "_evictor", None):  # after the context: no eviction can call it any more
+            self._akv.audiokv_llama_evictor_free(self._evictor)
+        self._evictor = None
         if getattr(self, "_model", None) and lc is not None:
             lc.llama_model_free(self._model)
         self._model = None

@@ -157,15 +157,7 @@ def test_text_streams_to_stdout_and_stats_to_stderr(tiny):
     assert quiet.returncode == 0 and quiet.stderr.strip() == "" and quiet.stdout == proc.stdout
 
 
-@pytest.mark.native
-@pytest.mark.parametrize("name", ["qwen3-qwen2a", "gemma3-qwen2a"])
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_evicts_to_keep(tiny, name, method):
-    """Every registered method runs through llama.cpp's per-head eviction (COMPACT): the kept KV bytes are within
-    5% of keep (gemma3: over its full-attention layers, the SWA layers being bounded by their window)."""
-    model, _ = tiny[name]
-    proc = run_cli(str(model), str(DATA / "arctic_a0007.wav"), "--method", method, "--keep", "0.4",
-                   "--max-tokens", "3", "--threads", "2", "--json")
+def _assert_evicted_to_keep(proc: subprocess.CompletedProcess, method: str, keep: float = 0.4) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert JSON_FIELDS <= set(record) and record["method"] == method
@@ -174,14 +166,73 @@ def test_every_method_evicts_to_keep(tiny, name, method):
     if method == "full":
         assert record["keep"] == 1.0 and ratio == 1.0
     else:
-        assert record["keep"] == 0.4 and abs(ratio - 0.4) <= 0.05 * 0.4
+        assert record["keep"] == keep and abs(ratio - keep) <= 0.05 * keep, ratio
         assert record["evict_ms"] > 0
+    return record
 
 
 @pytest.mark.native
-def test_stream_refuses_clearly_until_ragged_replanning_exists(tiny):
+@pytest.mark.parametrize("name", ["qwen3-qwen2a", "gemma3-qwen2a"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_evicts_to_keep(tiny, name, method):
+    """Every registered method runs through llama.cpp's per-head eviction (COMPACT) with libaudiokv's C callback: the
+    kept KV bytes are within 5% of keep (gemma3: over its full-attention layers, the SWA layers being bounded by
+    their window)."""
+    model, _ = tiny[name]
+    proc = run_cli(str(model), str(DATA / "arctic_a0007.wav"), "--method", method, "--keep", "0.4",
+                   "--max-tokens", "3", "--threads", "2", "--json")
+    _assert_evicted_to_keep(proc, method)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("name,options", [("qwen3-qwen2a", ("--kv-type", "q8_0")),          # q8_0 keys: ggml to_float
+                                          ("gemma3-qwen2a", ("--flash-attn",)),              # f16, flash attention
+                                          ("gemma3-qwen2a", ("--kv-type", "q8_0", "--flash-attn"))],
+                         ids=["qwen3-q8_0", "gemma3-f16-fa", "gemma3-q8_0-fa"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_evicts_q8_0_and_flash_attention(tiny, name, options, method):
+    """q8_0 K/V caches (keys read through ggml's to_float in the C callback) and flash attention on: every method
+    evicts to keep."""
+    model, _ = tiny[name]
+    proc = run_cli(str(model), str(DATA / "arctic_a0007.wav"), "--method", method, "--keep", "0.4",
+                   "--max-tokens", "3", "--threads", "2", "--json", *options)
+    record = _assert_evicted_to_keep(proc, method)
+    assert record["kv_type"] == (options[1] if options[0] == "--kv-type" else "f16")
+    assert record["flash_attn"] is True
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    """100 s of real speech (jfk.wav tiled): four 30 s audio chunks."""
+    speech, rate = sf.read(JFK, dtype="float32")
+    path = tmp_path_factory.mktemp("long") / "speech_100s.flac"
+    sf.write(path, np.tile(speech, 10)[: 100 * rate], rate)
+    return path
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("method", ["audiokv", pytest.param("snapkv", marks=pytest.mark.slow),
+                                    pytest.param("adakv", marks=pytest.mark.slow),
+                                    pytest.param("streamingllm", marks=pytest.mark.slow)])
+def test_stream_runs_audio_longer_than_the_context(tiny, long_clip, method):
+    """--stream evicts after every audio chunk (a ragged cache re-planned by the C callback): 100 s of speech (3,000
+    audio tokens) run in a 1,024-token context, which without --stream is refused; kept bytes within 5% of keep."""
     model, _ = tiny["qwen2-qwen2a"]
-    assert_one_line_error(run_cli(str(model), str(JFK), "--stream", "--method", "snapkv"), "--stream")
+    refused = run_cli(str(model), str(long_clip), "--method", method, "--ctx", "1024", "--max-tokens", "4")
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("audiokv-run: error: ")]
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert len(errors) == 1 and "--stream" in errors[0] and "3000 audio tokens" in errors[0], refused.stderr
+    proc = run_cli(str(model), str(long_clip), "--method", method, "--keep", "0.4", "--stream", "--ctx", "1024",
+                   "--max-tokens", "4", "--threads", "2", "--json")
+    record = _assert_evicted_to_keep(proc, method)
+    assert record["audio_tokens"] == 3000 and record["stream"] is True
+
+
+@pytest.mark.native
+def test_stream_context_too_small_for_one_chunk(tiny, long_clip):
+    model, _ = tiny["qwen2-qwen2a"]
+    proc = run_cli(str(model), str(long_clip), "--method", "snapkv", "--stream", "--ctx", "512")
+    assert_one_line_error(proc, "--stream", "--ctx", "largest audio chunk")
 
 
 @pytest.mark.native

@@ -91,3 +91,44 @@ def test_close_frees_handles(probe):
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         SessionConfig(**bad)
+
+
+PROBE_STREAM = r"""
+import json, sys
+import numpy as np, soundfile as sf
+from audiokv_edge.session import Session, SessionConfig
+model, jfk, long_path = sys.argv[1:4]
+speech, rate = sf.read(jfk, dtype="float32")
+sf.write(long_path, np.tile(speech, 10)[: 100 * rate], rate)
+cfg = SessionConfig(method="snapkv", keep=0.4, stream=True, max_tokens=4, threads=2, ctx=1024)
+with Session(model, config=cfg) as s:
+    a = s.answer(long_path)
+    g = s.geometry
+    print(json.dumps({"answer": a.to_dict(), "evictions": s.last_evictions, "heads": g.n_layer * g.n_head_kv,
+                      "chunk_tokens": s.audio_chunk_tokens()}))
+"""
+
+
+@pytest.mark.native
+def test_stream_keeps_kv_memory_bounded(tmp_path):
+    """--stream on 100 s of speech (four 30 s chunks) in a 1,024-token context: after every eviction the heads hold
+    keep x the positions seen (within 5%), and the bytes in use never exceed keep x the whole prompt + about one
+    chunk (its main-cache cells and the pools' headroom for it) + the answer."""
+    model, _ = write_tiny_pair(tmp_path, "qwen2-qwen2a")
+    proc = subprocess.run([sys.executable, "-c", PROBE_STREAM, str(model), str(DATA / "jfk.wav"),
+                           str(tmp_path / "speech_100s.flac")], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    answer, evictions, heads, chunk = out["answer"], out["evictions"], out["heads"], out["chunk_tokens"]
+    assert answer["audio_tokens"] == 4 * chunk == 3000
+    assert len(evictions) == 5                                      # after chunks 1-4, and after the question
+    assert abs(answer["kv_bytes_kept"] / answer["kv_bytes_full"] - 0.4) <= 0.02
+    entry_bytes = evictions[0]["bytes_kept_after"] / evictions[0]["entries_after"]   # K + V row of one head
+    for e in evictions:
+        assert abs(e["entries_after"] / (heads * e["n_past"]) - 0.4) <= 0.02, e
+    full_bytes = heads * evictions[-1]["n_past"] * entry_bytes
+    one_chunk = heads * (chunk + 64 + 4 + 1) * entry_bytes           # chunk + text margin + answer
+    peak = max(e["bytes_used_before"] for e in evictions)
+    assert peak <= 0.4 * full_bytes + 2 * one_chunk, (peak, full_bytes, one_chunk)
+    for prev, e in zip(evictions, evictions[1:]):                    # growth between evictions: one chunk
+        assert e["bytes_used_before"] - prev["bytes_used_after"] <= 2 * one_chunk
