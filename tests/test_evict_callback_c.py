@@ -42,13 +42,16 @@ def _skewed(n_layer: int, n_head_kv: int) -> HeadProfile:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """name -> model path: qwen2 (2 KV heads, no profile), the same with a skewed stored profile, gemma3 iSWA (2 KV
+    """name -> model path: qwen2 (2 KV heads, no profile), qwen3 (head_dim 64), each also with a skewed stored
+    profile, gemma3 iSWA (2 KV
     heads, sliding and full-attention layers alternating) with a skewed stored profile."""
     from audiokv_edge import tiny_models as tm
 
     d = tmp_path_factory.mktemp("evict_c")
     specs = {
         "qwen2": tm.TextModelSpec("qwen2", tm.CHATML, n_embd=128, n_head=4, n_head_kv=2, head_dim=32),
+        # head_dim 64: llama.cpp Hadamard-rotates the queries and a q8_0 K cache (attn_rot_k)
+        "qwen3": tm.TextModelSpec("qwen3", tm.CHATML, n_embd=128, n_head=4, n_head_kv=2, head_dim=64),
         "gemma3": tm.TextModelSpec("gemma3", tm.GEMMA, n_layer=6, n_head=4, n_head_kv=2, head_dim=32,
                                    sliding_window=32),
     }
@@ -198,6 +201,7 @@ CASES = {  # model, K type, flash attention
     "qwen2-f16": ("qwen2", GGML_TYPE_F16, False),
     "qwen2-q8_0": ("qwen2", GGML_TYPE_Q8_0, False),
     "qwen2-profiled-f16-fa": ("qwen2-profiled", GGML_TYPE_F16, True),
+    "qwen3-rotated-q8_0": ("qwen3", GGML_TYPE_Q8_0, False),
     "gemma3-profiled-q8_0-fa": ("gemma3-profiled", GGML_TYPE_Q8_0, True),
 }
 
