@@ -93,6 +93,9 @@ int    akv_have_avx512_kernel(void);
 /* z[j] = exp(z[j] - shift) for j < n (all z[j] - shift <= 0); returns sum z[j] over 8 interleaved partial sums
  * of the full blocks of 8, combined ((0+1)+(2+3))+((4+5)+(6+7)), then the tail in order. AVX-512F, no FMA. */
 double akv_exp_sum_avx512(double * z, int64_t n, double shift);
+/* o[c] += e[r][c] * inv[r] for r = 0 .. count - 1 in order, c < n (mul then add: the bits of the row-by-row loop).
+ * AVX-512F, no FMA. */
+void   akv_accumulate_rows_avx512(double * o, int64_t n, const double * const * e, const double * inv, int count);
 
 /* ---- budgets (budgets.c) ---- */
 struct akv_budget_input {

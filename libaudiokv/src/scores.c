@@ -21,6 +21,7 @@
 
 #define MR_MAX 8    /* the largest rows per block of any kernel (the packing pads rows to it) */
 #define NR_MAX 24   /* the largest keys per tile; the logit rows are padded to a multiple of it */
+#define ACC_ROWS 4  /* probability rows added to the output in one pass */
 
 struct logits_kernel {
     akv_logits_fn fn;
@@ -176,11 +177,22 @@ static double exp_sum_plain(double * z, int64_t n, double shift) {
     return sum;
 }
 
+/* o[c] += e[r][c] * inv[r], rows r in order (one pass over o for several rows; same bits as row by row) */
+static void accumulate_rows_plain(double * o, int64_t n, const double * const * e, const double * inv, int count) {
+    for (int64_t c = 0; c < n; ++c) {
+        double acc = o[c];
+        for (int r = 0; r < count; ++r) acc += e[r][c] * inv[r];
+        o[c] = acc;
+    }
+}
+
 typedef double (*exp_sum_fn)(double * z, int64_t n, double shift);
+typedef void (*accumulate_fn)(double * o, int64_t n, const double * const * e, const double * inv, int count);
 
 struct score_kernels {
     struct logits_kernel logits;
     exp_sum_fn exp_sum;
+    accumulate_fn accumulate;
 };
 
 static int cpu_has(const char * name) {
@@ -197,11 +209,12 @@ static int cpu_has(const char * name) {
 }
 
 static struct score_kernels kernels_named(const char * name) {
-    struct score_kernels k = { { logits_plain, 4, 8, "plain" }, exp_sum_plain };
+    struct score_kernels k = { { logits_plain, 4, 8, "plain" }, exp_sum_plain, accumulate_rows_plain };
 #if defined(AKV_AVX2_KERNEL) && defined(AUDIOKV_AVX512_KERNEL)
     if (strcmp(name, "avx512") == 0) {
         k.logits = (struct logits_kernel) { akv_logits_avx512, AKV_AVX512_MR, AKV_AVX512_NR, "avx512" };
         k.exp_sum = akv_exp_sum_avx512;
+        k.accumulate = akv_accumulate_rows_avx512;
         return k;
     }
 #endif
@@ -335,13 +348,19 @@ int akv_window_scores(const struct akv_query_view * q, int32_t n_heads, const st
     for (int32_t h = 0; h < n_heads; ++h) {
         double * o = out + h * out_stride;
         for (int64_t j = 0; j < n; ++j) o[j] = 0.0;
-        for (int32_t i = 0; i < w; ++i) {
-            const int64_t r = (int64_t) h * w + i, valid = n + i + 1;
-            double * zr = z + r * ldz;
-            double m = rowmax[r];
-            for (int64_t j = n; j < valid; ++j) m = zr[j] > m ? zr[j] : m;
-            const double inv = 1.0 / kern.exp_sum(zr, valid, m);
-            for (int64_t c = 0; c < n; ++c) o[c] += zr[c] * inv;
+        for (int32_t i0 = 0; i0 < w; i0 += ACC_ROWS) {
+            const double * rows_e[ACC_ROWS];
+            double inv[ACC_ROWS];
+            const int count = w - i0 < ACC_ROWS ? (int) (w - i0) : ACC_ROWS;
+            for (int u = 0; u < count; ++u) {
+                const int64_t r = (int64_t) h * w + i0 + u, valid = n + i0 + u + 1;
+                double * zr = z + r * ldz;
+                double m = rowmax[r];
+                for (int64_t j = n; j < valid; ++j) m = zr[j] > m ? zr[j] : m;
+                inv[u] = 1.0 / kern.exp_sum(zr, valid, m);
+                rows_e[u] = zr;
+            }
+            kern.accumulate(o, n, rows_e, inv, count);
         }
         if (mean) {
             for (int64_t j = 0; j < n; ++j) o[j] /= (double) w;

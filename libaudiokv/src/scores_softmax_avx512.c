@@ -1,7 +1,7 @@
-/* The softmax numerator of one logit row for x86-64 CPUs with AVX-512F, in GCC/Clang vector extensions (no
- * intrinsics). Compiled with -mavx512f and WITHOUT FMA contraction (CMakeLists.txt), it runs exactly the
- * operations of the scalar and AVX2 versions in scores.c (scores_exp.h), so its results are bitwise equal to
- * theirs; called only after a run-time CPU check. */
+/* The softmax numerator of one logit row, and the accumulation of probability rows, for x86-64 CPUs with
+ * AVX-512F, in GCC/Clang vector extensions (no intrinsics). Compiled with -mavx512f and WITHOUT FMA contraction
+ * (CMakeLists.txt), it runs exactly the operations of the scalar and AVX2 versions in scores.c (scores_exp.h), so
+ * its results are bitwise equal to theirs; called only after a run-time CPU check. */
 #include "internal.h"
 #include "scores_exp.h"
 
@@ -30,11 +30,31 @@ double akv_exp_sum_avx512(double * z, int64_t n, double shift) {
     return sum;
 }
 
+void akv_accumulate_rows_avx512(double * o, int64_t n, const double * const * e, const double * inv, int count) {
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) {
+        akv_v8d acc, v;
+        memcpy(&acc, o + c, sizeof acc);
+        for (int r = 0; r < count; ++r) {
+            memcpy(&v, e[r] + c, sizeof v);
+            acc = acc + v * inv[r];
+        }
+        memcpy(o + c, &acc, sizeof acc);
+    }
+    for (; c < n; ++c) {
+        for (int r = 0; r < count; ++r) o[c] += e[r][c] * inv[r];
+    }
+}
+
 #else
 
 double akv_exp_sum_avx512(double * z, int64_t n, double shift) {
     (void) z; (void) n; (void) shift;
     return 0.0;
+}
+
+void akv_accumulate_rows_avx512(double * o, int64_t n, const double * const * e, const double * inv, int count) {
+    (void) o; (void) n; (void) e; (void) inv; (void) count;
 }
 
 #endif
