@@ -50,6 +50,16 @@ def git_commit() -> str | None:
         return None
 
 
+def git_modified() -> list[str]:
+    """Tracked files that differ from HEAD when the benchmark runs (the result then is not HEAD's alone)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return sorted(line[3:] for line in out.splitlines() if line.strip())
+
+
 def versions(*, native_lib_dir: Path | None = None, modules: tuple[str, ...] = ()) -> dict:
     """Python, NumPy, audiokv_edge and git versions, plus ``modules``' versions and, with ``native_lib_dir``, the
     llama.cpp source and patch series the libraries there were built from.
@@ -78,6 +88,7 @@ def versions(*, native_lib_dir: Path | None = None, modules: tuple[str, ...] = (
     commit = git_commit()
     if commit:
         out["git_commit"] = commit
+        out["git_modified"] = git_modified()
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         out["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
