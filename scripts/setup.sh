@@ -36,8 +36,8 @@ if [ ! -x "$py" ]; then
 fi
 pip=("$py" -m pip --disable-pip-version-check)
 
-say "build tools in the venv (scikit-build-core, cmake, ninja)"
-"${pip[@]}" install -q "pip>=23" "scikit-build-core>=0.10" "cmake>=3.21" "ninja>=1.11"
+say "build tools in the venv (setuptools + wheel for sdist-only dependencies, scikit-build-core, cmake, ninja)"
+"${pip[@]}" install -q "pip>=23" "setuptools>=61" "wheel" "scikit-build-core>=0.10" "cmake>=3.21" "ninja>=1.11"
 
 say "llama.cpp source: pinned sdist + patches/series -> build/llama.cpp-src"
 "$py" scripts/fetch_llama_cpp.py
