@@ -59,7 +59,7 @@ if grep -Eq '^[[:space:]]*peer[[:space:]]*=' pyproject.toml; then
 fi
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
 say "building the patched llama.cpp + libaudiokv and installing the project [$extras]" \
-    "(-j$CMAKE_BUILD_PARALLEL_LEVEL; first build about 30 min on 2 busy cores, then incremental; log: build/setup-build.log)"
+    "(-j$CMAKE_BUILD_PARALLEL_LEVEL; first build 6-15 min on 2 cores, then incremental; log: build/setup-build.log)"
 mkdir -p build
 build_started=$(date +%s)
 if ! "${pip[@]}" install -v --no-build-isolation -e ".[$extras]" > build/setup-build.log 2>&1; then
