@@ -6,6 +6,7 @@ at import time.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -19,8 +20,32 @@ LLAMA_CPP_SOURCE = "llama-cpp-python 0.3.36 sdist (vendor/llama.cpp 0c1e570)"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+SIMD_FLAGS = ("sse2", "avx", "avx2", "fma", "avx512f")
+
+
+def cpuinfo_lines() -> list[str]:
+    """The lines of /proc/cpuinfo, or an empty list where there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
+def cpu_model(lines: list[str]) -> str | None:
+    """The first ``model name`` in /proc/cpuinfo ``lines``, or None."""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
+def simd_flags(lines: list[str]) -> list[str]:
+    """Which of the SIMD extensions in ``SIMD_FLAGS`` the first CPU in /proc/cpuinfo ``lines`` reports."""
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return [flag for flag in SIMD_FLAGS if flag in flags]
+
+
 def machine_info() -> dict:
-    """Platform, CPU model and count, RAM, and the 1-minute load average when the benchmark starts."""
+    """Platform, CPU model, count and SIMD extensions, RAM, and the 1-minute load average when the benchmark
+    starts."""
     info = {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
             "cpu_count": os.cpu_count()}
     try:
@@ -31,13 +56,12 @@ def machine_info() -> dict:
         info["loadavg_1min_at_start"] = os.getloadavg()[0]
     except OSError:
         pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            info["cpu_model"] = names[0]
-    except OSError:
-        pass
+    lines = cpuinfo_lines()
+    if lines:
+        model = cpu_model(lines)
+        if model:
+            info["cpu_model"] = model
+        info["simd"] = simd_flags(lines)
     return info
 
 
@@ -124,3 +148,23 @@ def write_result(path: Path, report: dict) -> None:
     report = {**report, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def add_plan_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of the plan benchmarks' shape: model (layers, heads, head size), cached tokens, scoring
+    window and keep ratio. The defaults are Qwen2.5-Omni-7B with five minutes of audio (7,500 tokens at 25/s)."""
+    parser.add_argument("--n-layer", type=int, default=28)
+    parser.add_argument("--n-head", type=int, default=28)
+    parser.add_argument("--n-head-kv", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--n-tokens", type=int, default=7500)
+    parser.add_argument("--window", type=int, default=32)
+    parser.add_argument("--keep", type=float, default=0.4)
+
+
+PLAN_SHAPE_KEYS = ("n_layer", "n_head", "n_head_kv", "head_dim", "n_tokens", "window", "keep")
+
+
+def plan_shape(args: argparse.Namespace) -> dict:
+    """The shape options of ``add_plan_shape_arguments`` as a result's ``shape`` field."""
+    return {key: getattr(args, key) for key in PLAN_SHAPE_KEYS}

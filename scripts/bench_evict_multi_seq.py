@@ -18,72 +18,34 @@ cores):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from bench_common import REPO, header, write_result
-from bench_evict_decode import ragged_keep
-
-sys.path.insert(0, str(REPO))
+from bench_llama import add_decode_arguments, open_eviction_bench
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-ctx-fill", type=int, default=4000, help="tokens in each sequence before decoding")
-    parser.add_argument("--n-decode", type=int, default=24, help="decode steps per phase (one token per sequence)")
-    parser.add_argument("--keep", type=float, default=0.4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-flash-attn", action="store_true")
+    add_decode_arguments(parser, n_ctx_fill=4000, n_ctx_fill_help="tokens in each sequence before decoding",
+                         n_decode=24, n_decode_help="decode steps per phase (one token per sequence)")
     parser.add_argument("--unified", action="store_true", help="one unified KV cache instead of a stream per sequence")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench_evict_multi_seq.json")
     args = parser.parse_args()
     if args.n_ctx_fill < 64 or args.n_decode < 2 or not 0.0 < args.keep <= 1.0 or args.threads < 1:
         raise SystemExit("need --n-ctx-fill >= 64, --n-decode >= 2, 0 < --keep <= 1, --threads >= 1")
 
-    from audiokv_edge import llama_evict_cpp as E
-    from audiokv_edge import native_libs, real_models
-
-    llama = native_libs.load_llama_cpp().llama_cpp
-    lib = E.load_library()
-    quiet = llama.llama_log_callback(lambda level, text, data: None)  # llama.cpp's log would drown the result
-    llama.llama_log_set(quiet, ctypes.c_void_p())
-    llama.llama_backend_init()
+    from audiokv_edge import native_libs
 
     n_seq = 2
-    model_path = real_models.smollm2_q4_1_path()
-    model = llama.llama_model_load_from_file(str(model_path).encode(), llama.llama_model_default_params())
-    if not model:
-        raise SystemExit(f"could not load {model_path}")
-    cp = llama.llama_context_default_params()
-    n_batch = 512
-    cp.n_ctx = n_seq * (args.n_ctx_fill + 3 * args.n_decode + 64)
-    cp.n_batch = cp.n_ubatch = n_batch
-    cp.n_seq_max = n_seq
-    cp.kv_unified = args.unified
-    cp.n_threads = cp.n_threads_batch = args.threads
-    cp.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED if args.no_flash_attn else llama.LLAMA_FLASH_ATTN_TYPE_ENABLED
-    full = llama.llama_init_from_model(model, cp)
-    ctx = llama.llama_init_from_model(model, cp)
-    if not full or not ctx:
-        raise SystemExit("could not create the contexts")
-
-    params = lib.llama_kv_evict_default_params()
-    params.mode = E.LLAMA_KV_EVICT_MODE_COMPACT
-    params.n_headroom = 3 * args.n_decode + 8
-    callback = E.make_callback(ragged_keep(args.keep, protect=32))
-    params.callback = callback
-    rc = lib.llama_kv_evict_init(ctx, params)
-    if rc != 0:
-        raise SystemExit(f"llama_kv_evict_init: {E.status_name(lib, rc)}")
-
-    vocab = llama.llama_model_get_vocab(model)
-    n_vocab = llama.llama_vocab_n_tokens(vocab)
-    batch = llama.llama_batch_init(n_batch, 0, n_seq)
+    bench = open_eviction_bench(n_ctx=n_seq * (args.n_ctx_fill + 3 * args.n_decode + 64), n_seq=n_seq,
+                                threads=args.threads, flash_attn=not args.no_flash_attn,
+                                n_headroom=3 * args.n_decode + 8, keep=args.keep, kv_unified=args.unified, quiet=True)
+    llama, batch, n_batch, n_vocab = bench.llama, bench.batch, bench.n_batch, bench.n_vocab
+    full, ctx = bench.full, bench.ctx
     n_past = {}
 
     def decode(c, parts):
@@ -101,12 +63,6 @@ def main() -> None:
         if llama.llama_decode(c, batch) != 0:
             raise SystemExit("llama_decode failed")
 
-    def stats(s):
-        st = E.llama_kv_evict_stats()
-        lib.llama_kv_evict_get_stats(ctx, s, ctypes.byref(st))
-        return {"n_tokens": st.n_tokens, "n_entries": st.n_entries, "n_entries_full": st.n_entries_full,
-                "bytes_used": st.bytes_used, "bytes_kept": st.bytes_kept, "bytes_headroom": st.bytes_headroom}
-
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     for s in range(n_seq):
@@ -115,13 +71,8 @@ def main() -> None:
             decode(full, {s: prompt[i:i + n_batch]})
     prefill_s = time.perf_counter() - t0
     for s in range(n_seq):
-        size = llama.llama_state_seq_get_size(full, s)
-        blob = (ctypes.c_uint8 * size)()
-        if llama.llama_state_seq_get_data(full, blob, size, s) != size or \
-                llama.llama_state_seq_set_data(ctx, blob, size, s) != size:
-            raise SystemExit("copying a prefilled sequence failed")
+        bench.copy_sequence(s)
         n_past[(id(ctx), s)] = n_past[(id(full), s)]
-        del blob
 
     def phase(name):
         """``n_decode`` steps of one token per sequence, alternating with ``full``; returns the step times."""
@@ -141,21 +92,19 @@ def main() -> None:
     for name, evict in (("none", None), ("one", 0), ("both", 1)):
         if evict is not None:
             t0 = time.perf_counter()
-            rc = lib.llama_kv_evict_seq(ctx, evict)
+            bench.evict(evict)
             evict_s[f"seq{evict}"] = time.perf_counter() - t0
-            if rc != 0:
-                raise SystemExit(f"llama_kv_evict_seq({evict}): {E.status_name(lib, rc)}")
         times = phase(name)
         tps = n_seq / float(np.median(times[name]))
         tps_full = n_seq / float(np.median(times["full"]))
         results[name] = {"tokens_per_s": tps, "tokens_per_s_full": tps_full, "ratio_to_full": tps / tps_full,
                          "step_seconds": times[name], "step_seconds_full": times["full"],
-                         "kv": {f"seq{s}": stats(s) for s in range(n_seq)}}
+                         "kv": {f"seq{s}": bench.kv_stats(s) for s in range(n_seq)}}
 
     report = {
         **header("decode tokens/s with two sequences per context: none, one or both evicted per head (COMPACT)",
                  native_lib_dir=native_libs.lib_dir()),
-        "model": f"SmolLM2-135M-Instruct Q4_1 ({model_path.name})",
+        "model": f"SmolLM2-135M-Instruct Q4_1 ({bench.model_path.name})",
         "n_ctx_fill_per_sequence": args.n_ctx_fill, "n_decode": args.n_decode, "keep": args.keep,
         "threads": args.threads, "flash_attn": not args.no_flash_attn, "kv_unified": args.unified,
         "prefill_seconds": prefill_s, "evict_seconds": evict_s, "phases": results,
@@ -165,10 +114,7 @@ def main() -> None:
                                                                             "ratio_to_full")}
                       for name, r in results.items()}, indent=2))
 
-    llama.llama_batch_free(batch)
-    llama.llama_free(ctx)
-    llama.llama_free(full)
-    llama.llama_model_free(model)
+    bench.close()
 
 
 if __name__ == "__main__":

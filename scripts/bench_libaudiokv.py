@@ -19,10 +19,8 @@ Targets (reported, not asserted): C at least 10x faster than the reference; C un
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -33,46 +31,19 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from bench_common import REPO, add_plan_shape_arguments, header, plan_shape, write_result
+
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 ALL_METHODS = ["streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "audiokv"]
 
 
-def machine_info() -> dict:
-    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
-    try:
-        info["loadavg_1min_at_start"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-        if names:
-            info["cpu_model"] = names[0]
-        info["simd"] = [f for f in ("sse2", "avx", "avx2", "fma", "avx512f") if f in flags]
-    except OSError:
-        pass
-    return info
-
-
-def versions() -> dict:
-    import scipy
-
-    import audiokv_edge
+def versions_with_libaudiokv(result: dict) -> None:
+    """Record in the header's versions the libaudiokv the C plans ran on."""
     from audiokv_edge import audiokv_cpp
 
-    out = {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-           "audiokv_edge": audiokv_edge.__version__, "libaudiokv": str(audiokv_cpp.library_path())}
-    try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                           check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return out
+    result["versions"]["libaudiokv"] = str(audiokv_cpp.library_path())
 
 
 def timed(fn, repeats: int) -> tuple[list[float], list[float], object]:
@@ -261,14 +232,8 @@ def roofline(args, q: np.ndarray, k: np.ndarray, results: dict, all_threads: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-layer", type=int, default=28)
-    parser.add_argument("--n-head", type=int, default=28)
-    parser.add_argument("--n-head-kv", type=int, default=4)
-    parser.add_argument("--head-dim", type=int, default=128)
+    add_plan_shape_arguments(parser)
     parser.add_argument("--d-ff", type=int, default=18944, help="MLP width of the benchmark shape (Qwen2.5-7B)")
-    parser.add_argument("--n-tokens", type=int, default=7500)
-    parser.add_argument("--window", type=int, default=32)
-    parser.add_argument("--keep", type=float, default=0.4)
     parser.add_argument("--methods", nargs="+", default=ALL_METHODS)
     parser.add_argument("--repeats", type=int, default=3, help="runs per backend (median reported)")
     parser.add_argument("--numpy-repeats", type=int, default=1)
@@ -284,11 +249,9 @@ def main() -> None:
     from audiokv_edge._native_plan import plan_c
 
     all_threads = os.cpu_count() or 1
-    result = {"benchmark": "bench_libaudiokv", "command": " ".join([sys.executable] + sys.argv),
-              "machine": machine_info(), "versions": versions(),
-              "shape": {k: getattr(args, k) for k in ("n_layer", "n_head", "n_head_kv", "head_dim", "n_tokens",
-                                                      "window", "keep")},
+    result = {**header("bench_libaudiokv", modules=("scipy",)), "shape": plan_shape(args),
               "threads": {"single": 1, "all": all_threads}, "results": {}}
+    versions_with_libaudiokv(result)
     rng = np.random.default_rng(0)
     q = rng.standard_normal((args.n_layer, args.n_head, args.window, args.head_dim), dtype=np.float32)
     k = rng.standard_normal((args.n_layer, args.n_head_kv, args.n_tokens, args.head_dim), dtype=np.float32)
@@ -354,8 +317,7 @@ def main() -> None:
             result["prefill"] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"prefill measurement unavailable: {exc}", flush=True)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -15,20 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_common import REPO, header, write_result
+from bench_common import REPO, add_plan_shape_arguments, header, plan_shape, write_result
 
 ALL_METHODS = ["full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "audiokv"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-layer", type=int, default=28)
-    parser.add_argument("--n-head", type=int, default=28)
-    parser.add_argument("--n-head-kv", type=int, default=4)
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--n-tokens", type=int, default=7500)
-    parser.add_argument("--window", type=int, default=32)
-    parser.add_argument("--keep", type=float, default=0.4)
+    add_plan_shape_arguments(parser)
     parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -64,8 +58,7 @@ def main() -> None:
     report = {
         **header("bench_plan", modules=("scipy",)),
         "what": "wall time of audiokv_edge.plan(backend='numpy') per method, random float32 inputs",
-        "shape": {"n_layer": args.n_layer, "n_head": args.n_head, "n_head_kv": args.n_head_kv,
-                  "head_dim": args.head_dim, "n_tokens": args.n_tokens, "window": args.window, "keep": args.keep},
+        "shape": plan_shape(args),
         "repeats": args.repeats,
         "results": results,
         "window_scores_s": window_scores_s,
