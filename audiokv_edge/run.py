@@ -1,6 +1,6 @@
 """Command line: answer a prompt about an audio file with a GGUF audio-language model.
 
-    python -m audiokv_edge.run MODEL.gguf AUDIO [--prompt TEXT] [--method audiokv] [--keep 0.4] [--json] ...
+    python -m audiokv_edge.run MODEL.gguf AUDIO [--prompt TEXT] [--method audiokv] [--keep RATIO] [--json] ...
 
 With no arguments it runs the built-in default: a tiny random-weight test model (generated on first use into the
 cache directory) on a speech clip shipped with the package. The generated text streams to stdout; statistics,
@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mmproj", help="audio projector GGUF (default: the mmproj*.gguf beside the model)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"question about the audio (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--method", default="audiokv", choices=list(METHODS), help="KV-cache keep method (default audiokv)")
-    p.add_argument("--keep", type=_keep, default=0.4, help="fraction of the prompt's KV cache kept (default 0.4)")
+    p.add_argument("--keep", type=_keep, default=None,
+                   help="fraction of the prompt's KV cache kept (default: with --method audiokv the model's stored "
+                   "head-profile default audiokv.defaults.keep when it has one, else 0.4)")
     p.add_argument("--stream", action="store_true", help="evict after every audio chunk: memory for keep x the audio + one chunk + the answer, "
                    "and --ctx only needs to hold one 30 s chunk with its text and the answer")
     p.add_argument("--max-tokens", type=_positive_int(1), default=128, help="most tokens generated (default 128)")

@@ -51,6 +51,10 @@ EVICT_WINDOW = 32
 #: Text tokens around one audio chunk that a streaming eviction's headroom reserves beside the chunk and the answer.
 STREAM_TEXT_MARGIN = 64
 GGUF_MAGIC = b"GGUF"
+#: Keep ratio when neither the caller nor (for method audiokv) the model's head profile defaults choose one.
+DEFAULT_KEEP = 0.4
+#: Where the effective keep ratio came from (``AnswerStats.keep_source``).
+KEEP_FROM_CONFIG, KEEP_FROM_PROFILE, KEEP_BUILTIN, KEEP_FULL = "config", "profile", "default", "full"
 KV_TYPES = ("f16", "q8_0")
 
 _GGML_TYPE_IDS = {"f32": 0, "f16": 1, "q8_0": 8}
@@ -72,8 +76,10 @@ class SessionConfig:
     ----------
     method : str
         Keep-plan method, a key of ``audiokv_edge.methods.METHODS`` (default ``"audiokv"``).
-    keep : float
-        Fraction of the prompt's KV entries kept, in (0, 1] (ignored by ``full``).
+    keep : float or None
+        Fraction of the prompt's KV entries kept, in (0, 1] (ignored by ``full``). None (default): the model's
+        stored ``audiokv.defaults.keep`` (docs/gguf-keys.md) when the method is ``audiokv`` and the GGUF has one,
+        else :data:`DEFAULT_KEEP`.
     stream : bool
         Evict after every audio chunk (bounded memory) instead of once after the prompt.
     max_tokens : int
@@ -91,7 +97,7 @@ class SessionConfig:
     """
 
     method: str = "audiokv"
-    keep: float = 0.4
+    keep: float | None = None
     stream: bool = False
     max_tokens: int = 128
     threads: int = 0
@@ -106,7 +112,8 @@ class SessionConfig:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         keep = self.keep
-        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not np.isfinite(keep) or not 0 < keep <= 1:
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
+                                 or not np.isfinite(keep) or not 0 < keep <= 1):
             raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
         for name, low in (("max_tokens", 1), ("threads", 0), ("ctx", 16), ("batch", 1)):
             value = getattr(self, name)
@@ -298,6 +305,16 @@ class Session:
         #: bytes_used_before / _after (K+V bytes the sequence occupies in the evictable layers: per-head pools incl.
         #: headroom + main-cache cells), bytes_kept_after, bytes_headroom_after (llama_kv_evict_stats).
         self.last_evictions: list[dict] = []
+        #: The model's stored per-model AudioKV defaults (``ProfileDefaults``) when they apply (method audiokv and
+        #: the GGUF has ``audiokv.defaults.*`` keys), else None.
+        self.profile_defaults = None
+        #: Effective keep ratio (the config's, the model's stored default, or DEFAULT_KEEP) and where it came from
+        #: (KEEP_FROM_CONFIG, KEEP_FROM_PROFILE, KEEP_BUILTIN).
+        self.keep: float = DEFAULT_KEEP
+        self.keep_source: str = KEEP_BUILTIN
+        #: The evictor's settings once per-head eviction is on: method, keep, window (libaudiokv's observation
+        #: window), n_window (queries llama.cpp captures), sss_alpha, sss_gamma.
+        self.evict_settings: dict | None = None
         self.model_path = check_gguf(model, "model")
         self.mmproj_path = find_mmproj(self.model_path, mmproj)
 
@@ -326,6 +343,7 @@ class Session:
         if not self._model:
             raise SessionError(f"llama.cpp cannot load model {self.model_path}: {_native_error('unsupported or corrupt')}")
         self._vocab = lc.llama_model_get_vocab(self._model)
+        self._apply_profile_defaults()
 
         flash = cfg.flash_attn
         if cfg.kv_type != "f16" and not flash:
@@ -373,6 +391,38 @@ class Session:
         if cfg.method != "full":
             self._init_eviction()
 
+    def _apply_profile_defaults(self) -> None:
+        """Read the model's stored AudioKV defaults (once, header and metadata only) and resolve the keep ratio.
+
+        The defaults were calibrated for AudioKV: only method ``audiokv`` reads them; an explicit ``keep`` wins.
+        A malformed stored value is a :class:`SessionError` naming the key, as libaudiokv reports a bad profile.
+        """
+        cfg = self.config
+        if cfg.method == "audiokv":
+            from audiokv_edge import gguf_profile as gp
+
+            try:
+                _, defaults = gp.read_stored(self.model_path)
+            except gp.GGUFProfileError as exc:
+                detail = " ".join(str(exc).split())
+                prefix = f"{self.model_path}: "
+                if detail.startswith(prefix):
+                    detail = detail[len(prefix):]
+                raise SessionError(f"cannot plan evictions for {self.model_path}: head profile in the model's "
+                                   f"GGUF is unusable: {detail}") from None
+            except OSError as exc:
+                raise SessionError(f"cannot read GGUF metadata of {self.model_path}: {exc}") from None
+            self.profile_defaults = defaults
+            if defaults is not None:
+                logger.debug("%s: stored AudioKV defaults %s", self.model_path, defaults.as_dict())
+        if cfg.keep is not None:
+            self.keep, self.keep_source = float(cfg.keep), KEEP_FROM_CONFIG
+        elif self.profile_defaults is not None and self.profile_defaults.keep is not None:
+            self.keep, self.keep_source = float(self.profile_defaults.keep), KEEP_FROM_PROFILE
+            logger.info("keep %g (model's head profile default)", self.keep)
+        else:
+            self.keep, self.keep_source = DEFAULT_KEEP, KEEP_BUILTIN
+
     def _init_eviction(self) -> None:
         """Switch on llama.cpp's per-head eviction (COMPACT) with libaudiokv's C callback, when this libllama has it.
 
@@ -399,15 +449,25 @@ class Session:
         params = akv.audiokv_default_params(audiokv_cpp.METHOD_IDS[cfg.method])
         params.window = EVICT_WINDOW
         params.n_threads = cfg.n_threads
+        stored = self.profile_defaults  # only set for method audiokv, whose defaults they are
+        if stored is not None:
+            if stored.window is not None:
+                params.window = min(stored.window, 2**31 - 1)  # UINT32 key, int32 field
+            if stored.sss_alpha is not None:
+                params.sss_alpha = stored.sss_alpha
+            if stored.sss_gamma is not None:
+                params.sss_gamma = stored.sss_gamma
+        # llama.cpp must capture the whole observation window (no more rows than the context can ever hold)
+        n_window = max(EVICT_WINDOW, min(int(params.window), self.n_ctx))
         status = ctypes.c_int(0)
         err = ctypes.create_string_buffer(512)
-        evictor = akv.audiokv_llama_evictor_new(self._model, ctypes.byref(params), float(cfg.keep),
+        evictor = akv.audiokv_llama_evictor_new(self._model, ctypes.byref(params), float(self.keep),
                                                 ctypes.byref(status), err, len(err))
         if not evictor:
             raise SessionError(f"cannot plan evictions for {self.model_path}: {err.value.decode('utf-8', 'replace')}")
         self._evictor, self._akv = evictor, akv
         eparams = lib.llama_kv_evict_default_params()
-        eparams.n_window = EVICT_WINDOW
+        eparams.n_window = n_window
         eparams.mode = E.LLAMA_KV_EVICT_MODE_COMPACT
         # rows per (layer, KV head) reserved after each eviction for the tokens until the next: the answer, and when
         # streaming one 30 s audio chunk with its text (more are allocated on demand)
@@ -423,6 +483,9 @@ class Session:
             raise SessionError(f"per-head eviction cannot run on {self.model_path}: {E.status_name(lib, rc)} "
                                f"({_native_error('see -v log')}); use --method full")
         self._evict_lib = lib
+        self.evict_settings = {"method": cfg.method, "keep": self.keep, "keep_source": self.keep_source,
+                               "window": int(params.window), "n_window": n_window,
+                               "sss_alpha": float(params.sss_alpha), "sss_gamma": float(params.sss_gamma)}
 
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(256)
@@ -589,7 +652,7 @@ class Session:
         if not self._needs_eviction():
             return full, full, (time.perf_counter() - start) * 1e3, True
         if self._evict_lib is None:
-            kept = g.n_layer * g.n_head_kv * min(uniform_budget(self.config.keep, n_past), n_past)
+            kept = g.n_layer * g.n_head_kv * min(uniform_budget(self.keep, n_past), n_past)
             return kept, full, (time.perf_counter() - start) * 1e3, False
         from audiokv_edge import llama_evict_cpp as E
 
@@ -746,7 +809,8 @@ class Session:
             prompt_tokens=info.n_pos,
             generated_tokens=generated,
             method=cfg.method,
-            keep=1.0 if cfg.method == "full" else float(cfg.keep),
+            keep=1.0 if cfg.method == "full" else float(self.keep),
+            keep_source=KEEP_FULL if cfg.method == "full" else self.keep_source,
             eviction_applied=applied,
             kv_bytes_full=g.kept_bytes(full_entries),
             kv_bytes_kept=g.kept_bytes(kept_entries),
@@ -794,5 +858,5 @@ class Session:
             pass
 
 
-__all__ = ["Answer", "AnswerStats", "ContextTooSmallError", "DEFAULT_PROMPT", "KV_TYPE_BYTES", "Session",
-           "SessionConfig", "SessionError", "find_mmproj", "check_gguf"]
+__all__ = ["Answer", "AnswerStats", "ContextTooSmallError", "DEFAULT_KEEP", "DEFAULT_PROMPT", "KV_TYPE_BYTES",
+           "Session", "SessionConfig", "SessionError", "find_mmproj", "check_gguf"]

@@ -75,7 +75,8 @@ class AnswerStats:
     method : str
         Keep-plan method.
     keep : float
-        Keep ratio asked for.
+        Keep ratio used (the caller's, the model's stored head-profile default, or the built-in 0.4; 1.0 for
+        ``full``).
     eviction_applied : bool
         False while this llama.cpp build has no per-head eviction: ``kv_bytes_kept`` is then what the method WOULD
         keep (its budgets), and the cache actually holds ``kv_bytes_full``.
@@ -95,6 +96,9 @@ class AnswerStats:
         Peak resident memory of the process.
     finish_reason : str
         ``"stop"`` (end-of-generation token), ``"length"`` (max tokens) or ``"context"`` (context full).
+    keep_source : str
+        Where ``keep`` came from: ``"config"`` (chosen by the caller, ``--keep``), ``"profile"`` (the model's
+        ``audiokv.defaults.keep``), ``"default"`` (built-in) or ``"full"`` (method ``full`` keeps everything).
     """
 
     audio_seconds: float
@@ -113,6 +117,7 @@ class AnswerStats:
     evict_ms: float
     peak_rss_bytes: int
     finish_reason: str
+    keep_source: str = "config"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,9 +127,10 @@ class AnswerStats:
         mib = 1024.0 * 1024.0
         kept_note = "" if self.eviction_applied else " (planned only: this build does not evict yet)"
         ratio = self.kv_bytes_kept / self.kv_bytes_full if self.kv_bytes_full else 1.0
+        keep_note = " (model's head profile default)" if self.keep_source == "profile" else ""
         return [
             f"audio: {self.audio_seconds:.2f} s -> {self.audio_tokens} audio tokens, {self.prompt_tokens} prompt tokens",
-            f"kv cache ({self.method}, keep {self.keep:g}): full {self.kv_bytes_full / mib:.2f} MiB, "
+            f"kv cache ({self.method}, keep {self.keep:g}{keep_note}): full {self.kv_bytes_full / mib:.2f} MiB, "
             f"kept {self.kv_bytes_kept / mib:.2f} MiB ({ratio:.1%}){kept_note}",
             f"prefill: {self.prefill_tokens_per_s:.1f} tok/s ({self.prefill_s:.2f} s); decode: "
             f"{self.decode_tokens_per_s:.1f} tok/s ({self.generated_tokens} tokens, {self.finish_reason}); "
