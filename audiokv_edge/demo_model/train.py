@@ -1,0 +1,271 @@
+"""Training of the demo model's audio projector (torch on the CPU, or CUDA when present), in two resumable stages:
+
+1. ``ctc``: the projector's outputs are scored against the frozen LLM's token embeddings (plus a learned blank)
+   with a CTC loss on single-window recordings: cheap (no LLM pass) and it teaches the projector to emit vectors
+   that look like the transcript's tokens (warm start).
+2. ``llm``: the projector feeds the frozen LLM exactly as libmtmd does (chat template, audio tokens at the media
+   marker) and is trained with the LLM's next-token loss on the answer (transcription and questions, :mod:`.tasks`),
+   on packed 30 s windows, padded short ones and multi-window recordings.
+
+State lives in ``out_dir/checkpoint.pt`` (written atomically every ``checkpoint_every`` steps and at the end of a
+stage); the log is ``out_dir/train_log.jsonl``. Re-running resumes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pathlib
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import dataset, features, mmproj, tasks
+from .torch_encoder import UltravoxProjector
+from .torch_llm import FrozenLlama
+
+logger = logging.getLogger(__name__)
+
+TOKENS_PER_WINDOW = 1500 // mmproj.STACK_FACTOR
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (all steps count optimizer updates)."""
+
+    ctc_steps: int = 1500
+    ctc_batch: int = 8
+    ctc_lr: float = 2e-3
+    llm_steps: int = 4000
+    llm_accum: int = 2
+    llm_lr: float = 5e-4
+    warmup: int = 50
+    full_window_share: float = 0.3   # short recordings given their whole padded window (else cropped)
+    crop_share: float = 0.6          # recordings with sentence spans cropped to 1-4 consecutive sentences
+    checkpoint_every: int = 25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in ("ctc_steps", "llm_steps", "ctc_batch", "llm_accum", "checkpoint_every"):
+            if getattr(self, f) < 0 or (f != "ctc_steps" and f != "llm_steps" and getattr(self, f) == 0):
+                raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
+        if not 0.0 <= self.full_window_share <= 1.0:
+            raise ValueError(f"full_window_share must be in [0, 1], got {self.full_window_share}")
+
+
+@dataclasses.dataclass
+class PromptLayout:
+    """Token ids around the audio for one instruction, as libmtmd lays them out (text, audio chunks, text)."""
+
+    prefix: list[int]
+    suffix: list[int]
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _atomic_save(obj, path: pathlib.Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Owns the projector, the CTC head, the optimizer state and the data; :meth:`run` does what is left."""
+
+    def __init__(self, data_dir, out_dir, llm: FrozenLlama, tokenize, layouts, eos_id: int, config: TrainConfig,
+                 evaluate=None):
+        self.data_dir = pathlib.Path(data_dir)
+        self.out = pathlib.Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.llm, self.tokenize, self.layouts, self.eos_id = llm, tokenize, layouts, eos_id
+        self.cfg = config
+        self.evaluate = evaluate
+        d_text = llm.cfg.n_embd
+        self.projector = UltravoxProjector(384, mmproj.STACK_FACTOR, mmproj.PROJECTOR_HIDDEN, d_text, seed=config.seed)
+        self.blank = torch.nn.Parameter(torch.zeros(d_text))
+        self.ctc_scale = torch.nn.Parameter(torch.tensor(1.0))
+        self.state = {"stage": "ctc", "step": 0, "rng": random.Random(config.seed).getstate()}
+        self.opt = None
+        self._token_cache: dict[str, list[int]] = {}
+        self._load()
+
+    # -------------------------------------------------------------- state
+    @property
+    def ckpt_path(self) -> pathlib.Path:
+        return self.out / "checkpoint.pt"
+
+    def _make_opt(self) -> None:
+        if self.state["stage"] == "ctc":
+            params = [*self.projector.parameters(), self.blank, self.ctc_scale]
+            lr = self.cfg.ctc_lr
+        else:
+            params, lr = list(self.projector.parameters()), self.cfg.llm_lr
+        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+
+    def _load(self) -> None:
+        if self.ckpt_path.exists():
+            ck = torch.load(self.ckpt_path, weights_only=False)
+            self.projector.load_state_dict(ck["projector"])
+            self.blank.data.copy_(ck["blank"])
+            self.ctc_scale.data.copy_(ck["ctc_scale"])
+            self.state = ck["state"]
+            self._make_opt()
+            if ck.get("opt") is not None and ck.get("opt_stage") == self.state["stage"]:
+                self.opt.load_state_dict(ck["opt"])
+            logger.info("resumed from %s: stage %s step %d", self.ckpt_path, self.state["stage"], self.state["step"])
+        else:
+            self._make_opt()
+
+    def save(self) -> None:
+        _atomic_save({"projector": self.projector.state_dict(), "blank": self.blank.data, "ctc_scale": self.ctc_scale.data,
+                      "state": self.state, "opt": self.opt.state_dict(), "opt_stage": self.state["stage"],
+                      "config": dataclasses.asdict(self.cfg)}, self.ckpt_path)
+
+    def export(self, path: str | pathlib.Path) -> pathlib.Path:
+        """The projector's weights rounded to float16 (what is committed and what the mmproj is built from)."""
+        path = pathlib.Path(path)
+        arrays = {k: v.astype(np.float16) for k, v in self.projector.export().items()}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        return path
+
+    def log(self, **rec) -> None:
+        rec = {"time": round(time.time(), 1), "stage": self.state["stage"], "step": self.state["step"], **rec}
+        with open(self.out / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    # -------------------------------------------------------------- data
+    def _records(self, single_window: bool) -> list[dict]:
+        recs = [r for r in dataset.read_manifest(self.data_dir) if features.feature_path(self.data_dir, r["id"]).exists()]
+        if single_window:
+            recs = [r for r in recs if r["kind"] != "long"]
+        return recs
+
+    def _feats(self, rec) -> torch.Tensor:
+        return torch.from_numpy(np.load(features.feature_path(self.data_dir, rec["id"])).astype(np.float32))
+
+    def _ids(self, text: str) -> list[int]:
+        if text not in self._token_cache:
+            self._token_cache[text] = self.tokenize(text)
+        return self._token_cache[text]
+
+    # -------------------------------------------------------------- CTC stage
+    def _ctc_vocab(self, recs) -> torch.Tensor:
+        ids = sorted({i for r in recs for i in self._ids(r["text"])})
+        return torch.tensor(ids, dtype=torch.long)
+
+    def ctc_step(self, rng: random.Random, recs: list[dict], vocab: torch.Tensor, index: dict[int, int]) -> float:
+        batch = rng.sample(recs, min(self.cfg.ctc_batch, len(recs)))
+        states = torch.cat([self._feats(r) for r in batch])                       # [B, 1500, d]
+        out = self.projector(states)                                              # [B, 375, n_embd]
+        emb = self.llm.embed[vocab].float()                                       # [V, n_embd]
+        logits = torch.cat([(out @ self.blank)[..., None], out @ emb.T], dim=-1) * self.ctc_scale / math.sqrt(out.shape[-1])
+        logp = logits.log_softmax(-1).transpose(0, 1)                             # [T, B, V + 1]
+        targets = [torch.tensor([index[i] for i in self._ids(r["text"])]) for r in batch]
+        loss = F.ctc_loss(logp, torch.cat(targets), torch.full((len(batch),), logp.shape[0], dtype=torch.long),
+                          torch.tensor([len(t) for t in targets]), blank=0, zero_infinity=True)
+        loss.backward()
+        return float(loss)
+
+    def ctc_decode(self, rec, vocab: torch.Tensor) -> list[int]:
+        """Greedy CTC transcript (token ids) of a single-window recording."""
+        with torch.no_grad():
+            out = self.projector(self._feats(rec))[0]
+            emb = self.llm.embed[vocab].float()
+            best = torch.cat([(out @ self.blank)[:, None], out @ emb.T], dim=-1).argmax(-1).tolist()
+        ids, prev = [], 0
+        for b in best:
+            if b != prev and b != 0:
+                ids.append(int(vocab[b - 1]))
+            prev = b
+        return ids
+
+    # -------------------------------------------------------------- LLM stage
+    def llm_step(self, rng: random.Random, recs: list[dict]) -> tuple[float, int]:
+        rec = rng.choice(recs)
+        sentences, spans = rec["sentences"], rec.get("spans")
+        states = self._feats(rec)                                                  # [W, 1500, d]
+        audio = self.projector(states).reshape(-1, self.llm.cfg.n_embd)             # [W * 375, n_embd]
+        per_s = TOKENS_PER_WINDOW / 30.0
+        if rec["kind"] == "short" and rng.random() >= self.cfg.full_window_share:
+            audio = audio[:min(audio.shape[0], int(math.ceil((rec["seconds"] + 1.0) * per_s)))]
+        elif spans and len(spans) > 1 and rng.random() < self.cfg.crop_share:
+            i = rng.randrange(len(spans))
+            j = min(len(spans), i + rng.randint(1, 4))
+            lo = max(0, int(spans[i][0] * per_s) - 2)
+            hi = min(audio.shape[0], int(math.ceil(spans[j - 1][1] * per_s)) + 2)
+            audio, sentences = audio[lo:hi], sentences[i:j]
+        kind, prompt, answer = tasks.sample_task(sentences, rng, rng.choice(recs)["sentences"])
+        layout = self.layouts(prompt)
+        target = self._ids(answer) + [self.eos_id]
+        dt = self.llm.embed.dtype
+        ids_after = torch.tensor(layout.suffix + target[:-1])
+        x = torch.cat([self.llm.embed_tokens(torch.tensor(layout.prefix)), audio.to(dt),
+                       self.llm.embed_tokens(ids_after)])[None]
+        hidden = self.llm(x, hidden_only=True)[0]
+        start = len(layout.prefix) + audio.shape[0] + len(layout.suffix) - 1
+        logits = F.linear(hidden[start:start + len(target)], self.llm.head).float()
+        loss = F.cross_entropy(logits, torch.tensor(target))
+        (loss / self.cfg.llm_accum).backward()
+        return float(loss), x.shape[1]
+
+    # -------------------------------------------------------------- driver
+    def run(self, progress=None, stop_after_s: float | None = None, eval_every: int = 250) -> None:
+        """Run what is left of both stages (or until ``stop_after_s`` seconds have passed)."""
+        t_end = None if stop_after_s is None else time.time() + stop_after_s
+        rng = random.Random()
+        rng.setstate(self.state["rng"])
+        while True:
+            stage, step = self.state["stage"], self.state["step"]
+            total = self.cfg.ctc_steps if stage == "ctc" else self.cfg.llm_steps
+            if step >= total:
+                if stage == "ctc":
+                    self.state.update(stage="llm", step=0)
+                    self._make_opt()
+                    self.save()
+                    continue
+                self.save()
+                return
+            if t_end is not None and time.time() > t_end:
+                self.save()
+                return
+            t0 = time.time()
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(step, total, self.cfg.ctc_lr if stage == "ctc" else self.cfg.llm_lr, self.cfg.warmup)
+            self.opt.zero_grad(set_to_none=True)
+            if stage == "ctc":
+                recs = self._records(single_window=True)
+                vocab = self._ctc_vocab(recs)
+                index = {int(t): i + 1 for i, t in enumerate(vocab)}
+                loss, n_tok = self.ctc_step(rng, recs, vocab, index), 0
+            else:
+                recs = self._records(single_window=False)
+                losses, n_tok = [], 0
+                for _ in range(self.cfg.llm_accum):
+                    l, n = self.llm_step(rng, recs)
+                    losses.append(l)
+                    n_tok += n
+                loss = float(np.mean(losses))
+            torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 1.0)
+            self.opt.step()
+            self.state["step"] = step + 1
+            self.state["rng"] = rng.getstate()
+            self.log(loss=round(loss, 4), tokens=n_tok, seconds=round(time.time() - t0, 2), records=len(recs))
+            if progress is not None:
+                progress(self.state["stage"], self.state["step"], total, loss)
+            if self.state["step"] % self.cfg.checkpoint_every == 0:
+                self.save()
+            if self.evaluate is not None and self.state["step"] % eval_every == 0:
+                self.save()
+                self.log(**self.evaluate(self))

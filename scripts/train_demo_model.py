@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Train the built-in demo audio-language model: Whisper tiny.en encoder + Ultravox projector + SmolLM2-135M.
+
+One command, resumable (re-run it to continue from the last checkpoint):
+
+    .venv/bin/python scripts/train_demo_model.py [--work DIR] [--recordings N] [--hours H]
+
+Stages, each skipping what is done: synthesise training speech (``DIR/data``) and held-out monitoring speech
+(``DIR/heldout``, held-out sentences, training voices; the reserved voices awb / rms are never used here), cache
+the frozen encoder's outputs, CTC warm start, LLM-in-the-loop training, export of the projector
+(``DIR/projector.npz``, float16) and of the mmproj GGUF (``DIR/mmproj.gguf``). Progress: a bar on stderr,
+``DIR/train_log.jsonl`` (loss per step, held-out WER through llama.cpp every ``--eval-every`` LLM steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import random
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from audiokv_edge.demo_model import ct2, corpus, dataset, features, mel, mmproj  # noqa: E402
+
+logger = logging.getLogger("train_demo_model")
+DEFAULT_WORK = pathlib.Path(os.environ.get("AUDIOKV_EDGE_CACHE", pathlib.Path.home() / ".cache" / "audiokv-edge")) / "demo-train"
+
+
+def held_out_wer(trainer, llm_text, model_path, heldout_dir, n: int = 12) -> dict:
+    """Export the current projector, transcribe ``n`` held-out recordings through the patched llama.cpp (full
+    cache, greedy) and return their WER."""
+    import jiwer
+    import numpy as np
+    import soundfile as sf
+
+    from audiokv_edge.session import Session, SessionConfig
+
+    npz = trainer.export(trainer.out / "projector.npz")
+    proj = dict(np.load(npz))
+    path = mmproj.write_mmproj(trainer.out / "mmproj.gguf", ct2.whisper_encoder(ct2.whisper_tiny_en_path()),
+                               {k: v.astype(np.float32) for k, v in proj.items()}, trainer.llm.cfg.n_embd)
+    recs = dataset.read_manifest(heldout_dir)[:n]
+    refs, hyps = [], []
+    t0 = time.time()
+    with Session(model_path, mmproj=path, config=SessionConfig(method="full", max_tokens=160, ctx=4096)) as s:
+        for r in recs:
+            audio, _ = sf.read(pathlib.Path(heldout_dir) / "audio" / f"{r['id']}.flac", dtype="float32")
+            hyps.append(corpus.normalise(s.answer(audio, sample_rate=16000).text))
+            refs.append(corpus.normalise(r["text"]))
+    wer = jiwer.wer(refs, [h or "-" for h in hyps])
+    logger.info("held-out WER %.3f (%d recordings, %.0f s); e.g. ref %r hyp %r", wer, len(recs), time.time() - t0,
+                refs[0][:80], hyps[0][:80])
+    return {"heldout_wer": round(wer, 4), "heldout_n": len(recs), "example": hyps[0][:200]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=pathlib.Path, default=DEFAULT_WORK, help="data, cache and checkpoints (default %(default)s)")
+    ap.add_argument("--recordings", type=int, default=1500, help="training recordings to synthesise (default %(default)s)")
+    ap.add_argument("--heldout", type=int, default=24, help="held-out monitoring recordings (default %(default)s)")
+    ap.add_argument("--ctc-steps", type=int, default=1500)
+    ap.add_argument("--llm-steps", type=int, default=4000)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--hours", type=float, default=None, help="stop (resumably) after this many hours")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--skip-data", action="store_true", help="train on the recordings already synthesised")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    import torch
+    from tqdm import tqdm
+
+    from audiokv_edge import real_models
+    from audiokv_edge.demo_model import llama_text, torch_encoder, torch_llm
+    from audiokv_edge.demo_model.train import Trainer, TrainConfig
+
+    torch.set_num_threads(args.threads)
+    work = args.work
+    data_dir, heldout_dir = work / "data", work / "heldout"
+    if not args.skip_data:
+        sentences = corpus.collect()
+        with tqdm(desc="held-out speech", total=args.heldout, unit="rec") as bar:
+            dataset.build(heldout_dir, args.heldout, seed=10_000, sentences=sentences["heldout"],
+                          progress=lambda r: bar.update())
+        with tqdm(desc="training speech", total=args.recordings, unit="rec") as bar:
+            bar.update(len(dataset.read_manifest(data_dir)))
+            dataset.build(data_dir, args.recordings, seed=0, sentences=sentences["train"],
+                          progress=lambda r: bar.update())
+    encoder = torch_encoder.WhisperEncoder(ct2.whisper_encoder(ct2.whisper_tiny_en_path()))
+    with tqdm(desc="encoder cache", unit="rec") as bar:
+        features.build(data_dir, encoder, progress=lambda r, s: bar.update())
+    model_path = real_models.smollm2_q4_1_path()
+    text = llama_text.LlamaText(model_path)
+    cfg_llm, tensors = torch_llm.load_gguf(model_path)
+    llm = torch_llm.FrozenLlama(cfg_llm, tensors)
+    config = TrainConfig(ctc_steps=args.ctc_steps, llm_steps=args.llm_steps)
+    trainer = Trainer(data_dir, work, llm, text.tokenize, text.layout, text.eos_id, config,
+                      evaluate=lambda tr: held_out_wer(tr, text, model_path, heldout_dir))
+    bar = tqdm(desc="training", unit="step")
+
+    def progress(stage, step, total, loss):
+        bar.set_description(f"{stage}")
+        bar.total = total
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.3f}")
+        bar.refresh()
+
+    trainer.run(progress=progress, stop_after_s=None if args.hours is None else args.hours * 3600,
+                eval_every=args.eval_every)
+    bar.close()
+    result = held_out_wer(trainer, text, model_path, heldout_dir)
+    trainer.log(final=True, **result)
+    print(json.dumps({"work": str(work), **trainer.state, "rng": None, **result}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
