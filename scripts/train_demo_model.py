@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--hours", type=float, default=None, help="stop (resumably) after this many hours")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--skip-data", action="store_true", help="train on the recordings already synthesised")
+    ap.add_argument("--skip-data", action="store_true",
+                    help="train on the recordings already synthesised and encoded (another process may add more)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -91,9 +92,10 @@ def main(argv=None) -> int:
             bar.update(len(dataset.read_manifest(data_dir)))
             dataset.build(data_dir, args.recordings, seed=0, sentences=sentences["train"],
                           progress=lambda r: bar.update())
-    encoder = torch_encoder.WhisperEncoder(ct2.whisper_encoder(ct2.whisper_tiny_en_path()))
-    with tqdm(desc="encoder cache", unit="rec") as bar:
-        features.build(data_dir, encoder, progress=lambda r, s: bar.update())
+    if not args.skip_data:
+        encoder = torch_encoder.WhisperEncoder(ct2.whisper_encoder(ct2.whisper_tiny_en_path()))
+        with tqdm(desc="encoder cache", unit="rec") as bar:
+            features.build(data_dir, encoder, progress=lambda r, s: bar.update())
     model_path = real_models.smollm2_q4_1_path()
     text = llama_text.LlamaText(model_path)
     cfg_llm, tensors = torch_llm.load_gguf(model_path)

@@ -103,3 +103,95 @@ def test_mmproj_refuses_projector_of_wrong_shape(tmp_path, encoder_weights):
     with pytest.raises(ValueError, match="NaN"):
         mmproj.write_mmproj(tmp_path / "x.gguf", encoder_weights, bad, n_embd_text=576)
     assert list(tmp_path.iterdir()) == []  # nothing partial left behind
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Native: the training path against libmtmd's inference path, the chat layout, the assembled demo model.
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from audiokv_edge import real_models
+
+    return real_models.smollm2_q4_1_path()
+
+
+@pytest.fixture(scope="module")
+def random_mmproj(tmp_path_factory, encoder_weights):
+    torch = pytest.importorskip("torch")  # installed by set-up (peer extra); a failure to import fails below
+    from audiokv_edge.demo_model.torch_encoder import UltravoxProjector
+
+    del torch
+    proj = UltravoxProjector(384, mmproj.STACK_FACTOR, 256, 576, seed=3)
+    path = tmp_path_factory.mktemp("demo") / "mmproj.gguf"
+    mmproj.write_mmproj(path, encoder_weights, proj.export(), 576)
+    return path, proj
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("seconds", [4.0, 37.0])
+def test_torch_training_path_equals_libmtmd(seconds, smollm2, random_mmproj, encoder_weights):
+    """Mel (NumPy) + encoder + projector (PyTorch) give libmtmd's audio embeddings: relative L2 error <= 2e-2 over
+    the clip (measured 2.6e-3 / 3.0e-3: libmtmd's F16 conv kernels and float32 sums), same token count."""
+    import torch
+
+    from audiokv_edge.demo_model.libmtmd_embeddings import libmtmd_audio_embeddings
+    from audiokv_edge.demo_model.torch_encoder import WhisperEncoder
+
+    path, proj = random_mmproj
+    one = speech.synthesize("Long recordings are cut into windows of thirty seconds each.", speech.Voice("flite", "kal"))
+    x = np.concatenate([one] * int(np.ceil(seconds * 16000 / one.size)))[: int(seconds * 16000)]
+    ref = libmtmd_audio_embeddings(smollm2, path, x)
+    with torch.no_grad():
+        ours = proj(WhisperEncoder(encoder_weights)(torch.from_numpy(mel.windows(x)))).reshape(-1, 576).numpy()
+    assert ours.shape == ref.shape == (mel.n_windows(x.size) * 375, 576)
+    assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) <= 2e-2
+
+
+@pytest.mark.native
+def test_training_layout_equals_mtmd_tokenization(smollm2, random_mmproj):
+    """The token ids the trainer puts around the audio are the text chunks libmtmd makes of the runner's prompt."""
+    import ctypes
+
+    from audiokv_edge.demo_model.llama_text import LlamaText
+    from audiokv_edge.session import Session, SessionConfig
+
+    text = LlamaText(smollm2)
+    layout = text.layout(tasks.TRANSCRIBE)
+    with Session(smollm2, mmproj=random_mmproj[0], config=SessionConfig(method="full", ctx=1024)) as s:
+        chunks, info = s._tokenize(s._clip(np.zeros(16000, np.float32), 16000), tasks.TRANSCRIBE)
+        mt = s._mtmd
+        pieces = []
+        for i in range(info.chunks):
+            c = mt.mtmd_input_chunks_get(chunks, i)
+            if mt.mtmd_input_chunk_get_type(c) == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t()
+                ids = mt.mtmd_input_chunk_get_tokens_text(c, ctypes.byref(n))
+                pieces.append([ids[j] for j in range(n.value)])
+        mt.mtmd_input_chunks_free(chunks)
+    text.close()
+    assert info.audio_tokens == 375
+    assert pieces == [layout.prefix, layout.suffix]
+
+
+@pytest.mark.native
+def test_demo_export_checks_sha256(tmp_path, monkeypatch, random_mmproj):
+    """The assembled files match SHA256SUMS; a changed projector is refused with an error naming the file."""
+    from audiokv_edge.demo_model import export
+
+    proj = random_mmproj[1]
+    data = tmp_path / "data"
+    data.mkdir()
+    arrays = {k: v.astype(np.float16) for k, v in proj.export().items()}
+    np.savez(data / "projector.npz", **arrays)
+    monkeypatch.setattr(export, "PROJECTOR", data / "projector.npz")
+    monkeypatch.setattr(export, "PROFILE", data / "profile.json")
+    monkeypatch.setattr(export, "SUMS", data / "SHA256SUMS")
+    model, proj_path = export.assemble(tmp_path / "out", record=True)
+    sums = export.read_sums(data / "SHA256SUMS")
+    assert sums["mmproj.gguf"] == export.sha256(proj_path) and sums["model.gguf"] == export.sha256(model)
+    export.assemble(tmp_path / "out2")  # a fresh build reproduces the recorded bytes
+    assert export.sha256(tmp_path / "out2" / "mmproj.gguf") == sums["mmproj.gguf"]
+    arrays["mm.a.mlp.2.weight"][0, 0] += 1
+    np.savez(data / "projector.npz", **arrays)
+    with pytest.raises(export.DemoModelError, match="projector.npz"):
+        export.assemble(tmp_path / "out3")

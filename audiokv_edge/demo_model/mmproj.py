@@ -92,6 +92,9 @@ def write_mmproj(path: str | pathlib.Path, encoder: dict[str, np.ndarray], proje
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -40,7 +40,7 @@ class TrainConfig:
     """Training settings (all steps count optimizer updates)."""
 
     ctc_steps: int = 1500
-    ctc_batch: int = 8
+    ctc_batch: int = 6
     ctc_lr: float = 2e-3
     llm_steps: int = 4000
     llm_accum: int = 2
@@ -149,7 +149,7 @@ class Trainer:
     def _records(self, single_window: bool) -> list[dict]:
         recs = [r for r in dataset.read_manifest(self.data_dir) if features.feature_path(self.data_dir, r["id"]).exists()]
         if single_window:
-            recs = [r for r in recs if r["kind"] != "long"]
+            recs = [r for r in recs if r["kind"] != "long" and r["seconds"] < 29.9]
         return recs
 
     def _feats(self, rec) -> torch.Tensor:
@@ -167,16 +167,18 @@ class Trainer:
 
     def ctc_step(self, rng: random.Random, recs: list[dict], vocab: torch.Tensor, index: dict[int, int]) -> float:
         batch = rng.sample(recs, min(self.cfg.ctc_batch, len(recs)))
-        states = torch.cat([self._feats(r) for r in batch])                       # [B, 1500, d]
-        out = self.projector(states)                                              # [B, 375, n_embd]
-        emb = self.llm.embed[vocab].float()                                       # [V, n_embd]
-        logits = torch.cat([(out @ self.blank)[..., None], out @ emb.T], dim=-1) * self.ctc_scale / math.sqrt(out.shape[-1])
+        states = torch.cat([self._feats(r)[:1] for r in batch])                   # [B, 1500, d]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = self.projector(states)                                          # [B, 375, n_embd]
+            emb = self.llm.embed[vocab]                                           # [V, n_embd]
+            logits = torch.cat([(out @ self.blank.to(out.dtype))[..., None], out @ emb.T.to(out.dtype)], dim=-1)
+        logits = logits.float() * self.ctc_scale / math.sqrt(out.shape[-1])
         logp = logits.log_softmax(-1).transpose(0, 1)                             # [T, B, V + 1]
         targets = [torch.tensor([index[i] for i in self._ids(r["text"])]) for r in batch]
         loss = F.ctc_loss(logp, torch.cat(targets), torch.full((len(batch),), logp.shape[0], dtype=torch.long),
                           torch.tensor([len(t) for t in targets]), blank=0, zero_infinity=True)
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     def ctc_decode(self, rec, vocab: torch.Tensor) -> list[int]:
         """Greedy CTC transcript (token ids) of a single-window recording."""
@@ -196,7 +198,8 @@ class Trainer:
         rec = rng.choice(recs)
         sentences, spans = rec["sentences"], rec.get("spans")
         states = self._feats(rec)                                                  # [W, 1500, d]
-        audio = self.projector(states).reshape(-1, self.llm.cfg.n_embd)             # [W * 375, n_embd]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            audio = self.projector(states).reshape(-1, self.llm.cfg.n_embd)         # [W * 375, n_embd]
         per_s = TOKENS_PER_WINDOW / 30.0
         if rec["kind"] == "short" and rng.random() >= self.cfg.full_window_share:
             audio = audio[:min(audio.shape[0], int(math.ceil((rec["seconds"] + 1.0) * per_s)))]

@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Quality of every KV method on the demo audio model through the patched llama.cpp: WER of long passages (60-300 s,
+reserved voices awb / rms) and of human clips, and accuracy on questions with known answers, for each method x keep,
+AudioKV with and without SSS and with a uniform profile, and --stream.
+
+    .venv/bin/python scripts/eval_quality.py [--keeps 1,0.8,0.6,0.4,0.2] [--out results/quality] [--smoke]
+
+Resumable: each (configuration, item, task) result is appended to OUT/<name>.jsonl and skipped on a re-run.
+Writes OUT/<name>.json (machine, versions, command, every result, the summary), OUT/<name>.png (WER vs keep, one
+line per method) and OUT/<name>.md (the table). --smoke runs a short subset (CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+logger = logging.getLogger("eval_quality")
+METHODS = ("streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "audiokv")
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """One line of the table: a method at a keep ratio on a model variant."""
+
+    name: str        # label in the table and plot
+    method: str
+    keep: float
+    variant: str = "stored"   # "stored" profile and defaults, "nosss" (SSS alpha 0), "uniform" (no profile)
+    stream: bool = False
+
+
+def configs(keeps: list[float], stream_keeps: list[float]) -> list[EvalConfig]:
+    out = [EvalConfig("full", "full", 1.0)]
+    for k in keeps:
+        if k >= 1.0:
+            continue
+        out += [EvalConfig(m, m, k) for m in METHODS]
+        out += [EvalConfig("audiokv-nosss", "audiokv", k, "nosss"), EvalConfig("audiokv-uniform", "audiokv", k, "uniform")]
+    for k in stream_keeps:
+        out += [EvalConfig("audiokv+stream", "audiokv", k, stream=True), EvalConfig("snapkv+stream", "snapkv", k, stream=True)]
+    return out
+
+
+def model_variant(model: pathlib.Path, variant: str, work: pathlib.Path) -> pathlib.Path:
+    """The model file for a variant: the model itself ("stored"), a copy whose stored defaults turn SSS off
+    ("nosss": alpha 0), or a copy whose head profile is uniform ("uniform": every head scored 1)."""
+    import numpy as np
+
+    from audiokv_edge.gguf_profile import read_stored, write_profile
+    from audiokv_edge.profile import HeadProfile
+    from audiokv_edge.profile_defaults import ProfileDefaults
+
+    if variant == "stored":
+        return model
+    if variant not in ("nosss", "uniform"):
+        raise ValueError(f"unknown variant {variant!r}")
+    path = work / f"{model.stem}-{variant}.gguf"
+    if path.exists():
+        return path
+    profile, defaults = read_stored(str(model))
+    if profile is None:
+        logger.warning("%s has no head profile: variant %s is the model itself", model, variant)
+        return model
+    if variant == "nosss":
+        defaults = dataclasses.replace(defaults or ProfileDefaults(), sss_alpha=0.0)
+    else:
+        profile = HeadProfile(np.ones_like(profile.scores), dict(profile.source, calibration="uniform (eval_quality)"))
+    write_profile(model, profile, path, defaults)
+    return path
+
+
+def run_items(cfg: EvalConfig, model: pathlib.Path, mmproj: pathlib.Path, items: list[dict], done: set, sink,
+              max_tokens: int, ctx: int, questions: bool) -> None:
+    import jiwer
+
+    from audiokv_edge.demo_model import corpus, tasks
+    from audiokv_edge.session import Session, SessionConfig
+
+    todo = [(it, t) for it in items for t in ([None] + (it["questions"] if questions else []))
+            if (cfg.name, cfg.keep, it["id"], t["question"] if t else "transcribe") not in done]
+    if not todo:
+        return
+    scfg = SessionConfig(method=cfg.method, keep=None if cfg.method == "full" else cfg.keep, stream=cfg.stream,
+                         max_tokens=max_tokens, ctx=ctx)
+    with Session(model, mmproj=mmproj, config=scfg) as s:
+        for it, t in todo:
+            prompt = t["question"] if t else tasks.TRANSCRIBE
+            t0 = time.time()
+            ans = s.answer(it["audio"], prompt)
+            rec = {"config": cfg.name, "method": cfg.method, "keep": cfg.keep, "variant": cfg.variant,
+                   "stream": cfg.stream, "item": it["id"], "voice": it["voice"], "seconds": it["seconds"],
+                   "task": t["question"] if t else "transcribe", "kind": t["kind"] if t else "transcribe",
+                   "answer": ans.text, "kv_bytes_full": ans.stats.kv_bytes_full, "kv_bytes_kept": ans.stats.kv_bytes_kept,
+                   "wall_s": round(time.time() - t0, 2)}
+            if t is None:
+                ref, hyp = corpus.normalise(it["transcript"]), corpus.normalise(ans.text)
+                m = jiwer.process_words(ref, hyp or "-")
+                rec.update(ref_words=len(ref.split()), errors=m.substitutions + m.deletions + m.insertions,
+                           wer=round(m.wer, 4))
+            else:
+                rec.update(reference=t["answer"], correct=tasks.answer_correct(t["kind"], ans.text, t["answer"]))
+            sink(rec)
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    rows: dict[tuple, dict] = {}
+    for r in results:
+        key = (r["config"], r["keep"])
+        row = rows.setdefault(key, {"config": r["config"], "keep": r["keep"], "errors": 0, "ref_words": 0,
+                                    "human_errors": 0, "human_words": 0, "correct": 0, "questions": 0,
+                                    "kv_ratio": []})
+        if r["kind"] == "transcribe":
+            h = r["voice"] == "human"
+            row["human_errors" if h else "errors"] += r["errors"]
+            row["human_words" if h else "ref_words"] += r["ref_words"]
+        else:
+            row["correct"] += bool(r["correct"])
+            row["questions"] += 1
+        if r["kv_bytes_full"]:
+            row["kv_ratio"].append(r["kv_bytes_kept"] / r["kv_bytes_full"])
+    out = []
+    for row in rows.values():
+        out.append({"config": row["config"], "keep": row["keep"],
+                    "wer": round(row["errors"] / row["ref_words"], 4) if row["ref_words"] else None,
+                    "human_wer": round(row["human_errors"] / row["human_words"], 4) if row["human_words"] else None,
+                    "accuracy": round(row["correct"] / row["questions"], 4) if row["questions"] else None,
+                    "kv_kept_ratio": round(sum(row["kv_ratio"]) / len(row["kv_ratio"]), 4) if row["kv_ratio"] else None})
+    return sorted(out, key=lambda r: (r["config"] != "full", r["config"], -r["keep"]))
+
+
+def write_plot(summary: list[dict], path: pathlib.Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    full = next((r for r in summary if r["config"] == "full"), None)
+    for ax, metric, label in ((axes[0], "wer", "WER (long passages, reserved voices)"),
+                              (axes[1], "accuracy", "question accuracy")):
+        for name in sorted({r["config"] for r in summary if r["config"] != "full"}):
+            pts = sorted((r["keep"], r[metric]) for r in summary if r["config"] == name and r[metric] is not None)
+            if full is not None and full[metric] is not None and not name.endswith("+stream"):
+                pts = [(1.0, full[metric])] + pts
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
+                        linestyle="--" if "-" in name or "+" in name else "-")
+        if full is not None and full[metric] is not None:
+            ax.axhline(full[metric], color="black", linewidth=0.8, label="full cache")
+        ax.set_xlabel("keep ratio (fraction of the KV cache kept)")
+        ax.set_ylabel(label)
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_table(summary: list[dict], path: pathlib.Path, header: str) -> None:
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [header, "", "| method | keep | WER passages | WER human clips | QA accuracy | KV kept / full |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['config']} | {r['keep']:.1f} | {f(r['wer'])} | {f(r['human_wer'])} | {f(r['accuracy'])} | "
+              f"{f(r['kv_kept_ratio'])} |" for r in summary]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=pathlib.Path, help="text model GGUF (default: the built-in demo model)")
+    ap.add_argument("--mmproj", type=pathlib.Path, help="audio projector GGUF (default: the demo model's)")
+    ap.add_argument("--set", type=pathlib.Path, default=None, help="evaluation set directory (built when missing)")
+    ap.add_argument("--out", type=pathlib.Path, default=REPO / "results" / "quality")
+    ap.add_argument("--name", default=None, help="result file stem (default <date>-<model>)")
+    ap.add_argument("--keeps", default="1,0.8,0.6,0.4,0.2")
+    ap.add_argument("--stream-keeps", default="0.4")
+    ap.add_argument("--durations", default="60,120,300", help="passage lengths in seconds")
+    ap.add_argument("--methods", default=None, help="comma-separated config names to run (default all)")
+    ap.add_argument("--no-questions", action="store_true")
+    ap.add_argument("--max-tokens", type=int, default=1200)
+    ap.add_argument("--ctx", type=int, default=6144)
+    ap.add_argument("--smoke", action="store_true", help="short subset: one 60 s passage per voice, full + snapkv + "
+                    "audiokv at keep 0.4, no questions")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    from tqdm import tqdm
+
+    from audiokv_edge.demo_model import evalset, export
+
+    if args.model is None:
+        args.model, default_mmproj = export.demo_paths()
+        args.mmproj = args.mmproj or default_mmproj
+    keeps = [float(k) for k in args.keeps.split(",")]
+    stream_keeps = [float(k) for k in args.stream_keeps.split(",") if k]
+    durations = [int(d) for d in args.durations.split(",")]
+    if args.smoke:
+        keeps, stream_keeps, durations, args.no_questions = [1.0, 0.4], [], [60], True
+        args.max_tokens = min(args.max_tokens, 300)
+    cfgs = configs(keeps, stream_keeps)
+    if args.smoke:
+        cfgs = [c for c in cfgs if c.name in ("full", "snapkv", "audiokv")]
+    if args.methods:
+        wanted = set(args.methods.split(","))
+        cfgs = [c for c in cfgs if c.name in wanted]
+    set_dir = args.set or (export.demo_dir().parent / "evalset")
+    items = evalset.build(set_dir, durations_s=durations)
+    items = [it for it in items if it["voice"] == "human" or int(it["id"].split("-")[1][:-1]) in durations]
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = args.name or f"{datetime.date.today().isoformat()}-{args.model.stem}{'-smoke' if args.smoke else ''}"
+    raw = args.out / f"{name}.jsonl"
+    results = [json.loads(ln) for ln in raw.read_text().splitlines() if ln.strip()] if raw.exists() else []
+    done = {(r["config"], r["keep"], r["item"], r["task"]) for r in results}
+    work = args.out / "variants"
+    work.mkdir(exist_ok=True)
+
+    def sink(rec):
+        results.append(rec)
+        with open(raw, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    t0 = time.time()
+    for cfg in tqdm(cfgs, desc="configurations", unit="cfg"):
+        run_items(cfg, model_variant(args.model, cfg.variant, work), args.mmproj, items, done, sink,
+                  args.max_tokens, args.ctx, not args.no_questions)
+    summary = summarise(results)
+    title = f"{args.model.name} + {args.mmproj.name}: quality vs KV keep ratio"
+    write_plot(summary, args.out / f"{name}.png", title)
+    write_table(summary, args.out / f"{name}.md", f"# {title}\n\nCommand: `{' '.join(sys.argv)}`")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    (args.out / f"{name}.json").write_text(json.dumps({
+        "machine": {"node": platform.node(), "cpu": platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
+        "commit": commit, "command": " ".join(sys.argv), "model": str(args.model), "mmproj": str(args.mmproj),
+        "items": [{k: it[k] for k in ("id", "voice", "seconds")} for it in items],
+        "configs": [dataclasses.asdict(c) for c in cfgs], "wall_s": round(time.time() - t0, 1),
+        "summary": summary, "results": results}, indent=1))
+    for r in summary:
+        logger.info("%-16s keep %.1f  WER %s  human WER %s  accuracy %s", r["config"], r["keep"], r["wer"], r["human_wer"],
+                    r["accuracy"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
