@@ -47,7 +47,7 @@ def held_out_wer(trainer, llm_text, model_path, heldout_dir, n: int = 12) -> dic
     recs = dataset.read_manifest(heldout_dir)[:n]
     refs, hyps = [], []
     t0 = time.time()
-    with Session(model_path, mmproj=path, config=SessionConfig(method="full", max_tokens=160, ctx=4096)) as s:
+    with Session(model_path, mmproj=path, config=SessionConfig(method="full", max_tokens=400, ctx=4096)) as s:
         for r in recs:
             audio, _ = sf.read(pathlib.Path(heldout_dir) / "audio" / f"{r['id']}.flac", dtype="float32")
             hyps.append(corpus.normalise(s.answer(audio, sample_rate=16000).text))

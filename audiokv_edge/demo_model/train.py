@@ -92,8 +92,8 @@ class Trainer:
         self.evaluate = evaluate
         d_text = llm.cfg.n_embd
         self.projector = UltravoxProjector(384, mmproj.STACK_FACTOR, mmproj.PROJECTOR_HIDDEN, d_text, seed=config.seed)
-        self.blank = torch.nn.Parameter(torch.zeros(d_text))
-        self.ctc_scale = torch.nn.Parameter(torch.tensor(1.0))
+        self.blank = torch.nn.Parameter(torch.randn(d_text, generator=torch.Generator().manual_seed(config.seed)))
+        self.ctc_scale = torch.nn.Parameter(torch.tensor(16.0))
         self.state = {"stage": "ctc", "step": 0, "rng": random.Random(config.seed).getstate()}
         self.opt = None
         self._token_cache: dict[str, list[int]] = {}
@@ -165,15 +165,18 @@ class Trainer:
         ids = sorted({i for r in recs for i in self._ids(r["text"])})
         return torch.tensor(ids, dtype=torch.long)
 
+    def ctc_logits(self, out: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine similarity of projector outputs [..., n_embd] with the blank and the vocabulary's token
+        embeddings: [..., V + 1], blank first (a learned temperature, as in cosine-softmax classifiers)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            emb = F.normalize(torch.cat([self.blank[None], self.llm.embed[vocab].float()]), dim=-1)
+            logits = F.normalize(out.float(), dim=-1) @ emb.T.to(out.dtype)
+        return logits.float() * self.ctc_scale
+
     def ctc_step(self, rng: random.Random, recs: list[dict], vocab: torch.Tensor, index: dict[int, int]) -> float:
         batch = rng.sample(recs, min(self.cfg.ctc_batch, len(recs)))
         states = torch.cat([self._feats(r)[:1] for r in batch])                   # [B, 1500, d]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = self.projector(states)                                          # [B, 375, n_embd]
-            emb = self.llm.embed[vocab]                                           # [V, n_embd]
-            logits = torch.cat([(out @ self.blank.to(out.dtype))[..., None], out @ emb.T.to(out.dtype)], dim=-1)
-        logits = logits.float() * self.ctc_scale / math.sqrt(out.shape[-1])
-        logp = logits.log_softmax(-1).transpose(0, 1)                             # [T, B, V + 1]
+        logp = self.ctc_logits(self.projector(states), vocab).log_softmax(-1).transpose(0, 1)  # [T, B, V + 1]
         targets = [torch.tensor([index[i] for i in self._ids(r["text"])]) for r in batch]
         loss = F.ctc_loss(logp, torch.cat(targets), torch.full((len(batch),), logp.shape[0], dtype=torch.long),
                           torch.tensor([len(t) for t in targets]), blank=0, zero_infinity=True)
@@ -183,9 +186,7 @@ class Trainer:
     def ctc_decode(self, rec, vocab: torch.Tensor) -> list[int]:
         """Greedy CTC transcript (token ids) of a single-window recording."""
         with torch.no_grad():
-            out = self.projector(self._feats(rec))[0]
-            emb = self.llm.embed[vocab].float()
-            best = torch.cat([(out @ self.blank)[:, None], out @ emb.T], dim=-1).argmax(-1).tolist()
+            best = self.ctc_logits(self.projector(self._feats(rec)[:1])[0], vocab).argmax(-1).tolist()
         ids, prev = [], 0
         for b in best:
             if b != prev and b != 0:

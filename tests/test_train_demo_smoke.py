@@ -1,0 +1,39 @@
+"""Smoke run of scripts/train_demo_model.py, the whole pipeline at toy size: speech synthesis (training and
+held-out), the encoder cache, 2 CTC steps, 1 LLM-in-the-loop step, export of the projector and of an mmproj GGUF,
+and the held-out WER through the patched llama.cpp; then a re-run resumes from the checkpoint instead of starting
+over. The real run is the same command with default sizes (hours; docs/demo-model.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.native
+def test_train_demo_model_smoke(tmp_path):
+    cmd = [sys.executable, str(REPO / "scripts" / "train_demo_model.py"), "--work", str(tmp_path), "--recordings", "3",
+           "--heldout", "1", "--ctc-steps", "2", "--llm-steps", "1", "--eval-every", "1000", "--threads", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["stage"] == "llm" and out["step"] == 1 and 0.0 <= out["heldout_wer"] and out["heldout_n"] == 1
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log if "loss" in r] == ["ctc", "ctc", "llm"]
+    assert all(r["loss"] > 0 for r in log if "loss" in r)
+    assert (tmp_path / "projector.npz").is_file() and (tmp_path / "mmproj.gguf").is_file()
+    manifest = [json.loads(line) for line in (tmp_path / "data" / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == 3 and not any("awb" in r["voice"] or "rms" in r["voice"] for r in manifest)
+    # resumable: a second run with one more LLM step continues at step 1
+    res = subprocess.run(cmd[:10] + ["--llm-steps", "2", "--eval-every", "1000", "--threads", "2", "--skip-data"],
+                         capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["step"] == 2
+    steps = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in steps if "loss" in r][-2:] == [("llm", 1), ("llm", 2)]
