@@ -715,6 +715,27 @@ llm_graph_input_kv_evict * llama_kv_evict_build_input(
     return (llm_graph_input_kv_evict *) res->add_input(std::move(inp));
 }
 
+ggml_tensor * llama_kv_evict_build_attn(
+        llm_graph_input_kv_evict * evict, ggml_context * ctx, ggml_cgraph * gf, const llama_kv_cache_context * mctx,
+        ggml_tensor * q, ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * kq_mask, float kq_scale, int32_t il,
+        const std::function<ggml_tensor * (ggml_tensor * kq_mask)> & build_attn_mha) {
+    if (evict == nullptr || !evict->state->has_layer(il)) {
+        return build_attn_mha(kq_mask);
+    }
+
+    // capture the window queries, mask the evicted entries of this layer
+    ggml_build_forward_expand(gf, evict->state->build_capture(ctx, q, evict->q_idxs, il, kq_scale));
+    kq_mask = evict->state->build_layer_mask(ctx, kq_mask, il, mctx->get_s0());
+
+    if (!evict->compact) {
+        return build_attn_mha(kq_mask);
+    }
+
+    // the tokens of compacted sequences are attended in their per-head pools, the others as usual
+    ggml_tensor * cur_main = evict->has_main ? build_attn_mha(kq_mask) : nullptr;
+    return evict->state->build_attn_compact(ctx, gf, *evict, cur_main, q, k_cur, v_cur, il, kq_scale);
+}
+
 //
 // public API
 //

@@ -9,6 +9,7 @@
 #include "ggml-cpp.h"
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -17,6 +18,7 @@
 struct llama_hparams;
 struct llama_ubatch;
 class llama_kv_cache;
+class llama_kv_cache_context;
 class llm_graph_input_kv_evict;
 
 class llama_kv_evict_state {
@@ -258,3 +260,14 @@ uint32_t llama_kv_evict_graph_nodes(const llama_memory_i * mem);
 // graph builders: nullptr / kq_mask unchanged when the cache has no eviction state
 llm_graph_input_kv_evict * llama_kv_evict_build_input(
         llm_graph_result * res, ggml_context * ctx, const llama_ubatch & ubatch, llama_kv_evict_state * state);
+
+// the attention of layer il in llm_graph_context::build_attn (plain and iSWA caches): with evict == nullptr or a
+// layer that is not evictable, build_attn_mha(kq_mask), llama.cpp's usual attention. Otherwise the window queries
+// of q [d, n_head, n_tokens] are captured and the layer's evicted entries masked (MASK mode; mctx: the cache
+// context of the layer, for its first stream); in COMPACT mode the tokens of compacted sequences are attended in
+// their per-head pools (k_cur/v_cur: the ubatch's keys and values), next to the usual attention for the other
+// tokens or instead of it. Returns [n_embd_head_v*n_head, n_tokens] like build_attn_mha.
+ggml_tensor * llama_kv_evict_build_attn(
+        llm_graph_input_kv_evict * evict, ggml_context * ctx, ggml_cgraph * gf, const llama_kv_cache_context * mctx,
+        ggml_tensor * q, ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * kq_mask, float kq_scale, int32_t il,
+        const std::function<ggml_tensor * (ggml_tensor * kq_mask)> & build_attn_mha);
