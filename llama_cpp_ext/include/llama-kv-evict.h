@@ -53,8 +53,8 @@ extern "C" {
     };
 
     enum llama_kv_evict_mode {
-        LLAMA_KV_EVICT_MODE_MASK    = 0, // oracle: evicted entries are masked per head, nothing is freed
-        LLAMA_KV_EVICT_MODE_COMPACT = 1, // ragged per-head storage, memory freed (per-sequence pools)
+        LLAMA_KV_EVICT_MODE_MASK    = 0, // test oracle: evicted entries are masked per head, nothing is freed
+        LLAMA_KV_EVICT_MODE_COMPACT = 1, // the default: ragged per-head storage, memory freed (per-sequence pools)
     };
 
     // one (layer, KV head) of the sequence; every pointer is owned by llama.cpp and valid during the callback only
@@ -93,7 +93,7 @@ extern "C" {
 
     struct llama_kv_evict_params {
         int32_t                 n_window;  // queries captured per sequence (its last decoded tokens), >= 1; default 32
-        int32_t                 mode;      // enum llama_kv_evict_mode; default LLAMA_KV_EVICT_MODE_MASK
+        int32_t                 mode;      // enum llama_kv_evict_mode; default LLAMA_KV_EVICT_MODE_COMPACT
         llama_kv_evict_callback callback;  // required
         void                  * user_data; // handed to the callback unchanged
         int32_t                 n_headroom; // COMPACT: rows per (layer, KV head) reserved for new tokens after each

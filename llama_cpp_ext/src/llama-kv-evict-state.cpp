@@ -759,7 +759,7 @@ static llama_kv_cache * llama_kv_evict_find_cache(llama_context * ctx, std::stri
 struct llama_kv_evict_params llama_kv_evict_default_params(void) {
     llama_kv_evict_params p;
     p.n_window  = 32;
-    p.mode      = LLAMA_KV_EVICT_MODE_MASK;
+    p.mode      = LLAMA_KV_EVICT_MODE_COMPACT;
     p.callback  = nullptr;
     p.user_data = nullptr;
     p.n_headroom = 256;
