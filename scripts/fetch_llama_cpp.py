@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""Fetch the pinned llama.cpp source and apply the project's patch series.
+"""Fetch the pinned llama.cpp source, add the project's new files and apply its hook patches.
 
 The llama.cpp source is the one vendored in the llama-cpp-python 0.3.36 sdist from PyPI, pinned by version and
 sha256 and cached outside the work tree ($AUDIOKV_EDGE_CACHE, default ~/.cache/audiokv-edge). Its
-vendor/llama.cpp is extracted to build/llama.cpp-src (gitignored) and patches/series is applied there: one patch file
-name per line (relative to patches/, applied in order with ``patch -p1`` and no fuzz; blank lines and ``#`` comments
-are ignored). A patch that does not apply cleanly stops the script with an error naming it.
+vendor/llama.cpp is extracted to build/llama.cpp-src (gitignored), then:
 
-Rebuilds stay incremental: a stamp file records the sdist hash and the patch set; when it matches nothing is touched.
-When the patch set changes the tree is rebuilt in a scratch directory and only files whose content changed are
-replaced (with a fresh mtime), so the CMake build recompiles just what the patches touch.
+1. the new files of llama_cpp_ext/ (the per-head eviction: include/llama-kv-evict.h, src/llama-kv-evict-*) are
+   copied to the same relative paths in the tree; a file that would replace one of llama.cpp's own stops the script
+   (changes to llama.cpp's files belong in a patch);
+2. patches/series is applied: one patch file name per line (relative to patches/, applied in order with
+   ``patch -p1`` and no fuzz; blank lines and ``#`` comments are ignored). The patches are the hooks into
+   llama.cpp's own files. A patch that does not apply cleanly stops the script with an error naming it.
+
+Rebuilds stay incremental: a stamp file records the sdist hash, the new files and the patch set; when it matches
+nothing is touched. When any of them changes the tree is rebuilt in a scratch directory and only files whose content
+changed are replaced (with a fresh mtime), so the CMake build recompiles just what changed.
 
 ``--pristine`` writes the unpatched tree instead (build/llama.cpp-pristine), used to compare patched and unpatched
 builds. ``--print-sdist`` fetches the sdist and prints its path (the llama_cpp Python package is installed from it).
@@ -38,10 +43,11 @@ SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 VENDOR_PREFIX = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
 STAMP_NAME = ".audiokv-source-stamp"
 # Bump when the way the tree is produced changes, so that existing trees are refreshed.
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 PATCH_DIR = REPO_ROOT / "patches"
+NEW_FILES_DIR = REPO_ROOT / "llama_cpp_ext"
 SERIES_FILE = PATCH_DIR / "series"
 DEFAULT_DEST = REPO_ROOT / "build" / "llama.cpp-src"
 DEFAULT_PRISTINE_DEST = REPO_ROOT / "build" / "llama.cpp-pristine"
@@ -113,10 +119,22 @@ def read_series(series_file: pathlib.Path = SERIES_FILE) -> list[pathlib.Path]:
     return patches
 
 
-def source_stamp(patches: list[pathlib.Path]) -> str:
-    """Identity of a tree: layout version, sdist hash, and name and content of each patch in order."""
+def new_files(root: pathlib.Path | None = NEW_FILES_DIR) -> list[pathlib.Path]:
+    """Paths, relative to ``root``, of the new files to copy into the tree (sorted; none when root is None/absent)."""
+    if root is None or not root.is_dir():
+        return []
+    return sorted(p.relative_to(root) for p in root.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith(".pyc"))
+
+
+def source_stamp(patches: list[pathlib.Path], new_files_root: pathlib.Path | None = NEW_FILES_DIR) -> str:
+    """Identity of a tree: layout version, sdist hash, path and content of each new file, then name and content of
+    each patch in order."""
     digest = hashlib.sha256()
     digest.update(f"layout {LAYOUT_VERSION}\nsdist {SDIST_SHA256}\n".encode())
+    for relative in new_files(new_files_root):
+        digest.update(f"file {relative.as_posix()}\n".encode())
+        digest.update(hashlib.sha256((new_files_root / relative).read_bytes()).hexdigest().encode())
     for patch in patches:
         digest.update(f"patch {patch.name}\n".encode())
         digest.update(hashlib.sha256(patch.read_bytes()).hexdigest().encode())
@@ -140,6 +158,18 @@ def extract_vendor(sdist: pathlib.Path, target: pathlib.Path) -> None:
             archive.extractall(target, members=members, filter="data")
         else:  # Python < 3.11.4: names were checked above to lie under the prefix
             archive.extractall(target, members=members)
+
+
+def copy_new_files(tree: pathlib.Path, root: pathlib.Path | None = NEW_FILES_DIR) -> None:
+    """Copy the files under ``root`` to the same relative paths in ``tree``; none may exist there already."""
+    for relative in new_files(root):
+        dest = tree / relative
+        if dest.exists():
+            raise FetchError(f"{root.name}/{relative.as_posix()} would replace llama.cpp's own {relative.as_posix()}: "
+                             f"new files must have new names; change llama.cpp's files with a patch in patches/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / relative, dest)
+        logger.info("added %s", relative.as_posix())
 
 
 def apply_patches(tree: pathlib.Path, patches: list[pathlib.Path]) -> None:
@@ -191,18 +221,19 @@ def sync_tree(source: pathlib.Path, dest: pathlib.Path) -> int:
     return changed
 
 
-def prepare_tree(dest: pathlib.Path, patches: list[pathlib.Path]) -> bool:
-    """Bring ``dest`` to the sdist's llama.cpp with ``patches`` applied.
+def prepare_tree(dest: pathlib.Path, patches: list[pathlib.Path],
+                 new_files_root: pathlib.Path | None = NEW_FILES_DIR) -> bool:
+    """Bring ``dest`` to the sdist's llama.cpp with the files under ``new_files_root`` added and ``patches`` applied.
 
     Returns
     -------
     bool
         True when files were written, False when the tree was already current.
     """
-    stamp = source_stamp(patches)
+    stamp = source_stamp(patches, new_files_root)
     stamp_file = dest / STAMP_NAME
     if stamp_file.is_file() and stamp_file.read_text().strip() == stamp:
-        logger.info("%s is current (%d patches)", dest, len(patches))
+        logger.info("%s is current (%d new files, %d patches)", dest, len(new_files(new_files_root)), len(patches))
         return False
     sdist = fetch_sdist()
     scratch = dest.parent / f".{dest.name}.tmp"
@@ -210,6 +241,7 @@ def prepare_tree(dest: pathlib.Path, patches: list[pathlib.Path]) -> bool:
         shutil.rmtree(scratch)
     try:
         extract_vendor(sdist, scratch)
+        copy_new_files(scratch, new_files_root)
         apply_patches(scratch, patches)
         if stamp_file.exists():
             stamp_file.unlink()  # an interrupted sync must not leave a tree that looks current
@@ -225,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dest", type=pathlib.Path, default=None, help="tree to write (default build/llama.cpp-src, "
                         "or build/llama.cpp-pristine with --pristine)")
-    parser.add_argument("--pristine", action="store_true", help="write the unpatched source")
+    parser.add_argument("--pristine", action="store_true", help="write the unpatched source (no new files, no patches)")
     parser.add_argument("--print-sdist", action="store_true", help="fetch and verify the sdist, print its path")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="fetch_llama_cpp: %(message)s", stream=sys.stdout)
@@ -235,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         patches = [] if args.pristine else read_series()
         dest = args.dest or (DEFAULT_PRISTINE_DEST if args.pristine else DEFAULT_DEST)
-        prepare_tree(dest.resolve(), patches)
+        prepare_tree(dest.resolve(), patches, None if args.pristine else NEW_FILES_DIR)
     except FetchError as exc:
         print(f"fetch_llama_cpp: error: {exc}", file=sys.stderr)
         return 1

@@ -120,7 +120,7 @@ def enable(runner, fn, n_window=8, mode=0, n_headroom=None):
 
     lib = evict_lib()
     params = lib.llama_kv_evict_default_params()
-    assert params.n_window == 32 and params.mode == 0 and params.n_headroom == 256
+    assert params.n_window == 32 and params.mode == E.LLAMA_KV_EVICT_MODE_COMPACT and params.n_headroom == 256
     params.n_window = n_window
     params.mode = mode
     if n_headroom is not None:

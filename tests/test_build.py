@@ -47,6 +47,33 @@ def test_stamp_changes_with_patch_content_and_order(tmp_path):
     assert len(stamps) == 4
 
 
+def test_stamp_changes_with_new_file_content_and_name(tmp_path):
+    root = tmp_path / "ext"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "a.cpp").write_text("one")
+    stamps = {fetch_llama_cpp.source_stamp([], None), fetch_llama_cpp.source_stamp([], root)}
+    (root / "src" / "a.cpp").write_text("one changed")
+    stamps.add(fetch_llama_cpp.source_stamp([], root))
+    (root / "src" / "a.cpp").rename(root / "src" / "b.cpp")
+    stamps.add(fetch_llama_cpp.source_stamp([], root))
+    assert len(stamps) == 4
+
+
+def test_new_files_are_copied_and_never_replace_llama_cpp_files(tmp_path):
+    root, tree = tmp_path / "ext", tmp_path / "tree"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "new.cpp").write_text("new")
+    (tree / "src").mkdir(parents=True)
+    (tree / "src" / "own.cpp").write_text("own")
+    fetch_llama_cpp.copy_new_files(tree, root)
+    assert (tree / "src" / "new.cpp").read_text() == "new"
+    (root / "src" / "new.cpp").unlink()
+    (root / "src" / "own.cpp").write_text("replaced")
+    with pytest.raises(fetch_llama_cpp.FetchError, match="own.cpp"):
+        fetch_llama_cpp.copy_new_files(tree, root)
+    assert (tree / "src" / "own.cpp").read_text() == "own"
+
+
 def _make_patch(tmp_path: pathlib.Path, name: str, old: str, new: str) -> pathlib.Path:
     before, after = tmp_path / "before", tmp_path / "after"
     for root, text in ((before, old), (after, new)):

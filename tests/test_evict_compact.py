@@ -1,4 +1,4 @@
-"""Per-head KV eviction inside llama.cpp, COMPACT mode: patches/0002-kv-evict-compact.patch.
+"""Per-head KV eviction inside llama.cpp, COMPACT mode: llama_cpp_ext/src/llama-kv-evict-compact.cpp.
 
 After an eviction the kept entries of each (layer, KV head) live in their own region of a per-layer pool sized for
 the plan's budget plus a fixed headroom, and attention runs one op per KV head over them (docs/per-head-eviction.md,
@@ -14,7 +14,7 @@ follows the KV head): with the same plans, the compacted context must give the s
 - streaming: 7,680 tokens through a context whose KV allocation is 4,096 cells, evicting after every 256-token
   chunk; the result equals the MASK-mode oracle run in an 8,192-cell context;
 - keep-all is bitwise identical to eviction off; refused operations on a compacted sequence;
-- two sequences in one context (patch 0004, per-sequence pools), one stream each and unified: decode batches hold
+- two sequences in one context (per-sequence pools), one stream each and unified: decode batches hold
   both sequences; COMPACT == MASK oracle for four plan kinds (uniform, skewed per head, one head keeping
   everything, one keeping only the window), 4 archs, flash attention on and off; the sequence not compacted is
   bitwise equal to a context that never evicts (one stream per sequence); memory accounted per sequence;
@@ -268,8 +268,9 @@ def test_compact_refuses_what_would_be_wrong(models):
 @pytest.mark.parametrize("flash_attn", [True, False], ids=["fa", "nofa"])
 def test_compact_graph_fits_a_30_layer_model(tmp_path, flash_attn):
     """SmolLM2's depth and head layout (30 layers, 9 query / 3 KV heads): the per-KV-head attention of the compact
-    path must fit the graph llama.cpp reserves (it aborted with GGML_ASSERT(obj_new) before patch 0003); also with
-    two compacted sequences and an uncompacted third one in every ubatch (unified cache, tokens interleaved)."""
+    path must fit the graph llama.cpp reserves (it aborted with GGML_ASSERT(obj_new) before llama_kv_evict_graph_nodes);
+    also with two compacted sequences and an uncompacted third one in every ubatch (unified cache, tokens
+    interleaved)."""
     from audiokv_edge import tiny_models as tm
 
     path = tmp_path / "deep.gguf"
@@ -301,7 +302,7 @@ def test_compact_graph_fits_a_30_layer_model(tmp_path, flash_attn):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# several sequences in one context (patches/0004-kv-evict-compact-multi-seq.patch): per-sequence pools
+# several sequences in one context: per-sequence pools
 # --------------------------------------------------------------------------------------------------------------
 
 PLAN_KINDS = ["uniform", "skewed", "head_keeps_all", "head_keeps_window"]

@@ -1,7 +1,7 @@
 """A head profile stored in a model's GGUF drives the per-head budgets of llama.cpp's eviction callback.
 
 Chain: profile -> convert/add_profile.py -> model copy -> llama.cpp loads it -> read_profile(model) -> the eviction
-callback (patches/0001-kv-evict-api.patch) plans with method "audiokv" and that profile -> llama.cpp applies it.
+callback (llama_cpp_ext/include/llama-kv-evict.h) plans with method "audiokv" and that profile -> llama.cpp applies it.
 Checked: the callback's per-head kept counts are the AudioKV budgets of the stored profile (not uniform), llama.cpp
 reports that many entries, and the plan changes the next logits compared with uniform SnapKV budgets.
 """
