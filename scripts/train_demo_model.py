@@ -84,7 +84,13 @@ def main(argv=None) -> int:
     work = args.work
     data_dir, heldout_dir = work / "data", work / "heldout"
     if not args.skip_data:
-        sentences = corpus.collect()
+        corpus_file = work / "corpus.json"
+        if corpus_file.is_file():
+            sentences = json.loads(corpus_file.read_text())
+        else:
+            sentences = corpus.collect()
+            work.mkdir(parents=True, exist_ok=True)
+            corpus_file.write_text(json.dumps(sentences))
         with tqdm(desc="held-out speech", total=args.heldout, unit="rec") as bar:
             dataset.build(heldout_dir, args.heldout, seed=10_000, sentences=sentences["heldout"],
                           progress=lambda r: bar.update())

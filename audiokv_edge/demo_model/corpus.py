@@ -50,13 +50,13 @@ def load_dictionary(path: pathlib.Path = DICTIONARY) -> set[str]:
 
 
 def speakable(sentence: str, words: set[str]) -> bool:
-    """True when the sentence has MIN_WORDS..MAX_WORDS tokens, each a dictionary word with optional trailing
-    punctuation, and starts with a capital letter."""
+    """True when the sentence has MIN_WORDS..MAX_WORDS tokens, each a dictionary word (not an acronym) with
+    optional trailing punctuation, and starts with a capital letter."""
     tokens = sentence.split()
     if not MIN_WORDS <= len(tokens) <= MAX_WORDS or not tokens[0][:1].isupper():
         return False
     for tok in tokens:
-        if not _WORD.match(tok):
+        if not _WORD.match(tok) or sum(c.isupper() for c in tok) > 1:  # acronyms are spelled out by synthesizers
             return False
         core = re.sub(r"[,;:.!?]$", "", tok).lower()
         if core not in words and core.split("'")[0] not in words:

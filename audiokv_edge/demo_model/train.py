@@ -226,7 +226,8 @@ class Trainer:
 
     # -------------------------------------------------------------- driver
     def run(self, progress=None, stop_after_s: float | None = None, eval_every: int = 250) -> None:
-        """Run what is left of both stages (or until ``stop_after_s`` seconds have passed)."""
+        """Run what is left of both stages (or until ``stop_after_s`` seconds have passed); the held-out
+        evaluation runs every ``eval_every`` steps of the LLM stage."""
         t_end = None if stop_after_s is None else time.time() + stop_after_s
         rng = random.Random()
         rng.setstate(self.state["rng"])
@@ -270,6 +271,6 @@ class Trainer:
                 progress(self.state["stage"], self.state["step"], total, loss)
             if self.state["step"] % self.cfg.checkpoint_every == 0:
                 self.save()
-            if self.evaluate is not None and self.state["step"] % eval_every == 0:
+            if self.evaluate is not None and self.state["stage"] == "llm" and self.state["step"] % eval_every == 0:
                 self.save()
                 self.log(**self.evaluate(self))
