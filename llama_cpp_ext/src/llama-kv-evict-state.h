@@ -132,6 +132,30 @@ private:
             const std::vector<std::vector<llama_kv_evict_head>> & heads,
             const std::vector<std::vector<std::vector<int32_t>>> & keep_buf) const;
 
+    // one llama_kv_evict_seq call, as both modes prepare it: the sequence's cells and window, the queries of every
+    // layer, and per (layer, KV head) the callback's head record with its gathered keys and keep buffer
+    struct evict_round {
+        uint32_t               strm = 0;
+        std::vector<uint32_t>  cidx;  // cells of the sequence in position order, none shared with another one
+        std::vector<int32_t>   slots; // ring slots of the window in capture order
+        std::vector<llama_pos> q_pos; // [n_win]
+        int32_t                n_win = 0;
+
+        std::vector<std::vector<float>>                q_buf;    // [n_layer][n_head*n_win*d]
+        std::vector<std::vector<llama_kv_evict_head>>  heads;    // [n_layer][n_head_kv], filled by the mode
+        std::vector<std::vector<std::vector<uint8_t>>> k_buf;    // [n_layer][n_head_kv] keys gathered when strided
+        std::vector<std::vector<std::vector<int32_t>>> keep_buf; // [n_layer][n_head_kv] plan written by the callback
+
+        bool uniform = true; // every head holds the same entries
+    };
+    // checks and gathers what both modes share (func and why_shared name the caller in the logged errors);
+    // LLAMA_KV_EVICT_OK or the status to return
+    int32_t begin_round(llama_seq_id seq_id, const char * func, const char * why_shared, evict_round & r) const;
+    // keep buffer of head (l, h) set to keep all hd.n_kv entries (the callback's starting plan)
+    static void keep_all(evict_round & r, size_t l, int32_t h);
+    // the layer records, the callback and the plan validation
+    int32_t call_round(llama_seq_id seq_id, evict_round & r) const;
+
     void set_bias(layer_info & layer, uint32_t strm, uint32_t cell, int32_t h_kv, bool evicted);
 
     llama_kv_cache & kv;
