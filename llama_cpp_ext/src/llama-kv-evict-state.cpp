@@ -256,13 +256,24 @@ void llama_kv_evict_state::set_capture_idxs(ggml_tensor * dst, const llama_ubatc
     }
 }
 
-void llama_kv_evict_state::replicate_mask(ggml_tensor * dst, const void * src) {
-    const size_t  plane = (size_t) dst->ne[0]*dst->ne[1]*ggml_element_size(dst);
-    const int64_t nh    = dst->ne[2];
+void * llama_kv_evict_state::mask_plane(ggml_tensor * dst, std::vector<uint8_t> & plane) {
+    if (dst->ne[2] == 1) {
+        return dst->data;
+    }
+    plane.resize((size_t) dst->ne[0]*dst->ne[1]*dst->ne[3]*ggml_element_size(dst));
+    return plane.data();
+}
+
+void llama_kv_evict_state::replicate_mask(ggml_tensor * dst, const std::vector<uint8_t> & plane) {
+    if (plane.empty()) {
+        return;
+    }
+    const size_t  size = (size_t) dst->ne[0]*dst->ne[1]*ggml_element_size(dst);
+    const int64_t nh   = dst->ne[2];
 
     for (int64_t s = 0; s < dst->ne[3]; ++s) {
         for (int64_t h = 0; h < nh; ++h) {
-            memcpy((char *) dst->data + (s*nh + h)*plane, (const char *) src + s*plane, plane);
+            memcpy((char *) dst->data + (s*nh + h)*size, plane.data() + s*size, size);
         }
     }
 }
@@ -368,6 +379,18 @@ void llama_kv_evict_state::on_clear() {
 
 bool llama_kv_evict_state::is_seq_evicted(llama_seq_id seq_id) const {
     return seq_id >= 0 && (uint32_t) seq_id < n_seq_max && seq_evicted[seq_id];
+}
+
+bool llama_kv_evict_state::allow_seq_cp(llama_seq_id seq_id_src, llama_seq_id seq_id_dst) const {
+    if (!allow_seq_edit(seq_id_src, "seq_cp") || !allow_seq_edit(seq_id_dst, "seq_cp")) {
+        return false;
+    }
+    if (is_seq_evicted(seq_id_src) && kv.get_stream(seq_id_src) != kv.get_stream(seq_id_dst)) {
+        LLAMA_LOG_ERROR("%s: sequence %d has per-head evictions that cannot be copied into another stream: "
+                "seq_cp ignored\n", __func__, seq_id_src);
+        return false;
+    }
+    return true;
 }
 
 std::vector<uint32_t> llama_kv_evict_state::seq_cells(llama_seq_id seq_id) const {

@@ -50,8 +50,11 @@ public:
     // input: ring rows of the ubatch tokens (dst I64 [n_tokens]); records positions of the captured rows
     void set_capture_idxs(ggml_tensor * dst, const llama_ubatch & ubatch);
 
-    // replicate the single-head mask plane src [n_kv, n_tps, 1, n_stream] into dst [n_kv, n_tps, n_head, n_stream]
-    static void replicate_mask(ggml_tensor * dst, const void * src);
+    // input: llama_kv_cache::set_input_kq_mask fills one head plane [n_kv, n_tps, 1, n_stream] at mask_plane(dst,
+    // plane): dst->data itself when the mask has one head, else plane (resized); replicate_mask then copies a filled
+    // plane into every head of dst [n_kv, n_tps, n_head, n_stream] (nothing to do when plane is empty)
+    static void * mask_plane(ggml_tensor * dst, std::vector<uint8_t> & plane);
+    static void   replicate_mask(ggml_tensor * dst, const std::vector<uint8_t> & plane);
 
     // hooks from llama_kv_cache
     void on_cells_filled(uint32_t strm, const std::vector<uint32_t> & idxs);
@@ -77,6 +80,8 @@ public:
     // seq_id < 0 stands for every sequence
     bool allow_seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const;
     bool allow_seq_edit(llama_seq_id seq_id, const char * what) const;
+    // seq_cp: both sequences editable, and a sequence with evictions copied only within its stream
+    bool allow_seq_cp(llama_seq_id seq_id_src, llama_seq_id seq_id_dst) const;
 
     // false (error logged) when a ubatch token belongs to several sequences one of which is compacted
     bool allow_ubatch(const llama_ubatch & ubatch) const;
