@@ -316,8 +316,6 @@ int32_t llama_kv_evict_state::evict_seq_compact(llama_seq_id seq_id) {
                 hd.k        = kb.data();
                 hd.nb_entry = row_k;
             }
-
-            keep_all(r, l, h);
         }
     }
 

@@ -543,22 +543,21 @@ int32_t llama_kv_evict_state::begin_round(
     return LLAMA_KV_EVICT_OK;
 }
 
-void llama_kv_evict_state::keep_all(evict_round & r, size_t l, int32_t h) {
-    auto & hd = r.heads[l][h];
-    auto & kp = r.keep_buf[l][h];
-    kp.resize(hd.n_kv);
-    for (int32_t i = 0; i < hd.n_kv; ++i) {
-        kp[i] = i;
-    }
-    hd.keep   = kp.data();
-    hd.n_keep = hd.n_kv;
-}
-
 int32_t llama_kv_evict_state::call_round(llama_seq_id seq_id, evict_round & r) const {
     const size_t n_layer = layers.size();
 
     std::vector<llama_kv_evict_layer> info_layers(n_layer);
     for (size_t l = 0; l < n_layer; ++l) {
+        for (size_t h = 0; h < r.heads[l].size(); ++h) {
+            auto & hd = r.heads[l][h];
+            auto & kp = r.keep_buf[l][h];
+            kp.resize(hd.n_kv);
+            for (int32_t i = 0; i < hd.n_kv; ++i) {
+                kp[i] = i;
+            }
+            hd.keep   = kp.data();
+            hd.n_keep = hd.n_kv;
+        }
         fill_layer_info(info_layers[l], l, r.n_win, r.q_buf[l].data(), r.q_pos.data(), r.heads[l].data());
     }
 
@@ -641,8 +640,6 @@ int32_t llama_kv_evict_state::evict_seq(llama_seq_id seq_id) {
                 hd.k        = kb.data();
                 hd.nb_entry = row_k;
             }
-
-            keep_all(r, l, h);
         }
     }
 

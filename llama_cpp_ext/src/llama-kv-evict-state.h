@@ -61,7 +61,6 @@ public:
     void on_seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p1);
     void on_seq_keep(llama_seq_id seq_id);
     void on_clear();
-    bool is_seq_evicted(llama_seq_id seq_id) const;
 
     // llama_kv_evict_seq / llama_kv_evict_get_stats
     int32_t evict_seq(llama_seq_id seq_id);
@@ -126,6 +125,8 @@ private:
 
     // the cells of seq_id in position order
     std::vector<uint32_t> seq_cells(llama_seq_id seq_id) const;
+    // the sequence has per-head evictions (either mode)
+    bool is_seq_evicted(llama_seq_id seq_id) const;
 
     // shared by both modes: the window's ring slots in capture order (false + logged error when empty), the
     // queries of layer l as [n_head][n_window][d], the layer record, and callback + plan validation
@@ -156,9 +157,8 @@ private:
     // checks and gathers what both modes share (func and why_shared name the caller in the logged errors);
     // LLAMA_KV_EVICT_OK or the status to return
     int32_t begin_round(llama_seq_id seq_id, const char * func, const char * why_shared, evict_round & r) const;
-    // keep buffer of head (l, h) set to keep all hd.n_kv entries (the callback's starting plan)
-    static void keep_all(evict_round & r, size_t l, int32_t h);
-    // the layer records, the callback and the plan validation
+    // once the mode has set every head's n_kv, pos, k and nb_entry: the starting plan (keep all n_kv entries), the
+    // layer records, the callback and the plan validation
     int32_t call_round(llama_seq_id seq_id, evict_round & r) const;
 
     void set_bias(layer_info & layer, uint32_t strm, uint32_t cell, int32_t h_kv, bool evicted);
