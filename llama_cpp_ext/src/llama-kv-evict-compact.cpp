@@ -235,44 +235,22 @@ bool llama_kv_evict_state::realloc_pools(
 }
 
 int32_t llama_kv_evict_state::evict_seq_compact(llama_seq_id seq_id) {
-    const uint32_t strm = kv.get_stream(seq_id);
-    const auto & cells  = kv.get_cells(seq_id);
-    const auto   cidx   = seq_cells(seq_id);
+    evict_round r;
+    const int32_t rc0 = begin_round(seq_id, __func__, "its per-head pools cannot be separated from them", r);
+    if (rc0 != LLAMA_KV_EVICT_OK) {
+        return rc0;
+    }
 
-    if (cidx.empty()) {
-        LLAMA_LOG_ERROR("%s: sequence %d holds no token\n", __func__, seq_id);
-        return LLAMA_KV_EVICT_ERR_SEQ;
-    }
-    for (const uint32_t c : cidx) {
-        if (cells.seq_count(c) > 1) {
-            LLAMA_LOG_ERROR("%s: sequence %d shares cells with another sequence (llama_memory_seq_cp in a unified "
-                    "cache): its per-head pools cannot be separated from them\n", __func__, seq_id);
-            return LLAMA_KV_EVICT_ERR_STATE;
-        }
-    }
+    const auto & cells = kv.get_cells(seq_id);
 
     const bool compacted = seqs[seq_id].compacted;
-
-    std::vector<int32_t>   slots;
-    std::vector<llama_pos> q_pos;
-    if (!collect_window(seq_id, slots, q_pos)) {
-        return LLAMA_KV_EVICT_ERR_WINDOW;
-    }
-    const int32_t n_win = (int32_t) slots.size();
 
     // tokens decoded since the last compaction are in the main cache cells AND already in the pools (the graph
     // stores every new token in both); before the first compaction everything is in the main cache only
     const size_t n_layer = layers.size();
 
-    std::vector<llama_kv_evict_layer> info_layers(n_layer);
-    std::vector<std::vector<llama_kv_evict_head>> heads(n_layer);
-    std::vector<std::vector<float>> q_buf(n_layer);
     std::vector<std::vector<std::vector<row_src>>> src(n_layer);
     std::vector<std::vector<std::vector<llama_pos>>> src_pos(n_layer);
-    std::vector<std::vector<std::vector<uint8_t>>> k_buf(n_layer);
-    std::vector<std::vector<std::vector<int32_t>>> keep_buf(n_layer);
-
-    bool uniform = true;
 
     for (size_t l = 0; l < n_layer; ++l) {
         auto & li = layers[l];
@@ -281,43 +259,38 @@ int32_t llama_kv_evict_state::evict_seq_compact(llama_seq_id seq_id) {
         const int32_t dv    = li.n_embd_head_v;
         const size_t  row_k = ggml_row_size(li.k->type, d);
 
-        copy_queries(l, seq_id, slots, q_buf[l]);
-
-        heads[l].resize(li.n_head_kv);
         src[l].resize(li.n_head_kv);
         src_pos[l].resize(li.n_head_kv);
-        k_buf[l].resize(li.n_head_kv);
-        keep_buf[l].resize(li.n_head_kv);
 
         for (int32_t h = 0; h < li.n_head_kv; ++h) {
-            auto & hd = heads[l][h];
+            auto & hd = r.heads[l][h];
             auto & rs = src[l][h];
             auto & ps = src_pos[l][h];
 
             if (!compacted) {
                 ggml_tensor * v = kv.get_v_storage(li.il);
-                const char * k_base = (const char *) li.k->data + strm*li.k->nb[2];
-                const char * v_base = (const char *) v->data + strm*v->nb[2];
+                const char * k_base = (const char *) li.k->data + r.strm*li.k->nb[2];
+                const char * v_base = (const char *) v->data + r.strm*v->nb[2];
                 const bool   v_trans = kv.get_v_trans();
                 const size_t row_v   = ggml_row_size(v->type, dv);
                 const size_t es_v    = ggml_type_size(v->type);
 
-                for (const uint32_t c : cidx) {
-                    row_src r;
-                    r.k = k_base + c*li.k->nb[1] + h*row_k;
+                for (const uint32_t c : r.cidx) {
+                    row_src row;
+                    row.k = k_base + c*li.k->nb[1] + h*row_k;
                     if (!v_trans) {
-                        r.v        = v_base + c*v->nb[1] + h*row_v;
-                        r.v_stride = 0;
+                        row.v        = v_base + c*v->nb[1] + h*row_v;
+                        row.v_stride = 0;
                     } else {
-                        r.v        = v_base + ((size_t) h*dv*kv_size + c)*es_v;
-                        r.v_stride = (size_t) kv_size*es_v;
+                        row.v        = v_base + ((size_t) h*dv*kv_size + c)*es_v;
+                        row.v_stride = (size_t) kv_size*es_v;
                     }
-                    rs.push_back(r);
+                    rs.push_back(row);
                     ps.push_back(cells.pos_get(c));
                 }
             } else {
                 const auto & pl = seqs[seq_id].layers[l];
-                uniform = uniform && pl.len[h] == pl.len[0] && pl.pos[h] == pl.pos[0];
+                r.uniform = r.uniform && pl.len[h] == pl.len[0] && pl.pos[h] == pl.pos[0];
                 for (int64_t j = 0; j < pl.len[h]; ++j) {
                     rs.push_back(pool_row(pl, h, j));
                 }
@@ -335,7 +308,7 @@ int32_t llama_kv_evict_state::evict_seq_compact(llama_seq_id seq_id) {
                 hd.k        = rs[0].k;
                 hd.nb_entry = rs.size() > 1 ? (size_t) (rs[1].k - rs[0].k) : row_k;
             } else {
-                auto & kb = k_buf[l][h];
+                auto & kb = r.k_buf[l][h];
                 kb.resize(rs.size()*row_k);
                 for (size_t i = 0; i < rs.size(); ++i) {
                     memcpy(kb.data() + i*row_k, rs[i].k, row_k);
@@ -343,26 +316,10 @@ int32_t llama_kv_evict_state::evict_seq_compact(llama_seq_id seq_id) {
                 hd.k        = kb.data();
                 hd.nb_entry = row_k;
             }
-
-            auto & kp = keep_buf[l][h];
-            kp.resize(rs.size());
-            for (size_t i = 0; i < rs.size(); ++i) {
-                kp[i] = (int32_t) i;
-            }
-            hd.keep   = kp.data();
-            hd.n_keep = hd.n_kv;
         }
-
-        fill_layer_info(info_layers[l], l, n_win, q_buf[l].data(), q_pos.data(), heads[l].data());
     }
 
-    llama_kv_evict_info info;
-    info.seq_id  = seq_id;
-    info.n_layer = (int32_t) n_layer;
-    info.layers  = info_layers.data();
-    info.uniform = uniform;
-
-    const int32_t rc = run_callback(info, heads, keep_buf);
+    const int32_t rc = call_round(seq_id, r);
     if (rc != LLAMA_KV_EVICT_OK) {
         return rc;
     }
@@ -371,7 +328,7 @@ int32_t llama_kv_evict_state::evict_seq_compact(llama_seq_id seq_id) {
     if (!compacted) {
         bool all = true;
         for (size_t l = 0; l < n_layer && all; ++l) {
-            for (const auto & hd : heads[l]) {
+            for (const auto & hd : r.heads[l]) {
                 all = all && hd.n_keep == hd.n_kv;
             }
         }
@@ -390,7 +347,7 @@ int32_t llama_kv_evict_state::evict_seq_compact(llama_seq_id seq_id) {
         rows[l].resize(n_head_kv);
         pos[l].resize(n_head_kv);
         for (int32_t h = 0; h < n_head_kv; ++h) {
-            const auto & hd = heads[l][h];
+            const auto & hd = r.heads[l][h];
             for (int32_t j = 0; j < hd.n_keep; ++j) {
                 rows[l][h].push_back(src[l][h][hd.keep[j]]);
                 pos[l][h].push_back(src_pos[l][h][hd.keep[j]]);
@@ -417,7 +374,7 @@ int32_t llama_kv_evict_state::evict_seq_compact(llama_seq_id seq_id) {
 
     // the main cache keeps only the last cell of the sequence (a new batch must start at seq_pos_max + 1)
     llama_pos p_max = -1;
-    for (const uint32_t c : cidx) {
+    for (const uint32_t c : r.cidx) {
         p_max = std::max(p_max, cells.pos_get(c));
     }
     internal_rm = true;

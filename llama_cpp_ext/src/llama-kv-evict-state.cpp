@@ -256,13 +256,24 @@ void llama_kv_evict_state::set_capture_idxs(ggml_tensor * dst, const llama_ubatc
     }
 }
 
-void llama_kv_evict_state::replicate_mask(ggml_tensor * dst, const void * src) {
-    const size_t  plane = (size_t) dst->ne[0]*dst->ne[1]*ggml_element_size(dst);
-    const int64_t nh    = dst->ne[2];
+void * llama_kv_evict_state::mask_plane(ggml_tensor * dst, std::vector<uint8_t> & plane) {
+    if (dst->ne[2] == 1) {
+        return dst->data;
+    }
+    plane.resize((size_t) dst->ne[0]*dst->ne[1]*dst->ne[3]*ggml_element_size(dst));
+    return plane.data();
+}
+
+void llama_kv_evict_state::replicate_mask(ggml_tensor * dst, const std::vector<uint8_t> & plane) {
+    if (plane.empty()) {
+        return;
+    }
+    const size_t  size = (size_t) dst->ne[0]*dst->ne[1]*ggml_element_size(dst);
+    const int64_t nh   = dst->ne[2];
 
     for (int64_t s = 0; s < dst->ne[3]; ++s) {
         for (int64_t h = 0; h < nh; ++h) {
-            memcpy((char *) dst->data + (s*nh + h)*plane, (const char *) src + s*plane, plane);
+            memcpy((char *) dst->data + (s*nh + h)*size, plane.data() + s*size, size);
         }
     }
 }
@@ -368,6 +379,18 @@ void llama_kv_evict_state::on_clear() {
 
 bool llama_kv_evict_state::is_seq_evicted(llama_seq_id seq_id) const {
     return seq_id >= 0 && (uint32_t) seq_id < n_seq_max && seq_evicted[seq_id];
+}
+
+bool llama_kv_evict_state::allow_seq_cp(llama_seq_id seq_id_src, llama_seq_id seq_id_dst) const {
+    if (!allow_seq_edit(seq_id_src, "seq_cp") || !allow_seq_edit(seq_id_dst, "seq_cp")) {
+        return false;
+    }
+    if (is_seq_evicted(seq_id_src) && kv.get_stream(seq_id_src) != kv.get_stream(seq_id_dst)) {
+        LLAMA_LOG_ERROR("%s: sequence %d has per-head evictions that cannot be copied into another stream: "
+                "seq_cp ignored\n", __func__, seq_id_src);
+        return false;
+    }
+    return true;
 }
 
 std::vector<uint32_t> llama_kv_evict_state::seq_cells(llama_seq_id seq_id) const {
@@ -477,6 +500,76 @@ int32_t llama_kv_evict_state::run_callback(llama_kv_evict_info & info,
     return LLAMA_KV_EVICT_OK;
 }
 
+int32_t llama_kv_evict_state::begin_round(
+        llama_seq_id seq_id, const char * func, const char * why_shared, evict_round & r) const {
+    const auto & cells = kv.get_cells(seq_id);
+
+    r.strm = kv.get_stream(seq_id);
+    r.cidx = seq_cells(seq_id);
+
+    if (r.cidx.empty()) {
+        LLAMA_LOG_ERROR("%s: sequence %d holds no token\n", func, seq_id);
+        return LLAMA_KV_EVICT_ERR_SEQ;
+    }
+    for (const uint32_t c : r.cidx) {
+        if (cells.seq_count(c) > 1) {
+            LLAMA_LOG_ERROR("%s: sequence %d shares cells with another sequence (llama_memory_seq_cp in a unified "
+                    "cache): %s\n", func, seq_id, why_shared);
+            return LLAMA_KV_EVICT_ERR_STATE;
+        }
+    }
+
+    if (!collect_window(seq_id, r.slots, r.q_pos)) {
+        return LLAMA_KV_EVICT_ERR_WINDOW;
+    }
+    r.n_win = (int32_t) r.slots.size();
+
+    const size_t n_layer = layers.size();
+
+    r.q_buf.resize(n_layer);
+    r.heads.resize(n_layer);
+    r.k_buf.resize(n_layer);
+    r.keep_buf.resize(n_layer);
+    for (size_t l = 0; l < n_layer; ++l) {
+        const int32_t n_head_kv = layers[l].n_head_kv;
+
+        copy_queries(l, seq_id, r.slots, r.q_buf[l]);
+
+        r.heads[l].resize(n_head_kv);
+        r.k_buf[l].resize(n_head_kv);
+        r.keep_buf[l].resize(n_head_kv);
+    }
+
+    return LLAMA_KV_EVICT_OK;
+}
+
+int32_t llama_kv_evict_state::call_round(llama_seq_id seq_id, evict_round & r) const {
+    const size_t n_layer = layers.size();
+
+    std::vector<llama_kv_evict_layer> info_layers(n_layer);
+    for (size_t l = 0; l < n_layer; ++l) {
+        for (size_t h = 0; h < r.heads[l].size(); ++h) {
+            auto & hd = r.heads[l][h];
+            auto & kp = r.keep_buf[l][h];
+            kp.resize(hd.n_kv);
+            for (int32_t i = 0; i < hd.n_kv; ++i) {
+                kp[i] = i;
+            }
+            hd.keep   = kp.data();
+            hd.n_keep = hd.n_kv;
+        }
+        fill_layer_info(info_layers[l], l, r.n_win, r.q_buf[l].data(), r.q_pos.data(), r.heads[l].data());
+    }
+
+    llama_kv_evict_info info;
+    info.seq_id  = seq_id;
+    info.n_layer = (int32_t) n_layer;
+    info.layers  = info_layers.data();
+    info.uniform = r.uniform;
+
+    return run_callback(info, r.heads, r.keep_buf);
+}
+
 int32_t llama_kv_evict_state::evict_seq(llama_seq_id seq_id) {
     if (seq_id < 0 || (uint32_t) seq_id >= n_seq_max) {
         LLAMA_LOG_ERROR("%s: seq_id %d out of range [0, %u)\n", __func__, seq_id, n_seq_max);
@@ -486,72 +579,45 @@ int32_t llama_kv_evict_state::evict_seq(llama_seq_id seq_id) {
         return evict_seq_compact(seq_id);
     }
 
-    const uint32_t strm = kv.get_stream(seq_id);
-    const auto & cells  = kv.get_cells(seq_id);
-    const auto   cidx   = seq_cells(seq_id);
-
-    if (cidx.empty()) {
-        LLAMA_LOG_ERROR("%s: sequence %d holds no token\n", __func__, seq_id);
-        return LLAMA_KV_EVICT_ERR_SEQ;
-    }
-    for (const uint32_t c : cidx) {
-        if (cells.seq_count(c) > 1) {
-            LLAMA_LOG_ERROR("%s: sequence %d shares cells with another sequence (llama_memory_seq_cp in a unified "
-                    "cache): per-head eviction would hide them from both\n", __func__, seq_id);
-            return LLAMA_KV_EVICT_ERR_STATE;
-        }
+    evict_round r;
+    const int32_t rc0 = begin_round(seq_id, __func__, "per-head eviction would hide them from both", r);
+    if (rc0 != LLAMA_KV_EVICT_OK) {
+        return rc0;
     }
 
-    std::vector<int32_t>   slots;
-    std::vector<llama_pos> q_pos;
-    if (!collect_window(seq_id, slots, q_pos)) {
-        return LLAMA_KV_EVICT_ERR_WINDOW;
-    }
-    const int32_t n_win = (int32_t) slots.size();
+    const auto & cells = kv.get_cells(seq_id);
 
     const size_t n_layer = layers.size();
 
-    std::vector<llama_kv_evict_layer> info_layers(n_layer);
-    std::vector<std::vector<llama_kv_evict_head>> heads(n_layer);
-    std::vector<std::vector<float>> q_buf(n_layer);
-    // per layer and head: entry -> cell, positions, gathered keys, keep buffer
+    // per layer and head: entry -> cell, positions
     std::vector<std::vector<std::vector<uint32_t>>> ent_cell(n_layer);
     std::vector<std::vector<std::vector<llama_pos>>> ent_pos(n_layer);
-    std::vector<std::vector<std::vector<uint8_t>>> k_buf(n_layer);
-    std::vector<std::vector<std::vector<int32_t>>> keep_buf(n_layer);
-
-    bool uniform = true;
 
     for (size_t l = 0; l < n_layer; ++l) {
         auto & li = layers[l];
 
         const int32_t d  = li.n_embd_head_k;
 
-        copy_queries(l, seq_id, slots, q_buf[l]);
-
         const size_t row_k  = ggml_row_size(li.k->type, d);
-        const char * k_base = (const char *) li.k->data + strm*li.k->nb[2];
+        const char * k_base = (const char *) li.k->data + r.strm*li.k->nb[2];
 
-        heads[l].resize(li.n_head_kv);
         ent_cell[l].resize(li.n_head_kv);
         ent_pos[l].resize(li.n_head_kv);
-        k_buf[l].resize(li.n_head_kv);
-        keep_buf[l].resize(li.n_head_kv);
 
         for (int32_t h = 0; h < li.n_head_kv; ++h) {
             auto & ec = ent_cell[l][h];
             auto & ep = ent_pos[l][h];
-            for (const uint32_t c : cidx) {
-                if (!li.evicted[((size_t) strm*kv_size + c)*li.n_head_kv + h]) {
+            for (const uint32_t c : r.cidx) {
+                if (!li.evicted[((size_t) r.strm*kv_size + c)*li.n_head_kv + h]) {
                     ec.push_back(c);
                     ep.push_back(cells.pos_get(c));
                 }
             }
-            if (ec.size() != cidx.size()) {
-                uniform = false;
+            if (ec.size() != r.cidx.size()) {
+                r.uniform = false;
             }
 
-            auto & hd = heads[l][h];
+            auto & hd = r.heads[l][h];
             hd.n_kv = (int32_t) ec.size();
             hd.pos  = ep.data();
 
@@ -566,7 +632,7 @@ int32_t llama_kv_evict_state::evict_seq(llama_seq_id seq_id) {
                 hd.k        = k_base + ec[0]*li.k->nb[1] + h*row_k;
                 hd.nb_entry = li.k->nb[1];
             } else {
-                auto & kb = k_buf[l][h];
+                auto & kb = r.k_buf[l][h];
                 kb.resize(ec.size()*row_k);
                 for (size_t i = 0; i < ec.size(); ++i) {
                     memcpy(kb.data() + i*row_k, k_base + ec[i]*li.k->nb[1] + h*row_k, row_k);
@@ -574,26 +640,10 @@ int32_t llama_kv_evict_state::evict_seq(llama_seq_id seq_id) {
                 hd.k        = kb.data();
                 hd.nb_entry = row_k;
             }
-
-            auto & kp = keep_buf[l][h];
-            kp.resize(ec.size());
-            for (size_t i = 0; i < ec.size(); ++i) {
-                kp[i] = (int32_t) i;
-            }
-            hd.keep   = kp.data();
-            hd.n_keep = hd.n_kv;
         }
-
-        fill_layer_info(info_layers[l], l, n_win, q_buf[l].data(), q_pos.data(), heads[l].data());
     }
 
-    llama_kv_evict_info info;
-    info.seq_id  = seq_id;
-    info.n_layer = (int32_t) n_layer;
-    info.layers  = info_layers.data();
-    info.uniform = uniform;
-
-    const int32_t rc = run_callback(info, heads, keep_buf);
+    const int32_t rc = call_round(seq_id, r);
     if (rc != LLAMA_KV_EVICT_OK) {
         return rc;
     }
@@ -603,7 +653,7 @@ int32_t llama_kv_evict_state::evict_seq(llama_seq_id seq_id) {
     for (size_t l = 0; l < n_layer; ++l) {
         auto & li = layers[l];
         for (int32_t h = 0; h < li.n_head_kv; ++h) {
-            const auto & hd = heads[l][h];
+            const auto & hd = r.heads[l][h];
             const auto & ec = ent_cell[l][h];
             int32_t j = 0;
             for (int32_t i = 0; i < hd.n_kv; ++i) {
@@ -611,8 +661,8 @@ int32_t llama_kv_evict_state::evict_seq(llama_seq_id seq_id) {
                     j++;
                     continue;
                 }
-                set_bias(li, strm, ec[i], h, true);
-                cell_dirty[(size_t) strm*kv_size + ec[i]] = 1;
+                set_bias(li, r.strm, ec[i], h, true);
+                cell_dirty[(size_t) r.strm*kv_size + ec[i]] = 1;
                 any = true;
             }
         }
@@ -623,12 +673,12 @@ int32_t llama_kv_evict_state::evict_seq(llama_seq_id seq_id) {
 
     // a token that no (layer, KV head) holds any more leaves the sequence, exactly as with llama_memory_seq_rm:
     // its cell is freed and reused by the next tokens
-    for (const uint32_t c : cidx) {
+    for (const uint32_t c : r.cidx) {
         bool held = false;
         for (size_t l = 0; l < n_layer && !held; ++l) {
             const auto & li = layers[l];
             for (int32_t h = 0; h < li.n_head_kv; ++h) {
-                if (!li.evicted[((size_t) strm*kv_size + c)*li.n_head_kv + h]) {
+                if (!li.evicted[((size_t) r.strm*kv_size + c)*li.n_head_kv + h]) {
                     held = true;
                     break;
                 }

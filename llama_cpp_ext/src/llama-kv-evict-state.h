@@ -50,15 +50,17 @@ public:
     // input: ring rows of the ubatch tokens (dst I64 [n_tokens]); records positions of the captured rows
     void set_capture_idxs(ggml_tensor * dst, const llama_ubatch & ubatch);
 
-    // replicate the single-head mask plane src [n_kv, n_tps, 1, n_stream] into dst [n_kv, n_tps, n_head, n_stream]
-    static void replicate_mask(ggml_tensor * dst, const void * src);
+    // input: llama_kv_cache::set_input_kq_mask fills one head plane [n_kv, n_tps, 1, n_stream] at mask_plane(dst,
+    // plane): dst->data itself when the mask has one head, else plane (resized); replicate_mask then copies a filled
+    // plane into every head of dst [n_kv, n_tps, n_head, n_stream] (nothing to do when plane is empty)
+    static void * mask_plane(ggml_tensor * dst, std::vector<uint8_t> & plane);
+    static void   replicate_mask(ggml_tensor * dst, const std::vector<uint8_t> & plane);
 
     // hooks from llama_kv_cache
     void on_cells_filled(uint32_t strm, const std::vector<uint32_t> & idxs);
     void on_seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p1);
     void on_seq_keep(llama_seq_id seq_id);
     void on_clear();
-    bool is_seq_evicted(llama_seq_id seq_id) const;
 
     // llama_kv_evict_seq / llama_kv_evict_get_stats
     int32_t evict_seq(llama_seq_id seq_id);
@@ -77,6 +79,8 @@ public:
     // seq_id < 0 stands for every sequence
     bool allow_seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const;
     bool allow_seq_edit(llama_seq_id seq_id, const char * what) const;
+    // seq_cp: both sequences editable, and a sequence with evictions copied only within its stream
+    bool allow_seq_cp(llama_seq_id seq_id_src, llama_seq_id seq_id_dst) const;
 
     // false (error logged) when a ubatch token belongs to several sequences one of which is compacted
     bool allow_ubatch(const llama_ubatch & ubatch) const;
@@ -121,6 +125,8 @@ private:
 
     // the cells of seq_id in position order
     std::vector<uint32_t> seq_cells(llama_seq_id seq_id) const;
+    // the sequence has per-head evictions (either mode)
+    bool is_seq_evicted(llama_seq_id seq_id) const;
 
     // shared by both modes: the window's ring slots in capture order (false + logged error when empty), the
     // queries of layer l as [n_head][n_window][d], the layer record, and callback + plan validation
@@ -131,6 +137,29 @@ private:
     int32_t run_callback(llama_kv_evict_info & info,
             const std::vector<std::vector<llama_kv_evict_head>> & heads,
             const std::vector<std::vector<std::vector<int32_t>>> & keep_buf) const;
+
+    // one llama_kv_evict_seq call, as both modes prepare it: the sequence's cells and window, the queries of every
+    // layer, and per (layer, KV head) the callback's head record with its gathered keys and keep buffer
+    struct evict_round {
+        uint32_t               strm = 0;
+        std::vector<uint32_t>  cidx;  // cells of the sequence in position order, none shared with another one
+        std::vector<int32_t>   slots; // ring slots of the window in capture order
+        std::vector<llama_pos> q_pos; // [n_win]
+        int32_t                n_win = 0;
+
+        std::vector<std::vector<float>>                q_buf;    // [n_layer][n_head*n_win*d]
+        std::vector<std::vector<llama_kv_evict_head>>  heads;    // [n_layer][n_head_kv], filled by the mode
+        std::vector<std::vector<std::vector<uint8_t>>> k_buf;    // [n_layer][n_head_kv] keys gathered when strided
+        std::vector<std::vector<std::vector<int32_t>>> keep_buf; // [n_layer][n_head_kv] plan written by the callback
+
+        bool uniform = true; // every head holds the same entries
+    };
+    // checks and gathers what both modes share (func and why_shared name the caller in the logged errors);
+    // LLAMA_KV_EVICT_OK or the status to return
+    int32_t begin_round(llama_seq_id seq_id, const char * func, const char * why_shared, evict_round & r) const;
+    // once the mode has set every head's n_kv, pos, k and nb_entry: the starting plan (keep all n_kv entries), the
+    // layer records, the callback and the plan validation
+    int32_t call_round(llama_seq_id seq_id, evict_round & r) const;
 
     void set_bias(layer_info & layer, uint32_t strm, uint32_t cell, int32_t h_kv, bool evicted);
 
