@@ -115,8 +115,9 @@ def open_eviction_bench(*, n_ctx: int, n_seq: int, threads: int, flash_attn: boo
     ``N_BATCH``), the second with COMPACT eviction keeping about ``keep`` of every head (``ragged_keep``, the last
     ``PROTECTED_TAIL`` tokens always) and ``n_headroom`` cells of headroom per head. ``quiet`` silences llama.cpp's
     log first."""
-    from audiokv_edge import llama_evict_cpp as E
-    from audiokv_edge import native_libs, real_models
+    from audiokv_edge.native import llama_kv_evict as E
+    from audiokv_edge.native import libs as native_libs
+    from audiokv_edge.testing import real_models
 
     llama = native_libs.load_llama_cpp().llama_cpp
     lib = E.load_library()

@@ -9,7 +9,7 @@
 #      against the already-built patched libllama / libggml-base of build/native/lib (libaudiokv/CMakeLists.txt,
 #      AUDIOKV_LLAMA_LIB_DIR: imported targets; llama.cpp itself is not rebuilt or instrumented);
 #   2. makes a temporary library directory: symlinks to every library of build/native/lib except libaudiokv*, plus
-#      the sanitized libaudiokv.so, and points AUDIOKV_EDGE_LIB_DIR at it (audiokv_edge/native_libs.py);
+#      the sanitized libaudiokv.so, and points AUDIOKV_EDGE_LIB_DIR at it (audiokv_edge/native/libs.py);
 #   3. runs the pytest files that drive the callback through llama.cpp (default: tests/test_evict_callback_c.py, the
 #      callback on f16 / q8_0 keys, plain and iSWA models, with and without a stored profile, wrong-shape profile;
 #      tests/test_profile_defaults_runner.py, the runner and Session creating evictors from stored defaults) with
@@ -80,7 +80,7 @@ for f in "$native_lib"/*; do
     case "$name" in libaudiokv*) continue ;; esac
     [ -f "$f" ] && ln -s "$f" "$tmp/lib/$name"       # files only: not lib/unpatched/
 done
-# audiokv_edge/audiokv_cpp.py and native_libs.py load <AUDIOKV_EDGE_LIB_DIR>/libaudiokv.so
+# audiokv_edge/native/audiokv.py and native_libs.py load <AUDIOKV_EDGE_LIB_DIR>/libaudiokv.so
 ln -s "$lib" "$tmp/lib/libaudiokv.so"
 
 # -- 3./4. the tests, sanitized, with a probe of what the process mapped ---------------------------------------------

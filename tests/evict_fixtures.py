@@ -1,6 +1,6 @@
 """Shared harness of the per-head eviction tests (tests/test_evict_mask.py, tests/test_evict_compact.py): tiny
 random-weight models of real architectures written once per test module, one llama_context per :class:`Runner`
-driven through the llama_cpp low-level bindings, the eviction API bound by audiokv_edge.llama_evict_cpp, plan
+driven through the llama_cpp low-level bindings, the eviction API bound by audiokv_edge.native.llama_kv_evict, plan
 functions and greedy decoding of one or two sequences."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ GGML_TYPE_F16 = 1
 GGML_TYPE_Q8_0 = 8
 
 def _specs():
-    from audiokv_edge import tiny_models as tm
+    from audiokv_edge.testing import tiny_models as tm
 
     return {
         "llama": tm.TextModelSpec("llama", tm.LLAMA3, n_embd=128, n_head=4, n_head_kv=2, head_dim=32),
@@ -31,7 +31,7 @@ ARCHS = ["llama", "qwen2", "qwen3", "gemma3"]
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from audiokv_edge import tiny_models as tm
+    from audiokv_edge.testing import tiny_models as tm
 
     directory = tmp_path_factory.mktemp("evict_models")
     paths = {}
@@ -45,7 +45,7 @@ _LOG_CB = None
 
 
 def _llama():
-    from audiokv_edge import native_libs
+    from audiokv_edge.native import libs as native_libs
 
     llama = native_libs.load_llama_cpp().llama_cpp
     global _LOG_CB
@@ -109,14 +109,14 @@ class Runner:
 
 
 def evict_lib():
-    from audiokv_edge import llama_evict_cpp
+    from audiokv_edge.native import llama_kv_evict as llama_evict_cpp
 
     return llama_evict_cpp.load_library()
 
 
 def enable(runner, fn, n_window=8, mode=0, n_headroom=None):
     """Enable eviction on ``runner`` with the Python plan function ``fn(seq_id, layers, uniform)``."""
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     lib = evict_lib()
     params = lib.llama_kv_evict_default_params()

@@ -11,8 +11,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def ensure_libaudiokv():
-    """Load libaudiokv (audiokv_edge.audiokv_cpp.load_library), building it standalone (-j2) if it is missing."""
-    from audiokv_edge import audiokv_cpp
+    """Load libaudiokv (audiokv_edge.native.audiokv.load_library), building it standalone (-j2) if it is missing."""
+    from audiokv_edge.native import audiokv as audiokv_cpp
 
     try:
         audiokv_cpp.library_path()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from audiokv_edge.tiny_models import TINY_PAIRS, write_tiny_pair
+from audiokv_edge.testing.tiny_models import TINY_PAIRS, write_tiny_pair
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS = (1.0, 29.9, 30.0, 31.0, 300.0)
@@ -32,7 +32,7 @@ RATE = 16000
 PROBE = r"""
 import json, sys
 import numpy as np
-from audiokv_edge.session import Session, SessionConfig
+from audiokv_edge.runtime.session import Session, SessionConfig
 model, mmproj, *secs = sys.argv[1:]
 counts = {}
 with Session(model, mmproj, SessionConfig(method="full", ctx=256, threads=2)) as s:

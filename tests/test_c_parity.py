@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from audiokv_edge import HeadProfile, KeepPlan, plan
-from audiokv_edge import audiokv_cpp as C
-from audiokv_edge._native_plan import c_params, plan_c
+from audiokv_edge.native import audiokv as C
+from audiokv_edge.native.plan import c_params, plan_c
 from audiokv_edge.methods import METHODS
 from tests.libaudiokv_build import ensure_libaudiokv
 
@@ -52,7 +52,7 @@ def snap_to_row_grid(x):
 
 def test_reference_rounds_sss_rows_to_the_grid():
     """Both sides apply the grid (C: akv_snap_to_row_grid); spiky rows would otherwise rank FFT noise."""
-    from audiokv_edge.scoring import smoothed_window_scores
+    from audiokv_edge.reference.scores import smoothed_window_scores
 
     q, k, _ = make_inputs("large", 1, 2, 1, 40, 8, 8, 7)
     s = smoothed_window_scores(q, k, sss_alpha=0.5, sss_gamma=0.95)

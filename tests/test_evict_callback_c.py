@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiokv_edge import gguf_profile as gp
+from audiokv_edge.profile import gguf_keys as gp
 from audiokv_edge.methods import METHODS
-from audiokv_edge.profile import HeadProfile
+from audiokv_edge.profile.head_profile import HeadProfile
 
 pytestmark = pytest.mark.native
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def models(tmp_path_factory):
     """name -> model path: qwen2 (2 KV heads, no profile), qwen3 (head_dim 64), each also with a skewed stored
     profile, gemma3 iSWA (2 KV
     heads, sliding and full-attention layers alternating) with a skewed stored profile."""
-    from audiokv_edge import tiny_models as tm
+    from audiokv_edge.testing import tiny_models as tm
 
     d = tmp_path_factory.mktemp("evict_c")
     specs = {
@@ -71,14 +71,16 @@ class _Context:
     """A model and a one-sequence COMPACT context whose eviction goes through a recording wrapper of the C callback."""
 
     def __init__(self, path, method: str, type_k: int, flash: bool, keep: float = KEEP):
-        from audiokv_edge import audiokv_cpp, native_libs
-        from audiokv_edge import llama_evict_cpp as E
+        from audiokv_edge.native import audiokv as audiokv_cpp
+        from audiokv_edge.native import libs as native_libs
+        from audiokv_edge.native import audiokv_llama
+        from audiokv_edge.native import llama_kv_evict as E
 
         self.E = E
         self.lc = lc = native_libs.load_llama_cpp().llama_cpp
         lc.llama_backend_init()
         self.lib = E.load_library()
-        self.akv = E.load_adapter()
+        self.akv = audiokv_llama.load_adapter()
         self.model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
         assert self.model
         cp = lc.llama_context_default_params()
@@ -97,7 +99,7 @@ class _Context:
         self.evictor = self.akv.audiokv_llama_evictor_new(self.model, ctypes.byref(params), keep,
                                                           ctypes.byref(status), err, len(err))
         assert self.evictor, err.value
-        self.c_callback = E.c_callback(self.akv)
+        self.c_callback = audiokv_llama.c_callback(self.akv)
         self.records: list[dict] = []
         self.wrapper = E.llama_kv_evict_callback(self._record_and_plan)
         ep = self.lib.llama_kv_evict_default_params()
@@ -242,8 +244,10 @@ def test_stored_skewed_profile_drives_the_budgets(models):
 
 PROBE_WARNINGS = r"""
 import ctypes, json, logging, sys
-from audiokv_edge import audiokv_cpp, native_libs
-from audiokv_edge import llama_evict_cpp as E
+from audiokv_edge.native import audiokv as audiokv_cpp
+from audiokv_edge.native import libs as native_libs
+from audiokv_edge.native import audiokv_llama
+from audiokv_edge.native import llama_kv_evict as E
 lines = []
 class H(logging.Handler):
     def emit(self, record):
@@ -252,7 +256,7 @@ logging.getLogger("audiokv_edge").addHandler(H())
 logging.getLogger("audiokv_edge").setLevel(logging.DEBUG)
 lc = native_libs.load_llama_cpp().llama_cpp
 lc.llama_backend_init()
-akv = E.load_adapter()
+akv = audiokv_llama.load_adapter()
 out = {"status": [], "errors": [], "has_profile": []}
 for path in sys.argv[1:]:
     for method in ("audiokv", "audiokv", "snapkv"):

@@ -70,7 +70,7 @@ def ragged_plan(seed, keep=0.5, protect=4, hold_all=False):
 
 
 def stats(runner):
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     st = E.llama_kv_evict_stats()
     assert evict_lib().llama_kv_evict_get_stats(runner.ctx, 0, ctypes.byref(st)) == 0
@@ -270,7 +270,7 @@ def test_compact_graph_fits_a_30_layer_model(tmp_path, flash_attn):
     """SmolLM2's depth and head layout (30 layers, 9 query / 3 KV heads): the per-KV-head attention of the compact
     path must fit the graph llama.cpp reserves (it aborted with GGML_ASSERT(obj_new) before patch 0003); also with
     two compacted sequences and an uncompacted third one in every ubatch (unified cache, tokens interleaved)."""
-    from audiokv_edge import tiny_models as tm
+    from audiokv_edge.testing import tiny_models as tm
 
     path = tmp_path / "deep.gguf"
     tm.write_text_model(path, tm.TextModelSpec("llama", tm.LLAMA3, n_embd=144, n_layer=30, n_head=9, n_head_kv=3,
@@ -458,7 +458,7 @@ def test_two_sequences_unified_cache(models, arch, flash_attn, kind):
 
 
 def seq_stats(runner, seq):
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     st = E.llama_kv_evict_stats()
     assert evict_lib().llama_kv_evict_get_stats(runner.ctx, seq, ctypes.byref(st)) == 0
@@ -563,7 +563,7 @@ def test_shared_token_with_a_compacted_sequence_is_refused(models):
 def test_sequence_sharing_cells_is_not_compacted(models):
     """Unified cache: after seq_cp(0 -> 1) the two sequences share cells; compacting either is refused
     (ERR_STATE, nothing changes) until they are separate again."""
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     fn, _ = kind_plan("skewed", 4)
     r = Runner(models["qwen2"], n_seq_max=2, kv_unified=True)

@@ -189,7 +189,7 @@ def _write_head_swapped(path, spec, seed):
     evicting the same entries from KV head 1 of the swapped model.
     """
     import gguf
-    from audiokv_edge import tiny_models as tm
+    from audiokv_edge.testing import tiny_models as tm
 
     g = spec.n_head // spec.n_head_kv
     dh = spec.head_dim
@@ -338,7 +338,7 @@ def test_callback_sees_window_queries_and_keys(models):
 
 
 def test_errors_change_nothing(models):
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     lib = evict_lib()
     r = Runner(models["qwen2"])
@@ -397,7 +397,7 @@ def test_errors_change_nothing(models):
 
 
 def test_stats_count_kept_entries(models):
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     plan = {}
 
@@ -449,7 +449,7 @@ def _child(model, out, evict, flash_attn):
 
 @pytest.mark.parametrize("flash_attn", [True, False], ids=["fa", "nofa"])
 def test_keep_all_bitwise_equals_unpatched_libllama(models, tmp_path, flash_attn):
-    from audiokv_edge import native_libs
+    from audiokv_edge.native import libs as native_libs
 
     patched = native_libs.lib_dir()
     unpatched = patched / "unpatched"

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiokv_edge import gguf_profile as gp
-from audiokv_edge.profile import HeadProfile
-from audiokv_edge.profile_defaults import ProfileDefaults
-from audiokv_edge.tiny_models import write_tiny_pair
+from audiokv_edge.profile import gguf_keys as gp
+from audiokv_edge.profile.head_profile import HeadProfile
+from audiokv_edge.profile.defaults import ProfileDefaults
+from audiokv_edge.testing.tiny_models import write_tiny_pair
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "c_profile_reader"
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.native
 
 @pytest.fixture(scope="module")
 def reader_exe(tmp_path_factory):
-    from audiokv_edge import native_libs
+    from audiokv_edge.native import libs as native_libs
     lib = native_libs.lib_dir()
     inc = [REPO / "build" / "llama.cpp-src" / "include", REPO / "build" / "llama.cpp-src" / "ggml" / "include"]
     missing = [str(p / h) for p, h in zip(inc, ("llama.h", "ggml.h")) if not (p / h).is_file()]

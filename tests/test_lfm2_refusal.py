@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from audiokv_edge.gguf_header import GGUFHeader, GGUFValueType
-from audiokv_edge.tiny_models import AudioProjectorSpec, write_audio_projector
+from audiokv_edge.profile.gguf_header import GGUFHeader, GGUFValueType
+from audiokv_edge.testing.tiny_models import AudioProjectorSpec, write_audio_projector
 
 pytestmark = pytest.mark.native
 
@@ -29,7 +29,8 @@ REASON = "recurrent or hybrid"
 # Child: load the LFM2 model, try both eviction modes, then check the context still decodes and evict_seq refuses.
 INIT_PROBE = r"""
 import ctypes, json, sys
-from audiokv_edge import llama_evict_cpp as E, native_libs
+from audiokv_edge.native import llama_kv_evict as E
+from audiokv_edge.native import libs as native_libs
 llama = native_libs.load_llama_cpp().llama_cpp
 logged = []
 log_cb = llama.llama_log_callback(lambda level, text, data: logged.append((int(level), (text or b"").decode())))
@@ -83,7 +84,7 @@ def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def test_evict_init_refuses_hybrid_memory_with_a_logged_reason(lfm2):
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     model, _ = lfm2
     proc = run("-c", INIT_PROBE, str(model))

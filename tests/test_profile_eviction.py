@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiokv_edge import gguf_profile as gp
-from audiokv_edge.profile import HeadProfile
-from audiokv_edge.profile_file import save_profile_file
+from audiokv_edge.profile import gguf_keys as gp
+from audiokv_edge.profile.head_profile import HeadProfile
+from audiokv_edge.profile.side_file import save_profile_file
 
 pytestmark = pytest.mark.native
 REPO = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ N_PROMPT, WINDOW, KEEP = 96, 8, 0.4
 
 @pytest.fixture(scope="module")
 def profiled_model(tmp_path_factory):
-    from audiokv_edge import tiny_models as tm
+    from audiokv_edge.testing import tiny_models as tm
 
     d = tmp_path_factory.mktemp("evict_profile")
     spec = tm.TextModelSpec("qwen2", tm.CHATML, n_embd=128, n_head=4, n_head_kv=2, head_dim=32)
@@ -48,7 +48,7 @@ def profiled_model(tmp_path_factory):
 
 class _Context:
     def __init__(self, path):
-        from audiokv_edge import native_libs
+        from audiokv_edge.native import libs as native_libs
 
         self.lc = lc = native_libs.load_llama_cpp().llama_cpp
         lc.llama_backend_init()
@@ -96,7 +96,7 @@ def _planning_callback(method, profile, record):
 
 
 def _evict_and_continue(path, method, profile):
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     lib = E.load_library()
     c = _Context(path)

@@ -1,4 +1,4 @@
-"""Runner helpers without native code: the progress bar (drawn only on a terminal) and KV-byte accounting."""
+"""Runner helpers without native code: the progress bar (tqdm, drawn only on a terminal) and KV-byte accounting."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from audiokv_edge.progress import ProgressBar
-from audiokv_edge.stats import KVGeometry, AnswerStats
+from audiokv_edge.run import progress_bar
+from audiokv_edge.runtime.stats import KVGeometry, AnswerStats
 
 
 class FakeTTY(io.StringIO):
@@ -16,23 +16,18 @@ class FakeTTY(io.StringIO):
 
 
 def test_progress_bar_draws_only_on_a_terminal():
-    pipe = io.StringIO()
-    with ProgressBar("prefill", 10, "positions", stream=pipe) as bar:
-        bar.update(5)
-    assert pipe.getvalue() == ""
+    def draw(stream, show=True):
+        bar = progress_bar(show, stream)
+        bar.total = 10
+        bar.n = 5
+        bar.refresh()
+        bar.close()
+        return stream.getvalue()
 
-    tty = FakeTTY()
-    with ProgressBar("prefill", 10, "positions", stream=tty, width=10) as bar:
-        bar.update(5)
-        bar.update(99)  # clamped to total
-    text = tty.getvalue()
-    assert "\rprefill [#####.....] 5/10 positions" in text
-    assert "[##########] 10/10" in text and text.endswith("\n")
-
-    quiet = FakeTTY()
-    with ProgressBar("prefill", 10, stream=quiet, enabled=False) as bar:
-        bar.update(3)
-    assert quiet.getvalue() == ""
+    assert draw(io.StringIO()) == ""
+    text = draw(FakeTTY())
+    assert "encoding + prefill" in text and "5/10" in text and "positions" in text and text.endswith("\n")
+    assert draw(FakeTTY(), show=False) == ""
 
 
 def test_kv_geometry_bytes():

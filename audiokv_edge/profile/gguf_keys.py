@@ -27,10 +27,10 @@ from typing import Callable
 import numpy as np
 from gguf import GGUFValueType
 
-from . import __version__
-from .gguf_header import GGUFFormatError, GGUFHeader
-from .profile import HeadProfile
-from .profile_defaults import ProfileDefaults
+from audiokv_edge import __version__
+from audiokv_edge.profile.gguf_header import GGUFFormatError, GGUFHeader
+from audiokv_edge.profile.head_profile import HeadProfile
+from audiokv_edge.profile.defaults import ProfileDefaults
 
 logger = logging.getLogger(__name__)
 

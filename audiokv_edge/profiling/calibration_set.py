@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import soundfile as sf
 
-from .head_scoring import WordTiming, uniform_word_timings
+from audiokv_edge.profiling.hit_ratio import WordTiming, uniform_word_timings
 
 logger = logging.getLogger(__name__)
 

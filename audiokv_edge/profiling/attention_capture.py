@@ -2,7 +2,7 @@
 
 Used by convert/profile_heads.py to measure the AudioKV head profile (arXiv 2604.06694, Sec. 3) on a text model +
 libmtmd audio projector. The prompt (chat template, audio, "Transcribe the audio.") is evaluated as in
-:mod:`audiokv_edge.session`; then the transcript tokens are decoded in one teacher-forced batch
+:mod:`audiokv_edge.runtime.session`; then the transcript tokens are decoded in one teacher-forced batch
 [last prompt token, t_0, ..., t_{m-2}], whose row j is the decode step that emits t_j. llama.cpp's eval callback
 (``llama_context_params.cb_eval``) hands over the tensor "kq_soft_max-<il>" of every layer (flash attention off):
 float32 [n_kv, n_tokens, n_head], column j = KV cell j = position j in a fresh single-sequence cache.
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGUFValueType
 
-from .audio import load_audio
-from .calibration_set import CalibrationItem
-from .gguf_header import GGUFFormatError, GGUFHeader
-from .head_scoring import HitRatioAccumulator, word_token_spans
+from audiokv_edge.runtime.audio import load_audio
+from audiokv_edge.profiling.calibration_set import CalibrationItem
+from audiokv_edge.profile.gguf_header import GGUFFormatError, GGUFHeader
+from audiokv_edge.profiling.hit_ratio import HitRatioAccumulator, word_token_spans
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +136,8 @@ class TeacherForcedAttention:
 
     def __init__(self, model, mmproj, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 2,
                  prompt: str = DEFAULT_PROMPT) -> None:
-        from . import native_libs
-        from .session import check_gguf, find_mmproj
+        from audiokv_edge.native import libs as native_libs
+        from audiokv_edge.runtime.session import check_gguf, find_mmproj
 
         for name, value, low in (("n_ctx", n_ctx, 16), ("n_batch", n_batch, 1), ("n_threads", n_threads, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -2,14 +2,14 @@
 
 A :class:`Session` loads the model and its projector once and answers many audio prompts::
 
-    from audiokv_edge.session import Session, SessionConfig
+    from audiokv_edge.runtime.session import Session, SessionConfig
 
     with Session("model.gguf", config=SessionConfig(method="full", max_tokens=64)) as s:
         for piece in s.stream("talk.wav", "Transcribe the audio."):
             print(piece, end="", flush=True)
         print(s.last_answer.stats.audio_tokens)
 
-Pipeline: audio file -> mono float32 at the projector's rate (:mod:`audiokv_edge.audio`) -> the model's own chat
+Pipeline: audio file -> mono float32 at the projector's rate (:mod:`audiokv_edge.runtime.audio`) -> the model's own chat
 template (from its GGUF, rendered with llama-cpp-python's Jinja support) with mtmd's media marker where the user
 content starts -> ``mtmd_tokenize`` (text chunks + one chunk per 30 s audio window) -> each chunk encoded and
 decoded into the KV cache -> greedy decoding.
@@ -39,8 +39,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from audiokv_edge.audio import AudioClip, clip_from_array, load_audio
-from audiokv_edge.stats import KV_TYPE_BYTES, AnswerStats, KVGeometry, peak_rss_bytes
+from audiokv_edge.runtime.audio import AudioClip, clip_from_array, load_audio
+from audiokv_edge.runtime.stats import KV_TYPE_BYTES, AnswerStats, KVGeometry, peak_rss_bytes
 
 logger = logging.getLogger(__name__)
 native_logger = logging.getLogger("audiokv_edge.native")
@@ -318,7 +318,7 @@ class Session:
         self.model_path = check_gguf(model, "model")
         self.mmproj_path = find_mmproj(self.model_path, mmproj)
 
-        from audiokv_edge import native_libs
+        from audiokv_edge.native import libs as native_libs
 
         self._llama = native_libs.load_llama_cpp()
         self._lc = self._llama.llama_cpp
@@ -399,7 +399,7 @@ class Session:
         """
         cfg = self.config
         if cfg.method == "audiokv":
-            from audiokv_edge import gguf_profile as gp
+            from audiokv_edge.profile import gguf_keys as gp
 
             try:
                 _, defaults = gp.read_stored(self.model_path)
@@ -430,8 +430,9 @@ class Session:
         with the configured method on the captured queries and the keys of any cache type, with the head profile
         stored in the model's GGUF (uniform budgets and one warning without one).
         """
-        from audiokv_edge import audiokv_cpp
-        from audiokv_edge import llama_evict_cpp as E
+        from audiokv_edge.native import audiokv as audiokv_cpp
+        from audiokv_edge.native import audiokv_llama
+        from audiokv_edge.native import llama_kv_evict as E
 
         try:
             lib = E.load_library()
@@ -439,13 +440,10 @@ class Session:
             logger.warning("%s; the cache stays full and only the planned budgets are reported", exc)
             return
         try:
-            akv = E.load_adapter()
-        except (E.AdapterMissingError, FileNotFoundError) as exc:
+            akv = audiokv_llama.load_adapter()
+        except (audiokv_llama.AdapterMissingError, FileNotFoundError) as exc:
             raise SessionError(f"per-head eviction needs libaudiokv's llama.cpp callback: {exc}") from None
         cfg = self.config
-        if cfg.stream and not E.has_ragged_planner(akv):
-            raise SessionError("--stream (eviction after every audio chunk) needs re-planning of an already "
-                               "evicted, ragged cache, which this libaudiokv does not do yet: drop --stream")
         params = akv.audiokv_default_params(audiokv_cpp.METHOD_IDS[cfg.method])
         params.window = EVICT_WINDOW
         params.n_threads = cfg.n_threads
@@ -475,7 +473,7 @@ class Session:
         if cfg.stream:
             headroom += self.audio_chunk_tokens() + STREAM_TEXT_MARGIN
         eparams.n_headroom = headroom
-        self._evict_callback = E.c_callback(akv)
+        self._evict_callback = audiokv_llama.c_callback(akv)
         eparams.callback = self._evict_callback
         eparams.user_data = evictor
         rc = lib.llama_kv_evict_init(self._ctx, eparams)
@@ -654,7 +652,7 @@ class Session:
         if self._evict_lib is None:
             kept = g.n_layer * g.n_head_kv * min(uniform_budget(self.keep, n_past), n_past)
             return kept, full, (time.perf_counter() - start) * 1e3, False
-        from audiokv_edge import llama_evict_cpp as E
+        from audiokv_edge.native import llama_kv_evict as E
 
         before, after = self._evict_stats(), None
         rc = self._evict_lib.llama_kv_evict_seq(self._ctx, 0)
@@ -678,7 +676,7 @@ class Session:
         return int(after.n_entries), per_position * n_past, elapsed, True
 
     def _evict_stats(self):
-        from audiokv_edge import llama_evict_cpp as E
+        from audiokv_edge.native import llama_kv_evict as E
 
         stats = E.llama_kv_evict_stats()
         if self._evict_lib.llama_kv_evict_get_stats(self._ctx, 0, ctypes.byref(stats)) != 0:
