@@ -2,7 +2,7 @@
 # Runs libaudiokv's llama.cpp eviction callback under AddressSanitizer + UBSan.
 #
 # scripts/check_c.sh builds libaudiokv standalone (no llama.cpp), so the code compiled only inside the combined build
-# (src/llama_evict_adapter.c, src/ggml_to_float.c, c_profile_reader/audiokv_gguf_profile.c) never runs sanitized
+# (src/llama_evict_adapter.c, src/ggml_to_float.c, src/gguf_profile.c) never runs sanitized
 # there. This script:
 #   1. builds libaudiokv WITH the adapter, -fsanitize=address,undefined (-fno-sanitize-recover=undefined), Debug,
 #      -Wall -Wextra -Wpedantic -Werror (and fails on any printed warning), into build/check_c/adapter-sanitize,
@@ -80,7 +80,7 @@ for f in "$native_lib"/*; do
     case "$name" in libaudiokv*) continue ;; esac
     [ -f "$f" ] && ln -s "$f" "$tmp/lib/$name"       # files only: not lib/unpatched/
 done
-# audiokv_edge/native/audiokv.py and native_libs.py load <AUDIOKV_EDGE_LIB_DIR>/libaudiokv.so
+# audiokv_edge/native/audiokv.py and native/libs.py load <AUDIOKV_EDGE_LIB_DIR>/libaudiokv.so
 ln -s "$lib" "$tmp/lib/libaudiokv.so"
 
 # -- 3./4. the tests, sanitized, with a probe of what the process mapped ---------------------------------------------

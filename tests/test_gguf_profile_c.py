@@ -1,11 +1,10 @@
-"""The C reader (c_profile_reader/, llama.cpp's model metadata API) agrees bit for bit with the Python reader."""
+"""The C reader (libaudiokv/src/gguf_profile.c on llama.cpp's model metadata API, run by the tool
+libaudiokv/tools/print_profile) agrees bit for bit with the Python reader."""
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,26 +14,16 @@ from audiokv_edge.profile.head_profile import HeadProfile
 from audiokv_edge.profile.defaults import ProfileDefaults
 from audiokv_edge.testing.tiny_models import write_tiny_pair
 
-REPO = Path(__file__).resolve().parent.parent
-SRC = REPO / "c_profile_reader"
 pytestmark = pytest.mark.native
 
 
 @pytest.fixture(scope="module")
-def reader_exe(tmp_path_factory):
+def reader_exe():
+    """libaudiokv's tool print_profile, built with the library by the combined build (build/native/bin)."""
     from audiokv_edge.native import libs as native_libs
-    lib = native_libs.lib_dir()
-    inc = [REPO / "build" / "llama.cpp-src" / "include", REPO / "build" / "llama.cpp-src" / "ggml" / "include"]
-    missing = [str(p / h) for p, h in zip(inc, ("llama.h", "ggml.h")) if not (p / h).is_file()]
-    assert not missing, f"llama.cpp headers not found ({missing}): run scripts/setup.sh"
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    assert cc, "no C compiler"
-    exe = tmp_path_factory.mktemp("cprof") / "print_profile"
-    cmd = [cc, "-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", *[f"-I{p}" for p in inc],
-           str(SRC / "audiokv_gguf_profile.c"), str(SRC / "print_profile.c"), f"-L{lib}", "-lllama",
-           f"-Wl,-rpath,{lib}", "-lm", "-o", str(exe)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+
+    exe = native_libs.lib_dir().parent / "bin" / "print_profile"
+    assert exe.is_file(), f"{exe} not found: run scripts/setup.sh (the combined build builds it with libaudiokv)"
     return exe
 
 
