@@ -167,9 +167,6 @@ def _run(args: argparse.Namespace) -> int:
         if show:
             for line in answer.stats.summary_lines():
                 print(line, file=sys.stderr)
-            if not answer.stats.eviction_applied:
-                print(f"{PROG}: note: per-head eviction is not in this llama.cpp build yet; the cache kept everything "
-                      f"and kv_bytes_kept is what {config.method} would keep", file=sys.stderr)
     return 0
 
 

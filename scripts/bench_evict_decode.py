@@ -3,7 +3,7 @@
 
 A context of the real SmolLM2-135M-Instruct Q4_1 (llama, 30 layers, 9 query / 3 KV heads) is filled with
 ``--n-ctx-fill`` random tokens (prefilled once) and the sequence is copied into a second context, which evicts it
-per (layer, KV head) in COMPACT mode (patches/0002) keeping about ``--keep`` of every head (ragged: 0.75x-1.25x of
+per (layer, KV head) in COMPACT mode (docs/per-head-eviction.md) keeping about ``--keep`` of every head (ragged: 0.75x-1.25x of
 ``keep`` by head; the last 32 tokens are kept). Then ``--n-decode`` single-token decodes alternate between the
 full-cache context and the evicted one; tokens/s are 1 / median step time (robust on a shared machine). Result: JSON with tokens/s of both phases, their ratio, the KV bytes in
 use before and after, the machine, the versions and the command. Example (about 3-5 minutes on 2 cores):

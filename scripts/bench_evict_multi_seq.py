@@ -3,7 +3,7 @@
 
 Two contexts of the real SmolLM2-135M-Instruct Q4_1 (llama, 30 layers, 9 query / 3 KV heads), each holding two
 sequences (n_seq_max = 2, one stream per sequence, or ``--unified``): ``full`` never evicts; ``evict`` runs
-COMPACT eviction (patches/0002 and 0004). Both sequences get ``--n-ctx-fill`` random tokens (prefilled once in
+COMPACT eviction (docs/per-head-eviction.md). Both sequences get ``--n-ctx-fill`` random tokens (prefilled once in
 ``full``, copied into ``evict``). Every decode step holds one token of each sequence (the batch of a two-stream
 server). Three phases in ``evict``: ``none`` (no eviction yet), ``one`` (sequence 0 evicted at keep ``--keep``,
 ragged by head: a batch mixing a compacted and an uncompacted sequence) and ``both`` (sequence 1 evicted too).

@@ -10,9 +10,11 @@ import ctypes
 import numpy as np
 import pytest
 
-GGML_TYPE_F32 = 0
-GGML_TYPE_F16 = 1
-GGML_TYPE_Q8_0 = 8
+from gguf import GGMLQuantizationType
+
+GGML_TYPE_F32 = int(GGMLQuantizationType.F32)
+GGML_TYPE_F16 = int(GGMLQuantizationType.F16)
+GGML_TYPE_Q8_0 = int(GGMLQuantizationType.Q8_0)
 
 def _specs():
     from audiokv_edge.testing import tiny_models as tm
@@ -45,38 +47,28 @@ _LOG_CB = None
 
 
 def _llama():
-    from audiokv_edge.native import libs as native_libs
+    from audiokv_edge.runtime.llama import load_llama_cpp
 
-    llama = native_libs.load_llama_cpp().llama_cpp
+    llama = load_llama_cpp()
     global _LOG_CB
     if _LOG_CB is None:
         _LOG_CB = llama.llama_log_callback(lambda level, text, data: None)
         llama.llama_log_set(_LOG_CB, ctypes.c_void_p())
-        llama.llama_backend_init()
     return llama
 
 
 class Runner:
-    """One model + context; decode tokens, read logits, edit memory."""
+    """One model + context (audiokv_edge.runtime.llama.LlamaModel); decode tokens, read logits, edit memory."""
 
     def __init__(self, path, *, n_ctx=256, n_seq_max=1, flash_attn=True, type_kv=GGML_TYPE_F32, kv_unified=False):
+        from audiokv_edge.runtime.llama import ContextParams, LlamaModel
+
         self.llama = llama = _llama()
-        self.model = llama.llama_model_load_from_file(str(path).encode(), llama.llama_model_default_params())
-        assert self.model, f"could not load {path}"
-        cp = llama.llama_context_default_params()
-        cp.n_ctx = n_ctx
-        cp.n_batch = n_ctx
-        cp.n_ubatch = n_ctx
-        cp.n_seq_max = n_seq_max
-        cp.n_threads = 1
-        cp.n_threads_batch = 1
-        cp.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cp.type_k = type_kv
-        cp.type_v = type_kv
-        cp.kv_unified = kv_unified
-        self.ctx = llama.llama_init_from_model(self.model, cp)
-        assert self.ctx, "could not create the context"
-        self.n_vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self.model))
+        self.llm = LlamaModel(path)
+        self.model = self.llm.model
+        self.ctx = self.llm.new_context(ContextParams(n_ctx=n_ctx, n_seq_max=n_seq_max, flash_attn=flash_attn,
+                                                      type_k=type_kv, type_v=type_kv, kv_unified=kv_unified))
+        self.n_vocab = self.llm.n_vocab
         self.batch = llama.llama_batch_init(n_ctx, 0, n_seq_max)
         self.n_past = {}
         self.callbacks = []
@@ -104,8 +96,7 @@ class Runner:
 
     def close(self):
         self.llama.llama_batch_free(self.batch)
-        self.llama.llama_free(self.ctx)
-        self.llama.llama_model_free(self.model)
+        self.llm.close()
 
 
 def evict_lib():

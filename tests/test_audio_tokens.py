@@ -1,7 +1,7 @@
 """Audio lengths 1 s, 29.9 s, 30 s, 31 s and 300 s give the audio-token counts each projector's spec predicts.
 
-The expected counts are derived here from the projectors' documented behaviour (../shared/design/llama-cpp-notes.md
-and the mtmd preprocessors), not from our code:
+The expected counts are derived here from the projectors' documented behaviour (llama.cpp's mtmd preprocessors),
+not from our code:
 
 - Whisper family (qwen2a, ultravox): 16 kHz, hop 160 -> floor(n / 160) mel frames; 30 s of silence are
   appended (+3000 frames) and the STFT adds one frame; the mel is cut into 3000-frame chunks and the incomplete tail

@@ -24,12 +24,12 @@ import pytest
 
 from audiokv_edge.profile import gguf_keys as gp
 from audiokv_edge.methods import METHODS
+from tests.evict_fixtures import GGML_TYPE_F16, GGML_TYPE_Q8_0
 from audiokv_edge.profile.head_profile import HeadProfile
 
 pytestmark = pytest.mark.native
 REPO = Path(__file__).resolve().parent.parent
 WINDOW, KEEP, N_PROMPT, N_MORE = 16, 0.4, 160, (40, 40)
-GGML_TYPE_F16, GGML_TYPE_Q8_0 = 1, 8
 
 
 def _skewed(n_layer: int, n_head_kv: int) -> HeadProfile:
@@ -72,27 +72,20 @@ class _Context:
 
     def __init__(self, path, method: str, type_k: int, flash: bool, keep: float = KEEP):
         from audiokv_edge.native import audiokv as audiokv_cpp
-        from audiokv_edge.native import libs as native_libs
         from audiokv_edge.native import audiokv_llama
         from audiokv_edge.native import llama_kv_evict as E
+        from audiokv_edge.runtime.llama import ContextParams, LlamaModel, load_llama_cpp
 
         self.E = E
-        self.lc = lc = native_libs.load_llama_cpp().llama_cpp
-        lc.llama_backend_init()
+        self.lc = load_llama_cpp()
         self.lib = E.load_library()
         self.akv = audiokv_llama.load_adapter()
-        self.model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
-        assert self.model
-        cp = lc.llama_context_default_params()
-        cp.n_ctx = cp.n_batch = cp.n_ubatch = 512
-        cp.n_seq_max = 1
-        cp.n_threads = cp.n_threads_batch = 1
-        cp.type_k, cp.type_v = type_k, GGML_TYPE_F16
-        cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        self.ctx = lc.llama_init_from_model(self.model, cp)
-        assert self.ctx
-        self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
-        params = self.akv.audiokv_default_params(audiokv_cpp.METHOD_IDS[method])
+        self.llm = LlamaModel(path)
+        self.model = self.llm.model
+        self.ctx = self.llm.new_context(ContextParams(n_ctx=512, flash_attn=flash, type_k=type_k,
+                                                      type_v=GGML_TYPE_F16))
+        self.n_vocab = self.llm.n_vocab
+        params = self.akv.audiokv_default_params(audiokv_cpp.method_id(method))
         params.window = WINDOW
         params.n_threads = 1
         status, err = ctypes.c_int(0), ctypes.create_string_buffer(256)
@@ -153,8 +146,7 @@ class _Context:
                          self.akv.audiokv_llama_evictor_last_error(self.evictor))
 
     def close(self) -> None:
-        self.lc.llama_free(self.ctx)
-        self.lc.llama_model_free(self.model)
+        self.llm.close()
         self.akv.audiokv_llama_evictor_free(self.evictor)
 
 
@@ -245,30 +237,28 @@ def test_stored_skewed_profile_drives_the_budgets(models):
 PROBE_WARNINGS = r"""
 import ctypes, json, logging, sys
 from audiokv_edge.native import audiokv as audiokv_cpp
-from audiokv_edge.native import libs as native_libs
 from audiokv_edge.native import audiokv_llama
-from audiokv_edge.native import llama_kv_evict as E
+from audiokv_edge.runtime.llama import LlamaModel
 lines = []
 class H(logging.Handler):
     def emit(self, record):
         lines.append((record.levelname, record.getMessage()))
 logging.getLogger("audiokv_edge").addHandler(H())
 logging.getLogger("audiokv_edge").setLevel(logging.DEBUG)
-lc = native_libs.load_llama_cpp().llama_cpp
-lc.llama_backend_init()
 akv = audiokv_llama.load_adapter()
 out = {"status": [], "errors": [], "has_profile": []}
 for path in sys.argv[1:]:
     for method in ("audiokv", "audiokv", "snapkv"):
-        model = lc.llama_model_load_from_file(path.encode(), lc.llama_model_default_params())
-        p = akv.audiokv_default_params(audiokv_cpp.METHOD_IDS[method])
+        llm = LlamaModel(path)
+        model = llm.model
+        p = akv.audiokv_default_params(audiokv_cpp.method_id(method))
         st, err = ctypes.c_int(0), ctypes.create_string_buffer(256)
         ev = akv.audiokv_llama_evictor_new(model, ctypes.byref(p), 0.4, ctypes.byref(st), err, len(err))
         out["status"].append(st.value)
         out["errors"].append(err.value.decode())
         out["has_profile"].append(akv.audiokv_llama_evictor_has_profile(ev) if ev else None)
         akv.audiokv_llama_evictor_free(ev)
-        lc.llama_model_free(model)
+        llm.close()
 out["warnings"] = [m for level, m in lines if level == "WARNING"]
 print(json.dumps(out))
 """

@@ -1,4 +1,4 @@
-"""Per-head KV eviction inside llama.cpp, COMPACT mode: patches/0002-kv-evict-compact.patch.
+"""Per-head KV eviction inside llama.cpp, COMPACT mode (docs/per-head-eviction.md).
 
 After an eviction the kept entries of each (layer, KV head) live in their own region of a per-layer pool sized for
 the plan's budget plus a fixed headroom, and attention runs one op per KV head over them (docs/per-head-eviction.md,
@@ -301,7 +301,7 @@ def test_compact_graph_fits_a_30_layer_model(tmp_path, flash_attn):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# several sequences in one context (patches/0004-kv-evict-compact-multi-seq.patch): per-sequence pools
+# several sequences in one context: per-sequence pools
 # --------------------------------------------------------------------------------------------------------------
 
 PLAN_KINDS = ["uniform", "skewed", "head_keeps_all", "head_keeps_window"]

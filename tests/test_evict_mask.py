@@ -1,4 +1,4 @@
-"""Per-head KV eviction inside llama.cpp, ORACLE (mask) mode: patches/0001-kv-evict-api.patch.
+"""Per-head KV eviction inside llama.cpp, ORACLE (mask) mode (docs/per-head-eviction.md).
 
 The patched libllama captures the last queries of every sequence, hands them with the cached keys to a callback,
 and hides the entries the callback's plan drops from every query head of their KV head (docs/per-head-eviction.md).

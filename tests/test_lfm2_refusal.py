@@ -30,20 +30,19 @@ REASON = "recurrent or hybrid"
 INIT_PROBE = r"""
 import ctypes, json, sys
 from audiokv_edge.native import llama_kv_evict as E
-from audiokv_edge.native import libs as native_libs
-llama = native_libs.load_llama_cpp().llama_cpp
+from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, load_llama_cpp
+llama = load_llama_cpp()
 logged = []
 log_cb = llama.llama_log_callback(lambda level, text, data: logged.append((int(level), (text or b"").decode())))
 llama.llama_log_set(log_cb, ctypes.c_void_p())
-llama.llama_backend_init()
-model = llama.llama_model_load_from_file(sys.argv[1].encode(), llama.llama_model_default_params())
-cp = llama.llama_context_default_params()
-cp.n_ctx = cp.n_batch = cp.n_ubatch = 128
-cp.n_seq_max = 1
-cp.n_threads = cp.n_threads_batch = 1
-ctx = llama.llama_init_from_model(model, cp)
+try:
+    llm = LlamaModel(sys.argv[1])
+    ctx = llm.new_context(ContextParams(n_ctx=128, flash_attn=None))
+except LlamaError:
+    print(json.dumps({"loaded": False}))
+    sys.exit()
 lib = E.load_library()
-out = {"loaded": bool(model) and bool(ctx), "init": {}}
+out = {"loaded": True, "init": {}}
 callback = E.make_callback(lambda seq_id, layers, uniform: 0)
 for name, mode in (("mask", E.LLAMA_KV_EVICT_MODE_MASK), ("compact", E.LLAMA_KV_EVICT_MODE_COMPACT)):
     params = lib.llama_kv_evict_default_params()

@@ -1,7 +1,7 @@
 """A head profile stored in a model's GGUF drives the per-head budgets of llama.cpp's eviction callback.
 
 Chain: profile -> convert/add_profile.py -> model copy -> llama.cpp loads it -> read_profile(model) -> the eviction
-callback (patches/0001-kv-evict-api.patch) plans with method "audiokv" and that profile -> llama.cpp applies it.
+callback (llama-kv-evict.h of the patched llama.cpp) plans with method "audiokv" and that profile -> llama.cpp applies it.
 Checked: the callback's per-head kept counts are the AudioKV budgets of the stored profile (not uniform), llama.cpp
 reports that many entries, and the plan changes the next logits compared with uniform SnapKV budgets.
 """
@@ -48,20 +48,15 @@ def profiled_model(tmp_path_factory):
 
 class _Context:
     def __init__(self, path):
-        from audiokv_edge.native import libs as native_libs
+        from audiokv_edge.runtime.llama import ContextParams, LlamaModel, load_llama_cpp
+        from tests.evict_fixtures import GGML_TYPE_F32
 
-        self.lc = lc = native_libs.load_llama_cpp().llama_cpp
-        lc.llama_backend_init()
-        self.model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
-        assert self.model
-        cp = lc.llama_context_default_params()
-        cp.n_ctx = cp.n_batch = cp.n_ubatch = 256
-        cp.n_seq_max = 1
-        cp.n_threads = cp.n_threads_batch = 1
-        cp.type_k = cp.type_v = 0                              # f32 cache: keys readable in NumPy
-        self.ctx = lc.llama_init_from_model(self.model, cp)
-        assert self.ctx
-        self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
+        self.lc = load_llama_cpp()
+        self.llm = LlamaModel(path)
+        self.model = self.llm.model
+        self.ctx = self.llm.new_context(ContextParams(n_ctx=256, flash_attn=None,
+                                                      type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32))  # keys in NumPy
+        self.n_vocab = self.llm.n_vocab
         self.keep_alive = []
 
     def decode(self, tokens):
@@ -71,8 +66,7 @@ class _Context:
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
     def close(self):
-        self.lc.llama_free(self.ctx)
-        self.lc.llama_model_free(self.model)
+        self.llm.close()
 
 
 def _planning_callback(method, profile, record):

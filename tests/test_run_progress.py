@@ -43,11 +43,11 @@ def test_kv_geometry_bytes():
         KVGeometry(4, 0, 16, 16)
 
 
-def test_summary_marks_planned_only_budgets():
+def test_summary_shows_the_kept_share():
     stats = AnswerStats(audio_seconds=11.0, audio_tokens=750, prompt_tokens=770, generated_tokens=3, method="snapkv",
-                        keep=0.4, eviction_applied=False, kv_bytes_full=1000, kv_bytes_kept=400,
+                        keep=0.4, eviction_applied=True, kv_bytes_full=1000, kv_bytes_kept=400,
                         prefill_tokens_per_s=100.0, decode_tokens_per_s=10.0, prefill_s=7.7, decode_s=0.3,
                         evict_ms=1.0, peak_rss_bytes=1 << 20, finish_reason="length")
     lines = stats.summary_lines()
-    assert any("planned only" in line and "40.0%" in line for line in lines)
+    assert any("kept 0.00 MiB (40.0%)" in line for line in lines)
     assert stats.to_dict()["kv_bytes_kept"] == 400

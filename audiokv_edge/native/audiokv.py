@@ -19,10 +19,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "AUDIOKV_OK", "AUDIOKV_ERR_NULL", "AUDIOKV_ERR_SIZE", "AUDIOKV_ERR_KEEP", "AUDIOKV_ERR_PROFILE",
     "AUDIOKV_ERR_PARAM", "AUDIOKV_ERR_TYPE", "AUDIOKV_ERR_CAPACITY", "AUDIOKV_ERR_NOMEM", "AUDIOKV_ERR_STATE",
-    "AUDIOKV_ERR_THREAD", "AUDIOKV_ERR_NONFINITE", "METHOD_IDS", "POOL_TYPES", "GQA_REDUCTIONS",
+    "AUDIOKV_ERR_THREAD", "AUDIOKV_ERR_NONFINITE", "POOL_TYPES", "GQA_REDUCTIONS",
     "AUDIOKV_TYPE_F32", "AUDIOKV_TYPE_F16", "AUDIOKV_TYPE_F64", "AUDIOKV_TYPE_OTHER",
     "audiokv_params", "audiokv_to_float_fn", "audiokv_log_fn", "LibAudioKVError", "LibAudioKVInputError",
-    "library_path", "load_library",
+    "library_path", "load_library", "method_id", "method_names",
     "check",
 ]
 
@@ -41,7 +41,6 @@ AUDIOKV_ERR_THREAD = -10
 AUDIOKV_ERR_NONFINITE = -11
 
 # enum audiokv_method (names as in audiokv_edge.methods.METHODS)
-METHOD_IDS = {"full": 0, "streamingllm": 1, "h2o": 2, "snapkv": 3, "pyramidkv": 4, "adakv": 5, "audiokv": 6}
 # enum audiokv_pool_type, enum audiokv_gqa_reduce
 POOL_TYPES = {"avg": 0, "max": 1}
 GQA_REDUCTIONS = {"mean": 0, "max": 1}
@@ -267,3 +266,26 @@ def _forward_log(level: int, text: bytes, user_data) -> None:
 
 
 _log_callback = audiokv_log_fn(_forward_log)  # kept alive for the process: the library holds the pointer
+
+
+def method_names() -> list[str]:
+    """The methods libaudiokv knows, in the order of their numbers (audiokv_method_name)."""
+    lib = load_library()
+    names = []
+    while (name := lib.audiokv_method_name(len(names))) is not None:
+        names.append(name.decode())
+    return names
+
+
+def method_id(name: str) -> int:
+    """libaudiokv's number of method ``name`` (audiokv_method_from_name).
+
+    Raises
+    ------
+    ValueError
+        libaudiokv does not know the method.
+    """
+    method = load_library().audiokv_method_from_name(str(name).encode())
+    if method < 0:
+        raise ValueError(f"unknown method {name!r}; known: {sorted(method_names())}")
+    return int(method)

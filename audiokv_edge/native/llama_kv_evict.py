@@ -1,6 +1,6 @@
 """ctypes bindings of the per-head KV eviction API of the patched llama.cpp (``include/llama-kv-evict.h``).
 
-The functions live in the patched ``libllama`` (patches/0001-kv-evict-api.patch); they are bound on first use by
+The functions live in the patched ``libllama`` (patches/, docs/per-head-eviction.md); they are bound on first use by
 :func:`load_library` onto the library the ``llama_cpp`` package loaded (:func:`audiokv_edge.native.libs.load_llama_cpp`),
 so that the ``llama_context *`` handles of ``llama_cpp`` can be passed directly. Nothing is loaded at import time.
 The C declaration stands as a comment above each binding. Semantics: docs/per-head-eviction.md.
@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +50,9 @@ LLAMA_KV_EVICT_ERR_STATE = -8
 LLAMA_KV_EVICT_MODE_MASK = 0
 LLAMA_KV_EVICT_MODE_COMPACT = 1
 
-# ggml types the NumPy views can read directly (enum ggml_type)
-GGML_TYPE_F32 = 0
-GGML_TYPE_F16 = 1
+# ggml types the NumPy views can read directly (enum ggml_type, from gguf)
+GGML_TYPE_F32 = int(GGMLQuantizationType.F32)
+GGML_TYPE_F16 = int(GGMLQuantizationType.F16)
 _NUMPY_KEY_TYPES = {GGML_TYPE_F32: np.float32, GGML_TYPE_F16: np.float16}
 
 llama_pos = ctypes.c_int32
@@ -179,7 +180,7 @@ def load_library(lib: ctypes.CDLL | None = None) -> ctypes.CDLL:
     Raises
     ------
     EvictApiMissingError
-        When the library has no ``llama_kv_evict_init`` (built without patches/0001-kv-evict-api.patch).
+        When the library has no ``llama_kv_evict_init`` (built without the patches of patches/).
     """
     if lib is None:
         from audiokv_edge.native import libs as native_libs
@@ -192,7 +193,7 @@ def load_library(lib: ctypes.CDLL | None = None) -> ctypes.CDLL:
             except AttributeError as exc:
                 raise EvictApiMissingError(
                     f"{getattr(lib, '_name', lib)} has no llama_kv_evict_init: it was built without "
-                    "patches/0001-kv-evict-api.patch") from exc
+                    "the patches of patches/ (run scripts/setup.sh)") from exc
             _bind(lib)
             _BOUND[id(lib)] = lib
     return lib

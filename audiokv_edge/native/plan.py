@@ -32,10 +32,8 @@ def c_params(method: str, params: dict, n_threads: int = 0) -> C.audiokv_params:
     ValueError
         Unknown method or parameter, or a value the C struct cannot hold.
     """
-    if method not in C.METHOD_IDS:
-        raise ValueError(f"unknown method {method!r}; known: {sorted(C.METHOD_IDS)}")
-    lib = C.load_library()
-    p = lib.audiokv_default_params(C.METHOD_IDS[method])
+    method_id = C.method_id(method)
+    p = C.load_library().audiokv_default_params(method_id)
     for key, value in params.items():
         if key in ("pool_type", "gqa_reduce"):
             table = C.POOL_TYPES if key == "pool_type" else C.GQA_REDUCTIONS
