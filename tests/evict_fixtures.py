@@ -155,6 +155,26 @@ def keep_all(seq_id, layers, uniform):
     return 0  # the plan is preset to "keep every entry"
 
 
+def check_keep_all_is_bitwise_identical(path, mode, *, flash_attn, type_kv):
+    """Eviction enabled in ``mode`` with a keep-all plan, evicting once after a 60-token prompt, then 32 greedy
+    tokens == eviction never enabled, bitwise (logits and tokens)."""
+    a = Runner(path, flash_attn=flash_attn, type_kv=type_kv)
+    b = Runner(path, flash_attn=flash_attn, type_kv=type_kv)
+    try:
+        assert enable(a, keep_all, mode=mode) == 0
+        toks = prompt(60, 5, a.n_vocab)
+        la, lb = a.decode(toks), b.decode(toks)
+        np.testing.assert_array_equal(la, lb)
+        assert evict_lib().llama_kv_evict_seq(a.ctx, 0) == 0
+        ta, ya = greedy(a, la, 32)
+        tb, yb = greedy(b, lb, 32)
+        assert ta == tb
+        np.testing.assert_array_equal(ya, yb)
+    finally:
+        a.close()
+        b.close()
+
+
 def decode_multi(runner, parts, interleave=False):
     """One llama_decode holding the tokens of several sequences, ``parts = {seq: tokens}`` (grouped per sequence, or
     interleaved token by token). Returns {seq: float32 logits [n_vocab] of its last token}."""

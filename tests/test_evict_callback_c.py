@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import struct
 import subprocess
 import sys
 import traceback
@@ -25,6 +24,7 @@ import pytest
 from audiokv_edge.profile import gguf_keys as gp
 from audiokv_edge.methods import METHODS
 from tests.evict_fixtures import GGML_TYPE_F16, GGML_TYPE_Q8_0
+from tests.gguf_testfiles import patch_u32
 from audiokv_edge.profile.head_profile import HeadProfile
 
 pytestmark = pytest.mark.native
@@ -264,14 +264,6 @@ print(json.dumps(out))
 """
 
 
-def _patch_u32(path: Path, key: str, value: int) -> None:
-    data = bytearray(path.read_bytes())
-    kb = key.encode()
-    i = data.index(struct.pack("<Q", len(kb)) + kb)
-    off = i + 8 + len(kb) + 4
-    data[off:off + 4] = struct.pack("<I", value)
-    path.write_bytes(bytes(data))
-
 
 def _probe(*paths) -> dict:
     proc = subprocess.run([sys.executable, "-c", PROBE_WARNINGS, *map(str, paths)], capture_output=True, text=True,
@@ -293,7 +285,7 @@ def test_no_profile_gives_exactly_one_warning(models):
 def test_profile_of_the_wrong_shape_is_a_clear_error(models, tmp_path):
     bad = tmp_path / "wrong-shape.gguf"
     bad.write_bytes(models["qwen2-profiled"].read_bytes())
-    _patch_u32(bad, gp.KEY_N_LAYER, 7)
+    patch_u32(bad, gp.KEY_N_LAYER, 7)
     out = _probe(bad)
     profile_error = -4  # AUDIOKV_ERR_PROFILE
     assert out["status"] == [profile_error, profile_error, 0]   # snapkv does not use the profile

@@ -31,7 +31,7 @@ import pytest
 
 from evict_fixtures import (  # the shared harness of the eviction tests (tests/evict_fixtures.py)
     GGML_TYPE_F16, GGML_TYPE_F32, GGML_TYPE_Q8_0, Runner, decode_multi, enable, evict_lib, greedy, greedy_both,
-    keep_all, models, prompt,
+    check_keep_all_is_bitwise_identical, models, prompt,
 )
 
 pytestmark = pytest.mark.native
@@ -217,21 +217,7 @@ def test_streaming_7680_tokens_in_a_4096_cell_context(models):
 @pytest.mark.parametrize("flash_attn", [True, False], ids=["fa", "nofa"])
 def test_compact_keep_all_is_bitwise_identical(models, flash_attn):
     """keep = 1: nothing to evict, nothing moves; bitwise equal to eviction off."""
-    a = Runner(models["qwen2"], flash_attn=flash_attn, type_kv=GGML_TYPE_F16)
-    b = Runner(models["qwen2"], flash_attn=flash_attn, type_kv=GGML_TYPE_F16)
-    try:
-        assert enable(a, keep_all, mode=COMPACT) == 0
-        toks = prompt(60, 5, a.n_vocab)
-        la, lb = a.decode(toks), b.decode(toks)
-        np.testing.assert_array_equal(la, lb)
-        assert evict_lib().llama_kv_evict_seq(a.ctx, 0) == 0
-        ta, ya = greedy(a, la, 32)
-        tb, yb = greedy(b, lb, 32)
-        assert ta == tb
-        np.testing.assert_array_equal(ya, yb)
-    finally:
-        a.close()
-        b.close()
+    check_keep_all_is_bitwise_identical(models["qwen2"], COMPACT, flash_attn=flash_attn, type_kv=GGML_TYPE_F16)
 
 
 def test_compact_refuses_what_would_be_wrong(models):

@@ -3,7 +3,6 @@ libaudiokv/tools/print_profile) agrees bit for bit with the Python reader."""
 
 from __future__ import annotations
 
-import struct
 import subprocess
 
 import numpy as np
@@ -13,6 +12,7 @@ from audiokv_edge.profile import gguf_keys as gp
 from audiokv_edge.profile.head_profile import HeadProfile
 from audiokv_edge.profile.defaults import ProfileDefaults
 from audiokv_edge.testing.tiny_models import write_tiny_pair
+from tests.gguf_testfiles import patch_u32
 
 pytestmark = pytest.mark.native
 
@@ -77,14 +77,6 @@ def test_c_reader_no_profile(reader_exe, tiny_model):
     assert rc == 1 and stdout.strip() == "none"
 
 
-def _patch_u32(path, key: str, value: int):
-    data = bytearray(path.read_bytes())
-    kb = key.encode()
-    i = data.index(struct.pack("<Q", len(kb)) + kb)
-    off = i + 8 + len(kb) + 4
-    data[off:off + 4] = struct.pack("<I", value)
-    path.write_bytes(bytes(data))
-
 
 @pytest.mark.parametrize("case, code, match", [
     ("version", -2, "format_version = 2"),
@@ -97,9 +89,9 @@ def test_c_reader_errors_name_the_problem(reader_exe, tiny_model, tmp_path, case
     gp.write_profile(tiny_model, HeadProfile(np.ones((shape.n_layer, shape.n_head_kv)), source={"calibration": "c"}),
                      out)
     if case == "version":
-        _patch_u32(out, gp.KEY_FORMAT_VERSION, 2)
+        patch_u32(out, gp.KEY_FORMAT_VERSION, 2)
     elif case == "shape":
-        _patch_u32(out, gp.KEY_N_LAYER, shape.n_layer + 1)
+        patch_u32(out, gp.KEY_N_LAYER, shape.n_layer + 1)
     else:
         data = out.read_bytes()
         tok = float(np.float32(1.0)).hex().encode()

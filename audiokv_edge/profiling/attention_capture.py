@@ -184,7 +184,6 @@ class TeacherForcedAttention:
         self.sample_rate = int(mt.mtmd_get_audio_sample_rate(self._mctx))
         self.marker = mt.mtmd_default_marker().decode()
         self._formatter = m.chat_formatter()
-        self._bos_text = m.bos_text
         if self.proj_type not in WHISPER_FAMILY:
             logger.warning("projector type %r: assuming its audio tokens cover exactly the clip", self.proj_type)
 
@@ -229,20 +228,11 @@ class TeacherForcedAttention:
     # ------------------------------------------------------------------------------------------ running
     def _eval_prompt(self, samples: np.ndarray) -> tuple[int, int, int, int, int]:
         lc, mt = self._lc, self._mt
-        text = self.render_prompt()
-        add_special = not (self._bos_text and text.startswith(self._bos_text))
-        samples = np.ascontiguousarray(samples, dtype=np.float32)
-        bitmap = mt.mtmd_bitmap_init_from_audio(samples.shape[0],
-                                                samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
-        chunks = mt.mtmd_input_chunks_init()
         try:
-            raw = text.encode("utf-8")
-            inp = mt.mtmd_input_text(raw, len(raw), add_special, True)
-            bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
-            rc = mt.mtmd_tokenize(self._mctx, chunks, ctypes.byref(inp), bitmaps, 1)
-            mt.mtmd_bitmap_free(bitmap)
-            if rc != 0:
-                raise CaptureError(f"libmtmd could not tokenize the prompt (code {rc})")
+            chunks = self._llm.tokenize_audio_prompt(self._mctx, self.render_prompt(), samples)
+        except LlamaError as exc:
+            raise CaptureError(str(exc)) from None
+        try:
             n_chunks = int(mt.mtmd_input_chunks_size(chunks))
             n_past, a0, n_audio, audio_chunks, last_token = 0, -1, 0, 0, -1
             for i in range(n_chunks):

@@ -232,6 +232,38 @@ class LlamaModel:
         eos_text = self.token_text(self.lc.llama_vocab_eos(self.vocab))
         return Jinja2ChatFormatter(template.decode("utf-8", "replace"), eos_token=eos_text, bos_token=self.bos_text)
 
+    def tokenize_audio_prompt(self, mctx, text: str, samples):
+        """mtmd input chunks of a rendered prompt ``text`` (holding mtmd's media marker) and the mono float32
+        ``samples`` at the projector's rate; the caller frees them with ``mtmd_input_chunks_free``. The BOS token is
+        added unless ``text`` already starts with it (a chat template that writes it).
+
+        Raises
+        ------
+        LlamaError
+            libmtmd refuses the samples or the prompt.
+        """
+        import numpy as np
+
+        mt = self.mtmd
+        bos = self.bos_text
+        add_special = not (bos and text.startswith(bos))
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        bitmap = mt.mtmd_bitmap_init_from_audio(samples.shape[0], samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+        if not bitmap:
+            raise LlamaError("libmtmd could not take the audio samples")
+        chunks = mt.mtmd_input_chunks_init()
+        try:
+            raw = text.encode("utf-8")
+            inp = mt.mtmd_input_text(raw, len(raw), add_special, True)
+            bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            rc = mt.mtmd_tokenize(mctx, chunks, ctypes.byref(inp), bitmaps, 1)
+        finally:
+            mt.mtmd_bitmap_free(bitmap)
+        if rc != 0:
+            mt.mtmd_input_chunks_free(chunks)
+            raise LlamaError(f"libmtmd could not tokenize the prompt (code {rc})")
+        return chunks
+
     # ------------------------------------------------------------------ teardown
     def close_contexts(self) -> None:
         """Free the projectors, then the contexts, keeping the model (idempotent)."""

@@ -468,7 +468,6 @@ class Session:
         return KVGeometry(m.n_layer, m.n_head_kv, head_dim_k, head_dim_v, self.config.kv_type)
 
     def _chat_formatter(self):
-        self._bos_text = self._llm.bos_text
         formatter = self._llm.chat_formatter()
         if formatter is None:
             logger.warning("%s has no chat template: the prompt is sent as plain text", self.model_path)
@@ -531,24 +530,11 @@ class Session:
         return self._generate(clip, prompt, progress)
 
     def _tokenize(self, clip: AudioClip, prompt: str):
-        lc, mt = self._lc, self._mtmd
-        text = self.render_prompt(prompt)
-        add_special = not (self._bos_text and text.startswith(self._bos_text))
-        samples = np.ascontiguousarray(clip.samples, dtype=np.float32)
-        bitmap = mt.mtmd_bitmap_init_from_audio(samples.shape[0], samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
-        if not bitmap:
-            raise SessionError("libmtmd could not take the audio samples")
-        chunks = mt.mtmd_input_chunks_init()
+        mt = self._mtmd
         try:
-            raw = text.encode("utf-8")
-            inp = mt.mtmd_input_text(raw, len(raw), add_special, True)
-            bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
-            rc = mt.mtmd_tokenize(self._mctx, chunks, ctypes.byref(inp), bitmaps, 1)
-        finally:
-            mt.mtmd_bitmap_free(bitmap)
-        if rc != 0:
-            mt.mtmd_input_chunks_free(chunks)
-            raise SessionError(f"libmtmd could not tokenize the prompt (code {rc}): {_native_error('see -v log')}")
+            chunks = self._llm.tokenize_audio_prompt(self._mctx, self.render_prompt(prompt), clip.samples)
+        except LlamaError as exc:
+            raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
         info = _PromptInfo()
         info.chunks = int(mt.mtmd_input_chunks_size(chunks))
         for i in range(info.chunks):
