@@ -41,9 +41,9 @@ ALL_METHODS = ["streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "audiokv"]
 
 def versions_with_libaudiokv(result: dict) -> None:
     """Record in the header's versions the libaudiokv the C plans ran on."""
-    from audiokv_edge.native import audiokv as audiokv_cpp
+    from audiokv_edge.native import audiokv
 
-    result["versions"]["libaudiokv"] = str(audiokv_cpp.library_path())
+    result["versions"]["libaudiokv"] = str(audiokv.library_path())
 
 
 def timed(fn, repeats: int) -> tuple[list[float], list[float], object]:

@@ -100,9 +100,9 @@ class Runner:
 
 
 def evict_lib():
-    from audiokv_edge.native import llama_kv_evict as llama_evict_cpp
+    from audiokv_edge.native import llama_kv_evict
 
-    return llama_evict_cpp.load_library()
+    return llama_kv_evict.load_library()
 
 
 def enable(runner, fn, n_window=8, mode=0, n_headroom=None):

@@ -71,7 +71,7 @@ class _Context:
     """A model and a one-sequence COMPACT context whose eviction goes through a recording wrapper of the C callback."""
 
     def __init__(self, path, method: str, type_k: int, flash: bool, keep: float = KEEP):
-        from audiokv_edge.native import audiokv as audiokv_cpp
+        from audiokv_edge.native import audiokv
         from audiokv_edge.native import audiokv_llama
         from audiokv_edge.native import llama_kv_evict as E
         from audiokv_edge.runtime.llama import ContextParams, LlamaModel, load_llama_cpp
@@ -85,7 +85,7 @@ class _Context:
         self.ctx = self.llm.new_context(ContextParams(n_ctx=512, flash_attn=flash, type_k=type_k,
                                                       type_v=GGML_TYPE_F16))
         self.n_vocab = self.llm.n_vocab
-        params = self.akv.audiokv_default_params(audiokv_cpp.method_id(method))
+        params = self.akv.audiokv_default_params(audiokv.method_id(method))
         params.window = WINDOW
         params.n_threads = 1
         status, err = ctypes.c_int(0), ctypes.create_string_buffer(256)
@@ -236,7 +236,7 @@ def test_stored_skewed_profile_drives_the_budgets(models):
 
 PROBE_WARNINGS = r"""
 import ctypes, json, logging, sys
-from audiokv_edge.native import audiokv as audiokv_cpp
+from audiokv_edge.native import audiokv
 from audiokv_edge.native import audiokv_llama
 from audiokv_edge.runtime.llama import LlamaModel
 lines = []
@@ -251,7 +251,7 @@ for path in sys.argv[1:]:
     for method in ("audiokv", "audiokv", "snapkv"):
         llm = LlamaModel(path)
         model = llm.model
-        p = akv.audiokv_default_params(audiokv_cpp.method_id(method))
+        p = akv.audiokv_default_params(audiokv.method_id(method))
         st, err = ctypes.c_int(0), ctypes.create_string_buffer(256)
         ev = akv.audiokv_llama_evictor_new(model, ctypes.byref(p), 0.4, ctypes.byref(st), err, len(err))
         out["status"].append(st.value)

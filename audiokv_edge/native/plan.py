@@ -63,7 +63,7 @@ class AudioKVContext:
 
     Parameters
     ----------
-    params : audiokv_cpp.audiokv_params
+    params : audiokv.audiokv_params
         From :func:`c_params`.
     n_layer, n_head, n_head_kv, head_dim, n_tokens : int
         Model shape and cache length (ragged cache: the positions the sequence has seen, n_positions).

@@ -7,7 +7,7 @@ Layout of DIR::
     <stem>.words.json                     optional: {"words": [{"word": w, "start": s, "end": s}, ...],
                                           "duration": s, "source": "..."}; one entry per transcript word
 
-Without .words.json the words are timed by the uniform fallback (head_scoring.uniform_word_timings).
+Without .words.json the words are timed by the uniform fallback (hit_ratio.uniform_word_timings).
 """
 
 from __future__ import annotations

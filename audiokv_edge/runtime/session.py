@@ -407,7 +407,7 @@ class Session:
         with the configured method on the captured queries and the keys of any cache type, with the head profile
         stored in the model's GGUF (uniform budgets and one warning without one).
         """
-        from audiokv_edge.native import audiokv as audiokv_cpp
+        from audiokv_edge.native import audiokv
         from audiokv_edge.native import audiokv_llama
         from audiokv_edge.native import llama_kv_evict as E
 
@@ -417,7 +417,7 @@ class Session:
         except (E.EvictApiMissingError, audiokv_llama.AdapterMissingError, FileNotFoundError) as exc:
             raise SessionError(f"per-head eviction needs libaudiokv's llama.cpp callback: {exc}") from None
         cfg = self.config
-        params = akv.audiokv_default_params(audiokv_cpp.method_id(cfg.method))
+        params = akv.audiokv_default_params(audiokv.method_id(cfg.method))
         params.window = EVICT_WINDOW
         params.n_threads = cfg.n_threads
         stored = self.profile_defaults  # only set for method audiokv, whose defaults they are
