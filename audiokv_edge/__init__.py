@@ -11,6 +11,8 @@ _LAZY = {
     "HeadProfile": ("audiokv_edge.profile.head_profile", "HeadProfile"),
     "METHODS": ("audiokv_edge.methods", "METHODS"),
     "spectral_smooth": ("audiokv_edge.reference.sss", "spectral_smooth"),
+    "Session": ("audiokv_edge.runtime.session", "Session"),
+    "SessionConfig": ("audiokv_edge.runtime.session", "SessionConfig"),
 }
 
 __all__ = ["__version__", *_LAZY]
