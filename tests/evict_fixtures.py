@@ -47,9 +47,9 @@ _LOG_CB = None
 
 
 def _llama():
-    from audiokv_edge.runtime.llama import load_llama_cpp
+    from audiokv_edge.runtime.llama import init_llama_cpp
 
-    llama = load_llama_cpp()
+    llama = init_llama_cpp()
     global _LOG_CB
     if _LOG_CB is None:
         _LOG_CB = llama.llama_log_callback(lambda level, text, data: None)

@@ -74,10 +74,10 @@ class _Context:
         from audiokv_edge.native import audiokv
         from audiokv_edge.native import audiokv_llama
         from audiokv_edge.native import llama_kv_evict as E
-        from audiokv_edge.runtime.llama import ContextParams, LlamaModel, load_llama_cpp
+        from audiokv_edge.runtime.llama import ContextParams, LlamaModel, init_llama_cpp
 
         self.E = E
-        self.lc = load_llama_cpp()
+        self.lc = init_llama_cpp()
         self.lib = E.load_library()
         self.akv = audiokv_llama.load_adapter()
         self.llm = LlamaModel(path)

@@ -30,8 +30,8 @@ REASON = "recurrent or hybrid"
 INIT_PROBE = r"""
 import ctypes, json, sys
 from audiokv_edge.native import llama_kv_evict as E
-from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, load_llama_cpp
-llama = load_llama_cpp()
+from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, init_llama_cpp
+llama = init_llama_cpp()
 logged = []
 log_cb = llama.llama_log_callback(lambda level, text, data: logged.append((int(level), (text or b"").decode())))
 llama.llama_log_set(log_cb, ctypes.c_void_p())

@@ -48,10 +48,10 @@ def profiled_model(tmp_path_factory):
 
 class _Context:
     def __init__(self, path):
-        from audiokv_edge.runtime.llama import ContextParams, LlamaModel, load_llama_cpp
+        from audiokv_edge.runtime.llama import ContextParams, LlamaModel, init_llama_cpp
         from tests.evict_fixtures import GGML_TYPE_F32
 
-        self.lc = load_llama_cpp()
+        self.lc = init_llama_cpp()
         self.llm = LlamaModel(path)
         self.model = self.llm.model
         self.ctx = self.llm.new_context(ContextParams(n_ctx=256, flash_attn=None,

@@ -25,7 +25,7 @@ from audiokv_edge.profile.gguf_header import GGUFFormatError, GGUFHeader
 from audiokv_edge.profiling.calibration_set import CalibrationItem
 from audiokv_edge.profiling.hit_ratio import HitRatioAccumulator, word_token_spans
 from audiokv_edge.runtime.audio import load_audio
-from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, load_llama_cpp, render_prompt
+from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, init_llama_cpp, render_prompt
 from audiokv_edge.runtime.session import DEFAULT_PROMPT, check_gguf, find_mmproj
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class TeacherForcedAttention:
         self.proj_type = projector_type(str(self.mmproj_path))
         self.prompt = prompt
         self.n_batch = n_batch
-        self._lc = lc = load_llama_cpp()
+        self._lc = lc = init_llama_cpp()
         self._mt = native_libs.load_mtmd_cpp()
         ggml_base = ctypes.CDLL(str(native_libs.lib_dir() / native_libs.shared_library_name("ggml-base")))
         self._tensor_get = ggml_base.ggml_backend_tensor_get

@@ -20,7 +20,7 @@ import pathlib
 import threading
 from dataclasses import dataclass
 
-__all__ = ["LlamaError", "ContextParams", "LlamaModel", "load_llama_cpp", "render_prompt"]
+__all__ = ["LlamaError", "ContextParams", "LlamaModel", "init_llama_cpp", "render_prompt"]
 
 _INIT_LOCK = threading.Lock()
 _BACKEND_READY = False
@@ -30,7 +30,7 @@ class LlamaError(RuntimeError):
     """llama.cpp or libmtmd refused a model, a context or a projector; the message names the file."""
 
 
-def load_llama_cpp():
+def init_llama_cpp():
     """The ``llama_cpp`` low-level bindings against our build, with ``llama_backend_init`` called once."""
     global _BACKEND_READY
     from audiokv_edge.native import libs as native_libs
@@ -110,7 +110,7 @@ class LlamaModel:
         self._contexts: list = []
         self._projectors: list = []
         self.model = None
-        self.lc = lc = load_llama_cpp()
+        self.lc = lc = init_llama_cpp()
         self.model = lc.llama_model_load_from_file(str(self.path).encode(), lc.llama_model_default_params())
         if not self.model:
             raise LlamaError(f"llama.cpp cannot load model {self.path}")
