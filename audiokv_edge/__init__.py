@@ -8,9 +8,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "plan": ("audiokv_edge.keep_plan", "plan"),
     "KeepPlan": ("audiokv_edge.keep_plan", "KeepPlan"),
-    "HeadProfile": ("audiokv_edge.profile", "HeadProfile"),
+    "HeadProfile": ("audiokv_edge.profile.head_profile", "HeadProfile"),
     "METHODS": ("audiokv_edge.methods", "METHODS"),
-    "spectral_smooth": ("audiokv_edge.sss", "spectral_smooth"),
+    "spectral_smooth": ("audiokv_edge.reference.sss", "spectral_smooth"),
+    "Session": ("audiokv_edge.runtime.session", "Session"),
+    "SessionConfig": ("audiokv_edge.runtime.session", "SessionConfig"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -60,7 +60,7 @@ def _positive_int(minimum: int):
 
 def build_parser() -> argparse.ArgumentParser:
     from audiokv_edge.methods import METHODS
-    from audiokv_edge.session import DEFAULT_PROMPT, KV_TYPES
+    from audiokv_edge.runtime.session import DEFAULT_PROMPT, KV_TYPES
 
     p = _Parser(prog=PROG, description="Answer a prompt about an audio file with a GGUF audio-language model "
                 "(llama.cpp + libmtmd) and AudioKV per-head KV-cache eviction.")
@@ -92,7 +92,7 @@ def cache_dir() -> pathlib.Path:
 
 def default_model() -> tuple[pathlib.Path, pathlib.Path]:
     """The built-in default model pair, written on first use (a tiny random-weight test model)."""
-    from audiokv_edge.tiny_models import write_tiny_pair
+    from audiokv_edge.testing.tiny_models import write_tiny_pair
 
     directory = cache_dir() / "tiny-models"
     model, mmproj = directory / DEFAULT_PAIR / "model.gguf", directory / DEFAULT_PAIR / "mmproj.gguf"
@@ -106,10 +106,17 @@ def default_audio() -> pathlib.Path:
     return DATA_DIR / DEFAULT_AUDIO
 
 
+def progress_bar(show: bool, stream=None):
+    """The encoding + prefill bar (tqdm) on ``stream`` (default stderr): drawn only on a terminal, never if not show."""
+    from tqdm import tqdm
+
+    return tqdm(total=1, desc="encoding + prefill", unit="positions", file=stream if stream is not None else sys.stderr,
+                disable=None if show else True)
+
+
 def _run(args: argparse.Namespace) -> int:
-    from audiokv_edge.audio import probe_audio
-    from audiokv_edge.progress import ProgressBar
-    from audiokv_edge.session import Session, SessionConfig
+    from audiokv_edge.runtime.audio import probe_audio
+    from audiokv_edge.runtime.session import Session, SessionConfig
 
     if args.model is not None and args.audio is None:
         raise UsageError("give both MODEL.gguf and AUDIO (or neither, for the built-in default)")
@@ -128,12 +135,13 @@ def _run(args: argparse.Namespace) -> int:
                            threads=args.threads or 0, ctx=args.ctx, kv_type=args.kv_type, flash_attn=args.flash_attn)
     show = not args.quiet
     with Session(model, mmproj, config=config) as session:
-        bar = ProgressBar("encoding + prefill", 1, "positions", enabled=None if show else False)
+        bar = progress_bar(show)
         bar_used = [False]
 
         def progress(done: int, total: int) -> None:
             bar.total = max(1, total)
-            bar.update(done)
+            bar.n = min(max(0, done), bar.total)
+            bar.refresh()
             bar_used[0] = True
 
         def on_token(piece: str) -> None:
@@ -159,17 +167,14 @@ def _run(args: argparse.Namespace) -> int:
         if show:
             for line in answer.stats.summary_lines():
                 print(line, file=sys.stderr)
-            if not answer.stats.eviction_applied:
-                print(f"{PROG}: note: per-head eviction is not in this llama.cpp build yet; the cache kept everything "
-                      f"and kv_bytes_kept is what {config.method} would keep", file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 model/runtime error, 2 bad arguments or input, 130 interrupted)."""
-    from audiokv_edge.audio import AudioError
-    from audiokv_edge.native_libs import NativeLibraryNotFoundError
-    from audiokv_edge.session import ContextTooSmallError, SessionError
+    from audiokv_edge.runtime.audio import AudioError
+    from audiokv_edge.native.libs import NativeLibraryNotFoundError
+    from audiokv_edge.runtime.session import ContextTooSmallError, SessionError
 
     try:
         args = build_parser().parse_args(argv)

@@ -16,9 +16,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from audiokv_edge.gguf_profile import write_profile  # noqa: E402
-from audiokv_edge.profile_defaults import ProfileDefaults  # noqa: E402
-from audiokv_edge.profile_file import load_profile_file  # noqa: E402
+from audiokv_edge.profile.gguf_keys import write_profile  # noqa: E402
+from audiokv_edge.profile.defaults import ProfileDefaults  # noqa: E402
+from audiokv_edge.profile.side_file import load_profile_file  # noqa: E402
 
 EXIT_ERROR = 2
 

@@ -23,8 +23,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from audiokv_edge import __version__  # noqa: E402
-from audiokv_edge.head_scoring import DEFAULT_TOP_K, HitRatioAccumulator, profile_from_hits  # noqa: E402
-from audiokv_edge.profile_defaults import ProfileDefaults  # noqa: E402
+from audiokv_edge.profiling.hit_ratio import DEFAULT_TOP_K, HitRatioAccumulator, profile_from_hits  # noqa: E402
+from audiokv_edge.profile.defaults import ProfileDefaults  # noqa: E402
 
 EXIT_ERROR = 2
 
@@ -50,10 +50,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from audiokv_edge.attention_capture import TeacherForcedAttention
-    from audiokv_edge.calibration_set import load_calibration_dir
-    from audiokv_edge.gguf_profile import write_profile
-    from audiokv_edge.profile_file import save_profile_file
+    from audiokv_edge.profiling.attention_capture import TeacherForcedAttention
+    from audiokv_edge.profiling.calibration_set import load_calibration_dir
+    from audiokv_edge.profile.gguf_keys import write_profile
+    from audiokv_edge.profile.side_file import save_profile_file
 
     if args.top_k < 1:
         raise ValueError("--top-k must be >= 1")

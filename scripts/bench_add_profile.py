@@ -26,9 +26,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from audiokv_edge import __version__  # noqa: E402
-from audiokv_edge.gguf_profile import model_shape, open_gguf  # noqa: E402
-from audiokv_edge.profile import HeadProfile  # noqa: E402
-from audiokv_edge.profile_file import save_profile_file  # noqa: E402
+from audiokv_edge.profile.gguf_keys import model_shape, open_gguf  # noqa: E402
+from audiokv_edge.profile.head_profile import HeadProfile  # noqa: E402
+from audiokv_edge.profile.side_file import save_profile_file  # noqa: E402
 
 
 def machine() -> dict:

@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench_evict_decode.json")
     args = parser.parse_args()
 
-    from audiokv_edge import native_libs
+    from audiokv_edge.native import libs as native_libs
 
     bench = open_eviction_bench(n_ctx=args.n_ctx_fill + 2 * args.n_decode + 64, n_seq=1, threads=args.threads,
                                 flash_attn=not args.no_flash_attn, n_headroom=args.n_decode + 8, keep=args.keep)

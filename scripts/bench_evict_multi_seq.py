@@ -38,7 +38,7 @@ def main() -> None:
     if args.n_ctx_fill < 64 or args.n_decode < 2 or not 0.0 < args.keep <= 1.0 or args.threads < 1:
         raise SystemExit("need --n-ctx-fill >= 64, --n-decode >= 2, 0 < --keep <= 1, --threads >= 1")
 
-    from audiokv_edge import native_libs
+    from audiokv_edge.native import libs as native_libs
 
     n_seq = 2
     bench = open_eviction_bench(n_ctx=n_seq * (args.n_ctx_fill + 3 * args.n_decode + 64), n_seq=n_seq,

@@ -41,9 +41,9 @@ ALL_METHODS = ["streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "audiokv"]
 
 def versions_with_libaudiokv(result: dict) -> None:
     """Record in the header's versions the libaudiokv the C plans ran on."""
-    from audiokv_edge import audiokv_cpp
+    from audiokv_edge.native import audiokv
 
-    result["versions"]["libaudiokv"] = str(audiokv_cpp.library_path())
+    result["versions"]["libaudiokv"] = str(audiokv.library_path())
 
 
 def timed(fn, repeats: int) -> tuple[list[float], list[float], object]:
@@ -70,7 +70,7 @@ def forward_flops(n_tokens: int, n_layer: int, d_model: int, n_head: int, n_head
 
 def measure_prefill(gguf: Path, n_prompt: int, n_threads: int) -> dict:
     """Prefill rate of a real GGUF through our llama.cpp build (llama_cpp bindings), random token ids."""
-    from audiokv_edge.native_libs import load_llama_cpp
+    from audiokv_edge.native.libs import load_llama_cpp
 
     llama_cpp = load_llama_cpp()
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_prompt + 16, n_batch=512, n_ubatch=512,
@@ -164,7 +164,7 @@ def fma_peak(threads: list[int]) -> dict:
 
 
 def numpy_split(q: np.ndarray, k: np.ndarray, n_layers: int) -> dict:
-    """The reference's window-score steps (audiokv_edge.scoring.window_attention_layer) timed one by one over
+    """The reference's window-score steps (audiokv_edge.reference.scores.window_attention_layer) timed one by one over
     n_layers layers: process CPU seconds and wall seconds per layer for each step."""
     n_layer, n_head, w, d = q.shape
     n_head_kv, n_tokens = k.shape[1], k.shape[2]
@@ -246,7 +246,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from audiokv_edge import HeadProfile, plan
-    from audiokv_edge._native_plan import plan_c
+    from audiokv_edge.native.plan import plan_c
 
     all_threads = os.cpu_count() or 1
     result = {**header("bench_libaudiokv", modules=("scipy",)), "shape": plan_shape(args),
@@ -297,7 +297,7 @@ def main() -> None:
         try:
             gguf = args.gguf
             if gguf is None:
-                from audiokv_edge.real_models import smollm2_q4_1_path
+                from audiokv_edge.testing.real_models import smollm2_q4_1_path
 
                 gguf = smollm2_q4_1_path()
             prefill = measure_prefill(gguf, args.prefill_tokens, all_threads)

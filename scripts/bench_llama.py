@@ -63,7 +63,7 @@ class EvictionBench:
     lib: object
     E: object
     model_path: Path
-    model: object
+    llm: object          # audiokv_edge.runtime.llama.LlamaModel owning the model and both contexts
     full: object
     ctx: object
     n_vocab: int
@@ -97,9 +97,7 @@ class EvictionBench:
     def close(self) -> None:
         """Free the batch, both contexts and the model."""
         self.llama.llama_batch_free(self.batch)
-        self.llama.llama_free(self.ctx)
-        self.llama.llama_free(self.full)
-        self.llama.llama_model_free(self.model)
+        self.llm.close()
 
 
 def silence_llama_log(llama) -> object:
@@ -115,29 +113,24 @@ def open_eviction_bench(*, n_ctx: int, n_seq: int, threads: int, flash_attn: boo
     ``N_BATCH``), the second with COMPACT eviction keeping about ``keep`` of every head (``ragged_keep``, the last
     ``PROTECTED_TAIL`` tokens always) and ``n_headroom`` cells of headroom per head. ``quiet`` silences llama.cpp's
     log first."""
-    from audiokv_edge import llama_evict_cpp as E
-    from audiokv_edge import native_libs, real_models
+    from audiokv_edge.native import llama_kv_evict as E
+    from audiokv_edge.native import libs as native_libs
+    from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel
+    from audiokv_edge.testing import real_models
 
     llama = native_libs.load_llama_cpp().llama_cpp
     lib = E.load_library()
     log_callback = silence_llama_log(llama) if quiet else None
-    llama.llama_backend_init()
 
     model_path = real_models.smollm2_q4_1_path()
-    model = llama.llama_model_load_from_file(str(model_path).encode(), llama.llama_model_default_params())
-    if not model:
-        raise SystemExit(f"could not load {model_path}")
-    cp = llama.llama_context_default_params()
-    cp.n_ctx = n_ctx
-    cp.n_batch = cp.n_ubatch = N_BATCH
-    cp.n_seq_max = n_seq
-    cp.kv_unified = kv_unified
-    cp.n_threads = cp.n_threads_batch = threads
-    cp.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    full = llama.llama_init_from_model(model, cp)  # never evicts: the full-cache baseline
-    ctx = llama.llama_init_from_model(model, cp)   # COMPACT eviction
-    if not full or not ctx:
-        raise SystemExit("could not create the contexts")
+    cp = ContextParams(n_ctx=n_ctx, n_batch=N_BATCH, n_seq_max=n_seq, n_threads=threads, flash_attn=flash_attn,
+                       kv_unified=kv_unified)
+    try:
+        llm = LlamaModel(model_path)
+        full = llm.new_context(cp)  # never evicts: the full-cache baseline
+        ctx = llm.new_context(cp)   # COMPACT eviction
+    except LlamaError as exc:
+        raise SystemExit(str(exc)) from None
 
     params = lib.llama_kv_evict_default_params()
     params.mode = E.LLAMA_KV_EVICT_MODE_COMPACT
@@ -148,7 +141,6 @@ def open_eviction_bench(*, n_ctx: int, n_seq: int, threads: int, flash_attn: boo
     if rc != 0:
         raise SystemExit(f"llama_kv_evict_init: {E.status_name(lib, rc)}")
 
-    vocab = llama.llama_model_get_vocab(model)
-    return EvictionBench(llama=llama, lib=lib, E=E, model_path=model_path, model=model, full=full, ctx=ctx,
-                         n_vocab=llama.llama_vocab_n_tokens(vocab), batch=llama.llama_batch_init(N_BATCH, 0, n_seq),
+    return EvictionBench(llama=llama, lib=lib, E=E, model_path=model_path, llm=llm, full=full, ctx=ctx,
+                         n_vocab=llm.n_vocab, batch=llama.llama_batch_init(N_BATCH, 0, n_seq),
                          n_batch=N_BATCH, callback=callback, log_callback=log_callback)

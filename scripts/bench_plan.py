@@ -32,7 +32,7 @@ def main() -> None:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from audiokv_edge import HeadProfile, plan
-    from audiokv_edge.scoring import window_scores
+    from audiokv_edge.reference.scores import window_scores
 
     rng = np.random.default_rng(args.seed)
     w = min(args.window, args.n_tokens)

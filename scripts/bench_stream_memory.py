@@ -56,7 +56,7 @@ def tiled_speech(seconds: float, rate: int = 16000) -> np.ndarray:
     -------
     ndarray, float32, shape [round(seconds * rate)]
     """
-    from audiokv_edge.audio import load_audio
+    from audiokv_edge.runtime.audio import load_audio
 
     clips = [load_audio(DATA / name, rate).samples for name in SPEECH_CLIPS]
     total = int(round(seconds * rate))
@@ -70,7 +70,7 @@ def tiled_speech(seconds: float, rate: int = 16000) -> np.ndarray:
 
 def model_width(model: Path) -> int:
     """``<arch>.embedding_length`` of a GGUF text model (the width the audio projector must output)."""
-    from audiokv_edge.gguf_header import GGUFHeader, GGUFValueType
+    from audiokv_edge.profile.gguf_header import GGUFHeader, GGUFValueType
 
     head = GGUFHeader(model)
     arch = head.scalar("general.architecture", (GGUFValueType.STRING,))
@@ -86,7 +86,7 @@ def count_audio_tokens(model: Path, mmproj: Path, audio: Path) -> tuple[int, int
     Whisper-style projectors pad every chunk to 30 s). Tokenization only: nothing is encoded."""
     import soundfile
 
-    from audiokv_edge.session import Session, SessionConfig
+    from audiokv_edge.runtime.session import Session, SessionConfig
 
     second, rate = soundfile.read(audio, frames=16000, dtype="float32")
     with Session(model, mmproj, config=SessionConfig(method="full", ctx=64, max_tokens=1)) as session:
@@ -189,8 +189,9 @@ def main() -> int:
 
     import soundfile
 
-    from audiokv_edge import native_libs, real_models
-    from audiokv_edge.tiny_models import AudioProjectorSpec, write_audio_projector
+    from audiokv_edge.native import libs as native_libs
+    from audiokv_edge.testing import real_models
+    from audiokv_edge.testing.tiny_models import AudioProjectorSpec, write_audio_projector
 
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work_dir or Path(scratch)

@@ -2,14 +2,14 @@
 # Runs libaudiokv's llama.cpp eviction callback under AddressSanitizer + UBSan.
 #
 # scripts/check_c.sh builds libaudiokv standalone (no llama.cpp), so the code compiled only inside the combined build
-# (src/llama_evict_adapter.c, src/ggml_to_float.c, c_profile_reader/audiokv_gguf_profile.c) never runs sanitized
+# (src/llama_evict_adapter.c, src/ggml_to_float.c, src/gguf_profile.c) never runs sanitized
 # there. This script:
 #   1. builds libaudiokv WITH the adapter, -fsanitize=address,undefined (-fno-sanitize-recover=undefined), Debug,
 #      -Wall -Wextra -Wpedantic -Werror (and fails on any printed warning), into build/check_c/adapter-sanitize,
 #      against the already-built patched libllama / libggml-base of build/native/lib (libaudiokv/CMakeLists.txt,
 #      AUDIOKV_LLAMA_LIB_DIR: imported targets; llama.cpp itself is not rebuilt or instrumented);
 #   2. makes a temporary library directory: symlinks to every library of build/native/lib except libaudiokv*, plus
-#      the sanitized libaudiokv.so, and points AUDIOKV_EDGE_LIB_DIR at it (audiokv_edge/native_libs.py);
+#      the sanitized libaudiokv.so, and points AUDIOKV_EDGE_LIB_DIR at it (audiokv_edge/native/libs.py);
 #   3. runs the pytest files that drive the callback through llama.cpp (default: tests/test_evict_callback_c.py, the
 #      callback on f16 / q8_0 keys, plain and iSWA models, with and without a stored profile, wrong-shape profile;
 #      tests/test_profile_defaults_runner.py, the runner and Session creating evictors from stored defaults) with
@@ -80,7 +80,7 @@ for f in "$native_lib"/*; do
     case "$name" in libaudiokv*) continue ;; esac
     [ -f "$f" ] && ln -s "$f" "$tmp/lib/$name"       # files only: not lib/unpatched/
 done
-# audiokv_edge/audiokv_cpp.py and native_libs.py load <AUDIOKV_EDGE_LIB_DIR>/libaudiokv.so
+# audiokv_edge/native/audiokv.py and native/libs.py load <AUDIOKV_EDGE_LIB_DIR>/libaudiokv.so
 ln -s "$lib" "$tmp/lib/libaudiokv.so"
 
 # -- 3./4. the tests, sanitized, with a probe of what the process mapped ---------------------------------------------

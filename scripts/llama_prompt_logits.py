@@ -30,7 +30,7 @@ def prompt_logits(model: pathlib.Path, prompt: str, n_generate: int, n_threads: 
     """Run the prompt and a greedy continuation; see the module docstring for the returned arrays."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from audiokv_edge import native_libs
+    from audiokv_edge.native import libs as native_libs
 
     llama_cpp = native_libs.load_llama_cpp()
     llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_ctx, n_threads=n_threads,

@@ -4,7 +4,7 @@
     python scripts/make_calibration_set.py --out DIR [--clips 24] [--sentences-per-clip 3] [--seed 0]
 
 Writes DIR/clip_NNN.wav (16 kHz mono PCM16), DIR/clip_NNN.txt (transcript), DIR/clip_NNN.words.json (word
-timings from the synthesizer, see audiokv_edge/flite_speech.py) and DIR/manifest.json. Sentences come from the
+timings from the synthesizer, see audiokv_edge/profiling/synthetic_speech.py) and DIR/manifest.json. Sentences come from the
 built-in list below (IEEE 1969 "Harvard" phonetically balanced sentences) or from --text-file (one per line).
 Voices rotate over flite's slt, rms and awb. About 0.3 s of compute per clip.
 """
@@ -25,8 +25,8 @@ import soundfile as sf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from audiokv_edge import __version__  # noqa: E402
-from audiokv_edge.audio import resample  # noqa: E402
-from audiokv_edge.flite_speech import SynthesisError, synthesize  # noqa: E402
+from audiokv_edge.runtime.audio import resample  # noqa: E402
+from audiokv_edge.profiling.synthetic_speech import SynthesisError, synthesize  # noqa: E402
 
 SAMPLE_RATE = 16000
 VOICES = ("slt", "rms", "awb")

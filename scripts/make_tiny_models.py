@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 
-from audiokv_edge.tiny_models import TINY_PAIRS, write_all
+from audiokv_edge.testing.tiny_models import TINY_PAIRS, write_all
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,7 +81,8 @@ fi
 
 say "done in $(( $(date +%s) - started )) s"
 "$py" - <<'EOF'
-from audiokv_edge import native_libs, real_models
+from audiokv_edge.native import libs as native_libs
+from audiokv_edge.testing import real_models
 
 print(f"  native libraries : {native_libs.lib_dir()}")
 try:

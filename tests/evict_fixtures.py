@@ -1,6 +1,6 @@
 """Shared harness of the per-head eviction tests (tests/test_evict_mask.py, tests/test_evict_compact.py): tiny
 random-weight models of real architectures written once per test module, one llama_context per :class:`Runner`
-driven through the llama_cpp low-level bindings, the eviction API bound by audiokv_edge.llama_evict_cpp, plan
+driven through the llama_cpp low-level bindings, the eviction API bound by audiokv_edge.native.llama_kv_evict, plan
 functions and greedy decoding of one or two sequences."""
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ import ctypes
 import numpy as np
 import pytest
 
-GGML_TYPE_F32 = 0
-GGML_TYPE_F16 = 1
-GGML_TYPE_Q8_0 = 8
+from gguf import GGMLQuantizationType
+
+GGML_TYPE_F32 = int(GGMLQuantizationType.F32)
+GGML_TYPE_F16 = int(GGMLQuantizationType.F16)
+GGML_TYPE_Q8_0 = int(GGMLQuantizationType.Q8_0)
 
 def _specs():
-    from audiokv_edge import tiny_models as tm
+    from audiokv_edge.testing import tiny_models as tm
 
     return {
         "llama": tm.TextModelSpec("llama", tm.LLAMA3, n_embd=128, n_head=4, n_head_kv=2, head_dim=32),
@@ -31,7 +33,7 @@ ARCHS = ["llama", "qwen2", "qwen3", "gemma3"]
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from audiokv_edge import tiny_models as tm
+    from audiokv_edge.testing import tiny_models as tm
 
     directory = tmp_path_factory.mktemp("evict_models")
     paths = {}
@@ -45,38 +47,28 @@ _LOG_CB = None
 
 
 def _llama():
-    from audiokv_edge import native_libs
+    from audiokv_edge.runtime.llama import init_llama_cpp
 
-    llama = native_libs.load_llama_cpp().llama_cpp
+    llama = init_llama_cpp()
     global _LOG_CB
     if _LOG_CB is None:
         _LOG_CB = llama.llama_log_callback(lambda level, text, data: None)
         llama.llama_log_set(_LOG_CB, ctypes.c_void_p())
-        llama.llama_backend_init()
     return llama
 
 
 class Runner:
-    """One model + context; decode tokens, read logits, edit memory."""
+    """One model + context (audiokv_edge.runtime.llama.LlamaModel); decode tokens, read logits, edit memory."""
 
     def __init__(self, path, *, n_ctx=256, n_seq_max=1, flash_attn=True, type_kv=GGML_TYPE_F32, kv_unified=False):
+        from audiokv_edge.runtime.llama import ContextParams, LlamaModel
+
         self.llama = llama = _llama()
-        self.model = llama.llama_model_load_from_file(str(path).encode(), llama.llama_model_default_params())
-        assert self.model, f"could not load {path}"
-        cp = llama.llama_context_default_params()
-        cp.n_ctx = n_ctx
-        cp.n_batch = n_ctx
-        cp.n_ubatch = n_ctx
-        cp.n_seq_max = n_seq_max
-        cp.n_threads = 1
-        cp.n_threads_batch = 1
-        cp.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cp.type_k = type_kv
-        cp.type_v = type_kv
-        cp.kv_unified = kv_unified
-        self.ctx = llama.llama_init_from_model(self.model, cp)
-        assert self.ctx, "could not create the context"
-        self.n_vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self.model))
+        self.llm = LlamaModel(path)
+        self.model = self.llm.model
+        self.ctx = self.llm.new_context(ContextParams(n_ctx=n_ctx, n_seq_max=n_seq_max, flash_attn=flash_attn,
+                                                      type_k=type_kv, type_v=type_kv, kv_unified=kv_unified))
+        self.n_vocab = self.llm.n_vocab
         self.batch = llama.llama_batch_init(n_ctx, 0, n_seq_max)
         self.n_past = {}
         self.callbacks = []
@@ -104,19 +96,18 @@ class Runner:
 
     def close(self):
         self.llama.llama_batch_free(self.batch)
-        self.llama.llama_free(self.ctx)
-        self.llama.llama_model_free(self.model)
+        self.llm.close()
 
 
 def evict_lib():
-    from audiokv_edge import llama_evict_cpp
+    from audiokv_edge.native import llama_kv_evict
 
-    return llama_evict_cpp.load_library()
+    return llama_kv_evict.load_library()
 
 
 def enable(runner, fn, n_window=8, mode=0, n_headroom=None):
     """Enable eviction on ``runner`` with the Python plan function ``fn(seq_id, layers, uniform)``."""
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     lib = evict_lib()
     params = lib.llama_kv_evict_default_params()
@@ -162,6 +153,26 @@ def greedy(runner, first_logits, steps, seq=0, forced=None):
 
 def keep_all(seq_id, layers, uniform):
     return 0  # the plan is preset to "keep every entry"
+
+
+def check_keep_all_is_bitwise_identical(path, mode, *, flash_attn, type_kv):
+    """Eviction enabled in ``mode`` with a keep-all plan, evicting once after a 60-token prompt, then 32 greedy
+    tokens == eviction never enabled, bitwise (logits and tokens)."""
+    a = Runner(path, flash_attn=flash_attn, type_kv=type_kv)
+    b = Runner(path, flash_attn=flash_attn, type_kv=type_kv)
+    try:
+        assert enable(a, keep_all, mode=mode) == 0
+        toks = prompt(60, 5, a.n_vocab)
+        la, lb = a.decode(toks), b.decode(toks)
+        np.testing.assert_array_equal(la, lb)
+        assert evict_lib().llama_kv_evict_seq(a.ctx, 0) == 0
+        ta, ya = greedy(a, la, 32)
+        tb, yb = greedy(b, lb, 32)
+        assert ta == tb
+        np.testing.assert_array_equal(ya, yb)
+    finally:
+        a.close()
+        b.close()
 
 
 def decode_multi(runner, parts, interleave=False):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 from gguf import GGUFWriter
 
@@ -45,3 +47,13 @@ def write_tiny_gguf(path, n_layer: int = 3, n_head: int = 4, n_head_kv: int = 2,
     w.write_tensors_to_file()
     w.close()
     return tensors
+
+
+def patch_u32(path, key: str, value: int) -> None:
+    """Overwrite the UINT32 value of metadata key ``key`` of the GGUF file at ``path`` in place."""
+    data = bytearray(path.read_bytes())
+    kb = key.encode()
+    i = data.index(struct.pack("<Q", len(kb)) + kb)
+    off = i + 8 + len(kb) + 4
+    data[off:off + 4] = struct.pack("<I", value)
+    path.write_bytes(bytes(data))

@@ -11,11 +11,11 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def ensure_libaudiokv():
-    """Load libaudiokv (audiokv_edge.audiokv_cpp.load_library), building it standalone (-j2) if it is missing."""
-    from audiokv_edge import audiokv_cpp
+    """Load libaudiokv (audiokv_edge.native.audiokv.load_library), building it standalone (-j2) if it is missing."""
+    from audiokv_edge.native import audiokv
 
     try:
-        audiokv_cpp.library_path()
+        audiokv.library_path()
     except FileNotFoundError:
         build = REPO / "build" / "libaudiokv"
         for cmd in (["cmake", "-S", str(REPO / "libaudiokv"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
@@ -23,4 +23,4 @@ def ensure_libaudiokv():
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
                 pytest.fail(f"building libaudiokv failed: {' '.join(cmd)}\n{result.stdout}\n{result.stderr}")
-    return audiokv_cpp.load_library()
+    return audiokv.load_library()

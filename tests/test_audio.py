@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiokv_edge.audio import AudioClip, AudioError, clip_from_array, load_audio, mix_to_mono, resample
+from audiokv_edge.runtime.audio import AudioClip, AudioError, clip_from_array, load_audio, mix_to_mono, resample
 
 DATA = Path(__file__).resolve().parents[1] / "audiokv_edge" / "data"
 

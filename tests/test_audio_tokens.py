@@ -1,7 +1,7 @@
 """Audio lengths 1 s, 29.9 s, 30 s, 31 s and 300 s give the audio-token counts each projector's spec predicts.
 
-The expected counts are derived here from the projectors' documented behaviour (../shared/design/llama-cpp-notes.md
-and the mtmd preprocessors), not from our code:
+The expected counts are derived here from the projectors' documented behaviour (llama.cpp's mtmd preprocessors),
+not from our code:
 
 - Whisper family (qwen2a, ultravox): 16 kHz, hop 160 -> floor(n / 160) mel frames; 30 s of silence are
   appended (+3000 frames) and the STFT adds one frame; the mel is cut into 3000-frame chunks and the incomplete tail
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from audiokv_edge.tiny_models import TINY_PAIRS, write_tiny_pair
+from audiokv_edge.testing.tiny_models import TINY_PAIRS, write_tiny_pair
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS = (1.0, 29.9, 30.0, 31.0, 300.0)
@@ -32,7 +32,7 @@ RATE = 16000
 PROBE = r"""
 import json, sys
 import numpy as np
-from audiokv_edge.session import Session, SessionConfig
+from audiokv_edge.runtime.session import Session, SessionConfig
 model, mmproj, *secs = sys.argv[1:]
 counts = {}
 with Session(model, mmproj, SessionConfig(method="full", ctx=256, threads=2)) as s:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from audiokv_edge.tiny_models import write_tiny_pair
+from audiokv_edge.testing.tiny_models import write_tiny_pair
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench_stream_memory.py"

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from audiokv_edge import native_libs
+from audiokv_edge.native import libs as native_libs
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -159,7 +159,7 @@ def test_build_tree_is_the_current_patch_series():
 
 _LOAD_REPORT = textwrap.dedent("""
     import json, sys
-    from audiokv_edge import native_libs
+    from audiokv_edge.native import libs as native_libs
     llama_cpp = native_libs.load_llama_cpp()
     mtmd_cpp = native_libs.load_mtmd_cpp()
     llama_cpp.llama_backend_init()

@@ -5,8 +5,8 @@ import ctypes
 import numpy as np
 import pytest
 
-from audiokv_edge import audiokv_cpp as C
-from audiokv_edge._native_plan import AudioKVContext, c_params, plan_c
+from audiokv_edge.native import audiokv as C
+from audiokv_edge.native.plan import AudioKVContext, c_params, plan_c
 from tests.libaudiokv_build import ensure_libaudiokv
 
 pytestmark = pytest.mark.native

@@ -8,8 +8,9 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 
 from audiokv_edge import HeadProfile, plan
-from audiokv_edge import audiokv_cpp as C
-from audiokv_edge._native_plan import AudioKVContext, c_params
+from audiokv_edge.native import audiokv as C
+from audiokv_edge.native import audiokv_ggml
+from audiokv_edge.native.plan import AudioKVContext, c_params
 from audiokv_edge.keep_plan import KeepPlan
 from tests.libaudiokv_build import ensure_libaudiokv
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.native
 @pytest.fixture(scope="module")
 def lib():
     lib = ensure_libaudiokv()
-    if not C.has_ggml(lib):
+    if not audiokv_ggml.has_ggml(lib):
         pytest.skip(f"{C.library_path()} was built without ggml (standalone build); the combined build links it")
     return lib
 

@@ -14,32 +14,31 @@ import numpy as np
 import pytest
 
 from audiokv_edge import HeadProfile, KeepPlan, plan
-from audiokv_edge import audiokv_cpp as C
-from audiokv_edge._native_plan import c_params, plan_c
+from audiokv_edge.native import audiokv as C
+from audiokv_edge.native.plan import c_params, plan_c
 from audiokv_edge.methods import METHODS
+from tests.conftest import METHOD_CASES
 from tests.libaudiokv_build import ensure_libaudiokv
 
 pytestmark = pytest.mark.native
 
 DATA = Path(__file__).parent / "data"
 
-CASES = [
-    ("full", {}), ("streamingllm", {}), ("streamingllm", {"n_sink": 0}), ("streamingllm", {"n_sink": 50}),
-    ("h2o", {}), ("h2o", {"gqa_reduce": "max"}),
-    ("snapkv", {}), ("snapkv", {"pool_kernel": 7, "pool_type": "max"}), ("snapkv", {"pool_kernel": 1}),
-    ("snapkv", {"gqa_reduce": "max"}),
-    ("pyramidkv", {}), ("pyramidkv", {"beta": 1.0}), ("pyramidkv", {"beta": 3.5}),
-    ("adakv", {}), ("adakv", {"safeguard": 0.5}), ("adakv", {"safeguard": 0.0}), ("adakv", {"safeguard": 1.0}),
-    ("audiokv", {}), ("audiokv", {"sss_alpha": 1.0, "sss_gamma": 0.3}), ("audiokv", {"sss_alpha": 0.0}),
-    ("audiokv", {"uniform_share": 0.0}), ("audiokv", {"uniform_share": 1.0}), ("audiokv", {"sss_gamma": 0.95}),
-    ("audiokv", {"sss_taper": 0.0}), ("audiokv", {"sss_taper": 0.5}), ("audiokv", {"redistribute_surplus": False}),
-]
+CASES = METHOD_CASES
 KEEPS = [0.03, 0.1, 0.4, 0.8, 1.0]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def lib():
     return ensure_libaudiokv()
+
+
+def test_libaudiokv_knows_every_method():
+    """Method numbers come from libaudiokv (audiokv_method_from_name): it knows exactly the Python methods."""
+    assert sorted(C.method_names()) == sorted(METHODS)
+    assert [C.method_id(name) for name in C.method_names()] == list(range(len(METHODS)))
+    with pytest.raises(ValueError, match="unknown method"):
+        C.method_id("nosuch")
 
 
 def snap_to_row_grid(x):
@@ -52,7 +51,7 @@ def snap_to_row_grid(x):
 
 def test_reference_rounds_sss_rows_to_the_grid():
     """Both sides apply the grid (C: akv_snap_to_row_grid); spiky rows would otherwise rank FFT noise."""
-    from audiokv_edge.scoring import smoothed_window_scores
+    from audiokv_edge.reference.scores import smoothed_window_scores
 
     q, k, _ = make_inputs("large", 1, 2, 1, 40, 8, 8, 7)
     s = smoothed_window_scores(q, k, sss_alpha=0.5, sss_gamma=0.95)

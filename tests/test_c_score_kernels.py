@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 from audiokv_edge import HeadProfile, plan
-from audiokv_edge._native_plan import plan_c
+from audiokv_edge.native.plan import plan_c
 
 out = {"mismatches": [], "digest": None}
 digest = hashlib.sha256()
@@ -111,7 +111,7 @@ def test_unknown_kernel_name_warns_and_falls_back():
     env = dict(os.environ, AUDIOKV_SCORE_KERNEL="no-such-kernel")
     code = ("import sys, logging, numpy as np; sys.path.insert(0, sys.argv[1]); "
             "logging.basicConfig(level=logging.WARNING, stream=sys.stderr); "
-            "from audiokv_edge._native_plan import plan_c; "
+            "from audiokv_edge.native.plan import plan_c; "
             "q = np.ones((1, 2, 4, 8), np.float32); k = np.ones((1, 1, 40, 8), np.float32); "
             "print(plan_c('snapkv', q, k, 0.5, None, {'window': 4}).kept_total)")
     proc = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, env=env,

@@ -1,7 +1,7 @@
 """libaudiokv's building blocks against scipy and the NumPy reference, one step at a time.
 
 Tolerances: SSS within 1e-10 relative (max abs difference / max |x|) of a scipy.fft transcription of the spec and of
-audiokv_edge.sss.spectral_smooth (the issue asks for 1e-5); pooling, selection and integerisation exactly equal.
+audiokv_edge.reference.sss.spectral_smooth (the issue asks for 1e-5); pooling, selection and integerisation exactly equal.
 """
 
 import ctypes
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import scipy.fft
 
-from audiokv_edge.scoring import pool1d
-from audiokv_edge.selection import largest_remainder, rank_descending
-from audiokv_edge.sss import spectral_smooth
+from audiokv_edge.reference.scores import pool1d
+from audiokv_edge.reference.select import largest_remainder, rank_descending
+from audiokv_edge.reference.sss import spectral_smooth
 from tests.libaudiokv_build import ensure_libaudiokv
 
 pytestmark = pytest.mark.native

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiokv_edge.calibration_set import load_calibration_dir
-from audiokv_edge.flite_speech import SynthesisError, align_words, synthesize
+from audiokv_edge.profiling.calibration_set import load_calibration_dir
+from audiokv_edge.profiling.synthetic_speech import SynthesisError, align_words, synthesize
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import struct
 import subprocess
 import sys
 import traceback
@@ -22,14 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiokv_edge import gguf_profile as gp
+from audiokv_edge.profile import gguf_keys as gp
 from audiokv_edge.methods import METHODS
-from audiokv_edge.profile import HeadProfile
+from tests.evict_fixtures import GGML_TYPE_F16, GGML_TYPE_Q8_0
+from tests.gguf_testfiles import patch_u32
+from audiokv_edge.profile.head_profile import HeadProfile
 
 pytestmark = pytest.mark.native
 REPO = Path(__file__).resolve().parent.parent
 WINDOW, KEEP, N_PROMPT, N_MORE = 16, 0.4, 160, (40, 40)
-GGML_TYPE_F16, GGML_TYPE_Q8_0 = 1, 8
 
 
 def _skewed(n_layer: int, n_head_kv: int) -> HeadProfile:
@@ -45,7 +45,7 @@ def models(tmp_path_factory):
     """name -> model path: qwen2 (2 KV heads, no profile), qwen3 (head_dim 64), each also with a skewed stored
     profile, gemma3 iSWA (2 KV
     heads, sliding and full-attention layers alternating) with a skewed stored profile."""
-    from audiokv_edge import tiny_models as tm
+    from audiokv_edge.testing import tiny_models as tm
 
     d = tmp_path_factory.mktemp("evict_c")
     specs = {
@@ -71,33 +71,28 @@ class _Context:
     """A model and a one-sequence COMPACT context whose eviction goes through a recording wrapper of the C callback."""
 
     def __init__(self, path, method: str, type_k: int, flash: bool, keep: float = KEEP):
-        from audiokv_edge import audiokv_cpp, native_libs
-        from audiokv_edge import llama_evict_cpp as E
+        from audiokv_edge.native import audiokv
+        from audiokv_edge.native import audiokv_llama
+        from audiokv_edge.native import llama_kv_evict as E
+        from audiokv_edge.runtime.llama import ContextParams, LlamaModel, init_llama_cpp
 
         self.E = E
-        self.lc = lc = native_libs.load_llama_cpp().llama_cpp
-        lc.llama_backend_init()
+        self.lc = init_llama_cpp()
         self.lib = E.load_library()
-        self.akv = E.load_adapter()
-        self.model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
-        assert self.model
-        cp = lc.llama_context_default_params()
-        cp.n_ctx = cp.n_batch = cp.n_ubatch = 512
-        cp.n_seq_max = 1
-        cp.n_threads = cp.n_threads_batch = 1
-        cp.type_k, cp.type_v = type_k, GGML_TYPE_F16
-        cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        self.ctx = lc.llama_init_from_model(self.model, cp)
-        assert self.ctx
-        self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
-        params = self.akv.audiokv_default_params(audiokv_cpp.METHOD_IDS[method])
+        self.akv = audiokv_llama.load_adapter()
+        self.llm = LlamaModel(path)
+        self.model = self.llm.model
+        self.ctx = self.llm.new_context(ContextParams(n_ctx=512, flash_attn=flash, type_k=type_k,
+                                                      type_v=GGML_TYPE_F16))
+        self.n_vocab = self.llm.n_vocab
+        params = self.akv.audiokv_default_params(audiokv.method_id(method))
         params.window = WINDOW
         params.n_threads = 1
         status, err = ctypes.c_int(0), ctypes.create_string_buffer(256)
         self.evictor = self.akv.audiokv_llama_evictor_new(self.model, ctypes.byref(params), keep,
                                                           ctypes.byref(status), err, len(err))
         assert self.evictor, err.value
-        self.c_callback = E.c_callback(self.akv)
+        self.c_callback = audiokv_llama.c_callback(self.akv)
         self.records: list[dict] = []
         self.wrapper = E.llama_kv_evict_callback(self._record_and_plan)
         ep = self.lib.llama_kv_evict_default_params()
@@ -151,8 +146,7 @@ class _Context:
                          self.akv.audiokv_llama_evictor_last_error(self.evictor))
 
     def close(self) -> None:
-        self.lc.llama_free(self.ctx)
-        self.lc.llama_model_free(self.model)
+        self.llm.close()
         self.akv.audiokv_llama_evictor_free(self.evictor)
 
 
@@ -242,41 +236,33 @@ def test_stored_skewed_profile_drives_the_budgets(models):
 
 PROBE_WARNINGS = r"""
 import ctypes, json, logging, sys
-from audiokv_edge import audiokv_cpp, native_libs
-from audiokv_edge import llama_evict_cpp as E
+from audiokv_edge.native import audiokv
+from audiokv_edge.native import audiokv_llama
+from audiokv_edge.runtime.llama import LlamaModel
 lines = []
 class H(logging.Handler):
     def emit(self, record):
         lines.append((record.levelname, record.getMessage()))
 logging.getLogger("audiokv_edge").addHandler(H())
 logging.getLogger("audiokv_edge").setLevel(logging.DEBUG)
-lc = native_libs.load_llama_cpp().llama_cpp
-lc.llama_backend_init()
-akv = E.load_adapter()
+akv = audiokv_llama.load_adapter()
 out = {"status": [], "errors": [], "has_profile": []}
 for path in sys.argv[1:]:
     for method in ("audiokv", "audiokv", "snapkv"):
-        model = lc.llama_model_load_from_file(path.encode(), lc.llama_model_default_params())
-        p = akv.audiokv_default_params(audiokv_cpp.METHOD_IDS[method])
+        llm = LlamaModel(path)
+        model = llm.model
+        p = akv.audiokv_default_params(audiokv.method_id(method))
         st, err = ctypes.c_int(0), ctypes.create_string_buffer(256)
         ev = akv.audiokv_llama_evictor_new(model, ctypes.byref(p), 0.4, ctypes.byref(st), err, len(err))
         out["status"].append(st.value)
         out["errors"].append(err.value.decode())
         out["has_profile"].append(akv.audiokv_llama_evictor_has_profile(ev) if ev else None)
         akv.audiokv_llama_evictor_free(ev)
-        lc.llama_model_free(model)
+        llm.close()
 out["warnings"] = [m for level, m in lines if level == "WARNING"]
 print(json.dumps(out))
 """
 
-
-def _patch_u32(path: Path, key: str, value: int) -> None:
-    data = bytearray(path.read_bytes())
-    kb = key.encode()
-    i = data.index(struct.pack("<Q", len(kb)) + kb)
-    off = i + 8 + len(kb) + 4
-    data[off:off + 4] = struct.pack("<I", value)
-    path.write_bytes(bytes(data))
 
 
 def _probe(*paths) -> dict:
@@ -299,7 +285,7 @@ def test_no_profile_gives_exactly_one_warning(models):
 def test_profile_of_the_wrong_shape_is_a_clear_error(models, tmp_path):
     bad = tmp_path / "wrong-shape.gguf"
     bad.write_bytes(models["qwen2-profiled"].read_bytes())
-    _patch_u32(bad, gp.KEY_N_LAYER, 7)
+    patch_u32(bad, gp.KEY_N_LAYER, 7)
     out = _probe(bad)
     profile_error = -4  # AUDIOKV_ERR_PROFILE
     assert out["status"] == [profile_error, profile_error, 0]   # snapkv does not use the profile

@@ -31,7 +31,7 @@ import pytest
 
 from evict_fixtures import (  # the shared harness of the eviction tests (tests/evict_fixtures.py)
     GGML_TYPE_F16, GGML_TYPE_F32, GGML_TYPE_Q8_0, Runner, decode_multi, enable, evict_lib, greedy, greedy_both,
-    keep_all, models, prompt,
+    check_keep_all_is_bitwise_identical, models, prompt,
 )
 
 pytestmark = pytest.mark.native
@@ -70,7 +70,7 @@ def ragged_plan(seed, keep=0.5, protect=4, hold_all=False):
 
 
 def stats(runner):
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     st = E.llama_kv_evict_stats()
     assert evict_lib().llama_kv_evict_get_stats(runner.ctx, 0, ctypes.byref(st)) == 0
@@ -217,21 +217,7 @@ def test_streaming_7680_tokens_in_a_4096_cell_context(models):
 @pytest.mark.parametrize("flash_attn", [True, False], ids=["fa", "nofa"])
 def test_compact_keep_all_is_bitwise_identical(models, flash_attn):
     """keep = 1: nothing to evict, nothing moves; bitwise equal to eviction off."""
-    a = Runner(models["qwen2"], flash_attn=flash_attn, type_kv=GGML_TYPE_F16)
-    b = Runner(models["qwen2"], flash_attn=flash_attn, type_kv=GGML_TYPE_F16)
-    try:
-        assert enable(a, keep_all, mode=COMPACT) == 0
-        toks = prompt(60, 5, a.n_vocab)
-        la, lb = a.decode(toks), b.decode(toks)
-        np.testing.assert_array_equal(la, lb)
-        assert evict_lib().llama_kv_evict_seq(a.ctx, 0) == 0
-        ta, ya = greedy(a, la, 32)
-        tb, yb = greedy(b, lb, 32)
-        assert ta == tb
-        np.testing.assert_array_equal(ya, yb)
-    finally:
-        a.close()
-        b.close()
+    check_keep_all_is_bitwise_identical(models["qwen2"], COMPACT, flash_attn=flash_attn, type_kv=GGML_TYPE_F16)
 
 
 def test_compact_refuses_what_would_be_wrong(models):
@@ -271,7 +257,7 @@ def test_compact_graph_fits_a_30_layer_model(tmp_path, flash_attn):
     path must fit the graph llama.cpp reserves (it aborted with GGML_ASSERT(obj_new) before llama_kv_evict_graph_nodes);
     also with two compacted sequences and an uncompacted third one in every ubatch (unified cache, tokens
     interleaved)."""
-    from audiokv_edge import tiny_models as tm
+    from audiokv_edge.testing import tiny_models as tm
 
     path = tmp_path / "deep.gguf"
     tm.write_text_model(path, tm.TextModelSpec("llama", tm.LLAMA3, n_embd=144, n_layer=30, n_head=9, n_head_kv=3,
@@ -459,7 +445,7 @@ def test_two_sequences_unified_cache(models, arch, flash_attn, kind):
 
 
 def seq_stats(runner, seq):
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     st = E.llama_kv_evict_stats()
     assert evict_lib().llama_kv_evict_get_stats(runner.ctx, seq, ctypes.byref(st)) == 0
@@ -564,7 +550,7 @@ def test_shared_token_with_a_compacted_sequence_is_refused(models):
 def test_sequence_sharing_cells_is_not_compacted(models):
     """Unified cache: after seq_cp(0 -> 1) the two sequences share cells; compacting either is refused
     (ERR_STATE, nothing changes) until they are separate again."""
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     fn, _ = kind_plan("skewed", 4)
     r = Runner(models["qwen2"], n_seq_max=2, kv_unified=True)

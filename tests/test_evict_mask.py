@@ -29,7 +29,7 @@ import pytest
 
 from evict_fixtures import (  # the shared harness of the eviction tests (tests/evict_fixtures.py)
     ARCHS, GGML_TYPE_F16, GGML_TYPE_Q8_0, Runner, _specs, drop_positions, enable, evict_lib, greedy,
-    keep_all, models, prompt,
+    check_keep_all_is_bitwise_identical, keep_all, models, prompt,
 )
 
 pytestmark = pytest.mark.native
@@ -131,21 +131,7 @@ def test_two_sequences_each_equal_seq_rm(models, kv_unified):
                          ids=["fa-f16", "nofa-f16", "fa-q8_0"])  # a quantized V cache needs flash attention
 def test_keep_all_is_bitwise_identical(models, arch, flash_attn, type_kv):
     """Eviction enabled with a keep-all plan (per-head mask path active) == eviction never enabled, bitwise."""
-    a = Runner(models[arch], flash_attn=flash_attn, type_kv=type_kv)
-    b = Runner(models[arch], flash_attn=flash_attn, type_kv=type_kv)
-    try:
-        assert enable(a, keep_all) == 0
-        toks = prompt(60, 5, a.n_vocab)
-        la, lb = a.decode(toks), b.decode(toks)
-        np.testing.assert_array_equal(la, lb)
-        assert evict_lib().llama_kv_evict_seq(a.ctx, 0) == 0
-        ta, ya = greedy(a, la, 32)
-        tb, yb = greedy(b, lb, 32)
-        assert ta == tb
-        np.testing.assert_array_equal(ya, yb)
-    finally:
-        a.close()
-        b.close()
+    check_keep_all_is_bitwise_identical(models[arch], 0, flash_attn=flash_attn, type_kv=type_kv)
 
 
 def test_ragged_plans_change_logits_per_head(models):
@@ -189,7 +175,7 @@ def _write_head_swapped(path, spec, seed):
     evicting the same entries from KV head 1 of the swapped model.
     """
     import gguf
-    from audiokv_edge import tiny_models as tm
+    from audiokv_edge.testing import tiny_models as tm
 
     g = spec.n_head // spec.n_head_kv
     dh = spec.head_dim
@@ -338,7 +324,7 @@ def test_callback_sees_window_queries_and_keys(models):
 
 
 def test_errors_change_nothing(models):
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     lib = evict_lib()
     r = Runner(models["qwen2"])
@@ -397,7 +383,7 @@ def test_errors_change_nothing(models):
 
 
 def test_stats_count_kept_entries(models):
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     plan = {}
 
@@ -449,7 +435,7 @@ def _child(model, out, evict, flash_attn):
 
 @pytest.mark.parametrize("flash_attn", [True, False], ids=["fa", "nofa"])
 def test_keep_all_bitwise_equals_unpatched_libllama(models, tmp_path, flash_attn):
-    from audiokv_edge import native_libs
+    from audiokv_edge.native import libs as native_libs
 
     patched = native_libs.lib_dir()
     unpatched = patched / "unpatched"

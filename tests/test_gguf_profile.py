@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
-from audiokv_edge import gguf_profile as gp
-from audiokv_edge.profile import HeadProfile
-from audiokv_edge.profile_defaults import ProfileDefaults
+from audiokv_edge.profile import gguf_keys as gp
+from audiokv_edge.profile.head_profile import HeadProfile
+from audiokv_edge.profile.defaults import ProfileDefaults
 from tests.gguf_testfiles import write_tiny_gguf
 
 
@@ -272,7 +272,7 @@ def test_not_a_gguf_and_truncated(model, tmp_path):
 
 def test_header_parser_agrees_with_gguf_py(tmp_path):
     """gguf_header.GGUFHeader (our fast parser) reads what gguf-py's GGUFReader reads, for every value type."""
-    from audiokv_edge.gguf_header import GGUFHeader
+    from audiokv_edge.profile.gguf_header import GGUFHeader
 
     path = tmp_path / "types.gguf"
     w = GGUFWriter(str(path), "qwen2")

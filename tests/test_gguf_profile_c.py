@@ -1,40 +1,29 @@
-"""The C reader (c_profile_reader/, llama.cpp's model metadata API) agrees bit for bit with the Python reader."""
+"""The C reader (libaudiokv/src/gguf_profile.c on llama.cpp's model metadata API, run by the tool
+libaudiokv/tools/print_profile) agrees bit for bit with the Python reader."""
 
 from __future__ import annotations
 
-import shutil
-import struct
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from audiokv_edge import gguf_profile as gp
-from audiokv_edge.profile import HeadProfile
-from audiokv_edge.profile_defaults import ProfileDefaults
-from audiokv_edge.tiny_models import write_tiny_pair
+from audiokv_edge.profile import gguf_keys as gp
+from audiokv_edge.profile.head_profile import HeadProfile
+from audiokv_edge.profile.defaults import ProfileDefaults
+from audiokv_edge.testing.tiny_models import write_tiny_pair
+from tests.gguf_testfiles import patch_u32
 
-REPO = Path(__file__).resolve().parent.parent
-SRC = REPO / "c_profile_reader"
 pytestmark = pytest.mark.native
 
 
 @pytest.fixture(scope="module")
-def reader_exe(tmp_path_factory):
-    from audiokv_edge import native_libs
-    lib = native_libs.lib_dir()
-    inc = [REPO / "build" / "llama.cpp-src" / "include", REPO / "build" / "llama.cpp-src" / "ggml" / "include"]
-    missing = [str(p / h) for p, h in zip(inc, ("llama.h", "ggml.h")) if not (p / h).is_file()]
-    assert not missing, f"llama.cpp headers not found ({missing}): run scripts/setup.sh"
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    assert cc, "no C compiler"
-    exe = tmp_path_factory.mktemp("cprof") / "print_profile"
-    cmd = [cc, "-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", *[f"-I{p}" for p in inc],
-           str(SRC / "audiokv_gguf_profile.c"), str(SRC / "print_profile.c"), f"-L{lib}", "-lllama",
-           f"-Wl,-rpath,{lib}", "-lm", "-o", str(exe)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+def reader_exe():
+    """libaudiokv's tool print_profile, built with the library by the combined build (build/native/bin)."""
+    from audiokv_edge.native import libs as native_libs
+
+    exe = native_libs.lib_dir().parent / "bin" / "print_profile"
+    assert exe.is_file(), f"{exe} not found: run scripts/setup.sh (the combined build builds it with libaudiokv)"
     return exe
 
 
@@ -88,14 +77,6 @@ def test_c_reader_no_profile(reader_exe, tiny_model):
     assert rc == 1 and stdout.strip() == "none"
 
 
-def _patch_u32(path, key: str, value: int):
-    data = bytearray(path.read_bytes())
-    kb = key.encode()
-    i = data.index(struct.pack("<Q", len(kb)) + kb)
-    off = i + 8 + len(kb) + 4
-    data[off:off + 4] = struct.pack("<I", value)
-    path.write_bytes(bytes(data))
-
 
 @pytest.mark.parametrize("case, code, match", [
     ("version", -2, "format_version = 2"),
@@ -108,9 +89,9 @@ def test_c_reader_errors_name_the_problem(reader_exe, tiny_model, tmp_path, case
     gp.write_profile(tiny_model, HeadProfile(np.ones((shape.n_layer, shape.n_head_kv)), source={"calibration": "c"}),
                      out)
     if case == "version":
-        _patch_u32(out, gp.KEY_FORMAT_VERSION, 2)
+        patch_u32(out, gp.KEY_FORMAT_VERSION, 2)
     elif case == "shape":
-        _patch_u32(out, gp.KEY_N_LAYER, shape.n_layer + 1)
+        patch_u32(out, gp.KEY_N_LAYER, shape.n_layer + 1)
     else:
         data = out.read_bytes()
         tok = float(np.float32(1.0)).hex().encode()

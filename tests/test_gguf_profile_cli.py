@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiokv_edge import gguf_profile as gp
-from audiokv_edge.profile import HeadProfile
-from audiokv_edge.profile_defaults import ProfileDefaults
-from audiokv_edge.profile_file import load_profile_file, save_profile_file
+from audiokv_edge.profile import gguf_keys as gp
+from audiokv_edge.profile.head_profile import HeadProfile
+from audiokv_edge.profile.defaults import ProfileDefaults
+from audiokv_edge.profile.side_file import load_profile_file, save_profile_file
 from tests.gguf_testfiles import write_tiny_gguf
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ from audiokv_edge import plan
 from audiokv_edge.methods import AdaKV, SnapKV
 from audiokv_edge.methods.base import PlanInputs
 from audiokv_edge.keep_plan import uniform_budget
-from audiokv_edge.selection import select_kept
+from audiokv_edge.reference.select import select_kept
 
 if os.environ.get("CI"):
     import kvpress  # noqa: F401  (CI installs the peer extra: fail loudly if it is missing)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from audiokv_edge.gguf_header import GGUFHeader, GGUFValueType
-from audiokv_edge.tiny_models import AudioProjectorSpec, write_audio_projector
+from audiokv_edge.profile.gguf_header import GGUFHeader, GGUFValueType
+from audiokv_edge.testing.tiny_models import AudioProjectorSpec, write_audio_projector
 
 pytestmark = pytest.mark.native
 
@@ -29,20 +29,20 @@ REASON = "recurrent or hybrid"
 # Child: load the LFM2 model, try both eviction modes, then check the context still decodes and evict_seq refuses.
 INIT_PROBE = r"""
 import ctypes, json, sys
-from audiokv_edge import llama_evict_cpp as E, native_libs
-llama = native_libs.load_llama_cpp().llama_cpp
+from audiokv_edge.native import llama_kv_evict as E
+from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, init_llama_cpp
+llama = init_llama_cpp()
 logged = []
 log_cb = llama.llama_log_callback(lambda level, text, data: logged.append((int(level), (text or b"").decode())))
 llama.llama_log_set(log_cb, ctypes.c_void_p())
-llama.llama_backend_init()
-model = llama.llama_model_load_from_file(sys.argv[1].encode(), llama.llama_model_default_params())
-cp = llama.llama_context_default_params()
-cp.n_ctx = cp.n_batch = cp.n_ubatch = 128
-cp.n_seq_max = 1
-cp.n_threads = cp.n_threads_batch = 1
-ctx = llama.llama_init_from_model(model, cp)
+try:
+    llm = LlamaModel(sys.argv[1])
+    ctx = llm.new_context(ContextParams(n_ctx=128, flash_attn=None))
+except LlamaError:
+    print(json.dumps({"loaded": False}))
+    sys.exit()
 lib = E.load_library()
-out = {"loaded": bool(model) and bool(ctx), "init": {}}
+out = {"loaded": True, "init": {}}
 callback = E.make_callback(lambda seq_id, layers, uniform: 0)
 for name, mode in (("mask", E.LLAMA_KV_EVICT_MODE_MASK), ("compact", E.LLAMA_KV_EVICT_MODE_COMPACT)):
     params = lib.llama_kv_evict_default_params()
@@ -83,7 +83,7 @@ def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def test_evict_init_refuses_hybrid_memory_with_a_logged_reason(lfm2):
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     model, _ = lfm2
     proc = run("-c", INIT_PROBE, str(model))

@@ -18,7 +18,8 @@ import tempfile
 
 import pytest
 
-from audiokv_edge import native_libs, real_models
+from audiokv_edge.native import libs as native_libs
+from audiokv_edge.testing import real_models
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # op -> params regex (None: every case). The full FLASH_ATTN_EXT matrix takes > 10 min on 2 cores; its cases with

@@ -13,18 +13,9 @@ import pytest
 
 from audiokv_edge import METHODS, HeadProfile, plan
 from audiokv_edge.keep_plan import uniform_budget
+from tests.conftest import METHOD_PARAMS
 
-# method -> parameter sets (window is added per case)
-PARAMS = {
-    "full": [{}],
-    "streamingllm": [{}, {"n_sink": 0}, {"n_sink": 9}],
-    "h2o": [{}, {"gqa_reduce": "max"}],
-    "snapkv": [{}, {"pool_kernel": 1}, {"pool_kernel": 7, "pool_type": "max", "gqa_reduce": "max"}],
-    "pyramidkv": [{}, {"beta": 1}, {"beta": 3.5}],
-    "adakv": [{}, {"safeguard": 0.0}, {"safeguard": 0.5}, {"safeguard": 1.0}],
-    "audiokv": [{}, {"sss_alpha": 0.0}, {"sss_alpha": 1.0, "sss_gamma": 0.2, "uniform_share": 0.0, "sss_taper": 0.0},
-                {"redistribute_surplus": False}],
-}
+PARAMS = METHOD_PARAMS
 # (n_layer, n_head, n_head_kv, n_tokens, window)
 SHAPES = [(1, 1, 1, 40, 8), (2, 4, 2, 64, 8), (3, 6, 2, 33, 32), (2, 4, 1, 100, 16), (2, 2, 2, 9, 8),
           (1, 2, 2, 8, 8), (2, 4, 4, 5, 8), (1, 1, 1, 1, 32)]
@@ -99,7 +90,7 @@ def test_gqa_groups_share_one_plan_per_kv_head():
 
 
 def test_all_methods_registered():
-    assert set(METHODS) == {"full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "audiokv"}
+    assert set(METHODS) == set(METHOD_PARAMS)  # every method has its row in the matrix of tests/conftest.py
     for name, cls in METHODS.items():
         assert cls.name == name and cls().window == 32
 

@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from audiokv_edge import native_libs, real_models
+from audiokv_edge.native import libs as native_libs
+from audiokv_edge.testing import real_models
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "llama_prompt_logits.py"

@@ -133,14 +133,14 @@ def test_h2o_without_accumulated_scores_ranks_like_unpooled_snapkv():
 
 def test_backend_c_dispatch(monkeypatch):
     calls = []
-    fake = types.ModuleType("audiokv_edge._native_plan")
+    fake = types.ModuleType("audiokv_edge.native.plan")
 
     def plan_c(method, q_window, keys, keep, profile, params):
         calls.append((method, keep, profile, params))
         return "from C"
 
     fake.plan_c = plan_c
-    monkeypatch.setitem(sys.modules, "audiokv_edge._native_plan", fake)
+    monkeypatch.setitem(sys.modules, "audiokv_edge.native.plan", fake)
     q, k = qk()
     assert plan("pyramidkv", q, k, 0.5, backend="c", window=8, beta=10) == "from C"
     method, keep, profile, params = calls[0]

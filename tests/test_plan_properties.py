@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audiokv_edge import METHODS, HeadProfile, plan
-from audiokv_edge.selection import largest_remainder
+from audiokv_edge.reference.select import largest_remainder
 from tests.test_methods_invariants import check_plan
 
 

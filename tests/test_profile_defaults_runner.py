@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiokv_edge import gguf_profile as gp
-from audiokv_edge.profile import HeadProfile
-from audiokv_edge.profile_defaults import ProfileDefaults
-from audiokv_edge.session import DEFAULT_KEEP, EVICT_WINDOW, SessionConfig
+from audiokv_edge.profile import gguf_keys as gp
+from audiokv_edge.profile.head_profile import HeadProfile
+from audiokv_edge.profile.defaults import ProfileDefaults
+from audiokv_edge.runtime.session import DEFAULT_KEEP, EVICT_WINDOW, SessionConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "audiokv_edge" / "data"
@@ -53,7 +53,7 @@ def _patch_f64(path: Path, key: str, value: float) -> None:
 def models(tmp_path_factory):
     """model.gguf (no profile), profiled.gguf (profile, no defaults), defaults.gguf (profile + STORED),
     bad-keep.gguf (defaults.keep patched to 1.5); all beside one mmproj.gguf."""
-    from audiokv_edge.tiny_models import write_tiny_pair
+    from audiokv_edge.testing.tiny_models import write_tiny_pair
 
     d = tmp_path_factory.mktemp("profile_defaults")
     model, mmproj = write_tiny_pair(d, "qwen2-qwen2a")
@@ -163,7 +163,7 @@ def test_runner_malformed_stored_default_is_a_one_line_error(models):
 
 PROBE = r"""
 import json, sys
-from audiokv_edge.session import Session, SessionConfig
+from audiokv_edge.runtime.session import Session, SessionConfig
 model, mmproj, audio = sys.argv[1:4]
 out = {}
 for name, cfg in (("audiokv", SessionConfig(method="audiokv", max_tokens=2, threads=2, ctx=1024)),

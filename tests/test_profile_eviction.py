@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiokv_edge import gguf_profile as gp
-from audiokv_edge.profile import HeadProfile
-from audiokv_edge.profile_file import save_profile_file
+from audiokv_edge.profile import gguf_keys as gp
+from audiokv_edge.profile.head_profile import HeadProfile
+from audiokv_edge.profile.side_file import save_profile_file
 
 pytestmark = pytest.mark.native
 REPO = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ N_PROMPT, WINDOW, KEEP = 96, 8, 0.4
 
 @pytest.fixture(scope="module")
 def profiled_model(tmp_path_factory):
-    from audiokv_edge import tiny_models as tm
+    from audiokv_edge.testing import tiny_models as tm
 
     d = tmp_path_factory.mktemp("evict_profile")
     spec = tm.TextModelSpec("qwen2", tm.CHATML, n_embd=128, n_head=4, n_head_kv=2, head_dim=32)
@@ -48,20 +48,15 @@ def profiled_model(tmp_path_factory):
 
 class _Context:
     def __init__(self, path):
-        from audiokv_edge import native_libs
+        from audiokv_edge.runtime.llama import ContextParams, LlamaModel, init_llama_cpp
+        from tests.evict_fixtures import GGML_TYPE_F32
 
-        self.lc = lc = native_libs.load_llama_cpp().llama_cpp
-        lc.llama_backend_init()
-        self.model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
-        assert self.model
-        cp = lc.llama_context_default_params()
-        cp.n_ctx = cp.n_batch = cp.n_ubatch = 256
-        cp.n_seq_max = 1
-        cp.n_threads = cp.n_threads_batch = 1
-        cp.type_k = cp.type_v = 0                              # f32 cache: keys readable in NumPy
-        self.ctx = lc.llama_init_from_model(self.model, cp)
-        assert self.ctx
-        self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
+        self.lc = init_llama_cpp()
+        self.llm = LlamaModel(path)
+        self.model = self.llm.model
+        self.ctx = self.llm.new_context(ContextParams(n_ctx=256, flash_attn=None,
+                                                      type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32))  # keys in NumPy
+        self.n_vocab = self.llm.n_vocab
         self.keep_alive = []
 
     def decode(self, tokens):
@@ -71,8 +66,7 @@ class _Context:
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
     def close(self):
-        self.lc.llama_free(self.ctx)
-        self.lc.llama_model_free(self.model)
+        self.llm.close()
 
 
 def _planning_callback(method, profile, record):
@@ -96,7 +90,7 @@ def _planning_callback(method, profile, record):
 
 
 def _evict_and_continue(path, method, profile):
-    from audiokv_edge import llama_evict_cpp as E
+    from audiokv_edge.native import llama_kv_evict as E
 
     lib = E.load_library()
     c = _Context(path)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiokv_edge import gguf_profile as gp
-from audiokv_edge.attention_capture import CaptureError, projector_type, token_words
-from audiokv_edge.tiny_models import write_tiny_pair
+from audiokv_edge.profile import gguf_keys as gp
+from audiokv_edge.profiling.attention_capture import CaptureError, projector_type, token_words
+from audiokv_edge.testing.tiny_models import write_tiny_pair
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE_HEADS = REPO / "convert" / "profile_heads.py"
@@ -101,8 +101,8 @@ def test_end_to_end_profile_write_load_plan(tmp_path, calib):
 @pytest.mark.slow
 def test_batched_teacher_forcing_equals_step_by_step_decoding(tmp_path, calib):
     """Rows captured from one teacher-forced batch equal those of real one-token decode steps."""
-    from audiokv_edge.attention_capture import TeacherForcedAttention
-    from audiokv_edge.calibration_set import load_calibration_dir
+    from audiokv_edge.profiling.attention_capture import TeacherForcedAttention
+    from audiokv_edge.profiling.calibration_set import load_calibration_dir
 
     model, mmproj = write_tiny_pair(tmp_path, "qwen2-qwen2a")
     item = load_calibration_dir(str(calib))[0]
@@ -122,8 +122,8 @@ def test_batched_teacher_forcing_equals_step_by_step_decoding(tmp_path, calib):
 def test_captured_rows_equal_attention_recomputed_from_queries_and_keys(tmp_path):
     """The eval-callback rows (kq_soft_max) equal softmax(kq_scale * q . k) recomputed in NumPy from the post-RoPE
     queries and cached keys that the eviction API hands over: heads, tokens and positions are read correctly."""
-    from audiokv_edge import llama_evict_cpp as E
-    from audiokv_edge.attention_capture import TeacherForcedAttention
+    from audiokv_edge.native import llama_kv_evict as E
+    from audiokv_edge.profiling.attention_capture import TeacherForcedAttention
 
     model, mmproj = write_tiny_pair(tmp_path, "qwen2-qwen2a")
     n_tok, w = 40, 8

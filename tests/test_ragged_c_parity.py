@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from audiokv_edge import HeadProfile, plan
-from audiokv_edge import audiokv_cpp as C
-from audiokv_edge._native_plan import AudioKVContext, c_params, plan_ragged_c
+from audiokv_edge.native import audiokv as C
+from audiokv_edge.native.plan import AudioKVContext, c_params, plan_ragged_c
 from audiokv_edge.keep_plan import plan_ragged
 from tests.libaudiokv_build import ensure_libaudiokv
 from tests.test_c_parity import CASES, make_inputs

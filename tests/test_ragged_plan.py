@@ -17,7 +17,7 @@ from audiokv_edge import HeadProfile, plan
 from audiokv_edge.keep_plan import KeepPlan, plan_ragged, uniform_budget
 from audiokv_edge.methods import make_method
 from audiokv_edge.methods.audiokv import audiokv_real_budgets
-from audiokv_edge.selection import cap_and_share, capped_budgets, largest_remainder
+from audiokv_edge.reference.select import cap_and_share, capped_budgets, largest_remainder
 
 from test_methods_invariants import CASES, PARAMS, make_inputs
 

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from audiokv_edge import real_models
+from audiokv_edge.testing import real_models
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "llama_prompt_logits.py"

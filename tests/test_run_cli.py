@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from audiokv_edge.methods import METHODS
-from audiokv_edge.tiny_models import TINY_PAIRS, AudioProjectorSpec, write_audio_projector, write_tiny_pair
+from audiokv_edge.testing.tiny_models import TINY_PAIRS, AudioProjectorSpec, write_audio_projector, write_tiny_pair
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "audiokv_edge" / "data"
@@ -276,7 +276,7 @@ def test_five_minutes_of_speech_end_to_end(tmp_path, tiny):
 def smollm2_with_tiny_projector(tmp_path_factory):
     """A real quantized LLM (SmolLM2-135M-Instruct Q4_1, llama arch, 30 layers, 3 KV heads) with a random qwen2a
     projector of its width: real decoding cost and real chat template, meaningless audio understanding."""
-    from audiokv_edge import real_models
+    from audiokv_edge.testing import real_models
 
     directory = tmp_path_factory.mktemp("smollm2")
     mmproj = directory / "mmproj-tiny-qwen2a.gguf"

@@ -1,4 +1,4 @@
-"""Runner helpers without native code: the progress bar (drawn only on a terminal) and KV-byte accounting."""
+"""Runner helpers without native code: the progress bar (tqdm, drawn only on a terminal) and KV-byte accounting."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from audiokv_edge.progress import ProgressBar
-from audiokv_edge.stats import KVGeometry, AnswerStats
+from audiokv_edge.run import progress_bar
+from audiokv_edge.runtime.stats import KVGeometry, AnswerStats
 
 
 class FakeTTY(io.StringIO):
@@ -16,23 +16,18 @@ class FakeTTY(io.StringIO):
 
 
 def test_progress_bar_draws_only_on_a_terminal():
-    pipe = io.StringIO()
-    with ProgressBar("prefill", 10, "positions", stream=pipe) as bar:
-        bar.update(5)
-    assert pipe.getvalue() == ""
+    def draw(stream, show=True):
+        bar = progress_bar(show, stream)
+        bar.total = 10
+        bar.n = 5
+        bar.refresh()
+        bar.close()
+        return stream.getvalue()
 
-    tty = FakeTTY()
-    with ProgressBar("prefill", 10, "positions", stream=tty, width=10) as bar:
-        bar.update(5)
-        bar.update(99)  # clamped to total
-    text = tty.getvalue()
-    assert "\rprefill [#####.....] 5/10 positions" in text
-    assert "[##########] 10/10" in text and text.endswith("\n")
-
-    quiet = FakeTTY()
-    with ProgressBar("prefill", 10, stream=quiet, enabled=False) as bar:
-        bar.update(3)
-    assert quiet.getvalue() == ""
+    assert draw(io.StringIO()) == ""
+    text = draw(FakeTTY())
+    assert "encoding + prefill" in text and "5/10" in text and "positions" in text and text.endswith("\n")
+    assert draw(FakeTTY(), show=False) == ""
 
 
 def test_kv_geometry_bytes():
@@ -48,11 +43,11 @@ def test_kv_geometry_bytes():
         KVGeometry(4, 0, 16, 16)
 
 
-def test_summary_marks_planned_only_budgets():
+def test_summary_shows_the_kept_share():
     stats = AnswerStats(audio_seconds=11.0, audio_tokens=750, prompt_tokens=770, generated_tokens=3, method="snapkv",
-                        keep=0.4, eviction_applied=False, kv_bytes_full=1000, kv_bytes_kept=400,
+                        keep=0.4, eviction_applied=True, kv_bytes_full=1000, kv_bytes_kept=400,
                         prefill_tokens_per_s=100.0, decode_tokens_per_s=10.0, prefill_s=7.7, decode_s=0.3,
                         evict_ms=1.0, peak_rss_bytes=1 << 20, finish_reason="length")
     lines = stats.summary_lines()
-    assert any("planned only" in line and "40.0%" in line for line in lines)
+    assert any("kept 0.00 MiB (40.0%)" in line for line in lines)
     assert stats.to_dict()["kv_bytes_kept"] == 400

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from audiokv_edge.session import SessionConfig
-from audiokv_edge.tiny_models import write_tiny_pair
+from audiokv_edge.runtime.session import SessionConfig
+from audiokv_edge.testing.tiny_models import write_tiny_pair
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "audiokv_edge" / "data"
@@ -22,8 +22,8 @@ DATA = REPO / "audiokv_edge" / "data"
 PROBE = r"""
 import json, sys
 import numpy as np
-from audiokv_edge.session import Session, SessionConfig, SessionError
-from audiokv_edge.audio import load_audio
+from audiokv_edge.runtime.session import Session, SessionConfig, SessionError
+from audiokv_edge.runtime.audio import load_audio
 model, jfk, arctic = sys.argv[1:4]
 out = {}
 with Session(model, config=SessionConfig(method="full", max_tokens=8, threads=2, ctx=2048)) as s:
@@ -96,7 +96,7 @@ def test_config_validation(bad):
 PROBE_STREAM = r"""
 import json, sys
 import numpy as np, soundfile as sf
-from audiokv_edge.session import Session, SessionConfig
+from audiokv_edge.runtime.session import Session, SessionConfig
 model, jfk, long_path = sys.argv[1:4]
 speech, rate = sf.read(jfk, dtype="float32")
 sf.write(long_path, np.tile(speech, 10)[: 100 * rate], rate)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from audiokv_edge.sss import spectral_smooth, taper_width
+from audiokv_edge.reference.sss import spectral_smooth, taper_width
 
 
 def transcribed_sss(x, alpha, gamma, taper=0.05):
@@ -136,7 +136,7 @@ def test_bad_input():
 
 
 def test_row_grid_rounding():
-    from audiokv_edge.sss import snap_to_row_grid
+    from audiokv_edge.reference.sss import snap_to_row_grid
 
     x = np.array([[0.75, 1e-17, -3e-9, 0.1], [0.0, 0.0, 0.0, 0.0]])
     out = snap_to_row_grid(x)
@@ -150,8 +150,8 @@ def test_row_grid_rounding():
 
 
 def test_smoothed_scores_are_on_the_grid_and_noise_ties():
-    from audiokv_edge.scoring import smoothed_window_scores
-    from audiokv_edge.sss import snap_to_row_grid
+    from audiokv_edge.reference.scores import smoothed_window_scores
+    from audiokv_edge.reference.sss import snap_to_row_grid
 
     rng = np.random.default_rng(0)
     q = 40 * rng.standard_normal((1, 2, 4, 8))  # huge logits: one-hot attention, most scores exactly 0

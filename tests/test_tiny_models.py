@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiokv_edge.tiny_models import TINY_PAIRS, AudioProjectorSpec, TextModelSpec, CHATML, train_bpe, write_tiny_pair
+from audiokv_edge.testing.tiny_models import TINY_PAIRS, AudioProjectorSpec, TextModelSpec, CHATML, train_bpe, write_tiny_pair
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED_PAIRS = {"qwen2-qwen2a", "llama-ultravox", "qwen3-qwen2a", "gemma3-qwen2a"}

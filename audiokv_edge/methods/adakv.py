@@ -9,7 +9,7 @@ import numpy as np
 
 from audiokv_edge.methods.base import PlanInputs
 from audiokv_edge.methods.snapkv import SnapKV
-from audiokv_edge.selection import capped_budgets, rank_descending
+from audiokv_edge.reference.select import capped_budgets, rank_descending
 
 __all__ = ["AdaKV", "adaptive_head_caps"]
 

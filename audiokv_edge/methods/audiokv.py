@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from audiokv_edge.methods.base import KeepMethod, PlanInputs, check_choice, check_int
-from audiokv_edge.scoring import GQA_REDUCTIONS, POOL_TYPES, ragged_smoothed_window_scores, smoothed_window_scores
-from audiokv_edge.selection import cap_and_share, capped_budgets, sequential_sum
-from audiokv_edge.sss import check_sss_params
+from audiokv_edge.reference.scores import GQA_REDUCTIONS, POOL_TYPES, ragged_smoothed_window_scores, smoothed_window_scores
+from audiokv_edge.reference.select import cap_and_share, capped_budgets, sequential_sum
+from audiokv_edge.reference.sss import check_sss_params
 
 __all__ = ["AudioKV", "audiokv_real_budgets"]
 
@@ -26,7 +26,7 @@ def audiokv_real_budgets(scores: np.ndarray, budget: int, window: int, caps,
     S_hat = S / sum(S); base = C - w; m = floor(uniform_share * base); remain = (base - m) * L * Hkv;
     b = S_hat * remain + m + w. Heads above their cap (N, or in a ragged cache the entries they hold) are set to it
     and their surplus is shared by the other heads in proportion to S_hat (equally when those heads all have
-    S_hat = 0), repeated until no head exceeds its cap (audiokv_edge.selection.cap_and_share).
+    S_hat = 0), repeated until no head exceeds its cap (audiokv_edge.reference.select.cap_and_share).
     Sums run sequentially in row-major order.
 
     Parameters
@@ -75,7 +75,7 @@ class AudioKV(KeepMethod):
     uniform_share : float, default 0.5
         r_frac, share of the prefix budget given uniformly to every head (SparseMM: 0.5).
     sss_taper : float, default 0.05
-        [choice] SSS cosine taper width as a fraction of the spectrum (audiokv_edge.sss.taper_width).
+        [choice] SSS cosine taper width as a fraction of the spectrum (audiokv_edge.reference.sss.taper_width).
     redistribute_surplus : bool, default True
         [choice] give the budget of heads clipped at N to the other heads (sum stays C * L * Hkv, integerised by
         largest remainder). False: SparseMM's rule b = min(N, floor(S_hat remain + m + w + 0.5)), surplus dropped

@@ -1,7 +1,7 @@
 """What every keep-plan method shares: its inputs, its window parameter, and its two responsibilities.
 
 A method only says how to SCORE the prefix tokens of every (layer, KV head) and how to SIZE the per-head budgets;
-ranking, protecting the window and building the plan live in audiokv_edge.selection and audiokv_edge.plan.
+ranking, protecting the window and building the plan live in audiokv_edge.reference.select and audiokv_edge.plan.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from audiokv_edge.profile import HeadProfile
-from audiokv_edge.selection import capped_budgets
+from audiokv_edge.profile.head_profile import HeadProfile
+from audiokv_edge.reference.select import capped_budgets
 
 __all__ = ["PlanInputs", "KeepMethod", "check_int", "check_choice"]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audiokv_edge.methods.base import KeepMethod, PlanInputs, check_choice
-from audiokv_edge.scoring import GQA_REDUCTIONS, ragged_window_scores, reduce_gqa, window_scores
+from audiokv_edge.reference.scores import GQA_REDUCTIONS, ragged_window_scores, reduce_gqa, window_scores
 
 __all__ = ["H2O"]
 

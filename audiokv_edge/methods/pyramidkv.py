@@ -8,7 +8,7 @@ import numpy as np
 
 from audiokv_edge.methods.base import PlanInputs
 from audiokv_edge.methods.snapkv import SnapKV
-from audiokv_edge.selection import capped_budgets
+from audiokv_edge.reference.select import capped_budgets
 
 __all__ = ["PyramidKV", "pyramid_layer_caps"]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audiokv_edge.methods.base import KeepMethod, PlanInputs, check_choice, check_int
-from audiokv_edge.scoring import GQA_REDUCTIONS, POOL_TYPES, ragged_smoothed_window_scores, smoothed_window_scores
+from audiokv_edge.reference.scores import GQA_REDUCTIONS, POOL_TYPES, ragged_smoothed_window_scores, smoothed_window_scores
 
 __all__ = ["SnapKV"]
 

@@ -294,7 +294,7 @@ AUDIOKV_API int audiokv_pool(const double * x, int64_t n, int32_t kernel, int32_
  * Errors: NULL, SIZE, NOMEM. Allocates scratch (not for hot loops; audiokv_plan uses preallocated scratch). */
 AUDIOKV_API int audiokv_select_top(const double * scores, int64_t n, int64_t k, int32_t * out);
 
-/* Largest-remainder integerisation (audiokv_edge.selection.largest_remainder): b = clip(floor(r), lo, hi); the
+/* Largest-remainder integerisation (audiokv_edge.reference.select.largest_remainder): b = clip(floor(r), lo, hi); the
  * total - sum(b) leftover tokens go one each, in rounds, to the entries with the largest fractional part (ties: lower
  * index) that are below hi; a negative leftover takes one each from the smallest fractional parts (ties: higher
  * index) above lo. Errors: NULL, SIZE (n < 1, lo * n <= total <= hi * n violated, r not finite), NOMEM. */

@@ -87,10 +87,6 @@ AUDIOKV_API const char * audiokv_llama_evictor_last_error(const struct audiokv_l
 AUDIOKV_API int64_t      audiokv_llama_evictor_n_plans(const struct audiokv_llama_evictor * evictor);
 AUDIOKV_API int64_t      audiokv_llama_evictor_last_kept(const struct audiokv_llama_evictor * evictor);
 
-/* 1 when the callback can re-plan a ragged (already evicted) cache, i.e. a sequence can be evicted more than once
- * (streaming); 0 when it can only plan the first eviction. */
-AUDIOKV_API int audiokv_llama_can_replan(void);
-
 #ifdef __cplusplus
 }
 #endif

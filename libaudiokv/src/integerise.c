@@ -1,5 +1,5 @@
 /* Largest-remainder integerisation of real budgets (docs/semantics.md), the twin of
- * audiokv_edge.selection.largest_remainder: written once, used by pyramidkv, adakv and audiokv. */
+ * audiokv_edge.reference.select.largest_remainder: written once, used by pyramidkv, adakv and audiokv. */
 #include "internal.h"
 
 #include <math.h>

@@ -194,8 +194,6 @@ static int dense_keys(const struct llama_kv_evict_layer * layer, size_t row_byte
     return 1;
 }
 
-int audiokv_llama_can_replan(void) { return 1; }
-
 int32_t audiokv_llama_evict_callback(struct llama_kv_evict_info * info, void * user_data) {
     struct audiokv_llama_evictor * ev = (struct audiokv_llama_evictor *) user_data;
     if (!ev) {

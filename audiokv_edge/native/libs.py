@@ -58,11 +58,11 @@ def shared_library_name(base_name: str) -> str:
 
 
 def _package_lib_dir() -> pathlib.Path:
-    return pathlib.Path(__file__).resolve().parent / "lib"
+    return pathlib.Path(__file__).resolve().parent.parent / "lib"
 
 
 def _repo_lib_dir() -> pathlib.Path:
-    return pathlib.Path(__file__).resolve().parent.parent / REPO_BUILD_LIB_DIR
+    return pathlib.Path(__file__).resolve().parents[2] / REPO_BUILD_LIB_DIR
 
 
 def candidate_lib_dirs() -> list[pathlib.Path]:

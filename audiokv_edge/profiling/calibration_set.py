@@ -7,7 +7,7 @@ Layout of DIR::
     <stem>.words.json                     optional: {"words": [{"word": w, "start": s, "end": s}, ...],
                                           "duration": s, "source": "..."}; one entry per transcript word
 
-Without .words.json the words are timed by the uniform fallback (head_scoring.uniform_word_timings).
+Without .words.json the words are timed by the uniform fallback (hit_ratio.uniform_word_timings).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import soundfile as sf
 
-from .head_scoring import WordTiming, uniform_word_timings
+from audiokv_edge.profiling.hit_ratio import WordTiming, uniform_word_timings
 
 logger = logging.getLogger(__name__)
 

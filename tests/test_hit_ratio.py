@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audiokv_edge.head_scoring import (HitRatioAccumulator, WordTiming, profile_from_hits, reduce_gqa,
+from audiokv_edge.profiling.hit_ratio import (HitRatioAccumulator, WordTiming, profile_from_hits, reduce_gqa,
                                        top_k_hits, uniform_word_timings, word_token_spans)
 
 L, H, HKV, A0, N_AUDIO, T = 4, 8, 4, 16, 250, 10.0

@@ -2,7 +2,7 @@
 
 Used by convert/profile_heads.py to measure the AudioKV head profile (arXiv 2604.06694, Sec. 3) on a text model +
 libmtmd audio projector. The prompt (chat template, audio, "Transcribe the audio.") is evaluated as in
-:mod:`audiokv_edge.session`; then the transcript tokens are decoded in one teacher-forced batch
+:mod:`audiokv_edge.runtime.session`; then the transcript tokens are decoded in one teacher-forced batch
 [last prompt token, t_0, ..., t_{m-2}], whose row j is the decode step that emits t_j. llama.cpp's eval callback
 (``llama_context_params.cb_eval``) hands over the tensor "kq_soft_max-<il>" of every layer (flash attention off):
 float32 [n_kv, n_tokens, n_head], column j = KV cell j = position j in a fresh single-sequence cache.
@@ -19,20 +19,21 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from gguf import GGUFValueType
+from gguf import GGMLQuantizationType, GGUFValueType
 
-from .audio import load_audio
-from .calibration_set import CalibrationItem
-from .gguf_header import GGUFFormatError, GGUFHeader
-from .head_scoring import HitRatioAccumulator, word_token_spans
+from audiokv_edge.profile.gguf_header import GGUFFormatError, GGUFHeader
+from audiokv_edge.profiling.calibration_set import CalibrationItem
+from audiokv_edge.profiling.hit_ratio import HitRatioAccumulator, word_token_spans
+from audiokv_edge.runtime.audio import load_audio
+from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, init_llama_cpp, render_prompt
+from audiokv_edge.runtime.session import DEFAULT_PROMPT, check_gguf, find_mmproj
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PROMPT = "Transcribe the audio."
 WHISPER_FAMILY = frozenset({"qwen2a", "qwen2.5o", "ultravox", "voxtral", "glma", "musicflamingo", "meralion"})
 WHISPER_CHUNK_SECONDS = 30.0
 _SOFTMAX_PREFIX = "kq_soft_max-"
-_GGML_TYPE_F32 = 0
+_GGML_TYPE_F32 = int(GGMLQuantizationType.F32)
 _CAUSAL_TOL = 1e-6
 _ROW_SUM_TOL = 1e-3
 
@@ -136,26 +137,23 @@ class TeacherForcedAttention:
 
     def __init__(self, model, mmproj, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 2,
                  prompt: str = DEFAULT_PROMPT) -> None:
-        from . import native_libs
-        from .session import check_gguf, find_mmproj
+        from audiokv_edge.native import libs as native_libs
 
         for name, value, low in (("n_ctx", n_ctx, 16), ("n_batch", n_batch, 1), ("n_threads", n_threads, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        self._model = self._ctx = self._mctx = None
+        self._llm = self._model = self._ctx = self._mctx = None
         self.model_path = check_gguf(model, "model")
         self.mmproj_path = find_mmproj(self.model_path, mmproj)
         self.proj_type = projector_type(str(self.mmproj_path))
         self.prompt = prompt
         self.n_batch = n_batch
-        self._llama = native_libs.load_llama_cpp()
-        self._lc = lc = self._llama.llama_cpp
+        self._lc = lc = init_llama_cpp()
         self._mt = native_libs.load_mtmd_cpp()
         ggml_base = ctypes.CDLL(str(native_libs.lib_dir() / native_libs.shared_library_name("ggml-base")))
         self._tensor_get = ggml_base.ggml_backend_tensor_get
         self._tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
         self._tensor_get.restype = None
-        lc.llama_backend_init()
         self._capturing = False
         self._capture_failed = False
         self._captured: dict[int, list[np.ndarray]] = {}
@@ -168,69 +166,32 @@ class TeacherForcedAttention:
 
     # ------------------------------------------------------------------------------------------ loading
     def _load(self, n_ctx: int, n_batch: int, n_threads: int) -> None:
-        lc, mt = self._lc, self._mt
-        mp = lc.llama_model_default_params()
-        self._model = lc.llama_model_load_from_file(str(self.model_path).encode(), mp)
-        if not self._model:
-            raise CaptureError(f"llama.cpp cannot load model {self.model_path}")
-        self._vocab = lc.llama_model_get_vocab(self._model)
-        self.n_layer = int(lc.llama_model_n_layer(self._model))
-        self.n_head = int(lc.llama_model_n_head(self._model))
-        self.n_head_kv = int(lc.llama_model_n_head_kv(self._model))
-        cp = lc.llama_context_default_params()
-        cp.n_ctx = n_ctx
-        cp.n_batch = n_batch
-        cp.n_ubatch = n_batch
-        cp.n_seq_max = 1
-        cp.n_threads = cp.n_threads_batch = n_threads
-        cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED     # kq_soft_max exists only without it
-        cp.cb_eval = self._cb
-        cp.cb_eval_user_data = None
-        cp.no_perf = True
-        self._ctx = lc.llama_init_from_model(self._model, cp)
-        if not self._ctx:
-            raise CaptureError(f"cannot create a llama.cpp context for {self.model_path}")
-        self.n_ctx = int(lc.llama_n_ctx(self._ctx))
-        mpp = mt.mtmd_context_params_default()
-        mpp.use_gpu = False
-        mpp.print_timings = False
-        mpp.n_threads = n_threads
-        mpp.warmup = False
-        mpp.flash_attn_type = cp.flash_attn_type
-        self._mctx = mt.mtmd_init_from_file(str(self.mmproj_path).encode(), self._model, mpp)
-        if not self._mctx or not mt.mtmd_support_audio(self._mctx):
+        mt = self._mt
+        try:
+            self._llm = m = LlamaModel(self.model_path)
+            self._model, self._vocab = m.model, m.vocab
+            self.n_layer, self.n_head, self.n_head_kv = m.n_layer, m.n_head, m.n_head_kv
+            self._ctx = m.new_context(ContextParams(
+                n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
+                flash_attn=False,                               # kq_soft_max exists only without it
+                eval_callback=self._cb, no_perf=True))
+            self.n_ctx = int(self._lc.llama_n_ctx(self._ctx))
+            self._mctx = m.new_projector(self.mmproj_path, n_threads=n_threads, flash_attn=False)
+        except LlamaError as exc:
+            raise CaptureError(str(exc)) from None
+        if not mt.mtmd_support_audio(self._mctx):
             raise CaptureError(f"audio projector {self.mmproj_path} does not fit model {self.model_path}")
         self.sample_rate = int(mt.mtmd_get_audio_sample_rate(self._mctx))
         self.marker = mt.mtmd_default_marker().decode()
-        template = lc.llama_model_chat_template(self._model, None)
-        self._formatter = None
-        bos = lc.llama_vocab_bos(self._vocab)
-        self._bos_text = self._token_text(bos) if bos >= 0 else ""
-        if template:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-            eos = self._token_text(lc.llama_vocab_eos(self._vocab))
-            self._formatter = Jinja2ChatFormatter(template.decode("utf-8", "replace"), eos_token=eos,
-                                                  bos_token=self._bos_text)
+        self._formatter = m.chat_formatter()
         if self.proj_type not in WHISPER_FAMILY:
             logger.warning("projector type %r: assuming its audio tokens cover exactly the clip", self.proj_type)
 
-    def _token_text(self, token: int) -> str:
-        raw = self._lc.llama_vocab_get_text(self._vocab, token)
-        return raw.decode("utf-8", "replace") if raw else ""
-
     def _piece(self, token: int) -> str:
-        buf = ctypes.create_string_buffer(256)
-        n = self._lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = self._lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        return buf.raw[:max(n, 0)].decode("utf-8", "replace")
+        return self._llm.piece(token)
 
     def render_prompt(self) -> str:
-        content = f"{self.marker}\n{self.prompt}"
-        if self._formatter is None:
-            return content + "\n"
-        return self._formatter(messages=[{"role": "user", "content": content}]).prompt
+        return render_prompt(self._formatter, self.marker, self.prompt)
 
     def tokenize_text(self, text: str) -> list[int]:
         raw = text.encode("utf-8")
@@ -267,20 +228,11 @@ class TeacherForcedAttention:
     # ------------------------------------------------------------------------------------------ running
     def _eval_prompt(self, samples: np.ndarray) -> tuple[int, int, int, int, int]:
         lc, mt = self._lc, self._mt
-        text = self.render_prompt()
-        add_special = not (self._bos_text and text.startswith(self._bos_text))
-        samples = np.ascontiguousarray(samples, dtype=np.float32)
-        bitmap = mt.mtmd_bitmap_init_from_audio(samples.shape[0],
-                                                samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
-        chunks = mt.mtmd_input_chunks_init()
         try:
-            raw = text.encode("utf-8")
-            inp = mt.mtmd_input_text(raw, len(raw), add_special, True)
-            bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
-            rc = mt.mtmd_tokenize(self._mctx, chunks, ctypes.byref(inp), bitmaps, 1)
-            mt.mtmd_bitmap_free(bitmap)
-            if rc != 0:
-                raise CaptureError(f"libmtmd could not tokenize the prompt (code {rc})")
+            chunks = self._llm.tokenize_audio_prompt(self._mctx, self.render_prompt(), samples)
+        except LlamaError as exc:
+            raise CaptureError(str(exc)) from None
+        try:
             n_chunks = int(mt.mtmd_input_chunks_size(chunks))
             n_past, a0, n_audio, audio_chunks, last_token = 0, -1, 0, 0, -1
             for i in range(n_chunks):
@@ -399,16 +351,9 @@ class TeacherForcedAttention:
 
     # ------------------------------------------------------------------------------------------ teardown
     def close(self) -> None:
-        lc, mt = getattr(self, "_lc", None), getattr(self, "_mt", None)
-        if getattr(self, "_mctx", None) and mt is not None:
-            mt.mtmd_free(self._mctx)
-        self._mctx = None
-        if getattr(self, "_ctx", None) and lc is not None:
-            lc.llama_free(self._ctx)
-        self._ctx = None
-        if getattr(self, "_model", None) and lc is not None:
-            lc.llama_model_free(self._model)
-        self._model = None
+        if getattr(self, "_llm", None) is not None:
+            self._llm.close()
+        self._llm = self._model = self._ctx = self._mctx = None
 
     def __enter__(self) -> "TeacherForcedAttention":
         return self

@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 import soundfile as sf
 
-from .head_scoring import WordTiming
+from audiokv_edge.profiling.hit_ratio import WordTiming
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
-from .profile import HeadProfile
-from .profile_defaults import ProfileDefaults
+from audiokv_edge.profile.head_profile import HeadProfile
+from audiokv_edge.profile.defaults import ProfileDefaults
 
 FILE_FORMAT = "audiokv-head-profile"
 FILE_FORMAT_VERSION = 1

@@ -3,7 +3,7 @@
 AudioKV (arXiv 2604.06694, Sec. 3) sizes per-head KV budgets from an offline head score S[l, h]. Storing it in the
 model's GGUF metadata lets every program that loads the model find the right budgets. The keys, their types and
 the C-side reading rules are documented in docs/gguf-keys.md; every key name lives in this module only (and in
-its C twin, c_profile_reader/audiokv_gguf_profile.c).
+its C twin, libaudiokv/src/gguf_profile.c).
 
 ``write_profile`` writes a COPY of a GGUF: the header and metadata are rebuilt with the audiokv.* keys replaced,
 every other metadata entry and the tensor-info table are copied byte for byte, and the tensor data region is
@@ -27,10 +27,10 @@ from typing import Callable
 import numpy as np
 from gguf import GGUFValueType
 
-from . import __version__
-from .gguf_header import GGUFFormatError, GGUFHeader
-from .profile import HeadProfile
-from .profile_defaults import ProfileDefaults
+from audiokv_edge import __version__
+from audiokv_edge.profile.gguf_header import GGUFFormatError, GGUFHeader
+from audiokv_edge.profile.head_profile import HeadProfile
+from audiokv_edge.profile.defaults import ProfileDefaults
 
 logger = logging.getLogger(__name__)
 

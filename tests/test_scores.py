@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from audiokv_edge.scoring import pool1d, reduce_gqa, window_attention_layer, window_scores
+from audiokv_edge.reference.scores import pool1d, reduce_gqa, window_attention_layer, window_scores
 
 
 def direct_window_scores(q, k, row_reduce="mean"):

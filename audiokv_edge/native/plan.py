@@ -12,8 +12,10 @@ import ctypes
 
 import numpy as np
 
-from audiokv_edge import audiokv_cpp as C
-from audiokv_edge.profile import HeadProfile
+from audiokv_edge.native import audiokv as C
+from audiokv_edge.native import audiokv_ggml
+from audiokv_edge.profile.head_profile import HeadProfile
+from audiokv_edge.reference.plan import KeepPlan
 
 __all__ = ["AudioKVContext", "plan_c", "plan_ragged_c", "c_params"]
 
@@ -30,10 +32,8 @@ def c_params(method: str, params: dict, n_threads: int = 0) -> C.audiokv_params:
     ValueError
         Unknown method or parameter, or a value the C struct cannot hold.
     """
-    if method not in C.METHOD_IDS:
-        raise ValueError(f"unknown method {method!r}; known: {sorted(C.METHOD_IDS)}")
-    lib = C.load_library()
-    p = lib.audiokv_default_params(C.METHOD_IDS[method])
+    method_id = C.method_id(method)
+    p = C.load_library().audiokv_default_params(method_id)
     for key, value in params.items():
         if key in ("pool_type", "gqa_reduce"):
             table = C.POOL_TYPES if key == "pool_type" else C.GQA_REDUCTIONS
@@ -63,7 +63,7 @@ class AudioKVContext:
 
     Parameters
     ----------
-    params : audiokv_cpp.audiokv_params
+    params : audiokv.audiokv_params
         From :func:`c_params`.
     n_layer, n_head, n_head_kv, head_dim, n_tokens : int
         Model shape and cache length (ragged cache: the positions the sequence has seen, n_positions).
@@ -81,8 +81,6 @@ class AudioKVContext:
                                             ctypes.byref(self._handle))
             C.check("audiokv_init", status, what)
         else:
-            if not C.has_ragged(self._lib):
-                raise RuntimeError(f"the libaudiokv loaded from {C.library_path()} predates the ragged API: rebuild it")
             entries = np.asarray(n_entries)
             if entries.shape != (n_layer, n_head_kv) or entries.dtype.kind not in "iu" \
                     or np.any(entries < 0) or np.any(entries > np.iinfo(np.int32).max):
@@ -151,7 +149,7 @@ class AudioKVContext:
         RuntimeError
             When libaudiokv was built without ggml (standalone build).
         """
-        if not C.has_ggml(self._lib):
+        if not audiokv_ggml.has_ggml(self._lib):
             raise RuntimeError("this libaudiokv was built without ggml (standalone build); use the combined build")
         if not self._lib.audiokv_ggml_type_supported(ggml_type):
             raise ValueError(f"ggml type {ggml_type} cannot be converted to float")
@@ -159,7 +157,7 @@ class AudioKVContext:
         k = np.ascontiguousarray(k_rows, dtype=np.uint8)
         status = self._lib.audiokv_add_layer(
             self._handle, layer, q.ctypes.data, _DTYPES[q.dtype], q.strides[0], q.strides[1],
-            k.ctypes.data, C.AUDIOKV_TYPE_OTHER, k.strides[0], head_row_bytes, C.ggml_to_float(self._lib),
+            k.ctypes.data, C.AUDIOKV_TYPE_OTHER, k.strides[0], head_row_bytes, audiokv_ggml.ggml_to_float(self._lib),
             ggml_type)
         C.check("audiokv_add_layer", status, f"layer {layer}, ggml type {ggml_type}")
 
@@ -249,8 +247,6 @@ def plan_c(method: str, q_window: np.ndarray | None, keys: np.ndarray, keep: flo
     -------
     KeepPlan
     """
-    from audiokv_edge.keep_plan import KeepPlan
-
     params = dict(params)
     accumulated = params.pop("accumulated_scores", None)
     keys = np.asarray(keys)
@@ -311,8 +307,6 @@ def plan_ragged_c(method: str, q_window: np.ndarray | None, keys, keep: float, p
     KeepPlan
         Entry indices per head, n_tokens = n_positions, n_entries = the heads' entries.
     """
-    from audiokv_edge.keep_plan import KeepPlan
-
     n_entries = np.array([[np.shape(k)[0] for k in heads] for heads in keys], dtype=np.int64)
     n_layer, n_head_kv = n_entries.shape
     head_dim = np.shape(keys[0][0])[1]

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from audiokv_edge.sss import snap_to_row_grid, spectral_smooth
+from audiokv_edge.reference.sss import snap_to_row_grid, spectral_smooth
 
 __all__ = ["window_attention_head", "window_attention_layer", "window_scores", "reduce_gqa", "pool1d",
            "smoothed_window_scores", "ragged_window_scores", "smooth_row", "ragged_smoothed_window_scores",
@@ -180,7 +180,7 @@ def smoothed_window_scores(q_window: np.ndarray, keys: np.ndarray, gqa_reduce: s
                            sss_gamma: float = 0.7, sss_taper: float = 0.05) -> np.ndarray:
     """Window scores, GQA-reduced, then smoothed: SSS when sss_alpha > 0, else pooling.
 
-    SSS rows (of length n > 1) are then rounded to their 24-bit grid (audiokv_edge.sss.snap_to_row_grid), so
+    SSS rows (of length n > 1) are then rounded to their 24-bit grid (audiokv_edge.reference.sss.snap_to_row_grid), so
     that FFT round-off cannot reorder tokens scored about 0.
 
     Parameters
@@ -192,7 +192,7 @@ def smoothed_window_scores(q_window: np.ndarray, keys: np.ndarray, gqa_reduce: s
         Odd >= 1 (used when sss_alpha == 0).
     pool_type : {"avg", "max"}
     sss_alpha, sss_gamma, sss_taper : float
-        Spectral Score Smoothing parameters (audiokv_edge.sss.spectral_smooth).
+        Spectral Score Smoothing parameters (audiokv_edge.reference.sss.spectral_smooth).
 
     Returns
     -------

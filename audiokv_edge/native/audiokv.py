@@ -2,7 +2,7 @@
 
 The C declaration stands as a comment above each binding; constants mirror the header's enums. The library is
 loaded on first use by :func:`load_library` (never at import time) from, in order: ``$AUDIOKV_EDGE_LIB_DIR``, the
-combined build found by :func:`audiokv_edge.native_libs.audiokv_library_path`, and the standalone build
+combined build found by :func:`audiokv_edge.native.libs.audiokv_library_path`, and the standalone build
 ``build/libaudiokv`` of this checkout (``cmake -S libaudiokv -B build/libaudiokv``).
 """
 
@@ -19,10 +19,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "AUDIOKV_OK", "AUDIOKV_ERR_NULL", "AUDIOKV_ERR_SIZE", "AUDIOKV_ERR_KEEP", "AUDIOKV_ERR_PROFILE",
     "AUDIOKV_ERR_PARAM", "AUDIOKV_ERR_TYPE", "AUDIOKV_ERR_CAPACITY", "AUDIOKV_ERR_NOMEM", "AUDIOKV_ERR_STATE",
-    "AUDIOKV_ERR_THREAD", "AUDIOKV_ERR_NONFINITE", "METHOD_IDS", "POOL_TYPES", "GQA_REDUCTIONS",
+    "AUDIOKV_ERR_THREAD", "AUDIOKV_ERR_NONFINITE", "POOL_TYPES", "GQA_REDUCTIONS",
     "AUDIOKV_TYPE_F32", "AUDIOKV_TYPE_F16", "AUDIOKV_TYPE_F64", "AUDIOKV_TYPE_OTHER",
     "audiokv_params", "audiokv_to_float_fn", "audiokv_log_fn", "LibAudioKVError", "LibAudioKVInputError",
-    "library_path", "load_library", "has_ggml", "has_ragged", "ggml_to_float",
+    "library_path", "load_library", "method_id", "method_names",
     "check",
 ]
 
@@ -41,7 +41,6 @@ AUDIOKV_ERR_THREAD = -10
 AUDIOKV_ERR_NONFINITE = -11
 
 # enum audiokv_method (names as in audiokv_edge.methods.METHODS)
-METHOD_IDS = {"full": 0, "streamingllm": 1, "h2o": 2, "snapkv": 3, "pyramidkv": 4, "adakv": 5, "audiokv": 6}
 # enum audiokv_pool_type, enum audiokv_gqa_reduce
 POOL_TYPES = {"avg": 0, "max": 1}
 GQA_REDUCTIONS = {"mean": 0, "max": 1}
@@ -144,9 +143,7 @@ _DECLARATIONS = [
                                           ctypes.c_int64, _c_int64_p]),
 ]
 
-# The ragged API (re-planning an evicted cache), declared when the loaded library has it (has_ragged): a library
-# built before it still loads for everything else.
-_RAGGED_DECLARATIONS = [
+_DECLARATIONS += [  # the ragged API: re-planning an evicted cache
     # int audiokv_init_ragged(const struct audiokv_params * params, int32_t n_layer, int32_t n_head,
     #                         int32_t n_head_kv, int32_t head_dim, const int32_t * n_entries, int64_t n_positions,
     #                         struct audiokv_context ** out);
@@ -167,32 +164,6 @@ _RAGGED_DECLARATIONS = [
     # int64_t audiokv_n_positions(const struct audiokv_context * ctx);
     ("audiokv_n_positions", ctypes.c_int64, [ctypes.c_void_p]),
 ]
-
-# Exported only by a libaudiokv built inside the combined build (it then links ggml): include/audiokv_ggml.h
-_GGML_DECLARATIONS = [
-    # void audiokv_ggml_to_float(const void * src, float * dst, int64_t n, void * user_data);
-    ("audiokv_ggml_to_float", None, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64,
-                                     ctypes.c_void_p]),
-    # int audiokv_ggml_type_supported(int32_t ggml_type);
-    ("audiokv_ggml_type_supported", ctypes.c_int, [ctypes.c_int32]),
-]
-
-
-def has_ggml(lib: ctypes.CDLL) -> bool:
-    """True when the loaded libaudiokv exports the ggml to_float helper (built inside the combined build)."""
-    return hasattr(lib, "audiokv_ggml_to_float")
-
-
-def has_ragged(lib: ctypes.CDLL) -> bool:
-    """True when the loaded libaudiokv has the ragged API (audiokv_init_ragged, audiokv_add_layer_ragged)."""
-    return hasattr(lib, "audiokv_init_ragged")
-
-
-def ggml_to_float(lib: ctypes.CDLL) -> "audiokv_to_float_fn":
-    """audiokv_ggml_to_float as a to_float callback for audiokv_add_layer (user_data: the ggml type number)."""
-    address = ctypes.cast(lib.audiokv_ggml_to_float, ctypes.c_void_p).value
-    return audiokv_to_float_fn(address)
-
 
 class LibAudioKVError(RuntimeError):
     """A libaudiokv call returned an error status; ``status`` holds the code, the message names it."""
@@ -239,12 +210,12 @@ def library_path() -> pathlib.Path:
             return candidate.resolve()
         searched.append(str(candidate))
     try:
-        from audiokv_edge.native_libs import audiokv_library_path
+        from audiokv_edge.native.libs import audiokv_library_path
 
         return audiokv_library_path()
     except (ImportError, FileNotFoundError) as exc:
         searched.append(f"the combined build ({exc})")
-    standalone = pathlib.Path(__file__).resolve().parent.parent / "build" / "libaudiokv" / name
+    standalone = pathlib.Path(__file__).resolve().parents[2] / "build" / "libaudiokv" / name
     if standalone.is_file():
         return standalone
     searched.append(str(standalone))
@@ -265,8 +236,10 @@ def load_library() -> ctypes.CDLL:
         if _lib is None:
             path = library_path()
             lib = ctypes.CDLL(str(path))
-            optional = _GGML_DECLARATIONS + _RAGGED_DECLARATIONS
-            for name, restype, argtypes in _DECLARATIONS + [d for d in optional if hasattr(lib, d[0])]:
+            from audiokv_edge.native import audiokv_ggml
+
+            optional = [d for d in audiokv_ggml.DECLARATIONS if hasattr(lib, d[0])]
+            for name, restype, argtypes in _DECLARATIONS + optional:
                 fn = getattr(lib, name)
                 fn.restype = restype
                 fn.argtypes = argtypes
@@ -293,3 +266,26 @@ def _forward_log(level: int, text: bytes, user_data) -> None:
 
 
 _log_callback = audiokv_log_fn(_forward_log)  # kept alive for the process: the library holds the pointer
+
+
+def method_names() -> list[str]:
+    """The methods libaudiokv knows, in the order of their numbers (audiokv_method_name)."""
+    lib = load_library()
+    names = []
+    while (name := lib.audiokv_method_name(len(names))) is not None:
+        names.append(name.decode())
+    return names
+
+
+def method_id(name: str) -> int:
+    """libaudiokv's number of method ``name`` (audiokv_method_from_name).
+
+    Raises
+    ------
+    ValueError
+        libaudiokv does not know the method.
+    """
+    method = load_library().audiokv_method_from_name(str(name).encode())
+    if method < 0:
+        raise ValueError(f"unknown method {name!r}; known: {sorted(method_names())}")
+    return int(method)

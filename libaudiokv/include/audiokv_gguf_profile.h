@@ -14,10 +14,13 @@
  * The scores are read from audiokv.head_scores.hex (C99 hexadecimal floats, converted exactly by strtof), so they
  * are bit-identical to the float32 array audiokv.head_scores that the Python reader returns.
  * Thread safety: audiokv_profile_read only reads the model; calls on different outputs may run concurrently.
+ * Part of libaudiokv when built with llama.cpp (the combined build); libaudiokv/tools/print_profile.c prints it.
  * Portable C99; no allocation besides the scores array (owned by the output, freed by audiokv_profile_free).
  */
 #ifndef AUDIOKV_GGUF_PROFILE_H
 #define AUDIOKV_GGUF_PROFILE_H
+
+#include "audiokv.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -53,11 +56,11 @@ struct audiokv_stored_profile {
 
 /* Read and validate the profile of a loaded model. On any status but OK, *out holds no allocation.
  * err (may be NULL) receives a one-line message naming the key and the problem. */
-int audiokv_profile_read(const struct llama_model * model, struct audiokv_stored_profile * out,
-                         char * err, size_t err_size);
+AUDIOKV_API int audiokv_profile_read(const struct llama_model * model, struct audiokv_stored_profile * out,
+                                     char * err, size_t err_size);
 
 /* Free the scores of a profile filled by audiokv_profile_read (safe on a zeroed struct). */
-void audiokv_profile_free(struct audiokv_stored_profile * profile);
+AUDIOKV_API void audiokv_profile_free(struct audiokv_stored_profile * profile);
 
 #ifdef __cplusplus
 }

@@ -1,17 +1,14 @@
 """ctypes bindings of the per-head KV eviction API of the patched llama.cpp (``include/llama-kv-evict.h``).
 
-The functions live in the patched ``libllama`` (patches/0001-kv-evict-api.patch); they are bound on first use by
-:func:`load_library` onto the library the ``llama_cpp`` package loaded (:func:`audiokv_edge.native_libs.load_llama_cpp`),
+The functions live in the patched ``libllama`` (patches/, docs/per-head-eviction.md); they are bound on first use by
+:func:`load_library` onto the library the ``llama_cpp`` package loaded (:func:`audiokv_edge.native.libs.load_llama_cpp`),
 so that the ``llama_context *`` handles of ``llama_cpp`` can be passed directly. Nothing is loaded at import time.
 The C declaration stands as a comment above each binding. Semantics: docs/per-head-eviction.md.
 
 :func:`make_callback` wraps a Python function as a ``llama_kv_evict_callback`` that never lets an exception cross
 into C (an exception becomes the status -1, i.e. ``LLAMA_KV_EVICT_ERR_CALLBACK``), and :class:`EvictLayerView`
 exposes the callback's data as NumPy arrays.
-
-libaudiokv's own callback (``libaudiokv/include/audiokv_llama.h``, exported by the libaudiokv of the combined build)
-plans in C with no Python in the eviction path: :func:`load_adapter` binds it, :func:`c_callback` returns it as a
-``llama_kv_evict_callback`` to put in :class:`llama_kv_evict_params` with an evictor as ``user_data``.
+libaudiokv's own C callback is bound by :mod:`audiokv_edge.native.audiokv_llama`.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +31,7 @@ __all__ = [
     "LLAMA_KV_EVICT_MODE_MASK", "LLAMA_KV_EVICT_MODE_COMPACT",
     "llama_kv_evict_head", "llama_kv_evict_layer", "llama_kv_evict_info", "llama_kv_evict_params",
     "llama_kv_evict_stats", "llama_kv_evict_callback", "EvictApiMissingError", "load_library",
-    "EvictLayerView", "layer_views", "make_callback", "AdapterMissingError", "load_adapter", "c_callback",
-    "has_ragged_planner",
+    "EvictLayerView", "layer_views", "make_callback",
 ]
 
 # enum llama_kv_evict_status
@@ -53,9 +50,9 @@ LLAMA_KV_EVICT_ERR_STATE = -8
 LLAMA_KV_EVICT_MODE_MASK = 0
 LLAMA_KV_EVICT_MODE_COMPACT = 1
 
-# ggml types the NumPy views can read directly (enum ggml_type)
-GGML_TYPE_F32 = 0
-GGML_TYPE_F16 = 1
+# ggml types the NumPy views can read directly (enum ggml_type, from gguf)
+GGML_TYPE_F32 = int(GGMLQuantizationType.F32)
+GGML_TYPE_F16 = int(GGMLQuantizationType.F16)
 _NUMPY_KEY_TYPES = {GGML_TYPE_F32: np.float32, GGML_TYPE_F16: np.float16}
 
 llama_pos = ctypes.c_int32
@@ -173,7 +170,7 @@ def load_library(lib: ctypes.CDLL | None = None) -> ctypes.CDLL:
     ----------
     lib : ctypes.CDLL, optional
         The libllama to bind; default: the one ``llama_cpp`` loaded through
-        :func:`audiokv_edge.native_libs.load_llama_cpp` (so that its ``llama_context`` pointers are valid here).
+        :func:`audiokv_edge.native.libs.load_llama_cpp` (so that its ``llama_context`` pointers are valid here).
 
     Returns
     -------
@@ -183,10 +180,10 @@ def load_library(lib: ctypes.CDLL | None = None) -> ctypes.CDLL:
     Raises
     ------
     EvictApiMissingError
-        When the library has no ``llama_kv_evict_init`` (built without patches/0001-kv-evict-api.patch).
+        When the library has no ``llama_kv_evict_init`` (built without the patches of patches/).
     """
     if lib is None:
-        from audiokv_edge import native_libs
+        from audiokv_edge.native import libs as native_libs
 
         lib = native_libs.load_llama_cpp().llama_cpp._lib
     with _BIND_LOCK:
@@ -196,7 +193,7 @@ def load_library(lib: ctypes.CDLL | None = None) -> ctypes.CDLL:
             except AttributeError as exc:
                 raise EvictApiMissingError(
                     f"{getattr(lib, '_name', lib)} has no llama_kv_evict_init: it was built without "
-                    "patches/0001-kv-evict-api.patch") from exc
+                    "the patches of patches/ (run scripts/setup.sh)") from exc
             _bind(lib)
             _BOUND[id(lib)] = lib
     return lib
@@ -308,70 +305,3 @@ def make_callback(fn: Callable[[int, list[EvictLayerView], bool], int | None]) -
             return -1
 
     return llama_kv_evict_callback(_trampoline)
-
-
-class AdapterMissingError(RuntimeError):
-    """The loaded libaudiokv lacks the llama.cpp eviction callback (not built inside the combined build)."""
-
-
-# (name, restype, argtypes): the declarations of libaudiokv/include/audiokv_llama.h
-_ADAPTER_DECLARATIONS = [
-    # struct audiokv_llama_evictor * audiokv_llama_evictor_new(const struct llama_model * model,
-    #     const struct audiokv_params * params, double keep, int * status, char * err, size_t err_size);
-    ("audiokv_llama_evictor_new", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double,
-                                                   ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_size_t]),
-    # void audiokv_llama_evictor_free(struct audiokv_llama_evictor * evictor);
-    ("audiokv_llama_evictor_free", None, [ctypes.c_void_p]),
-    # int32_t audiokv_llama_evict_callback(struct llama_kv_evict_info * info, void * user_data);
-    ("audiokv_llama_evict_callback", ctypes.c_int32, [ctypes.POINTER(llama_kv_evict_info), ctypes.c_void_p]),
-    # int audiokv_llama_evictor_has_profile(const struct audiokv_llama_evictor * evictor);
-    ("audiokv_llama_evictor_has_profile", ctypes.c_int, [ctypes.c_void_p]),
-    # int audiokv_llama_evictor_last_status(const struct audiokv_llama_evictor * evictor);
-    ("audiokv_llama_evictor_last_status", ctypes.c_int, [ctypes.c_void_p]),
-    # const char * audiokv_llama_evictor_last_error(const struct audiokv_llama_evictor * evictor);
-    ("audiokv_llama_evictor_last_error", ctypes.c_char_p, [ctypes.c_void_p]),
-    # int64_t audiokv_llama_evictor_n_plans(const struct audiokv_llama_evictor * evictor);
-    ("audiokv_llama_evictor_n_plans", ctypes.c_int64, [ctypes.c_void_p]),
-    # int64_t audiokv_llama_evictor_last_kept(const struct audiokv_llama_evictor * evictor);
-    ("audiokv_llama_evictor_last_kept", ctypes.c_int64, [ctypes.c_void_p]),
-    # int audiokv_llama_can_replan(void);
-    ("audiokv_llama_can_replan", ctypes.c_int, []),
-]
-
-
-def load_adapter() -> ctypes.CDLL:
-    """libaudiokv (:func:`audiokv_edge.audiokv_cpp.load_library`) with the ``audiokv_llama_*`` functions bound.
-
-    Raises
-    ------
-    AdapterMissingError
-        When libaudiokv was built without llama.cpp (standalone build): rebuild the combined build.
-    """
-    from audiokv_edge import audiokv_cpp
-
-    lib = audiokv_cpp.load_library()
-    with _BIND_LOCK:
-        if not hasattr(lib, "audiokv_llama_evictor_new"):
-            raise AdapterMissingError(
-                f"{getattr(lib, '_name', lib)} has no audiokv_llama_evictor_new: it was built without llama.cpp; "
-                "build the combined build (bash scripts/setup.sh)")
-        if lib.audiokv_llama_evictor_new.restype is not ctypes.c_void_p:
-            for name, restype, argtypes in _ADAPTER_DECLARATIONS:
-                fn = getattr(lib, name)
-                fn.restype = restype
-                fn.argtypes = argtypes
-    return lib
-
-
-def c_callback(lib: ctypes.CDLL) -> llama_kv_evict_callback:
-    """``audiokv_llama_evict_callback`` of a :func:`load_adapter` library as a ``llama_kv_evict_callback`` value.
-
-    The value points at the C function itself: llama.cpp calls it without entering Python.
-    """
-    address = ctypes.cast(lib.audiokv_llama_evict_callback, ctypes.c_void_p).value
-    return llama_kv_evict_callback(address)
-
-
-def has_ragged_planner(lib: ctypes.CDLL) -> bool:
-    """True when libaudiokv can re-plan a ragged (already evicted) cache, i.e. evict more than once."""
-    return bool(lib.audiokv_llama_can_replan())

@@ -1,4 +1,4 @@
-/* audiokv_gguf_profile.c - see audiokv_gguf_profile.h. */
+/* gguf_profile.c - see include/audiokv_gguf_profile.h. */
 #include "audiokv_gguf_profile.h"
 
 #include "llama.h"

@@ -2,27 +2,25 @@
 
 A :class:`Session` loads the model and its projector once and answers many audio prompts::
 
-    from audiokv_edge.session import Session, SessionConfig
+    from audiokv_edge.runtime.session import Session, SessionConfig
 
     with Session("model.gguf", config=SessionConfig(method="full", max_tokens=64)) as s:
         for piece in s.stream("talk.wav", "Transcribe the audio."):
             print(piece, end="", flush=True)
         print(s.last_answer.stats.audio_tokens)
 
-Pipeline: audio file -> mono float32 at the projector's rate (:mod:`audiokv_edge.audio`) -> the model's own chat
+Pipeline: audio file -> mono float32 at the projector's rate (:mod:`audiokv_edge.runtime.audio`) -> the model's own chat
 template (from its GGUF, rendered with llama-cpp-python's Jinja support) with mtmd's media marker where the user
 content starts -> ``mtmd_tokenize`` (text chunks + one chunk per 30 s audio window) -> each chunk encoded and
 decoded into the KV cache -> greedy decoding.
 
 KV-cache eviction: ``method="full"`` keeps everything. Any other method, with a libllama carrying the per-head
-eviction API (patches/0001-0003, docs/per-head-eviction.md), evicts in COMPACT mode once after the prompt, or with
+eviction API (the patched llama.cpp, docs/per-head-eviction.md), evicts in COMPACT mode once after the prompt, or with
 ``stream=True`` also after every audio chunk (the main cache then only ever holds one chunk with its text, the kept
 entries live in per-head pools of keep x the positions seen + one chunk + the answer). llama.cpp hands the captured
 window queries and the keys (f16 or q8_0) to libaudiokv's C callback (``audiokv_llama_evict_callback``, Python only
 registers it), which plans with the method (the head profile stored in the model's GGUF drives AudioKV's budgets),
-and llama.cpp frees the dropped entries. Without that API (an unpatched build) the cache is left full and
-``eviction_applied=False`` marks ``kv_bytes_kept`` as what the method's budgets would keep. :meth:`Session._evict`
-is the one place either happens.
+and llama.cpp frees the dropped entries. :meth:`Session._evict` is the one place it happens.
 """
 
 from __future__ import annotations
@@ -39,8 +37,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from audiokv_edge.audio import AudioClip, clip_from_array, load_audio
-from audiokv_edge.stats import KV_TYPE_BYTES, AnswerStats, KVGeometry, peak_rss_bytes
+from audiokv_edge.profile.gguf_header import GGUF_MAGIC
+from audiokv_edge.runtime.audio import AudioClip, clip_from_array, load_audio
+from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, render_prompt
+from audiokv_edge.runtime.stats import KV_TYPE_BYTES, AnswerStats, KVGeometry, ggml_type, peak_rss_bytes
 
 logger = logging.getLogger(__name__)
 native_logger = logging.getLogger("audiokv_edge.native")
@@ -50,14 +50,12 @@ DEFAULT_PROMPT = "Transcribe the audio."
 EVICT_WINDOW = 32
 #: Text tokens around one audio chunk that a streaming eviction's headroom reserves beside the chunk and the answer.
 STREAM_TEXT_MARGIN = 64
-GGUF_MAGIC = b"GGUF"
 #: Keep ratio when neither the caller nor (for method audiokv) the model's head profile defaults choose one.
 DEFAULT_KEEP = 0.4
 #: Where the effective keep ratio came from (``AnswerStats.keep_source``).
 KEEP_FROM_CONFIG, KEEP_FROM_PROFILE, KEEP_BUILTIN, KEEP_FULL = "config", "profile", "default", "full"
 KV_TYPES = ("f16", "q8_0")
 
-_GGML_TYPE_IDS = {"f32": 0, "f16": 1, "q8_0": 8}
 
 
 class SessionError(RuntimeError):
@@ -242,7 +240,6 @@ def _gguf_scalars(path: pathlib.Path, keys: tuple[str, ...]) -> dict:
 _LOG_CALLBACK = None
 _GGML_LOG_LEVEL_ERROR = 4  # ggml.h enum ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 _LAST_NATIVE_ERRORS: collections.deque = collections.deque(maxlen=8)
-_BACKEND_READY = False
 
 
 def _route_native_logs(llama_cpp, mtmd_cpp) -> None:
@@ -299,7 +296,7 @@ class Session:
     def __init__(self, model: str | pathlib.Path, mmproj: str | pathlib.Path | None = None,
                  config: SessionConfig | None = None) -> None:
         self.config = config or SessionConfig()
-        self._model = self._ctx = self._mctx = self._sampler = self._evictor = None
+        self._llm = self._model = self._ctx = self._mctx = self._sampler = self._evictor = None
         self.last_answer: Answer | None = None
         #: One dict per eviction of the last answer: n_past (positions seen), ms, entries_before / _after,
         #: bytes_used_before / _after (K+V bytes the sequence occupies in the evictable layers: per-head pools incl.
@@ -318,16 +315,12 @@ class Session:
         self.model_path = check_gguf(model, "model")
         self.mmproj_path = find_mmproj(self.model_path, mmproj)
 
-        from audiokv_edge import native_libs
+        from audiokv_edge.native import libs as native_libs
 
         self._llama = native_libs.load_llama_cpp()
         self._lc = self._llama.llama_cpp
         self._mtmd = native_libs.load_mtmd_cpp()
         _route_native_logs(self._lc, self._mtmd)
-        global _BACKEND_READY
-        if not _BACKEND_READY:
-            self._lc.llama_backend_init()
-            _BACKEND_READY = True
         try:
             self._load()
         except BaseException:
@@ -338,11 +331,11 @@ class Session:
     def _load(self) -> None:
         lc, mt, cfg = self._lc, self._mtmd, self.config
         _LAST_NATIVE_ERRORS.clear()
-        mparams = lc.llama_model_default_params()
-        self._model = lc.llama_model_load_from_file(str(self.model_path).encode(), mparams)
-        if not self._model:
-            raise SessionError(f"llama.cpp cannot load model {self.model_path}: {_native_error('unsupported or corrupt')}")
-        self._vocab = lc.llama_model_get_vocab(self._model)
+        try:
+            self._llm = LlamaModel(self.model_path)
+        except LlamaError as exc:
+            raise SessionError(f"{exc}: {_native_error('unsupported or corrupt')}") from None
+        self._model, self._vocab = self._llm.model, self._llm.vocab
         self._apply_profile_defaults()
 
         flash = cfg.flash_attn
@@ -350,35 +343,19 @@ class Session:
             logger.warning("kv_type %s quantizes the V cache, which needs flash attention: switching it on", cfg.kv_type)
             flash = True
         self.flash_attn = flash
-        cparams = lc.llama_context_default_params()
-        cparams.n_ctx = cfg.ctx
-        cparams.n_batch = cfg.batch
-        cparams.n_ubatch = cfg.batch
-        cparams.n_seq_max = 1
-        cparams.n_threads = cfg.n_threads
-        cparams.n_threads_batch = cfg.n_threads
-        cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cparams.type_k = _GGML_TYPE_IDS[cfg.kv_type]
-        cparams.type_v = _GGML_TYPE_IDS[cfg.kv_type]
-        cparams.no_perf = True
-        self._ctx = lc.llama_init_from_model(self._model, cparams)
-        if not self._ctx:
-            raise SessionError(f"cannot create a llama.cpp context for {self.model_path}: {_native_error('see -v log')}")
+        try:
+            self._ctx = self._llm.new_context(ContextParams(
+                n_ctx=cfg.ctx, n_batch=cfg.batch, n_threads=cfg.n_threads, flash_attn=flash,
+                type_k=ggml_type(cfg.kv_type), type_v=ggml_type(cfg.kv_type), no_perf=True))
+        except LlamaError as exc:
+            raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
         self.n_ctx = int(lc.llama_n_ctx(self._ctx))
         self._evict_lib = None
 
-        mp = mt.mtmd_context_params_default()
-        mp.use_gpu = False
-        mp.print_timings = False
-        mp.n_threads = cfg.n_threads
-        mp.warmup = False
-        mp.flash_attn_type = cparams.flash_attn_type
-        self._mctx = mt.mtmd_init_from_file(str(self.mmproj_path).encode(), self._model, mp)
-        if not self._mctx:
-            raise SessionError(
-                f"audio projector {self.mmproj_path} does not fit model {self.model_path}: "
-                f"{_native_error('libmtmd refused it')}"
-            )
+        try:
+            self._mctx = self._llm.new_projector(self.mmproj_path, n_threads=cfg.n_threads, flash_attn=flash)
+        except LlamaError as exc:
+            raise SessionError(f"{exc}: {_native_error('libmtmd refused it')}") from None
         if not mt.mtmd_support_audio(self._mctx):
             raise SessionError(f"{self.mmproj_path} has no audio encoder")
         self.sample_rate = int(mt.mtmd_get_audio_sample_rate(self._mctx))
@@ -399,7 +376,7 @@ class Session:
         """
         cfg = self.config
         if cfg.method == "audiokv":
-            from audiokv_edge import gguf_profile as gp
+            from audiokv_edge.profile import gguf_keys as gp
 
             try:
                 _, defaults = gp.read_stored(self.model_path)
@@ -430,23 +407,17 @@ class Session:
         with the configured method on the captured queries and the keys of any cache type, with the head profile
         stored in the model's GGUF (uniform budgets and one warning without one).
         """
-        from audiokv_edge import audiokv_cpp
-        from audiokv_edge import llama_evict_cpp as E
+        from audiokv_edge.native import audiokv
+        from audiokv_edge.native import audiokv_llama
+        from audiokv_edge.native import llama_kv_evict as E
 
         try:
             lib = E.load_library()
-        except E.EvictApiMissingError as exc:
-            logger.warning("%s; the cache stays full and only the planned budgets are reported", exc)
-            return
-        try:
-            akv = E.load_adapter()
-        except (E.AdapterMissingError, FileNotFoundError) as exc:
+            akv = audiokv_llama.load_adapter()
+        except (E.EvictApiMissingError, audiokv_llama.AdapterMissingError, FileNotFoundError) as exc:
             raise SessionError(f"per-head eviction needs libaudiokv's llama.cpp callback: {exc}") from None
         cfg = self.config
-        if cfg.stream and not E.has_ragged_planner(akv):
-            raise SessionError("--stream (eviction after every audio chunk) needs re-planning of an already "
-                               "evicted, ragged cache, which this libaudiokv does not do yet: drop --stream")
-        params = akv.audiokv_default_params(audiokv_cpp.METHOD_IDS[cfg.method])
+        params = akv.audiokv_default_params(audiokv.method_id(cfg.method))
         params.window = EVICT_WINDOW
         params.n_threads = cfg.n_threads
         stored = self.profile_defaults  # only set for method audiokv, whose defaults they are
@@ -475,7 +446,7 @@ class Session:
         if cfg.stream:
             headroom += self.audio_chunk_tokens() + STREAM_TEXT_MARGIN
         eparams.n_headroom = headroom
-        self._evict_callback = E.c_callback(akv)
+        self._evict_callback = audiokv_llama.c_callback(akv)
         eparams.callback = self._evict_callback
         eparams.user_data = evictor
         rc = lib.llama_kv_evict_init(self._ctx, eparams)
@@ -487,47 +458,24 @@ class Session:
                                "window": int(params.window), "n_window": n_window,
                                "sss_alpha": float(params.sss_alpha), "sss_gamma": float(params.sss_gamma)}
 
-    def _meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(256)
-        n = self._lc.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
-        return buf.value.decode() if n >= 0 else None
-
     def _kv_geometry(self) -> KVGeometry:
-        lc = self._lc
-        arch = self._meta("general.architecture") or ""
-        n_layer = int(lc.llama_model_n_layer(self._model))
-        n_head = int(lc.llama_model_n_head(self._model))
-        n_head_kv = int(lc.llama_model_n_head_kv(self._model))
-        n_embd = int(lc.llama_model_n_embd(self._model))
-        dk = self._meta(f"{arch}.attention.key_length")
-        dv = self._meta(f"{arch}.attention.value_length")
-        head_dim_k = int(dk) if dk else n_embd // max(1, n_head)
+        m = self._llm
+        arch = m.meta("general.architecture") or ""
+        dk = m.meta(f"{arch}.attention.key_length")
+        dv = m.meta(f"{arch}.attention.value_length")
+        head_dim_k = int(dk) if dk else m.n_embd // max(1, m.n_head)
         head_dim_v = int(dv) if dv else head_dim_k
-        return KVGeometry(n_layer, n_head_kv, head_dim_k, head_dim_v, self.config.kv_type)
-
-    def _token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        raw = self._lc.llama_vocab_get_text(self._vocab, token)
-        return raw.decode("utf-8", "replace") if raw else ""
+        return KVGeometry(m.n_layer, m.n_head_kv, head_dim_k, head_dim_v, self.config.kv_type)
 
     def _chat_formatter(self):
-        template = self._lc.llama_model_chat_template(self._model, None)
-        self._bos_text = self._token_text(self._lc.llama_vocab_bos(self._vocab))
-        if not template:
+        formatter = self._llm.chat_formatter()
+        if formatter is None:
             logger.warning("%s has no chat template: the prompt is sent as plain text", self.model_path)
-            return None
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        eos_text = self._token_text(self._lc.llama_vocab_eos(self._vocab))
-        return Jinja2ChatFormatter(template.decode("utf-8", "replace"), eos_token=eos_text, bos_token=self._bos_text)
+        return formatter
 
     def render_prompt(self, prompt: str) -> str:
         """The chat-formatted prompt, with mtmd's media marker where the audio goes (start of the user turn)."""
-        content = f"{self.marker}\n{prompt}"
-        if self._formatter is None:
-            return content + "\n"
-        return self._formatter(messages=[{"role": "user", "content": content}]).prompt
+        return render_prompt(self._formatter, self.marker, prompt)
 
     # ------------------------------------------------------------------ answering
     def _clip(self, audio, sample_rate: int | None) -> AudioClip:
@@ -582,24 +530,11 @@ class Session:
         return self._generate(clip, prompt, progress)
 
     def _tokenize(self, clip: AudioClip, prompt: str):
-        lc, mt = self._lc, self._mtmd
-        text = self.render_prompt(prompt)
-        add_special = not (self._bos_text and text.startswith(self._bos_text))
-        samples = np.ascontiguousarray(clip.samples, dtype=np.float32)
-        bitmap = mt.mtmd_bitmap_init_from_audio(samples.shape[0], samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
-        if not bitmap:
-            raise SessionError("libmtmd could not take the audio samples")
-        chunks = mt.mtmd_input_chunks_init()
+        mt = self._mtmd
         try:
-            raw = text.encode("utf-8")
-            inp = mt.mtmd_input_text(raw, len(raw), add_special, True)
-            bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
-            rc = mt.mtmd_tokenize(self._mctx, chunks, ctypes.byref(inp), bitmaps, 1)
-        finally:
-            mt.mtmd_bitmap_free(bitmap)
-        if rc != 0:
-            mt.mtmd_input_chunks_free(chunks)
-            raise SessionError(f"libmtmd could not tokenize the prompt (code {rc}): {_native_error('see -v log')}")
+            chunks = self._llm.tokenize_audio_prompt(self._mctx, self.render_prompt(prompt), clip.samples)
+        except LlamaError as exc:
+            raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
         info = _PromptInfo()
         info.chunks = int(mt.mtmd_input_chunks_size(chunks))
         for i in range(info.chunks):
@@ -629,7 +564,7 @@ class Session:
     def _needs_eviction(self) -> bool:
         return self.config.method != "full"
 
-    def _evict(self, n_past: int) -> tuple[int, int, float, bool]:
+    def _evict(self, n_past: int) -> tuple[int, int, float]:
         """Apply the configured method to the cache holding ``n_past`` prompt positions.
 
         Returns
@@ -639,22 +574,13 @@ class Session:
         full_entries : int
             The same without eviction: ``n_past`` positions in every evictable (layer, KV head).
         elapsed_ms : float
-        applied : bool
-            Whether llama.cpp really dropped the other entries. False on a libllama without the eviction API:
-            nothing is removed and ``kept_entries`` is the total of the method's budgets (for every method but
-            ``full`` they sum to L * Hkv * min(C, N), C the uniform budget of docs/semantics.md).
         """
-        from audiokv_edge.keep_plan import uniform_budget
-
         start = time.perf_counter()
         g = self.geometry
         full = g.n_layer * g.n_head_kv * n_past
         if not self._needs_eviction():
-            return full, full, (time.perf_counter() - start) * 1e3, True
-        if self._evict_lib is None:
-            kept = g.n_layer * g.n_head_kv * min(uniform_budget(self.keep, n_past), n_past)
-            return kept, full, (time.perf_counter() - start) * 1e3, False
-        from audiokv_edge import llama_evict_cpp as E
+            return full, full, (time.perf_counter() - start) * 1e3
+        from audiokv_edge.native import llama_kv_evict as E
 
         before, after = self._evict_stats(), None
         rc = self._evict_lib.llama_kv_evict_seq(self._ctx, 0)
@@ -675,10 +601,10 @@ class Session:
         # every evictable head, times the positions seen (after an earlier eviction llama.cpp counts only the
         # positions some head still holds)
         per_position = int(before.n_entries_full) // max(1, int(before.n_tokens))
-        return int(after.n_entries), per_position * n_past, elapsed, True
+        return int(after.n_entries), per_position * n_past, elapsed
 
     def _evict_stats(self):
-        from audiokv_edge import llama_evict_cpp as E
+        from audiokv_edge.native import llama_kv_evict as E
 
         stats = E.llama_kv_evict_stats()
         if self._evict_lib.llama_kv_evict_get_stats(self._ctx, 0, ctypes.byref(stats)) != 0:
@@ -727,8 +653,6 @@ class Session:
                         f"tokens) but it holds {self.n_ctx}: use a larger --ctx (at least {at_least})")
                 if cfg.method == "full":
                     hint = f"use a larger --ctx (at least {at_least}), or --stream with an evicting --method"
-                elif self._evict_lib is None:
-                    hint = f"use a larger --ctx (at least {at_least}); this libllama cannot evict"
                 else:
                     hint = f"use --stream or a larger --ctx (at least {at_least})"
                 raise ContextTooSmallError(
@@ -758,7 +682,7 @@ class Session:
                     progress(done, info.n_pos)
         finally:
             mt.mtmd_input_chunks_free(chunks)
-        kept_entries, full_entries, ms, applied = self._evict(n_past)
+        kept_entries, full_entries, ms = self._evict(n_past)
         evict_ms += ms
         if self._evict_lib is not None and self._needs_eviction():
             cells = 1  # COMPACT: the main cache keeps the last position only
@@ -769,7 +693,6 @@ class Session:
         pieces: list[str] = []
         generated = 0
         finish = "length"
-        buf = ctypes.create_string_buffer(256)
         token_arr = (lc.llama_token * 1)()
         while generated < cfg.max_tokens:
             token = int(lc.llama_sampler_sample(self._sampler, self._ctx, -1))
@@ -777,11 +700,7 @@ class Session:
                 finish = "stop"
                 break
             generated += 1
-            n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            piece = decoder.decode(buf.raw[: max(n, 0)])
+            piece = decoder.decode(self._llm.piece_bytes(token))
             if piece:
                 pieces.append(piece)
                 yield piece
@@ -811,7 +730,7 @@ class Session:
             method=cfg.method,
             keep=1.0 if cfg.method == "full" else float(self.keep),
             keep_source=KEEP_FULL if cfg.method == "full" else self.keep_source,
-            eviction_applied=applied,
+            eviction_applied=True,
             kv_bytes_full=g.kept_bytes(full_entries),
             kv_bytes_kept=g.kept_bytes(kept_entries),
             prefill_tokens_per_s=info.n_pos / prefill_s if prefill_s > 0 else 0.0,
@@ -826,24 +745,21 @@ class Session:
 
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:
-        """Free the projector, context, model and sampler (idempotent)."""
+        """Free the sampler, projector, context, evictor and model (idempotent)."""
         lc = getattr(self, "_lc", None)
-        mt = getattr(self, "_mtmd", None)
-        if getattr(self, "_mctx", None) and mt is not None:
-            mt.mtmd_free(self._mctx)
-        self._mctx = None
+        llm = getattr(self, "_llm", None)
         if getattr(self, "_sampler", None) and lc is not None:
             lc.llama_sampler_free(self._sampler)
         self._sampler = None
-        if getattr(self, "_ctx", None) and lc is not None:
-            lc.llama_free(self._ctx)
-        self._ctx = None
+        if llm is not None:
+            llm.close_contexts()
+        self._mctx = self._ctx = None
         if getattr(self, "_evictor", None):  # after the context: no eviction can call it any more
             self._akv.audiokv_llama_evictor_free(self._evictor)
         self._evictor = None
-        if getattr(self, "_model", None) and lc is not None:
-            lc.llama_model_free(self._model)
-        self._model = None
+        if llm is not None:
+            llm.close()
+        self._llm = self._model = None
 
     def __enter__(self) -> "Session":
         return self

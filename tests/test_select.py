@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from audiokv_edge.selection import largest_remainder, rank_descending, select_kept, sequential_sum
+from audiokv_edge.reference.select import largest_remainder, rank_descending, select_kept, sequential_sum
 
 
 def test_rank_ties_go_to_lower_index():

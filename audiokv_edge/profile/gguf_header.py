@@ -13,10 +13,11 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+import gguf
 from gguf import GGUFValueType
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-GGUF_MAGIC = b"GGUF"
+GGUF_MAGIC = struct.pack("<I", gguf.GGUF_MAGIC)  # b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 HEADER_BYTES = 24           # magic, version, tensor count, kv count

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .profile import HeadProfile
+from audiokv_edge.profile.head_profile import HeadProfile
 
 DEFAULT_TOP_K = 24
 

@@ -6,8 +6,21 @@ import resource
 import sys
 from dataclasses import asdict, dataclass
 
-#: Bytes per element of the KV-cache types the runner offers (ggml block sizes: q8_0 = 34 bytes per 32 values).
-KV_TYPE_BYTES: dict[str, float] = {"f32": 4.0, "f16": 2.0, "q8_0": 34.0 / 32.0}
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+
+def ggml_type(kv_type: str) -> int:
+    """The ggml type id (enum ggml_type) of a KV-cache type name such as ``"q8_0"``."""
+    return int(GGMLQuantizationType[kv_type.upper()])
+
+
+def _bytes_per_value(kv_type: str) -> float:
+    block_values, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[kv_type.upper()]]
+    return block_bytes / block_values
+
+
+#: Bytes per element of the KV-cache types the runner offers (gguf's ggml block sizes: q8_0 = 34 bytes per 32 values).
+KV_TYPE_BYTES: dict[str, float] = {name: _bytes_per_value(name) for name in ("f32", "f16", "q8_0")}
 
 
 @dataclass(frozen=True)
@@ -78,12 +91,11 @@ class AnswerStats:
         Keep ratio used (the caller's, the model's stored head-profile default, or the built-in 0.4; 1.0 for
         ``full``).
     eviction_applied : bool
-        False while this llama.cpp build has no per-head eviction: ``kv_bytes_kept`` is then what the method WOULD
-        keep (its budgets), and the cache actually holds ``kv_bytes_full``.
+        True: the cache holds ``kv_bytes_kept`` (every build evicts; the field stays in the JSON record).
     kv_bytes_full : int
         Cache bytes of the prompt without eviction.
     kv_bytes_kept : int
-        Cache bytes of the prompt after eviction (see ``eviction_applied``).
+        Cache bytes of the prompt after eviction.
     prefill_tokens_per_s : float
         Prompt positions per second, audio encoding included.
     decode_tokens_per_s : float
@@ -125,13 +137,12 @@ class AnswerStats:
     def summary_lines(self) -> list[str]:
         """Human-readable lines for stderr."""
         mib = 1024.0 * 1024.0
-        kept_note = "" if self.eviction_applied else " (planned only: this build does not evict yet)"
         ratio = self.kv_bytes_kept / self.kv_bytes_full if self.kv_bytes_full else 1.0
         keep_note = " (model's head profile default)" if self.keep_source == "profile" else ""
         return [
             f"audio: {self.audio_seconds:.2f} s -> {self.audio_tokens} audio tokens, {self.prompt_tokens} prompt tokens",
             f"kv cache ({self.method}, keep {self.keep:g}{keep_note}): full {self.kv_bytes_full / mib:.2f} MiB, "
-            f"kept {self.kv_bytes_kept / mib:.2f} MiB ({ratio:.1%}){kept_note}",
+            f"kept {self.kv_bytes_kept / mib:.2f} MiB ({ratio:.1%})",
             f"prefill: {self.prefill_tokens_per_s:.1f} tok/s ({self.prefill_s:.2f} s); decode: "
             f"{self.decode_tokens_per_s:.1f} tok/s ({self.generated_tokens} tokens, {self.finish_reason}); "
             f"eviction: {self.evict_ms:.1f} ms",

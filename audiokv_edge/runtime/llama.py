@@ -1,0 +1,303 @@
+"""One wrapper of the llama.cpp set-up: a loaded model, its contexts and audio projectors, and their teardown.
+
+Used by :class:`~audiokv_edge.runtime.session.Session`, the profiler's
+:class:`~audiokv_edge.profiling.attention_capture.TeacherForcedAttention`, the eviction tests' runner
+(tests/evict_fixtures.py) and the benchmarks (scripts/bench_llama.py). The handles are the raw pointers of the
+llama_cpp / mtmd_cpp low-level bindings (loaded against our build by :mod:`audiokv_edge.native.libs`), so callers
+keep driving llama.cpp directly; this class only owns them and frees them in the right order.
+
+Example::
+
+    with LlamaModel("model.gguf") as m:
+        ctx = m.new_context(ContextParams(n_ctx=4096, n_batch=512, n_threads=4))
+        ...
+"""
+
+from __future__ import annotations
+
+import ctypes
+import pathlib
+import threading
+from dataclasses import dataclass
+
+__all__ = ["LlamaError", "ContextParams", "LlamaModel", "init_llama_cpp", "render_prompt"]
+
+_INIT_LOCK = threading.Lock()
+_BACKEND_READY = False
+
+
+class LlamaError(RuntimeError):
+    """llama.cpp or libmtmd refused a model, a context or a projector; the message names the file."""
+
+
+def init_llama_cpp():
+    """The ``llama_cpp`` low-level bindings against our build, with ``llama_backend_init`` called once."""
+    global _BACKEND_READY
+    from audiokv_edge.native import libs as native_libs
+
+    lc = native_libs.load_llama_cpp().llama_cpp
+    with _INIT_LOCK:
+        if not _BACKEND_READY:
+            lc.llama_backend_init()
+            _BACKEND_READY = True
+    return lc
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    """The llama_context settings the package uses; everything else keeps llama.cpp's defaults.
+
+    Parameters
+    ----------
+    n_ctx : int
+        Context size in tokens (cells).
+    n_batch : int or None
+        Logical and physical batch size (n_batch = n_ubatch); None = n_ctx.
+    n_seq_max : int
+        Sequences the context holds.
+    n_threads : int
+        Threads for decoding and batches.
+    flash_attn : bool or None
+        Flash attention on (ENABLED) or off (DISABLED); None = llama.cpp's default (AUTO).
+    type_k, type_v : int or None
+        ggml type ids of the K and V caches; None = llama.cpp's default (F16).
+    kv_unified : bool
+        One KV buffer shared by all sequences.
+    eval_callback : ggml_backend_sched_eval_callback or None
+        Called for every graph tensor (attention capture); the caller keeps it alive.
+    no_perf : bool
+        Skip llama.cpp's performance counters.
+    """
+
+    n_ctx: int
+    n_batch: int | None = None
+    n_seq_max: int = 1
+    n_threads: int = 1
+    flash_attn: bool | None = True
+    type_k: int | None = None
+    type_v: int | None = None
+    kv_unified: bool = False
+    eval_callback: object = None
+    no_perf: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("n_ctx", "n_seq_max", "n_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.n_batch is not None and (isinstance(self.n_batch, bool) or not isinstance(self.n_batch, int)
+                                         or self.n_batch < 1):
+            raise ValueError(f"n_batch must be an integer >= 1 or None, got {self.n_batch!r}")
+
+
+class LlamaModel:
+    """A GGUF text model loaded by llama.cpp, owning the contexts and audio projectors made from it.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Text model GGUF.
+
+    Raises
+    ------
+    LlamaError
+        llama.cpp cannot load the file.
+    """
+
+    def __init__(self, path: str | pathlib.Path) -> None:
+        self.path = pathlib.Path(path)
+        self._mt = None
+        self._contexts: list = []
+        self._projectors: list = []
+        self.model = None
+        self.lc = lc = init_llama_cpp()
+        self.model = lc.llama_model_load_from_file(str(self.path).encode(), lc.llama_model_default_params())
+        if not self.model:
+            raise LlamaError(f"llama.cpp cannot load model {self.path}")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.n_layer = int(lc.llama_model_n_layer(self.model))
+        self.n_head = int(lc.llama_model_n_head(self.model))
+        self.n_head_kv = int(lc.llama_model_n_head_kv(self.model))
+        self.n_embd = int(lc.llama_model_n_embd(self.model))
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
+
+    # ------------------------------------------------------------------ handles
+    def new_context(self, params: ContextParams):
+        """A new ``llama_context *`` of this model, freed by :meth:`close` (or :meth:`free_context`).
+
+        Raises
+        ------
+        LlamaError
+            llama.cpp cannot create it (e.g. out of memory, an unsupported cache type).
+        """
+        lc = self.lc
+        cp = lc.llama_context_default_params()
+        cp.n_ctx = params.n_ctx
+        cp.n_batch = cp.n_ubatch = params.n_batch if params.n_batch is not None else params.n_ctx
+        cp.n_seq_max = params.n_seq_max
+        cp.n_threads = cp.n_threads_batch = params.n_threads
+        if params.flash_attn is not None:
+            cp.flash_attn_type = (lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if params.flash_attn
+                                  else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        if params.type_k is not None:
+            cp.type_k = params.type_k
+        if params.type_v is not None:
+            cp.type_v = params.type_v
+        cp.kv_unified = params.kv_unified
+        if params.eval_callback is not None:
+            cp.cb_eval = params.eval_callback
+            cp.cb_eval_user_data = None
+        cp.no_perf = params.no_perf
+        ctx = lc.llama_init_from_model(self.model, cp)
+        if not ctx:
+            raise LlamaError(f"cannot create a llama.cpp context for {self.path}")
+        self._contexts.append(ctx)
+        return ctx
+
+    def free_context(self, ctx) -> None:
+        """Free a context made by :meth:`new_context` before the model."""
+        self._contexts = [c for c in self._contexts if c is not ctx]
+        self.lc.llama_free(ctx)
+
+    @property
+    def mtmd(self):
+        """The ``mtmd_cpp`` bindings against our build (loaded on first use)."""
+        if self._mt is None:
+            from audiokv_edge.native import libs as native_libs
+
+            self._mt = native_libs.load_mtmd_cpp()
+        return self._mt
+
+    def new_projector(self, mmproj: str | pathlib.Path, *, n_threads: int, flash_attn: bool):
+        """A new ``mtmd_context *`` (the audio projector ``mmproj`` on this model, CPU, no warm-up), freed by
+        :meth:`close`.
+
+        Raises
+        ------
+        LlamaError
+            libmtmd refuses the projector for this model.
+        """
+        mt, lc = self.mtmd, self.lc
+        mp = mt.mtmd_context_params_default()
+        mp.use_gpu = False
+        mp.print_timings = False
+        mp.n_threads = n_threads
+        mp.warmup = False
+        mp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        mctx = mt.mtmd_init_from_file(str(mmproj).encode(), self.model, mp)
+        if not mctx:
+            raise LlamaError(f"audio projector {mmproj} does not fit model {self.path}")
+        self._projectors.append(mctx)
+        return mctx
+
+    # ------------------------------------------------------------------ vocabulary and prompt
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value of the model as text, None when absent."""
+        buf = ctypes.create_string_buffer(256)
+        n = self.lc.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode() if n >= 0 else None
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary text of ``token`` ("" for a negative id)."""
+        if token < 0:
+            return ""
+        raw = self.lc.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def piece(self, token: int) -> str:
+        """The detokenized text of ``token`` (llama_token_to_piece, special tokens not rendered)."""
+        return self.piece_bytes(token).decode("utf-8", "replace")
+
+    def piece_bytes(self, token: int) -> bytes:
+        """The raw bytes of :meth:`piece` (a UTF-8 character may span several tokens)."""
+        lc = self.lc
+        buf = ctypes.create_string_buffer(256)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:max(n, 0)]
+
+    @property
+    def bos_text(self) -> str:
+        return self.token_text(self.lc.llama_vocab_bos(self.vocab))
+
+    def chat_formatter(self):
+        """The model's chat template as a llama_cpp ``Jinja2ChatFormatter``, None when the GGUF has none."""
+        template = self.lc.llama_model_chat_template(self.model, None)
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        eos_text = self.token_text(self.lc.llama_vocab_eos(self.vocab))
+        return Jinja2ChatFormatter(template.decode("utf-8", "replace"), eos_token=eos_text, bos_token=self.bos_text)
+
+    def tokenize_audio_prompt(self, mctx, text: str, samples):
+        """mtmd input chunks of a rendered prompt ``text`` (holding mtmd's media marker) and the mono float32
+        ``samples`` at the projector's rate; the caller frees them with ``mtmd_input_chunks_free``. The BOS token is
+        added unless ``text`` already starts with it (a chat template that writes it).
+
+        Raises
+        ------
+        LlamaError
+            libmtmd refuses the samples or the prompt.
+        """
+        import numpy as np
+
+        mt = self.mtmd
+        bos = self.bos_text
+        add_special = not (bos and text.startswith(bos))
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        bitmap = mt.mtmd_bitmap_init_from_audio(samples.shape[0], samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+        if not bitmap:
+            raise LlamaError("libmtmd could not take the audio samples")
+        chunks = mt.mtmd_input_chunks_init()
+        try:
+            raw = text.encode("utf-8")
+            inp = mt.mtmd_input_text(raw, len(raw), add_special, True)
+            bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            rc = mt.mtmd_tokenize(mctx, chunks, ctypes.byref(inp), bitmaps, 1)
+        finally:
+            mt.mtmd_bitmap_free(bitmap)
+        if rc != 0:
+            mt.mtmd_input_chunks_free(chunks)
+            raise LlamaError(f"libmtmd could not tokenize the prompt (code {rc})")
+        return chunks
+
+    # ------------------------------------------------------------------ teardown
+    def close_contexts(self) -> None:
+        """Free the projectors, then the contexts, keeping the model (idempotent)."""
+        lc = getattr(self, "lc", None)
+        if lc is None:
+            return
+        for mctx in reversed(self._projectors):
+            self._mt.mtmd_free(mctx)
+        self._projectors = []
+        for ctx in reversed(self._contexts):
+            lc.llama_free(ctx)
+        self._contexts = []
+
+    def close(self) -> None:
+        """Free the projectors, then the contexts, then the model (idempotent)."""
+        lc = getattr(self, "lc", None)
+        if lc is None:
+            return
+        self.close_contexts()
+        if getattr(self, "model", None):
+            lc.llama_model_free(self.model)
+        self.model = None
+
+    def __enter__(self) -> "LlamaModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def render_prompt(formatter, marker: str, prompt: str) -> str:
+    """The chat-formatted user turn: the media ``marker`` (where the audio goes), a newline, then ``prompt``; plain
+    text with a trailing newline when the model has no chat template (``formatter`` None)."""
+    content = f"{marker}\n{prompt}"
+    if formatter is None:
+        return content + "\n"
+    return formatter(messages=[{"role": "user", "content": content}]).prompt
