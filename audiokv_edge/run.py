@@ -1,9 +1,12 @@
 """Command line: answer a prompt about an audio file with a GGUF audio-language model.
 
     python -m audiokv_edge.run MODEL.gguf AUDIO [--prompt TEXT] [--method audiokv] [--keep RATIO] [--json] ...
+    python -m audiokv_edge.run AUDIO       # the built-in model on your audio
+    python -m audiokv_edge.run             # the built-in model on a shipped speech clip
 
-With no arguments it runs the built-in default: a tiny random-weight test model (generated on first use into the
-cache directory) on a speech clip shipped with the package. The generated text streams to stdout; statistics,
+The built-in model is the demo audio model that scripts/setup.sh assembles (docs/demo-model.md: Whisper tiny.en's
+encoder + a trained projector + SmolLM2-135M-Instruct); where it is not assembled, a tiny random-weight test model
+(generated on first use into the cache directory) stands in, and says so. The generated text streams to stdout; statistics,
 the progress bar and errors go to stderr. Every error is one line ``audiokv-run: error: ...`` and a non-zero exit
 status (2: bad arguments or input, 1: model / runtime problem).
 """
@@ -64,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog=PROG, description="Answer a prompt about an audio file with a GGUF audio-language model "
                 "(llama.cpp + libmtmd) and AudioKV per-head KV-cache eviction.")
-    p.add_argument("model", nargs="?", help="text model GGUF (default: the built-in tiny test model)")
+    p.add_argument("model", nargs="?", help="text model GGUF, or the audio file when it is the only argument (default: "
+                   "the built-in demo model, docs/demo-model.md)")
     p.add_argument("audio", nargs="?", help="audio file: wav, flac, ogg, mp3, ... (default: a shipped speech clip)")
     p.add_argument("--mmproj", help="audio projector GGUF (default: the mmproj*.gguf beside the model)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"question about the audio (default: {DEFAULT_PROMPT!r})")
@@ -90,15 +94,22 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("AUDIOKV_EDGE_CACHE") or pathlib.Path.home() / ".cache" / "audiokv-edge")
 
 
-def default_model() -> tuple[pathlib.Path, pathlib.Path]:
-    """The built-in default model pair, written on first use (a tiny random-weight test model)."""
+def default_model() -> tuple[pathlib.Path, pathlib.Path, bool]:
+    """The built-in model pair and whether it is the demo model: the demo audio model assembled by set-up, else a
+    tiny random-weight test model written on first use."""
+    from audiokv_edge.demo_model.export import DemoModelError, demo_paths
     from audiokv_edge.testing.tiny_models import write_tiny_pair
+
+    try:
+        return (*demo_paths(), True)
+    except DemoModelError:
+        pass
 
     directory = cache_dir() / "tiny-models"
     model, mmproj = directory / DEFAULT_PAIR / "model.gguf", directory / DEFAULT_PAIR / "mmproj.gguf"
     if not (model.is_file() and mmproj.is_file()):
         model, mmproj = write_tiny_pair(directory, DEFAULT_PAIR)
-    return model, mmproj
+    return model, mmproj, False
 
 
 def default_audio() -> pathlib.Path:
@@ -118,15 +129,24 @@ def _run(args: argparse.Namespace) -> int:
     from audiokv_edge.runtime.audio import probe_audio
     from audiokv_edge.runtime.session import Session, SessionConfig
 
-    if args.model is not None and args.audio is None:
-        raise UsageError("give both MODEL.gguf and AUDIO (or neither, for the built-in default)")
     mmproj = args.mmproj
+    if args.model is not None and args.audio is None:
+        if args.model.lower().endswith(".gguf"):
+            raise UsageError("give AUDIO after MODEL.gguf (or only AUDIO, for the built-in model)")
+        args.model, args.audio = None, args.model  # one argument: the user's audio, the built-in model
     if args.model is None:
-        model, mmproj = default_model()
-        audio = default_audio()
-        print(f"{PROG}: no model given: running the built-in default, a TINY RANDOM-WEIGHT TEST MODEL "
-              f"({DEFAULT_PAIR}) on {audio.name}; its text is meaningless. Usage: {PROG} MODEL.gguf AUDIO",
-              file=sys.stderr)
+        model, default_mmproj, demo = default_model()
+        mmproj = mmproj or default_mmproj
+        audio = args.audio if args.audio is not None else default_audio()
+        if args.audio is not None:
+            probe_audio(audio)
+        if demo:
+            print(f"{PROG}: no model given: the built-in demo audio model (Whisper tiny.en encoder + trained projector "
+                  f"+ SmolLM2-135M-Instruct, docs/demo-model.md) on {pathlib.Path(audio).name}", file=sys.stderr)
+        else:
+            print(f"{PROG}: no model given: running the built-in default, a TINY RANDOM-WEIGHT TEST MODEL "
+                  f"({DEFAULT_PAIR}) on {pathlib.Path(audio).name}; its text is meaningless (the demo model is not "
+                  f"assembled: bash scripts/setup.sh). Usage: {PROG} MODEL.gguf AUDIO", file=sys.stderr)
     else:
         model, audio = pathlib.Path(args.model), args.audio
         probe_audio(audio)  # fail on a bad audio file before loading the model

@@ -58,9 +58,9 @@ def model_variant(model: pathlib.Path, variant: str, work: pathlib.Path) -> path
     ("nosss": alpha 0), or a copy whose head profile is uniform ("uniform": every head scored 1)."""
     import numpy as np
 
-    from audiokv_edge.gguf_profile import read_stored, write_profile
-    from audiokv_edge.profile import HeadProfile
-    from audiokv_edge.profile_defaults import ProfileDefaults
+    from audiokv_edge.profile.gguf_keys import read_stored, write_profile
+    from audiokv_edge.profile.head_profile import HeadProfile
+    from audiokv_edge.profile.defaults import ProfileDefaults
 
     if variant == "stored":
         return model
@@ -86,7 +86,7 @@ def run_items(cfg: EvalConfig, model: pathlib.Path, mmproj: pathlib.Path, items:
     import jiwer
 
     from audiokv_edge.demo_model import corpus, tasks
-    from audiokv_edge.session import Session, SessionConfig
+    from audiokv_edge.runtime.session import Session, SessionConfig
 
     todo = [(it, t) for it in items for t in ([None] + (it["questions"] if questions else []))
             if (cfg.name, cfg.keep, it["id"], t["question"] if t else "transcribe") not in done]

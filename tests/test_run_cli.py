@@ -237,10 +237,19 @@ def test_stream_context_too_small_for_one_chunk(tiny, long_clip):
 
 @pytest.mark.native
 def test_builtin_default_without_arguments(tmp_path):
-    proc = run_cli("--max-tokens", "4", env_extra={"AUDIOKV_EDGE_CACHE": str(tmp_path)})
+    """Without an assembled demo model the tiny random-weight model stands in, and says so; with one audio argument
+    the built-in model runs on it; a lone MODEL.gguf is a usage error."""
+    env = {"AUDIOKV_EDGE_CACHE": str(tmp_path), "AUDIOKV_EDGE_DEMO_DIR": str(tmp_path / "no-demo")}
+    proc = run_cli("--max-tokens", "4", env_extra=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "TINY RANDOM-WEIGHT TEST MODEL" in proc.stderr
+    assert "TINY RANDOM-WEIGHT TEST MODEL" in proc.stderr and "jfk.wav" in proc.stderr
     assert (tmp_path / "tiny-models" / "qwen2-qwen2a" / "model.gguf").is_file()
+    proc = run_cli(str(REPO / "audiokv_edge" / "data" / "arctic_a0007.wav"), "--max-tokens", "4", "--json",
+                   env_extra=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "arctic_a0007.wav" in proc.stderr and json.loads(proc.stdout)["audio_tokens"] == 750
+    assert_one_line_error(run_cli(str(tmp_path / "tiny-models" / "qwen2-qwen2a" / "model.gguf"), env_extra=env),
+                          "give AUDIO after MODEL.gguf")
 
 
 @pytest.mark.parametrize("projector,stack", [("ultravox", 8), ("voxtral", 4)])

@@ -24,7 +24,7 @@ import random
 import numpy as np
 import soundfile as sf
 
-from . import corpus, speech
+from audiokv_edge.demo_model import corpus, speech
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import random
 import numpy as np
 import soundfile as sf
 
-from . import corpus, dataset, speech, tasks
+from audiokv_edge.demo_model import corpus, dataset, speech, tasks
 
 EVAL_VOICES = ("awb", "rms")
 HUMAN_CLIPS = {

@@ -19,7 +19,7 @@ import pathlib
 
 import numpy as np
 
-from . import ct2, mmproj
+from audiokv_edge.demo_model import ct2, mmproj
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def assemble(out_dir: str | pathlib.Path | None = None, *, text_model: str | pat
     """Build ``model.gguf`` and ``mmproj.gguf`` in ``out_dir`` (default :func:`demo_dir`), checking every input and
     output against SHA256SUMS (``record=True`` rewrites SHA256SUMS instead, after training). Files already there
     with the recorded sha256 are kept."""
-    from .. import real_models
+    from audiokv_edge.testing import real_models
 
     out = pathlib.Path(out_dir) if out_dir is not None else demo_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -99,8 +99,8 @@ def assemble(out_dir: str | pathlib.Path | None = None, *, text_model: str | pat
     if PROFILE.is_file():
         digests["profile.json"] = _check("profile.json", PROFILE, sums)
         if not (model_path.is_file() and sums.get("model.gguf") == sha256(model_path)):
-            from ..gguf_profile import write_profile
-            from ..profile_file import load_profile_file
+            from audiokv_edge.profile.gguf_keys import write_profile
+            from audiokv_edge.profile.side_file import load_profile_file
 
             profile, defaults = load_profile_file(PROFILE)
             write_profile(text_model, profile, model_path, defaults)

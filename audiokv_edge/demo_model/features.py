@@ -14,7 +14,7 @@ import pathlib
 import numpy as np
 import soundfile as sf
 
-from . import dataset, mel
+from audiokv_edge.demo_model import dataset, mel
 
 logger = logging.getLogger(__name__)
 

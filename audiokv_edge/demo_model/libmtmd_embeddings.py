@@ -8,7 +8,7 @@ import pathlib
 
 import numpy as np
 
-from .. import native_libs
+from audiokv_edge.native import libs as native_libs
 
 
 def libmtmd_audio_embeddings(model_path: str | pathlib.Path, mmproj_path: str | pathlib.Path,

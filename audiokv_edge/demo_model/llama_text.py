@@ -6,7 +6,7 @@ from __future__ import annotations
 import ctypes
 import pathlib
 
-from .. import native_libs
+from audiokv_edge.native import libs as native_libs
 
 
 class LlamaText:
@@ -59,7 +59,7 @@ class LlamaText:
 
     def layout(self, prompt: str):
         """Token ids before and after the audio, as mtmd_tokenize splits the rendered prompt at the marker."""
-        from .train import PromptLayout
+        from audiokv_edge.demo_model.train import PromptLayout
 
         before, after = self.render(prompt).split(self.marker, 1)
         add_special = not (self.bos_text and before.startswith(self.bos_text))

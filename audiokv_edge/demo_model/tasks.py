@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import re
 
-from .corpus import normalise
+from audiokv_edge.demo_model.corpus import normalise
 
 TRANSCRIBE = "Transcribe the audio."
 _STOP = set("a an the and or but of to in on at for with by from as is are was were be been it its this that "

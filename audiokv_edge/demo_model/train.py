@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import dataset, features, mmproj, tasks
-from .torch_encoder import UltravoxProjector
-from .torch_llm import FrozenLlama
+from audiokv_edge.demo_model import dataset, features, mmproj, tasks
+from audiokv_edge.demo_model.torch_encoder import UltravoxProjector
+from audiokv_edge.demo_model.torch_llm import FrozenLlama
 
 logger = logging.getLogger(__name__)
 
