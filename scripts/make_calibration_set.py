@@ -6,7 +6,7 @@
 Writes DIR/clip_NNN.wav (16 kHz mono PCM16), DIR/clip_NNN.txt (transcript), DIR/clip_NNN.words.json (word
 timings from the synthesizer, see audiokv_edge/profiling/synthetic_speech.py) and DIR/manifest.json. Sentences come from the
 built-in list below (IEEE 1969 "Harvard" phonetically balanced sentences) or from --text-file (one per line).
-Voices rotate over flite's slt, rms and awb. About 0.3 s of compute per clip.
+Voices rotate over flite's slt, kal16 and kal (awb and rms are reserved for evaluation). About 0.3 s of compute per clip.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from audiokv_edge import __version__  # noqa: E402
 from audiokv_edge.runtime.audio import resample  # noqa: E402
-from audiokv_edge.profiling.synthetic_speech import SynthesisError, synthesize  # noqa: E402
+from audiokv_edge.profiling.synthetic_speech import FLITE_VOICES, SynthesisError, synthesize  # noqa: E402
 
 SAMPLE_RATE = 16000
-VOICES = ("slt", "rms", "awb")
+VOICES = FLITE_VOICES
 SENTENCES = [
     "The birch canoe slid on the smooth planks.",
     "Glue the sheet to the dark blue background.",

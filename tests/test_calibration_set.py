@@ -102,3 +102,13 @@ def test_loader_uniform_fallback_and_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="no audio files"):
         load_calibration_dir(str(empty))
+
+
+def test_reserved_evaluation_voices_are_never_calibrated_on():
+    """flite awb and rms are reserved for evaluating the demo model: calibration speech refuses them."""
+    from audiokv_edge.profiling.synthetic_speech import FLITE_VOICES, synthesize
+
+    assert not {"awb", "rms"} & set(FLITE_VOICES)
+    for voice in ("awb", "rms"):
+        with pytest.raises(ValueError, match="reserved for evaluation"):
+            synthesize("The birch canoe slid on the smooth planks.", voice=voice)

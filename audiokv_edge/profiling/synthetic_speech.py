@@ -27,7 +27,9 @@ from audiokv_edge.profiling.hit_ratio import WordTiming
 
 logger = logging.getLogger(__name__)
 
-FLITE_VOICES = ("slt", "rms", "awb", "kal16")
+#: flite voices for calibration speech; awb and rms are reserved for evaluating the demo model (never calibrated on)
+FLITE_VOICES = ("slt", "kal16", "kal")
+RESERVED_VOICES = ("awb", "rms")
 PAUSE = "pau"
 _TIMEOUT_S = 60
 
@@ -135,6 +137,8 @@ def synthesize(text: str, voice: str = "slt") -> tuple[np.ndarray, int, list[Wor
     SynthesisError
         flite missing or failing, or flite's word count differs from the transcript's (numbers, abbreviations).
     """
+    if voice in RESERVED_VOICES:
+        raise ValueError(f"voice {voice!r} is reserved for evaluation; calibrate with one of {FLITE_VOICES}")
     if voice not in FLITE_VOICES:
         raise ValueError(f"voice must be one of {FLITE_VOICES}, got {voice!r}")
     words = transcript_words(text)
