@@ -333,26 +333,11 @@ def _same_path(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _copy_data(src: str, offset: int, length: int, out, progress: Callable[[int], None] | None) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(min(_COPY_CHUNK, max(length, 1)))
-    view = memoryview(buf)
-    done = 0
-    with open(src, "rb") as f:
-        f.seek(offset)
-        while done < length:
-            n = f.readinto(view[:min(len(buf), length - done)])
-            if not n:
-                raise GGUFProfileError(f"{src}: file shrank while copying (at byte {offset + done})")
-            h.update(view[:n])
-            out.write(view[:n])
-            done += n
-            if progress is not None:
-                progress(n)
-    return h.hexdigest()
-
-
-def _hash_range(path: str, offset: int, length: int) -> str:
+def _hash_range(path: str, offset: int, length: int, *, out=None, progress: Callable[[int], None] | None = None,
+                stop_short: bool = False) -> str:
+    """SHA-256 of ``length`` bytes of ``path`` from ``offset``, read in chunks; each chunk is also written to ``out``
+    and its size passed to ``progress`` when they are given. A file that ends early raises GGUFProfileError, unless
+    ``stop_short``: then the hash is of the bytes that are there."""
     h = hashlib.sha256()
     buf = bytearray(min(_COPY_CHUNK, max(length, 1)))
     view = memoryview(buf)
@@ -362,9 +347,15 @@ def _hash_range(path: str, offset: int, length: int) -> str:
         while done < length:
             n = f.readinto(view[:min(len(buf), length - done)])
             if not n:
-                break
+                if stop_short:
+                    break
+                raise GGUFProfileError(f"{path}: file shrank while copying (at byte {offset + done})")
             h.update(view[:n])
+            if out is not None:
+                out.write(view[:n])
             done += n
+            if progress is not None:
+                progress(n)
     return h.hexdigest()
 
 
@@ -383,7 +374,7 @@ def _verify(tmp: str, src: GGUFHeader, src_hash: str, profile: HeadProfile,
         problems.append("tensor table differs from the input")
     if out.size - out.data_offset != src.size - src.data_offset:
         problems.append("tensor data size differs from the input")
-    elif _hash_range(tmp, out.data_offset, out.size - out.data_offset) != src_hash:
+    elif _hash_range(tmp, out.data_offset, out.size - out.data_offset, stop_short=True) != src_hash:
         problems.append("tensor data differs from the input")
     if got_profile is None or not np.array_equal(
             got_profile.scores, profile.scores.astype(np.float32).astype(np.float64)):
@@ -468,7 +459,8 @@ def write_profile(src: str | os.PathLike, profile: HeadProfile, dst: str | os.Pa
                 out.write(entry)
             out.write(header.raw(*header.tensor_table))
             out.write(b"\0" * (-out.tell() % header.alignment))
-            src_hash = _copy_data(src, header.data_offset, header.size - header.data_offset, out, progress)
+            src_hash = _hash_range(src, header.data_offset, header.size - header.data_offset, out=out,
+                                   progress=progress)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o666 & ~_current_umask())
