@@ -8,6 +8,8 @@ one patched llama.cpp (``libllama``, ``libggml*``, ``libmtmd``) and ``libaudiokv
 
 ``AUDIOKV_EDGE_LIB_DIR`` overrides both. Nothing is searched or loaded at import time.
 
+:class:`HandleOwner` is a base for wrappers that own native handles (a context manager closing them).
+
 The llama-cpp-python package (0.3.36, installed as pure Python without its own native build) loads ``libllama``
 from ``$LLAMA_CPP_LIB_PATH`` and ``libmtmd`` from ``$MTMD_CPP_LIB`` (both directories) when it is first imported;
 :func:`load_llama_cpp` and :func:`load_mtmd_cpp` point both variables at our build unless the user set them.
@@ -21,6 +23,7 @@ import os
 import pathlib
 import sys
 import types
+from typing import TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,30 @@ LIB_DIR_ENV = "AUDIOKV_EDGE_LIB_DIR"
 REPO_BUILD_LIB_DIR = pathlib.Path("build") / "native" / "lib"
 
 SETUP_HINT = "run `bash scripts/setup.sh` in the repository (or `pip install .`) to build them"
+
+
+_Owner = TypeVar("_Owner", bound="HandleOwner")
+
+
+class HandleOwner:
+    """Base of a wrapper that owns native handles and frees them in its ``close()`` (idempotent, defined by the
+    subclass): a ``with`` block closes it, and so does garbage collection (an error then, at interpreter shutdown,
+    is ignored)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Owner) -> _Owner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
 
 
 class NativeLibraryNotFoundError(FileNotFoundError):

@@ -14,6 +14,7 @@ import numpy as np
 
 from audiokv_edge.native import audiokv as C
 from audiokv_edge.native import audiokv_ggml
+from audiokv_edge.native.libs import HandleOwner
 from audiokv_edge.profile.head_profile import HeadProfile
 from audiokv_edge.reference.plan import KeepPlan
 
@@ -58,7 +59,7 @@ def _ptr(a: np.ndarray, ctype):
     return a.ctypes.data_as(ctypes.POINTER(ctype))
 
 
-class AudioKVContext:
+class AudioKVContext(HandleOwner):
     """One libaudiokv context for a sequence of n_tokens cached tokens, or for a ragged cache.
 
     Parameters
@@ -99,18 +100,6 @@ class AudioKVContext:
         if self._handle:
             self._lib.audiokv_free(self._handle)
             self._handle = ctypes.c_void_p()
-
-    def __enter__(self) -> "AudioKVContext":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def add_layer(self, layer: int, q_layer: np.ndarray, k_layer: np.ndarray) -> None:
         """Score one layer from its window queries and keys.

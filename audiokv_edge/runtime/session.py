@@ -37,6 +37,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from audiokv_edge.native.libs import HandleOwner
 from audiokv_edge.profile.gguf_header import GGUF_MAGIC
 from audiokv_edge.runtime.audio import AudioClip, clip_from_array, load_audio
 from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, render_prompt
@@ -275,7 +276,7 @@ def _native_error(default: str) -> str:
     return default
 
 
-class Session:
+class Session(HandleOwner):
     """A loaded text model + audio projector answering audio prompts; a context manager freeing every handle.
 
     Parameters
@@ -760,18 +761,6 @@ class Session:
         if llm is not None:
             llm.close()
         self._llm = self._model = None
-
-    def __enter__(self) -> "Session":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 __all__ = ["Answer", "AnswerStats", "ContextTooSmallError", "DEFAULT_KEEP", "DEFAULT_PROMPT", "KV_TYPE_BYTES",
