@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import soundfile as sf
 
 from audiokv_edge.methods import METHODS
 from audiokv_edge.testing.tiny_models import TINY_PAIRS, AudioProjectorSpec, write_audio_projector, write_tiny_pair
+from tests.audio_cases import BAD_AUDIO_CASES
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "audiokv_edge" / "data"
@@ -82,24 +82,7 @@ def test_model_given_without_audio():
     assert_one_line_error(run_cli("m.gguf"), "AUDIO")
 
 
-def _wav_bytes(rate: int, channels: int, frames: int) -> bytes:
-    data = np.zeros(frames * channels, dtype="<i2").tobytes()
-    fmt = struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * channels * 2, channels * 2, 16)
-    return b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + fmt + b"data" + struct.pack("<I", len(data)) + data
-
-
-@pytest.mark.parametrize(
-    "make,needle",
-    [
-        (lambda p: None, "not found"),
-        (lambda p: p.write_bytes(b""), "empty"),
-        (lambda p: p.write_text("hello, not audio\n" * 50), "cannot read audio"),
-        (lambda p: p.write_bytes(_wav_bytes(16000, 1, 0)), "zero length"),
-        (lambda p: p.write_bytes(_wav_bytes(0, 1, 1600)), "0 Hz"),
-        (lambda p: sf.write(p, np.zeros((1600, 8)), 16000, format="WAV"), "8 channels"),
-    ],
-    ids=["missing", "empty", "not-audio", "zero-length", "0Hz", "8-channels"],
-)
+@pytest.mark.parametrize("make,needle", BAD_AUDIO_CASES)
 def test_bad_audio(tmp_path, tiny, make, needle):
     audio = tmp_path / "bad.wav"
     make(audio)
