@@ -276,23 +276,24 @@ def smollm2_with_tiny_projector(tmp_path_factory):
     return real_models.smollm2_q4_1_path(), mmproj
 
 
+def _real_llm_record(model_and_mmproj, method: str) -> dict:
+    """The JSON record of 8 tokens answered about jfk.wav by the real LLM with ``method``."""
+    model, mmproj = model_and_mmproj
+    proc = run_cli(str(model), str(JFK), "--mmproj", str(mmproj), "--method", method, "--max-tokens", "8",
+                   "--threads", "2", "--json", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.native
 @pytest.mark.slow
 def test_real_llm_full_cache(smollm2_with_tiny_projector):
-    model, mmproj = smollm2_with_tiny_projector
-    proc = run_cli(str(model), str(JFK), "--mmproj", str(mmproj), "--method", "full", "--max-tokens", "8",
-                   "--threads", "2", "--json", timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    record = _real_llm_record(smollm2_with_tiny_projector, "full")
     assert record["audio_tokens"] == 750 and record["generated_tokens"] > 0 and record["text"].strip()
 
 
 @pytest.mark.native
 @pytest.mark.slow
 def test_real_llm_evicts(smollm2_with_tiny_projector):
-    model, mmproj = smollm2_with_tiny_projector
-    proc = run_cli(str(model), str(JFK), "--mmproj", str(mmproj), "--method", "audiokv", "--max-tokens", "8",
-                   "--threads", "2", "--json", timeout=600)
-    assert proc.returncode == 0, proc.stderr[-1000:]
-    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    record = _real_llm_record(smollm2_with_tiny_projector, "audiokv")
     assert record["eviction_applied"] is True and abs(record["kv_bytes_kept"] / record["kv_bytes_full"] - 0.4) < 0.02
