@@ -159,6 +159,8 @@ def write_plot(summary: list[dict], path: pathlib.Path, title: str) -> None:
                         linestyle="--" if "-" in name or "+" in name else "-")
         if full is not None and full[metric] is not None:
             ax.axhline(full[metric], color="black", linewidth=0.8, label="full cache")
+        if all(r[metric] is None for r in summary):
+            ax.text(0.5, 0.5, f"no {label} in this run", transform=ax.transAxes, ha="center", va="center")
         ax.set_xlabel("keep ratio (fraction of the KV cache kept)")
         ax.set_ylabel(label)
         ax.invert_xaxis()
