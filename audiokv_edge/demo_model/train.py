@@ -147,10 +147,17 @@ class Trainer:
 
     # -------------------------------------------------------------- data
     def _records(self, single_window: bool) -> list[dict]:
-        recs = [r for r in dataset.read_manifest(self.data_dir) if features.feature_path(self.data_dir, r["id"]).exists()]
-        if single_window:
-            recs = [r for r in recs if r["kind"] != "long" and r["seconds"] < 29.9]
-        return recs
+        """Encoded recordings (re-read only when the manifest or the encoder cache has grown: another process may
+        still be adding data)."""
+        manifest, feats = self.data_dir / "manifest.jsonl", self.data_dir / "feats"
+        key = (manifest.stat().st_size if manifest.exists() else 0, len(os.listdir(feats)) if feats.is_dir() else 0)
+        if getattr(self, "_records_key", None) != key:
+            self._records_key = key
+            self._all_records = [r for r in dataset.read_manifest(self.data_dir)
+                                 if features.feature_path(self.data_dir, r["id"]).exists()]
+            self._single_records = [r for r in self._all_records if r["kind"] != "long" and r["seconds"] < 29.9]
+            self._vocab = None
+        return self._single_records if single_window else self._all_records
 
     def _feats(self, rec) -> torch.Tensor:
         return torch.from_numpy(np.load(features.feature_path(self.data_dir, rec["id"])).astype(np.float32))
@@ -161,9 +168,13 @@ class Trainer:
         return self._token_cache[text]
 
     # -------------------------------------------------------------- CTC stage
-    def _ctc_vocab(self, recs) -> torch.Tensor:
-        ids = sorted({i for r in recs for i in self._ids(r["text"])})
-        return torch.tensor(ids, dtype=torch.long)
+    def _ctc_vocab(self, recs) -> tuple[torch.Tensor, dict[int, int]]:
+        """Token ids of the single-window transcripts (sorted) and their CTC class indices (1..V; 0 is blank),
+        recomputed only when the records change."""
+        if self._vocab is None:
+            ids = sorted({i for r in recs for i in self._ids(r["text"])})
+            self._vocab = (torch.tensor(ids, dtype=torch.long), {t: k + 1 for k, t in enumerate(ids)})
+        return self._vocab
 
     def ctc_logits(self, out: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarity of projector outputs [..., n_embd] with the blank and the vocabulary's token
@@ -251,8 +262,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             if stage == "ctc":
                 recs = self._records(single_window=True)
-                vocab = self._ctc_vocab(recs)
-                index = {int(t): i + 1 for i, t in enumerate(vocab)}
+                vocab, index = self._ctc_vocab(recs)
                 loss, n_tok = self.ctc_step(rng, recs, vocab, index), 0
             else:
                 recs = self._records(single_window=False)
