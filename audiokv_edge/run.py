@@ -101,7 +101,8 @@ def default_model() -> tuple[pathlib.Path, pathlib.Path, bool]:
     from audiokv_edge.testing.tiny_models import write_tiny_pair
 
     try:
-        return (*demo_paths(), True)
+        files = demo_paths()
+        return files.model, files.mmproj, True
     except DemoModelError:
         pass
 

@@ -25,11 +25,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        model, proj = export.assemble(args.out, record=args.record)
+        files = export.assemble(args.out, record=args.record)
     except (export.DemoModelError, FileNotFoundError, ValueError) as exc:
         print(f"build_demo_model: error: {exc}", file=sys.stderr)
         return 2
-    print(f"demo model: {model}\ndemo mmproj: {proj}")
+    print(f"demo model: {files.model}\ndemo mmproj: {files.mmproj}\ndemo LoRA: {files.lora or '(none)'}")
     return 0
 
 

@@ -207,7 +207,8 @@ def main(argv=None) -> int:
     from audiokv_edge.demo_model import evalset, export
 
     if args.model is None:
-        args.model, default_mmproj = export.demo_paths()
+        files = export.demo_paths()
+        args.model, default_mmproj = files.model, files.mmproj
         args.mmproj = args.mmproj or default_mmproj
     keeps = [float(k) for k in args.keeps.split(",")]
     stream_keeps = [float(k) for k in args.stream_keeps.split(",") if k]

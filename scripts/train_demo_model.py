@@ -25,13 +25,13 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from audiokv_edge.demo_model import ct2, corpus, dataset, features, mel, mmproj  # noqa: E402
+from audiokv_edge.demo_model import ct2, corpus, dataset, features, lora_gguf, mmproj  # noqa: E402
 
 logger = logging.getLogger("train_demo_model")
 DEFAULT_WORK = pathlib.Path(os.environ.get("AUDIOKV_EDGE_CACHE", pathlib.Path.home() / ".cache" / "audiokv-edge")) / "demo-train"
 
 
-def held_out_wer(trainer, llm_text, model_path, heldout_dir, n: int = 12) -> dict:
+def held_out_wer(trainer, llm_text, model_path, heldout_dir, n: int = 12, max_tokens: int = 320) -> dict:
     """Export the current projector, transcribe ``n`` held-out recordings through the patched llama.cpp (full
     cache, greedy) and return their WER."""
     import jiwer
@@ -44,10 +44,14 @@ def held_out_wer(trainer, llm_text, model_path, heldout_dir, n: int = 12) -> dic
     proj = dict(np.load(npz))
     path = mmproj.write_mmproj(trainer.out / "mmproj.gguf", ct2.whisper_encoder(ct2.whisper_tiny_en_path()),
                                {k: v.astype(np.float32) for k, v in proj.items()}, trainer.llm.cfg.n_embd)
+    lora = trainer.export_lora(trainer.out / "lora.npz")
+    if lora is not None:
+        lora = lora_gguf.write_lora_npz_gguf(lora, trainer.out / "lora.gguf")
     recs = dataset.read_manifest(heldout_dir)[:n]
     refs, hyps = [], []
     t0 = time.time()
-    with Session(model_path, mmproj=path, config=SessionConfig(method="full", max_tokens=400, ctx=4096)) as s:
+    with Session(model_path, mmproj=path, lora=lora,
+                 config=SessionConfig(method="full", max_tokens=max_tokens, ctx=4096)) as s:
         for r in recs:
             audio, _ = sf.read(pathlib.Path(heldout_dir) / "audio" / f"{r['id']}.flac", dtype="float32")
             hyps.append(corpus.normalise(s.answer(audio, sample_rate=16000).text))
@@ -66,6 +70,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ctc-steps", type=int, default=1500)
     ap.add_argument("--llm-steps", type=int, default=4000)
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--lora-rank", type=int, default=8,
+                    help="LoRA rank on the text model's attention q / v (0: train the projector only; default 8)")
     ap.add_argument("--hours", type=float, default=None, help="stop (resumably) after this many hours")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--skip-data", action="store_true",
@@ -106,7 +112,7 @@ def main(argv=None) -> int:
     text = llama_text.LlamaText(model_path)
     cfg_llm, tensors = torch_llm.load_gguf(model_path)
     llm = torch_llm.FrozenLlama(cfg_llm, tensors)
-    config = TrainConfig(ctc_steps=args.ctc_steps, llm_steps=args.llm_steps)
+    config = TrainConfig(ctc_steps=args.ctc_steps, llm_steps=args.llm_steps, lora_rank=args.lora_rank)
     trainer = Trainer(data_dir, work, llm, text.tokenize, text.layout, text.eos_id, config,
                       evaluate=lambda tr: held_out_wer(tr, text, model_path, heldout_dir))
     bar = tqdm(desc="training", unit="step")

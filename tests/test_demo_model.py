@@ -175,7 +175,7 @@ def test_training_layout_equals_mtmd_tokenization(smollm2, random_mmproj):
 
 @pytest.mark.native
 def test_demo_export_checks_sha256(tmp_path, monkeypatch, random_mmproj):
-    """The assembled files match SHA256SUMS; a changed projector is refused with an error naming the file."""
+    """The assembled files match SHA256SUMS; a changed projector or LoRA is refused with an error naming the file."""
     from audiokv_edge.demo_model import export
 
     proj = random_mmproj[1]
@@ -185,12 +185,26 @@ def test_demo_export_checks_sha256(tmp_path, monkeypatch, random_mmproj):
     np.savez(data / "projector.npz", **arrays)
     monkeypatch.setattr(export, "PROJECTOR", data / "projector.npz")
     monkeypatch.setattr(export, "PROFILE", data / "profile.json")
+    monkeypatch.setattr(export, "LORA", data / "lora.npz")
     monkeypatch.setattr(export, "SUMS", data / "SHA256SUMS")
-    model, proj_path = export.assemble(tmp_path / "out", record=True)
+    rng = np.random.default_rng(0)
+    lora = {"blk.0.attn_v.weight.lora_a": rng.standard_normal((2, 576)).astype(np.float16),
+            "blk.0.attn_v.weight.lora_b": rng.standard_normal((192, 2)).astype(np.float16)}
+    np.savez(data / "lora.npz", alpha=np.float32(4.0), **lora)
+    files = export.assemble(tmp_path / "out", record=True)
+    model, proj_path = files.model, files.mmproj
     sums = export.read_sums(data / "SHA256SUMS")
     assert sums["mmproj.gguf"] == export.sha256(proj_path) and sums["model.gguf"] == export.sha256(model)
+    assert files.lora is not None and sums["lora.gguf"] == export.sha256(files.lora)
     export.assemble(tmp_path / "out2")  # a fresh build reproduces the recorded bytes
     assert export.sha256(tmp_path / "out2" / "mmproj.gguf") == sums["mmproj.gguf"]
+    assert export.sha256(tmp_path / "out2" / "lora.gguf") == sums["lora.gguf"]
+    lora["blk.0.attn_v.weight.lora_b"][0, 0] += 1
+    np.savez(data / "lora.npz", alpha=np.float32(4.0), **lora)
+    with pytest.raises(export.DemoModelError, match="lora.npz"):
+        export.assemble(tmp_path / "out4")
+    lora["blk.0.attn_v.weight.lora_b"][0, 0] -= 1
+    np.savez(data / "lora.npz", alpha=np.float32(4.0), **lora)
     arrays["mm.a.mlp.2.weight"][0, 0] += 1
     np.savez(data / "projector.npz", **arrays)
     with pytest.raises(export.DemoModelError, match="projector.npz"):

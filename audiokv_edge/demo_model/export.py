@@ -1,18 +1,21 @@
 """Assembly of the built-in demo model from its parts: the pip packages' pretrained weights plus the committed
-trained projector (and head profile), checked by sha256 at every step.
+trained projector and LoRA (and head profile), checked by sha256 at every step.
 
     audiokv_edge/data/demo/projector.npz     trained projector, float16 (committed)
+    audiokv_edge/data/demo/lora.npz          trained LoRA on the text model's attention, float16 (committed, optional)
     audiokv_edge/data/demo/profile.json      AudioKV head profile of the demo model (committed, optional)
     audiokv_edge/data/demo/SHA256SUMS        sha256 of the inputs and of the assembled files
 
 Output (``build/demo`` of the checkout, or ``$AUDIOKV_EDGE_DEMO_DIR``): ``mmproj.gguf`` (Whisper tiny.en encoder +
-projector, libmtmd ultravox) and ``model.gguf`` (SmolLM2-135M-Instruct Q4_1 with the head profile stored, or the
-model file itself when no profile is committed yet).
+projector, libmtmd ultravox), ``model.gguf`` (SmolLM2-135M-Instruct Q4_1 with the head profile stored, or the
+model file itself when no profile is committed yet) and ``lora.gguf`` (a llama.cpp LoRA adapter, applied at load
+time as ``--lora``; kept separate because re-quantizing the merged weights to Q4_1 would erase the small update).
 """
 
 from __future__ import annotations
 
 import hashlib
+import dataclasses
 import logging
 import os
 import pathlib
@@ -25,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "demo"
 PROJECTOR = DATA / "projector.npz"
+LORA = DATA / "lora.npz"
 PROFILE = DATA / "profile.json"
 SUMS = DATA / "SHA256SUMS"
 REPO_DEMO_DIR = pathlib.Path(__file__).resolve().parents[2] / "build" / "demo"
@@ -32,6 +36,15 @@ REPO_DEMO_DIR = pathlib.Path(__file__).resolve().parents[2] / "build" / "demo"
 
 class DemoModelError(RuntimeError):
     """The demo model's parts are missing or do not match their recorded sha256."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoFiles:
+    """The assembled demo model: text model, audio projector, and LoRA adapter (None when none is committed)."""
+
+    model: pathlib.Path
+    mmproj: pathlib.Path
+    lora: pathlib.Path | None = None
 
 
 def sha256(path: str | pathlib.Path) -> str:
@@ -58,13 +71,13 @@ def demo_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("AUDIOKV_EDGE_DEMO_DIR", REPO_DEMO_DIR))
 
 
-def demo_paths() -> tuple[pathlib.Path, pathlib.Path]:
-    """``(model.gguf, mmproj.gguf)`` of the assembled demo model; DemoModelError when set-up has not built them."""
+def demo_paths() -> DemoFiles:
+    """The assembled demo model's files; DemoModelError when set-up has not built them."""
     d = demo_dir()
-    model, proj = d / "model.gguf", d / "mmproj.gguf"
-    if not (model.is_file() and proj.is_file()):
+    files = DemoFiles(d / "model.gguf", d / "mmproj.gguf", d / "lora.gguf" if LORA.is_file() else None)
+    if not all(p.is_file() for p in (files.model, files.mmproj, files.lora) if p is not None):
         raise DemoModelError(f"the demo model is not assembled in {d}: run `bash scripts/setup.sh`")
-    return model, proj
+    return files
 
 
 def _check(name: str, path: pathlib.Path, sums: dict[str, str]) -> str:
@@ -75,8 +88,8 @@ def _check(name: str, path: pathlib.Path, sums: dict[str, str]) -> str:
 
 
 def assemble(out_dir: str | pathlib.Path | None = None, *, text_model: str | pathlib.Path | None = None,
-             record: bool = False) -> tuple[pathlib.Path, pathlib.Path]:
-    """Build ``model.gguf`` and ``mmproj.gguf`` in ``out_dir`` (default :func:`demo_dir`), checking every input and
+             record: bool = False) -> DemoFiles:
+    """Build ``model.gguf``, ``mmproj.gguf`` (and ``lora.gguf``) in ``out_dir`` (default :func:`demo_dir`), checking every input and
     output against SHA256SUMS (``record=True`` rewrites SHA256SUMS instead, after training). Files already there
     with the recorded sha256 are kept."""
     from audiokv_edge.testing import real_models
@@ -96,6 +109,15 @@ def assemble(out_dir: str | pathlib.Path | None = None, *, text_model: str | pat
         arrays = {k: v.astype(np.float32) for k, v in np.load(PROJECTOR).items()}
         mmproj.write_mmproj(proj_path, ct2.whisper_encoder(whisper), arrays, n_embd_text=576)
     digests["mmproj.gguf"] = _check("mmproj.gguf", proj_path, sums)
+    lora_path = None
+    if LORA.is_file():
+        from audiokv_edge.demo_model.lora_gguf import write_lora_npz_gguf
+
+        digests["lora.npz"] = _check("lora.npz", LORA, sums)
+        lora_path = out / "lora.gguf"
+        if not (lora_path.is_file() and sums.get("lora.gguf") == sha256(lora_path)):
+            write_lora_npz_gguf(LORA, lora_path)
+        digests["lora.gguf"] = _check("lora.gguf", lora_path, sums)
     if PROFILE.is_file():
         digests["profile.json"] = _check("profile.json", PROFILE, sums)
         if not (model_path.is_file() and sums.get("model.gguf") == sha256(model_path)):
@@ -113,4 +135,4 @@ def assemble(out_dir: str | pathlib.Path | None = None, *, text_model: str | pat
     if record:
         SUMS.write_text("".join(f"{d}  {n}\n" for n, d in digests.items()))
     logger.info("demo model assembled in %s", out)
-    return model_path, proj_path
+    return DemoFiles(model_path, proj_path, lora_path)

@@ -76,12 +76,25 @@ class FrozenLlama(nn.Module):
         self.embed = tensors["token_embd.weight"]
         self.head = tensors.get("output.weight", self.embed)
 
+    def shapes(self, targets) -> dict[str, tuple[int, int]]:
+        """``{target: (n_out, n_in)}`` of the named matrices (e.g. ``attn_q``), as a LoRA on them needs."""
+        return {tg: tuple(self.t[f"blk.0.{tg}.weight"].shape) for tg in targets}
+
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.embed)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None, hidden_only: bool = False) -> torch.Tensor:
-        """x [B, T, n_embd] (embeddings) -> logits [B, T, n_vocab] (or final hidden states)."""
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None, hidden_only: bool = False,
+                lora=None) -> torch.Tensor:
+        """x [B, T, n_embd] (embeddings) -> logits [B, T, n_vocab] (or final hidden states). ``lora``: a
+        :class:`audiokv_edge.demo_model.lora.LoraAdapters` added to the matrices it covers, as llama.cpp applies
+        a LoRA adapter."""
         c, t = self.cfg, self.t
+
+        def linear(y, i, name):
+            out = F.linear(y, t[f"blk.{i}.{name}.weight"])
+            d = None if lora is None else lora.delta(i, name, y)
+            return out if d is None else out + d
+
         b, n, _ = x.shape
         dh, h, hkv = c.head_dim, c.n_head, c.n_head_kv
         pos = torch.arange(n, dtype=torch.float32) if positions is None else positions.float()
@@ -91,12 +104,12 @@ class FrozenLlama(nn.Module):
         for i in range(c.n_layer):
             p = f"blk.{i}."
             y = F.rms_norm(x, (c.n_embd,), t[p + "attn_norm.weight"].to(x.dtype), c.rms_eps)
-            q = F.linear(y, t[p + "attn_q.weight"]).view(b, n, h, dh).transpose(1, 2)
-            k = F.linear(y, t[p + "attn_k.weight"]).view(b, n, hkv, dh).transpose(1, 2)
-            v = F.linear(y, t[p + "attn_v.weight"]).view(b, n, hkv, dh).transpose(1, 2)
+            q = linear(y, i, "attn_q").view(b, n, h, dh).transpose(1, 2)
+            k = linear(y, i, "attn_k").view(b, n, hkv, dh).transpose(1, 2)
+            v = linear(y, i, "attn_v").view(b, n, hkv, dh).transpose(1, 2)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            x = x + F.linear(a.transpose(1, 2).reshape(b, n, h * dh), t[p + "attn_output.weight"])
+            x = x + linear(a.transpose(1, 2).reshape(b, n, h * dh), i, "attn_output")
             y = F.rms_norm(x, (c.n_embd,), t[p + "ffn_norm.weight"].to(x.dtype), c.rms_eps)
             y = F.silu(F.linear(y, t[p + "ffn_gate.weight"])) * F.linear(y, t[p + "ffn_up.weight"])
             x = x + F.linear(y, t[p + "ffn_down.weight"])

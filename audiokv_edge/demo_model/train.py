@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from audiokv_edge.demo_model import dataset, features, mmproj, tasks
+from audiokv_edge.demo_model.lora import DEFAULT_TARGETS, LoraAdapters
 from audiokv_edge.demo_model.torch_encoder import UltravoxProjector
 from audiokv_edge.demo_model.torch_llm import FrozenLlama
 
@@ -49,11 +50,14 @@ class TrainConfig:
     full_window_share: float = 0.3   # short recordings given their whole padded window (else cropped)
     crop_share: float = 0.6          # recordings with sentence spans cropped to 1-4 consecutive sentences
     checkpoint_every: int = 25
+    lora_rank: int = 8               # LoRA on the text model's attention (0: projector only)
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for f in ("ctc_steps", "llm_steps", "ctc_batch", "llm_accum", "checkpoint_every"):
-            if getattr(self, f) < 0 or (f != "ctc_steps" and f != "llm_steps" and getattr(self, f) == 0):
+        for f in ("ctc_steps", "llm_steps", "ctc_batch", "llm_accum", "checkpoint_every", "lora_rank"):
+            if getattr(self, f) < 0 or (f not in ("ctc_steps", "llm_steps", "lora_rank") and getattr(self, f) == 0):
                 raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
         if not 0.0 <= self.full_window_share <= 1.0:
             raise ValueError(f"full_window_share must be in [0, 1], got {self.full_window_share}")
@@ -94,6 +98,8 @@ class Trainer:
         self.projector = UltravoxProjector(384, mmproj.STACK_FACTOR, mmproj.PROJECTOR_HIDDEN, d_text, seed=config.seed)
         self.blank = torch.nn.Parameter(torch.randn(d_text, generator=torch.Generator().manual_seed(config.seed)))
         self.ctc_scale = torch.nn.Parameter(torch.tensor(16.0))
+        self.lora = (LoraAdapters(llm.cfg.n_layer, llm.shapes(config.lora_targets), config.lora_rank,
+                                  config.lora_alpha, seed=config.seed) if config.lora_rank else None)
         self.state = {"stage": "ctc", "step": 0, "rng": random.Random(config.seed).getstate()}
         self.opt = None
         self._token_cache: dict[str, list[int]] = {}
@@ -109,8 +115,22 @@ class Trainer:
             params = [*self.projector.parameters(), self.blank, self.ctc_scale]
             lr = self.cfg.ctc_lr
         else:
-            params, lr = list(self.projector.parameters()), self.cfg.llm_lr
+            params, lr = [{"params": list(self.projector.parameters())}], self.cfg.llm_lr
+            if self.lora is not None:
+                params.append({"params": list(self.lora.parameters()), "weight_decay": 0.0})
         self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+
+    def _load_opt(self, state: dict) -> None:
+        """Load optimizer state; a checkpoint from before the LoRA existed restores the projector's moments only."""
+        if len(state["param_groups"]) == len(self.opt.param_groups):
+            self.opt.load_state_dict(state)
+            return
+        old = torch.optim.AdamW(self.opt.param_groups[0]["params"], lr=self.cfg.llm_lr)
+        old.load_state_dict(state)
+        for p in self.opt.param_groups[0]["params"]:
+            if p in old.state:
+                self.opt.state[p] = old.state[p]
+        logger.info("LoRA added to a checkpoint without one: it starts at zero, the projector keeps its state")
 
     def _load(self) -> None:
         if self.ckpt_path.exists():
@@ -118,16 +138,19 @@ class Trainer:
             self.projector.load_state_dict(ck["projector"])
             self.blank.data.copy_(ck["blank"])
             self.ctc_scale.data.copy_(ck["ctc_scale"])
+            if self.lora is not None and ck.get("lora") is not None:
+                self.lora.load_state_dict(ck["lora"])
             self.state = ck["state"]
             self._make_opt()
             if ck.get("opt") is not None and ck.get("opt_stage") == self.state["stage"]:
-                self.opt.load_state_dict(ck["opt"])
+                self._load_opt(ck["opt"])
             logger.info("resumed from %s: stage %s step %d", self.ckpt_path, self.state["stage"], self.state["step"])
         else:
             self._make_opt()
 
     def save(self) -> None:
         _atomic_save({"projector": self.projector.state_dict(), "blank": self.blank.data, "ctc_scale": self.ctc_scale.data,
+                      "lora": None if self.lora is None else self.lora.state_dict(),
                       "state": self.state, "opt": self.opt.state_dict(), "opt_stage": self.state["stage"],
                       "config": dataclasses.asdict(self.cfg)}, self.ckpt_path)
 
@@ -137,6 +160,17 @@ class Trainer:
         arrays = {k: v.astype(np.float16) for k, v in self.projector.export().items()}
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        return path
+
+    def export_lora(self, path: str | pathlib.Path) -> pathlib.Path | None:
+        """The LoRA's weights rounded to float16 plus its ``alpha`` (None without a LoRA)."""
+        if self.lora is None:
+            return None
+        path = pathlib.Path(path)
+        arrays = {k: v.astype(np.float16) for k, v in self.lora.export().items()}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, alpha=np.float32(self.lora.alpha), **arrays)
         os.replace(tmp, path)
         return path
 
@@ -228,7 +262,7 @@ class Trainer:
         ids_after = torch.tensor(layout.suffix + target[:-1])
         x = torch.cat([self.llm.embed_tokens(torch.tensor(layout.prefix)), audio.to(dt),
                        self.llm.embed_tokens(ids_after)])[None]
-        hidden = self.llm(x, hidden_only=True)[0]
+        hidden = self.llm(x, hidden_only=True, lora=self.lora)[0]
         start = len(layout.prefix) + audio.shape[0] + len(layout.suffix) - 1
         logits = F.linear(hidden[start:start + len(target)], self.llm.head).float()
         loss = F.cross_entropy(logits, torch.tensor(target))

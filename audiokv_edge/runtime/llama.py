@@ -97,15 +97,19 @@ class LlamaModel:
     ----------
     path : str or pathlib.Path
         Text model GGUF.
+    lora : str or pathlib.Path, optional
+        LoRA adapter GGUF applied (scale 1) to every context made from the model, as llama.cpp's ``--lora``.
 
     Raises
     ------
     LlamaError
-        llama.cpp cannot load the file.
+        llama.cpp cannot load the file, or the adapter does not fit the model.
     """
 
-    def __init__(self, path: str | pathlib.Path) -> None:
+    def __init__(self, path: str | pathlib.Path, lora: str | pathlib.Path | None = None) -> None:
         self.path = pathlib.Path(path)
+        self.lora_path = None if lora is None else pathlib.Path(lora)
+        self.adapter = None
         self._mt = None
         self._contexts: list = []
         self._projectors: list = []
@@ -114,6 +118,11 @@ class LlamaModel:
         self.model = lc.llama_model_load_from_file(str(self.path).encode(), lc.llama_model_default_params())
         if not self.model:
             raise LlamaError(f"llama.cpp cannot load model {self.path}")
+        if self.lora_path is not None:
+            self.adapter = lc.llama_adapter_lora_init(self.model, str(self.lora_path).encode())
+            if not self.adapter:  # freed with the model otherwise
+                raise LlamaError(f"llama.cpp cannot apply LoRA adapter {self.lora_path} to model {self.path} "
+                                 "(not an adapter GGUF, another architecture, or tensors of other shapes)")
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.n_layer = int(lc.llama_model_n_layer(self.model))
         self.n_head = int(lc.llama_model_n_head(self.model))
@@ -152,6 +161,10 @@ class LlamaModel:
         if not ctx:
             raise LlamaError(f"cannot create a llama.cpp context for {self.path}")
         self._contexts.append(ctx)
+        if self.adapter is not None:
+            adapters = (lc.llama_adapter_lora_p_ctypes * 1)(self.adapter)
+            if lc.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(1.0)) != 0:
+                raise LlamaError(f"llama.cpp cannot apply LoRA adapter {self.lora_path} to a context")
         return ctx
 
     def free_context(self, ctx) -> None:

@@ -287,6 +287,8 @@ class Session(HandleOwner):
         Audio projector GGUF; default: the one ``mmproj*.gguf`` beside ``model``.
     config : SessionConfig
         Options.
+    lora : str or pathlib.Path, optional
+        LoRA adapter GGUF that llama.cpp applies to the text model (as ``--lora``), e.g. the demo model's.
 
     Raises
     ------
@@ -295,7 +297,7 @@ class Session(HandleOwner):
     """
 
     def __init__(self, model: str | pathlib.Path, mmproj: str | pathlib.Path | None = None,
-                 config: SessionConfig | None = None) -> None:
+                 config: SessionConfig | None = None, lora: str | pathlib.Path | None = None) -> None:
         self.config = config or SessionConfig()
         self._llm = self._model = self._ctx = self._mctx = self._sampler = self._evictor = None
         self.last_answer: Answer | None = None
@@ -315,6 +317,7 @@ class Session(HandleOwner):
         self.evict_settings: dict | None = None
         self.model_path = check_gguf(model, "model")
         self.mmproj_path = find_mmproj(self.model_path, mmproj)
+        self.lora_path = None if lora is None else check_gguf(lora, "LoRA adapter")
 
         from audiokv_edge.native import libs as native_libs
 
@@ -333,7 +336,7 @@ class Session(HandleOwner):
         lc, mt, cfg = self._lc, self._mtmd, self.config
         _LAST_NATIVE_ERRORS.clear()
         try:
-            self._llm = LlamaModel(self.model_path)
+            self._llm = LlamaModel(self.model_path, lora=self.lora_path)
         except LlamaError as exc:
             raise SessionError(f"{exc}: {_native_error('unsupported or corrupt')}") from None
         self._model, self._vocab = self._llm.model, self._llm.vocab

@@ -1,0 +1,59 @@
+"""A LoRA on the frozen text model's attention projections, trained with the audio projector.
+
+For each layer and each target matrix W (``attn_q``, ``attn_v`` by default; llama.cpp's GGUF layout [out, in]) the
+adapted layer computes ``y W^T + (alpha / rank) (y A^T) B^T`` with A [rank, in] and B [out, rank]. B starts at zero,
+so adding a LoRA to a trained projector changes nothing until it learns. The exported arrays carry llama.cpp's
+adapter tensor names (``blk.N.attn_q.weight.lora_a`` / ``.lora_b``), written by :mod:`.lora_gguf`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+DEFAULT_TARGETS = ("attn_q", "attn_v")
+
+
+class LoraAdapters(nn.Module):
+    """LoRA pairs for ``targets`` of every layer: ``shapes[target] = (n_out, n_in)``."""
+
+    def __init__(self, n_layer: int, shapes: dict[str, tuple[int, int]], rank: int = 8, alpha: float = 16.0,
+                 seed: int = 0):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        self.rank, self.alpha, self.n_layer = rank, float(alpha), n_layer
+        self.targets = tuple(shapes)
+        g = torch.Generator().manual_seed(seed)
+        self.a = nn.ParameterDict()
+        self.b = nn.ParameterDict()
+        for i in range(n_layer):
+            for t, (n_out, n_in) in shapes.items():
+                key = f"{i}_{t}"
+                self.a[key] = nn.Parameter(torch.randn(rank, n_in, generator=g) / math.sqrt(n_in))
+                self.b[key] = nn.Parameter(torch.zeros(n_out, rank))
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def delta(self, layer: int, target: str, y: torch.Tensor) -> torch.Tensor | None:
+        """The LoRA term added to ``y W^T`` of ``target`` in ``layer`` (None when that matrix has no LoRA)."""
+        key = f"{layer}_{target}"
+        if key not in self.a:
+            return None
+        a, b = self.a[key].to(y.dtype), self.b[key].to(y.dtype)
+        return (y @ a.t()) @ b.t() * self.scale
+
+    def export(self) -> dict[str, np.ndarray]:
+        """``{tensor name: float32 array}`` under llama.cpp's adapter names: lora_a [rank, in], lora_b [out, rank]."""
+        out = {}
+        for i in range(self.n_layer):
+            for t in self.targets:
+                key = f"{i}_{t}"
+                out[f"blk.{i}.{t}.weight.lora_a"] = self.a[key].detach().float().cpu().numpy()
+                out[f"blk.{i}.{t}.weight.lora_b"] = self.b[key].detach().float().cpu().numpy()
+        return out

@@ -1,0 +1,83 @@
+"""Write a LoRA adapter GGUF that llama.cpp applies at load time (``llama_adapter_lora_init``, ``--lora``).
+
+Keys: ``general.type = "adapter"``, ``general.architecture`` (must equal the base model's), ``adapter.type =
+"lora"``, ``adapter.lora.alpha`` (llama.cpp scales by alpha / rank). Tensors ``blk.N.<target>.weight.lora_a``
+(numpy [rank, in]) and ``.lora_b`` ([out, rank]), float32 or float16. Written to a temporary file beside the
+target and renamed: an interrupted write never leaves a partial adapter.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+
+
+def check_lora(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int, int]] | None = None) -> int:
+    """Validate pairs, ranks and (when ``shapes[target] = (out, in)`` is given) shapes; returns the rank."""
+    names = sorted(arrays)
+    if not names:
+        raise ValueError("LoRA weights are empty")
+    rank = None
+    for name in names:
+        if not name.endswith((".lora_a", ".lora_b")):
+            raise ValueError(f"LoRA tensor {name!r} is neither a lora_a nor a lora_b")
+        a_name, b_name = name[:-1] + "a", name[:-1] + "b"
+        if a_name not in arrays or b_name not in arrays:
+            raise ValueError(f"LoRA tensor {name!r} lacks its pair")
+        a, b = arrays[a_name], arrays[b_name]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise ValueError(f"LoRA pair {name[:-7]} has shapes {a.shape} / {b.shape}: expected [r, in] / [out, r]")
+        if rank is None:
+            rank = a.shape[0]
+        elif a.shape[0] != rank:
+            raise ValueError(f"LoRA pair {name[:-7]} has rank {a.shape[0]}, others {rank}")
+        if shapes is not None:
+            target = name.split(".")[2]
+            if target not in shapes or (b.shape[0], a.shape[1]) != tuple(shapes[target]):
+                raise ValueError(f"LoRA pair {name[:-7]} is [{b.shape[0]}, {a.shape[1]}], the model's "
+                                 f"{target} is {shapes.get(target)}")
+        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+            raise ValueError(f"LoRA pair {name[:-7]} holds NaN or Inf")
+    return int(rank)
+
+
+def write_lora_gguf(path: str | pathlib.Path, arrays: dict[str, np.ndarray], alpha: float, *,
+                    architecture: str = "llama", name: str = "audiokv-edge demo LoRA") -> pathlib.Path:
+    """Write ``arrays`` (see :func:`check_lora`) as a llama.cpp LoRA adapter; returns the path."""
+    import gguf
+
+    check_lora(arrays)
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        w = gguf.GGUFWriter(tmp, architecture)
+        w.add_type(gguf.GGUFType.ADAPTER)
+        w.add_name(name)
+        w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+        for key in sorted(arrays):
+            a = arrays[key]
+            w.add_tensor(key, np.ascontiguousarray(a if a.dtype == np.float16 else a.astype(np.float32)))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_lora_npz_gguf(npz: str | pathlib.Path, path: str | pathlib.Path, **kw) -> pathlib.Path:
+    """Write the adapter GGUF of a trained LoRA saved as ``.npz`` (its tensors plus a scalar ``alpha``)."""
+    with np.load(npz) as z:
+        arrays = {k: z[k] for k in z.files if k != "alpha"}
+        if "alpha" not in z.files:
+            raise ValueError(f"{npz}: no 'alpha' in the LoRA weights")
+        alpha = float(z["alpha"])
+    return write_lora_gguf(path, arrays, alpha, **kw)
