@@ -13,6 +13,7 @@ _LAZY = {
     "spectral_smooth": ("audiokv_edge.reference.sss", "spectral_smooth"),
     "Session": ("audiokv_edge.runtime.session", "Session"),
     "SessionConfig": ("audiokv_edge.runtime.session", "SessionConfig"),
+    "enable": ("audiokv_edge.runtime.llama_hook", "enable"),
 }
 
 __all__ = ["__version__", *_LAZY]

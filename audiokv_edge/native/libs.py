@@ -11,8 +11,10 @@ one patched llama.cpp (``libllama``, ``libggml*``, ``libmtmd``) and ``libaudiokv
 :class:`HandleOwner` is a base for wrappers that own native handles (a context manager closing them).
 
 The llama-cpp-python package (0.3.36, installed as pure Python without its own native build) loads ``libllama``
-from ``$LLAMA_CPP_LIB_PATH`` and ``libmtmd`` from ``$MTMD_CPP_LIB`` (both directories) when it is first imported;
-:func:`load_llama_cpp` and :func:`load_mtmd_cpp` point both variables at our build unless the user set them.
+from ``$LLAMA_CPP_LIB_PATH`` and ``libmtmd`` from ``$MTMD_CPP_LIB`` (both directories), else from its own ``lib/``,
+when it is first imported: :func:`load_llama_cpp` and :func:`load_mtmd_cpp` point both variables at our build unless
+the user set them, and ``scripts/setup.sh`` links our libraries into that ``lib/``
+(:mod:`audiokv_edge.native.llama_cpp_links`) so that a plain ``import llama_cpp`` loads them too.
 """
 
 from __future__ import annotations
@@ -165,9 +167,11 @@ def _point_env_at(variable: str, directory: pathlib.Path) -> None:
     os.environ[variable] = str(directory)
 
 
-def _loaded_from(module: types.ModuleType, attribute: str) -> pathlib.Path | None:
-    base = getattr(module, attribute, None)
-    return pathlib.Path(base).resolve() if base is not None else None
+def _loaded_libllama(module: types.ModuleType) -> pathlib.Path | None:
+    """The file behind the libllama ``llama_cpp.llama_cpp`` loaded, links resolved (None when unknown)."""
+    lib = getattr(module, "_lib", None)
+    name = getattr(lib, "_name", None)
+    return pathlib.Path(name).resolve() if name else None
 
 
 def load_llama_cpp() -> types.ModuleType:
@@ -198,10 +202,11 @@ def load_llama_cpp() -> types.ModuleType:
         if exc.name != "llama_cpp":
             raise
         raise ImportError(f"the llama_cpp Python package (llama-cpp-python 0.3.36) is not installed; {SETUP_HINT}") from exc
-    if already:
-        loaded = _loaded_from(sys.modules["llama_cpp.llama_cpp"], "_base_path")
-        if loaded is not None and loaded != directory:
-            logger.warning("llama_cpp was already imported with libllama from %s, not %s", loaded, directory)
+    if already:  # e.g. a plain `import llama_cpp`, which finds our libraries through links (native.llama_cpp_links)
+        loaded = _loaded_libllama(sys.modules["llama_cpp.llama_cpp"])
+        ours = (directory / shared_library_name("llama")).resolve()
+        if loaded is not None and loaded != ours:
+            logger.warning("llama_cpp was already imported with libllama %s, not %s", loaded, ours)
     return module
 
 

@@ -20,7 +20,8 @@ eviction API (the patched llama.cpp, docs/per-head-eviction.md), evicts in COMPA
 entries live in per-head pools of keep x the positions seen + one chunk + the answer). llama.cpp hands the captured
 window queries and the keys (f16 or q8_0) to libaudiokv's C callback (``audiokv_llama_evict_callback``, Python only
 registers it), which plans with the method (the head profile stored in the model's GGUF drives AudioKV's budgets),
-and llama.cpp frees the dropped entries. :meth:`Session._evict` is the one place it happens.
+and llama.cpp frees the dropped entries: :class:`~audiokv_edge.runtime.kv_eviction.KVEvictor`, called from
+:meth:`Session._evict`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ import numpy as np
 from audiokv_edge.native.libs import HandleOwner
 from audiokv_edge.profile.gguf_header import GGUF_MAGIC
 from audiokv_edge.runtime.audio import AudioClip, clip_from_array, load_audio
+from audiokv_edge.runtime.kv_eviction import (
+    DEFAULT_KEEP,
+    EVICT_WINDOW,
+    KEEP_BUILTIN,
+    KEEP_FULL,
+    EvictionError,
+    EvictionUnsupportedError,
+    KVEvictor,
+    choose_keep,
+)
 from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, render_prompt
 from audiokv_edge.runtime.stats import KV_TYPE_BYTES, AnswerStats, KVGeometry, ggml_type, peak_rss_bytes
 
@@ -47,14 +58,8 @@ logger = logging.getLogger(__name__)
 native_logger = logging.getLogger("audiokv_edge.native")
 
 DEFAULT_PROMPT = "Transcribe the audio."
-#: Window queries captured for eviction (the methods' default observation window, docs/semantics.md).
-EVICT_WINDOW = 32
 #: Text tokens around one audio chunk that a streaming eviction's headroom reserves beside the chunk and the answer.
 STREAM_TEXT_MARGIN = 64
-#: Keep ratio when neither the caller nor (for method audiokv) the model's head profile defaults choose one.
-DEFAULT_KEEP = 0.4
-#: Where the effective keep ratio came from (``AnswerStats.keep_source``).
-KEEP_FROM_CONFIG, KEEP_FROM_PROFILE, KEEP_BUILTIN, KEEP_FULL = "config", "profile", "default", "full"
 KV_TYPES = ("f16", "q8_0")
 
 
@@ -309,9 +314,10 @@ class Session(HandleOwner):
         #: the GGUF has ``audiokv.defaults.*`` keys), else None.
         self.profile_defaults = None
         #: Effective keep ratio (the config's, the model's stored default, or DEFAULT_KEEP) and where it came from
-        #: (KEEP_FROM_CONFIG, KEEP_FROM_PROFILE, KEEP_BUILTIN).
+        #: (kv_eviction.KEEP_FROM_CONFIG, KEEP_FROM_PROFILE, KEEP_BUILTIN).
         self.keep: float = DEFAULT_KEEP
         self.keep_source: str = KEEP_BUILTIN
+        self._keep_choice = None
         #: The evictor's settings once per-head eviction is on: method, keep, window (libaudiokv's observation
         #: window), n_window (queries llama.cpp captures), sss_alpha, sss_gamma.
         self.evict_settings: dict | None = None
@@ -354,7 +360,6 @@ class Session(HandleOwner):
         except LlamaError as exc:
             raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
         self.n_ctx = int(lc.llama_n_ctx(self._ctx))
-        self._evict_lib = None
 
         try:
             self._mctx = self._llm.new_projector(self.mmproj_path, n_threads=cfg.n_threads, flash_attn=flash)
@@ -378,89 +383,36 @@ class Session(HandleOwner):
         The defaults were calibrated for AudioKV: only method ``audiokv`` reads them; an explicit ``keep`` wins.
         A malformed stored value is a :class:`SessionError` naming the key, as libaudiokv reports a bad profile.
         """
-        cfg = self.config
-        if cfg.method == "audiokv":
-            from audiokv_edge.profile import gguf_keys as gp
-
-            try:
-                _, defaults = gp.read_stored(self.model_path)
-            except gp.GGUFProfileError as exc:
-                detail = " ".join(str(exc).split())
-                prefix = f"{self.model_path}: "
-                if detail.startswith(prefix):
-                    detail = detail[len(prefix):]
-                raise SessionError(f"cannot plan evictions for {self.model_path}: head profile in the model's "
-                                   f"GGUF is unusable: {detail}") from None
-            except OSError as exc:
-                raise SessionError(f"cannot read GGUF metadata of {self.model_path}: {exc}") from None
-            self.profile_defaults = defaults
-            if defaults is not None:
-                logger.debug("%s: stored AudioKV defaults %s", self.model_path, defaults.as_dict())
-        if cfg.keep is not None:
-            self.keep, self.keep_source = float(cfg.keep), KEEP_FROM_CONFIG
-        elif self.profile_defaults is not None and self.profile_defaults.keep is not None:
-            self.keep, self.keep_source = float(self.profile_defaults.keep), KEEP_FROM_PROFILE
-            logger.info("keep %g (model's head profile default)", self.keep)
-        else:
-            self.keep, self.keep_source = DEFAULT_KEEP, KEEP_BUILTIN
+        try:
+            choice = choose_keep(self.model_path, self.config.method, self.config.keep)
+        except EvictionError as exc:
+            raise SessionError(str(exc)) from None
+        self.profile_defaults = choice.defaults
+        self.keep, self.keep_source = choice.keep, choice.source
+        self._keep_choice = choice
 
     def _init_eviction(self) -> None:
-        """Switch on llama.cpp's per-head eviction (COMPACT) with libaudiokv's C callback, when this libllama has it.
+        """Switch on llama.cpp's per-head eviction (COMPACT) with libaudiokv's C callback (:class:`KVEvictor`).
 
         Python only registers the callback: llama.cpp calls ``audiokv_llama_evict_callback`` (libaudiokv), which plans
         with the configured method on the captured queries and the keys of any cache type, with the head profile
         stored in the model's GGUF (uniform budgets and one warning without one).
         """
-        from audiokv_edge.native import audiokv
-        from audiokv_edge.native import audiokv_llama
-        from audiokv_edge.native import llama_kv_evict as E
-
-        try:
-            lib = E.load_library()
-            akv = audiokv_llama.load_adapter()
-        except (E.EvictApiMissingError, audiokv_llama.AdapterMissingError, FileNotFoundError) as exc:
-            raise SessionError(f"per-head eviction needs libaudiokv's llama.cpp callback: {exc}") from None
         cfg = self.config
-        params = akv.audiokv_default_params(audiokv.method_id(cfg.method))
-        params.window = EVICT_WINDOW
-        params.n_threads = cfg.n_threads
-        stored = self.profile_defaults  # only set for method audiokv, whose defaults they are
-        if stored is not None:
-            if stored.window is not None:
-                params.window = min(stored.window, 2**31 - 1)  # UINT32 key, int32 field
-            if stored.sss_alpha is not None:
-                params.sss_alpha = stored.sss_alpha
-            if stored.sss_gamma is not None:
-                params.sss_gamma = stored.sss_gamma
-        # llama.cpp must capture the whole observation window (no more rows than the context can ever hold)
-        n_window = max(EVICT_WINDOW, min(int(params.window), self.n_ctx))
-        status = ctypes.c_int(0)
-        err = ctypes.create_string_buffer(512)
-        evictor = akv.audiokv_llama_evictor_new(self._model, ctypes.byref(params), float(self.keep),
-                                                ctypes.byref(status), err, len(err))
-        if not evictor:
-            raise SessionError(f"cannot plan evictions for {self.model_path}: {err.value.decode('utf-8', 'replace')}")
-        self._evictor, self._akv = evictor, akv
-        eparams = lib.llama_kv_evict_default_params()
-        eparams.n_window = n_window
-        eparams.mode = E.LLAMA_KV_EVICT_MODE_COMPACT
         # rows per (layer, KV head) reserved after each eviction for the tokens until the next: the answer, and when
         # streaming one 30 s audio chunk with its text (more are allocated on demand)
         headroom = cfg.max_tokens + 1
         if cfg.stream:
             headroom += self.audio_chunk_tokens() + STREAM_TEXT_MARGIN
-        eparams.n_headroom = headroom
-        self._evict_callback = audiokv_llama.c_callback(akv)
-        eparams.callback = self._evict_callback
-        eparams.user_data = evictor
-        rc = lib.llama_kv_evict_init(self._ctx, eparams)
-        if rc != 0:
-            raise SessionError(f"per-head eviction cannot run on {self.model_path}: {E.status_name(lib, rc)} "
-                               f"({_native_error('see -v log')}); use --method full")
-        self._evict_lib = lib
-        self.evict_settings = {"method": cfg.method, "keep": self.keep, "keep_source": self.keep_source,
-                               "window": int(params.window), "n_window": n_window,
-                               "sss_alpha": float(params.sss_alpha), "sss_gamma": float(params.sss_gamma)}
+        try:
+            self._evictor = KVEvictor(self._model, self._ctx, method=cfg.method, keep=self._keep_choice,
+                                      n_threads=cfg.n_threads, n_ctx=self.n_ctx, n_headroom=headroom,
+                                      label=str(self.model_path))
+        except EvictionUnsupportedError as exc:
+            raise SessionError(f"{exc} ({_native_error('see -v log')}); use --method full") from None
+        except EvictionError as exc:
+            raise SessionError(str(exc)) from None
+        self.evict_settings = dict(self._evictor.settings)
 
     def _kv_geometry(self) -> KVGeometry:
         m = self._llm
@@ -579,45 +531,20 @@ class Session(HandleOwner):
             The same without eviction: ``n_past`` positions in every evictable (layer, KV head).
         elapsed_ms : float
         """
-        start = time.perf_counter()
-        g = self.geometry
-        full = g.n_layer * g.n_head_kv * n_past
         if not self._needs_eviction():
-            return full, full, (time.perf_counter() - start) * 1e3
-        from audiokv_edge.native import llama_kv_evict as E
-
-        before, after = self._evict_stats(), None
-        rc = self._evict_lib.llama_kv_evict_seq(self._ctx, 0)
-        elapsed = (time.perf_counter() - start) * 1e3
-        if rc not in (E.LLAMA_KV_EVICT_OK, E.LLAMA_KV_EVICT_DECLINED):
-            detail = ""
-            if rc == E.LLAMA_KV_EVICT_ERR_CALLBACK and self._evictor:
-                detail = self._akv.audiokv_llama_evictor_last_error(self._evictor).decode("utf-8", "replace")
-            raise SessionError(f"per-head eviction failed: {E.status_name(self._evict_lib, rc)} "
-                               f"({detail or _native_error('see -v log')})")
-        after = self._evict_stats()
-        self.last_evictions.append({
-            "n_past": n_past, "ms": elapsed, "entries_before": int(before.n_entries),
-            "entries_after": int(after.n_entries), "bytes_used_before": int(before.bytes_used),
-            "bytes_used_after": int(after.bytes_used), "bytes_kept_after": int(after.bytes_kept),
-            "bytes_headroom_after": int(after.bytes_headroom)})
-        # entries over the evictable layers (iSWA models: the full-attention ones); the entries of one position in
-        # every evictable head, times the positions seen (after an earlier eviction llama.cpp counts only the
-        # positions some head still holds)
-        per_position = int(before.n_entries_full) // max(1, int(before.n_tokens))
-        return int(after.n_entries), per_position * n_past, elapsed
-
-    def _evict_stats(self):
-        from audiokv_edge.native import llama_kv_evict as E
-
-        stats = E.llama_kv_evict_stats()
-        if self._evict_lib.llama_kv_evict_get_stats(self._ctx, 0, ctypes.byref(stats)) != 0:
-            raise SessionError("per-head eviction statistics are unavailable")
-        return stats
+            g = self.geometry
+            full = g.n_layer * g.n_head_kv * n_past
+            return full, full, 0.0
+        try:
+            record = self._evictor.evict(n_past)
+        except EvictionError as exc:
+            raise SessionError(f"{exc} ({exc.detail or _native_error('see -v log')})") from None
+        self.last_evictions.append(record.as_dict())
+        return record.kept_entries, record.full_entries, record.ms
 
     def _streaming(self) -> bool:
         """Whether the prompt is evicted after every audio chunk (``stream`` with eviction available)."""
-        return self.config.stream and self._evict_lib is not None
+        return self.config.stream and self._evictor is not None
 
     def _cells_needed(self, info: "_PromptInfo") -> int:
         """Most cells of the main KV cache the prompt occupies at once, plus one for the first answer token.
@@ -688,7 +615,7 @@ class Session(HandleOwner):
             mt.mtmd_input_chunks_free(chunks)
         kept_entries, full_entries, ms = self._evict(n_past)
         evict_ms += ms
-        if self._evict_lib is not None and self._needs_eviction():
+        if self._evictor is not None and self._needs_eviction():
             cells = 1  # COMPACT: the main cache keeps the last position only
         prefill_s = time.perf_counter() - t0
 
@@ -759,7 +686,7 @@ class Session(HandleOwner):
             llm.close_contexts()
         self._mctx = self._ctx = None
         if getattr(self, "_evictor", None):  # after the context: no eviction can call it any more
-            self._akv.audiokv_llama_evictor_free(self._evictor)
+            self._evictor.close()
         self._evictor = None
         if llm is not None:
             llm.close()

@@ -1,0 +1,296 @@
+"""libaudiokv's per-head KV-cache eviction on one llama.cpp context: switched on and applied in one place.
+
+:class:`KVEvictor` registers libaudiokv's C callback (``audiokv_llama_evict_callback``) with llama.cpp's per-head
+eviction API (``llama_kv_evict_init``, COMPACT mode; docs/per-head-eviction.md) and applies it to a sequence
+(``llama_kv_evict_seq``): llama.cpp hands the captured window queries and the keys to libaudiokv, which plans with the
+method (AudioKV's budgets from the head profile stored in the model's GGUF), and llama.cpp frees the dropped
+entries. Python only registers the callback. :func:`choose_keep` resolves the keep ratio the way the runner does
+(the caller's, the model's stored ``audiokv.defaults.keep`` for method audiokv, else :data:`DEFAULT_KEEP`).
+
+Users: :class:`~audiokv_edge.runtime.session.Session` (audio prompts) and
+:func:`~audiokv_edge.runtime.llama_hook.enable` (a ``llama_cpp.Llama``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import pathlib
+import time
+from dataclasses import asdict, dataclass
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_KEEP", "EVICT_WINDOW", "KEEP_FROM_CONFIG", "KEEP_FROM_PROFILE", "KEEP_BUILTIN", "KEEP_FULL",
+           "EvictionError", "EvictionUnsupportedError", "KeepChoice", "EvictionRecord", "KVEvictor", "choose_keep"]
+
+#: Window queries captured for eviction (the methods' default observation window, docs/semantics.md).
+EVICT_WINDOW = 32
+#: Keep ratio when neither the caller nor (for method audiokv) the model's head profile defaults choose one.
+DEFAULT_KEEP = 0.4
+#: Where the effective keep ratio came from (``AnswerStats.keep_source``).
+KEEP_FROM_CONFIG, KEEP_FROM_PROFILE, KEEP_BUILTIN, KEEP_FULL = "config", "profile", "default", "full"
+
+
+class EvictionError(RuntimeError):
+    """Per-head eviction cannot be switched on or applied; the message is one line naming the file or the status.
+
+    Attributes
+    ----------
+    status : int or None
+        The ``llama_kv_evict_*`` status llama.cpp returned, when it refused.
+    detail : str
+        libaudiokv's reason for a failed plan, "" when it gave none.
+    """
+
+    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class EvictionUnsupportedError(EvictionError):
+    """llama.cpp refuses per-head eviction on this context: its memory (recurrent or hybrid), backend or mode
+    (llama.cpp logs the reason)."""
+
+
+@dataclass(frozen=True)
+class KeepChoice:
+    """The effective keep ratio and where it came from.
+
+    Attributes
+    ----------
+    keep : float
+        Fraction of the prompt's KV entries kept, in (0, 1].
+    source : str
+        :data:`KEEP_FROM_CONFIG`, :data:`KEEP_FROM_PROFILE` or :data:`KEEP_BUILTIN`.
+    defaults : ProfileDefaults or None
+        The model's stored AudioKV defaults (``audiokv.defaults.*``) when the method is ``audiokv`` and the GGUF
+        has them; they also set the observation window and the SSS alpha / gamma.
+    """
+
+    keep: float
+    source: str
+    defaults: object = None
+
+
+def choose_keep(model_path: str | pathlib.Path, method: str, keep: float | None) -> KeepChoice:
+    """Resolve the keep ratio: an explicit ``keep`` wins, then (method ``audiokv`` only) the model's stored
+    ``audiokv.defaults.keep``, then :data:`DEFAULT_KEEP`. Reads the GGUF header and metadata once for ``audiokv``.
+
+    Raises
+    ------
+    EvictionError
+        The stored defaults are malformed (the message names the key), or the metadata cannot be read.
+    """
+    defaults = None
+    if method == "audiokv":
+        from audiokv_edge.profile import gguf_keys as gp
+
+        try:
+            _, defaults = gp.read_stored(model_path)
+        except gp.GGUFProfileError as exc:
+            detail = " ".join(str(exc).split())
+            prefix = f"{model_path}: "
+            if detail.startswith(prefix):
+                detail = detail[len(prefix):]
+            raise EvictionError(f"cannot plan evictions for {model_path}: head profile in the model's "
+                                f"GGUF is unusable: {detail}") from None
+        except OSError as exc:
+            raise EvictionError(f"cannot read GGUF metadata of {model_path}: {exc}") from None
+        if defaults is not None:
+            logger.debug("%s: stored AudioKV defaults %s", model_path, defaults.as_dict())
+    if keep is not None:
+        return KeepChoice(float(keep), KEEP_FROM_CONFIG, defaults)
+    if defaults is not None and defaults.keep is not None:
+        logger.info("keep %g (model's head profile default)", defaults.keep)
+        return KeepChoice(float(defaults.keep), KEEP_FROM_PROFILE, defaults)
+    return KeepChoice(DEFAULT_KEEP, KEEP_BUILTIN, defaults)
+
+
+@dataclass(frozen=True)
+class EvictionRecord:
+    """One eviction of one sequence (``llama_kv_evict_stats`` before and after it).
+
+    Attributes
+    ----------
+    n_past : int
+        Positions the sequence had seen.
+    ms : float
+        Wall-clock time of the eviction (planning included).
+    entries_before, entries_after : int
+        (layer, KV head, token) entries attended, over the evictable layers.
+    bytes_used_before, bytes_used_after : int
+        K + V bytes the sequence occupies in the evictable layers (per-head pools incl. headroom + main-cache cells).
+    bytes_kept_after : int
+        K + V bytes of the attended entries.
+    bytes_headroom_after : int
+        Part of ``bytes_used_after`` reserved for the tokens still to come.
+    full_entries : int
+        Entries without any eviction: one per evictable (layer, KV head) and position seen.
+    """
+
+    n_past: int
+    ms: float
+    entries_before: int
+    entries_after: int
+    bytes_used_before: int
+    bytes_used_after: int
+    bytes_kept_after: int
+    bytes_headroom_after: int
+    full_entries: int
+
+    @property
+    def kept_entries(self) -> int:
+        return self.entries_after
+
+    def as_dict(self) -> dict:
+        """The fields except ``full_entries`` (``Session.last_evictions``)."""
+        out = asdict(self)
+        del out["full_entries"]
+        return out
+
+
+class KVEvictor:
+    """libaudiokv's evictor registered on one llama.cpp context (COMPACT mode).
+
+    Parameters
+    ----------
+    model : llama_model pointer
+        The model of ``ctx`` (libaudiokv reads its head profile and sizes).
+    ctx : llama_context pointer
+        A context of ``model`` holding no evicted sequence yet; ``llama_kv_evict_init`` is called on it (once per
+        context).
+    method : str
+        A key of ``audiokv_edge.methods.METHODS`` other than ``"full"``.
+    keep : KeepChoice
+        From :func:`choose_keep`.
+    n_threads : int
+        Threads libaudiokv plans with.
+    n_ctx : int
+        Cells of the context (the captured window never exceeds it).
+    n_headroom : int
+        Rows per (layer, KV head) reserved after each eviction for the tokens until the next one (more are
+        allocated on demand).
+    label : str
+        What the error messages name (the model file).
+
+    Raises
+    ------
+    EvictionUnsupportedError
+        llama.cpp refuses eviction on the context (e.g. a recurrent or hybrid memory); the message names the status.
+    EvictionError
+        This libllama or libaudiokv lacks the eviction API, or libaudiokv cannot plan for the model.
+
+    Notes
+    -----
+    llama.cpp keeps calling the evictor for as long as the context lives: free the context first, then
+    :meth:`close` (or free the context and never evict again).
+    """
+
+    def __init__(self, model, ctx, *, method: str, keep: KeepChoice, n_threads: int, n_ctx: int, n_headroom: int,
+                 label: str) -> None:
+        from audiokv_edge.native import audiokv
+        from audiokv_edge.native import audiokv_llama
+        from audiokv_edge.native import llama_kv_evict as E
+
+        self._evictor = None
+        self._ctx = ctx
+        self.label = label
+        try:
+            lib = E.load_library()
+            akv = audiokv_llama.load_adapter()
+        except (E.EvictApiMissingError, audiokv_llama.AdapterMissingError, FileNotFoundError) as exc:
+            raise EvictionError(f"per-head eviction needs libaudiokv's llama.cpp callback: {exc}") from None
+        self._lib, self._akv = lib, akv
+        params = akv.audiokv_default_params(audiokv.method_id(method))
+        params.window = EVICT_WINDOW
+        params.n_threads = n_threads
+        stored = keep.defaults  # only set for method audiokv, whose defaults they are
+        if stored is not None:
+            if stored.window is not None:
+                params.window = min(stored.window, 2**31 - 1)  # UINT32 key, int32 field
+            if stored.sss_alpha is not None:
+                params.sss_alpha = stored.sss_alpha
+            if stored.sss_gamma is not None:
+                params.sss_gamma = stored.sss_gamma
+        # llama.cpp must capture the whole observation window (no more rows than the context can ever hold)
+        n_window = max(EVICT_WINDOW, min(int(params.window), n_ctx))
+        status = ctypes.c_int(0)
+        err = ctypes.create_string_buffer(512)
+        evictor = akv.audiokv_llama_evictor_new(model, ctypes.byref(params), float(keep.keep), ctypes.byref(status),
+                                                err, len(err))
+        if not evictor:
+            raise EvictionError(f"cannot plan evictions for {label}: {err.value.decode('utf-8', 'replace')}")
+        self._evictor = evictor
+        eparams = lib.llama_kv_evict_default_params()
+        eparams.n_window = n_window
+        eparams.mode = E.LLAMA_KV_EVICT_MODE_COMPACT
+        eparams.n_headroom = n_headroom
+        self._callback = audiokv_llama.c_callback(akv)
+        eparams.callback = self._callback
+        eparams.user_data = evictor
+        rc = lib.llama_kv_evict_init(ctx, eparams)
+        if rc != 0:
+            self.close()
+            raise EvictionUnsupportedError(f"per-head eviction cannot run on {label}: {E.status_name(lib, rc)}",
+                                           status=rc)
+        #: method, keep, keep_source, window (libaudiokv's observation window), n_window (queries llama.cpp
+        #: captures), sss_alpha, sss_gamma
+        self.settings = {"method": method, "keep": keep.keep, "keep_source": keep.source,
+                         "window": int(params.window), "n_window": n_window,
+                         "sss_alpha": float(params.sss_alpha), "sss_gamma": float(params.sss_gamma)}
+
+    def stats(self, seq_id: int = 0):
+        """``llama_kv_evict_stats`` of sequence ``seq_id`` (tokens, entries and bytes it holds).
+
+        Raises
+        ------
+        EvictionError
+            llama.cpp has no statistics for it.
+        """
+        from audiokv_edge.native import llama_kv_evict as E
+
+        stats = E.llama_kv_evict_stats()
+        if self._lib.llama_kv_evict_get_stats(self._ctx, seq_id, ctypes.byref(stats)) != 0:
+            raise EvictionError("per-head eviction statistics are unavailable")
+        return stats
+
+    def evict(self, n_past: int, seq_id: int = 0) -> EvictionRecord:
+        """Plan with the method and drop the evicted entries of sequence ``seq_id``, which has seen ``n_past``
+        positions.
+
+        Raises
+        ------
+        EvictionError
+            llama.cpp or libaudiokv refused (the cache is then unchanged); the message names the status,
+            ``detail`` holds libaudiokv's reason.
+        """
+        from audiokv_edge.native import llama_kv_evict as E
+
+        start = time.perf_counter()
+        before = self.stats(seq_id)
+        rc = self._lib.llama_kv_evict_seq(self._ctx, seq_id)
+        elapsed = (time.perf_counter() - start) * 1e3
+        if rc not in (E.LLAMA_KV_EVICT_OK, E.LLAMA_KV_EVICT_DECLINED):
+            detail = ""
+            if rc == E.LLAMA_KV_EVICT_ERR_CALLBACK and self._evictor:
+                detail = self._akv.audiokv_llama_evictor_last_error(self._evictor).decode("utf-8", "replace")
+            raise EvictionError(f"per-head eviction failed: {E.status_name(self._lib, rc)}", status=rc,
+                                detail=detail)
+        after = self.stats(seq_id)
+        # entries over the evictable layers (iSWA models: the full-attention ones); the entries of one position in
+        # every evictable head, times the positions seen (after an earlier eviction llama.cpp counts only the
+        # positions some head still holds)
+        per_position = int(before.n_entries_full) // max(1, int(before.n_tokens))
+        return EvictionRecord(
+            n_past=n_past, ms=elapsed, entries_before=int(before.n_entries), entries_after=int(after.n_entries),
+            bytes_used_before=int(before.bytes_used), bytes_used_after=int(after.bytes_used),
+            bytes_kept_after=int(after.bytes_kept), bytes_headroom_after=int(after.bytes_headroom),
+            full_entries=per_position * n_past)
+
+    def close(self) -> None:
+        """Free the evictor (idempotent); see the class notes for when."""
+        if getattr(self, "_evictor", None):
+            self._akv.audiokv_llama_evictor_free(self._evictor)
+        self._evictor = None

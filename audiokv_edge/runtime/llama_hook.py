@@ -1,0 +1,355 @@
+"""Per-head KV-cache eviction for an existing llama-cpp-python app: :func:`enable` on a ``llama_cpp.Llama``.
+
+::
+
+    import llama_cpp
+    import audiokv_edge
+
+    llm = llama_cpp.Llama(model_path="model.gguf", n_ctx=4096)
+    eviction = audiokv_edge.enable(llm, method="audiokv", keep=0.4)
+    print(llm("Summarise the meeting notes above.", max_tokens=64)["choices"][0]["text"])
+    print(eviction.last.kv_bytes_kept, "of", eviction.last.kv_bytes_full, "KV bytes kept")
+
+After :func:`enable`, every prompt the Llama generates from (``__call__``, ``create_completion``,
+``create_chat_completion``, ``generate``) is decoded into an empty cache (an evicted cache is no prefix to reuse), then
+evicted once, right after the prompt is decoded (prefill) and before the first token is sampled: the same libaudiokv C
+callback and llama.cpp per-head COMPACT eviction a :class:`~audiokv_edge.runtime.session.Session` applies
+(:class:`~audiokv_edge.runtime.kv_eviction.KVEvictor`). ``method="full"`` changes nothing in the Llama's behaviour
+and only reports the statistics.
+
+The Llama must use the libllama of this project's build (``import llama_cpp`` after ``scripts/setup.sh``, or
+:func:`audiokv_edge.native.libs.load_llama_cpp`). :func:`enable` routes the Llama's own ``generate`` and ``eval``
+through the eviction (instance attributes; the class is untouched) and frees the evictor when the Llama is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import inspect
+import logging
+import math
+import pathlib
+import sys
+import weakref
+from dataclasses import dataclass
+
+from audiokv_edge.runtime.kv_eviction import (
+    KEEP_FULL,
+    EvictionError,
+    EvictionUnsupportedError,
+    KVEvictor,
+    choose_keep,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["enable", "LlamaEviction", "EvictionConfig", "PromptStats", "EvictionError", "EvictionUnsupportedError"]
+
+_GGML_LOG_LEVEL_ERROR = 4  # ggml.h enum ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+
+#: The Llama objects eviction is enabled on (llama.cpp accepts llama_kv_evict_init once per context).
+_ENABLED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: inspect.Signature of llama_cpp.Llama.generate (where its ``reset`` argument is), read on first use.
+_GENERATE = None
+
+
+@dataclass(frozen=True)
+class EvictionConfig:
+    """Options of :func:`enable`.
+
+    Parameters
+    ----------
+    method : str
+        Keep-plan method, a key of ``audiokv_edge.methods.METHODS``; ``"full"`` keeps everything.
+    keep : float or None
+        Fraction of each prompt's KV entries kept, in (0, 1]. None: the model's stored ``audiokv.defaults.keep`` for
+        method ``audiokv`` when the GGUF has one, else 0.4 (as the runner).
+    n_headroom : int or None
+        Rows per (layer, KV head) reserved after the eviction for the answer's tokens (more are allocated on
+        demand); None: llama.cpp's default (256).
+    """
+
+    method: str = "audiokv"
+    keep: float | None = None
+    n_headroom: int | None = None
+
+    def __post_init__(self) -> None:
+        from audiokv_edge.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        keep = self.keep
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
+                                 or not math.isfinite(keep) or not 0 < keep <= 1):
+            raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+        n = self.n_headroom
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"n_headroom must be an integer >= 0 or None, got {n!r}")
+
+
+@dataclass(frozen=True)
+class PromptStats:
+    """The KV cache of one prompt, after its eviction.
+
+    Attributes
+    ----------
+    prompt_tokens : int
+        Positions of the prompt.
+    kv_bytes_full : int
+        K + V bytes the prompt holds without eviction, in the layers eviction applies to (as the runner counts them:
+        on iSWA models such as Gemma 3 the full-attention layers; every layer for method ``full``).
+    kv_bytes_kept : int
+        K + V bytes it holds there after the eviction (= ``kv_bytes_full`` for method ``full``).
+    evict_ms : float
+        Time spent planning and evicting.
+    """
+
+    prompt_tokens: int
+    kv_bytes_full: int
+    kv_bytes_kept: int
+    evict_ms: float
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.kv_bytes_kept / self.kv_bytes_full if self.kv_bytes_full else 1.0
+
+
+def _bytes_per_value(ggml_type_id: int) -> float:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block_values, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type_id)]
+    return block_bytes / block_values
+
+
+class LlamaEviction:
+    """Eviction switched on for one ``llama_cpp.Llama`` (what :func:`enable` returns).
+
+    Attributes
+    ----------
+    config : EvictionConfig
+    keep : float
+        Effective keep ratio (1.0 for ``full``).
+    keep_source : str
+        ``"config"``, ``"profile"`` (the model's stored default), ``"default"`` (0.4) or ``"full"``.
+    settings : dict or None
+        The evictor's settings (method, keep, window, n_window, sss_alpha, sss_gamma); None for ``full``.
+    last : PromptStats or None
+        The last prompt's KV cache.
+    n_prompts : int
+        Prompts evicted (or, for ``full``, counted) so far.
+    """
+
+    def __init__(self, llm, config: EvictionConfig, evictor: KVEvictor | None, keep: float, keep_source: str,
+                 bytes_per_entry: float, entries_per_position: int) -> None:
+        self.config = config
+        self.keep, self.keep_source = keep, keep_source
+        self.settings = dict(evictor.settings) if evictor is not None else None
+        self.last: PromptStats | None = None
+        self.n_prompts = 0
+        self._llm = weakref.ref(llm)
+        self._evictor = evictor
+        self._bytes_per_entry = bytes_per_entry
+        self._entries_per_position = entries_per_position
+        self._prompt_pending = False
+        self._compacted = False
+
+    @property
+    def evicting(self) -> bool:
+        return self._evictor is not None
+
+    # ------------------------------------------------------------------ what the Llama's own methods become
+    def _generate(self, tokens, args, kwargs):
+        llm = self._llm()
+        if self.evicting:
+            if getattr(llm, "cache", None) is not None:
+                raise EvictionError("a Llama with a prompt cache (set_cache) cannot evict: a restored state would "
+                                    "not hold the evicted cache; call llm.set_cache(None)")
+            if _GENERATE.bind(llm, tokens, *args, **kwargs).arguments.get("reset", True):
+                llm.n_tokens = 0  # an evicted cache is no prefix to reuse: the prompt is decoded from the start
+        self._prompt_pending = True
+        return (yield from type(llm).generate(llm, tokens, *args, **kwargs))
+
+    def _eval(self, tokens) -> None:
+        llm = self._llm()
+        type(llm).eval(llm, tokens)
+        if self._prompt_pending:
+            self._prompt_pending = False
+            if llm.n_tokens > 0:
+                self._after_prompt(llm.n_tokens)
+
+    def _seq_rm(self, original, seq_id: int, p0: int, p1: int) -> bool:
+        # Llama.eval first removes the positions from n_tokens on, which an evicted sequence does not hold; llama.cpp
+        # refuses (and logs) any partial removal on a compacted sequence, so an empty one ends here
+        if self._compacted and p0 > 0 and p1 < 0:
+            llm = self._llm()
+            lc = sys.modules["llama_cpp.llama_cpp"]
+            mem = lc.llama_get_memory(llm.ctx)
+            if int(lc.llama_memory_seq_pos_max(mem, max(seq_id, 0))) < p0:
+                return True
+        return original(seq_id, p0, p1)
+
+    def _after_prompt(self, n_past: int) -> None:
+        if self._evictor is None:
+            full = self._entries_per_position * n_past
+            self._record(PromptStats(n_past, self._bytes(full), self._bytes(full), 0.0))
+            return
+        record = self._evictor.evict(n_past)
+        self._compacted = True
+        self._record(PromptStats(n_past, self._bytes(record.full_entries), self._bytes(record.kept_entries),
+                                 record.ms))
+
+    def _bytes(self, entries: int) -> int:
+        return int(round(entries * self._bytes_per_entry))
+
+    def _record(self, stats: PromptStats) -> None:
+        self.last = stats
+        self.n_prompts += 1
+        logger.debug("prompt of %d tokens: KV %d of %d bytes kept (%.1f ms)", stats.prompt_tokens,
+                     stats.kv_bytes_kept, stats.kv_bytes_full, stats.evict_ms)
+
+    def _release(self) -> None:
+        """Free the evictor: the Llama is closing (its context is freed next and evicts no more)."""
+        if self._evictor is not None:
+            self._evictor.close()
+
+
+@contextlib.contextmanager
+def _native_errors():
+    """Collect llama.cpp's error lines while the block runs (the reason of a refusal), passing every line on to the
+    log callback that was set (llama-cpp-python's), or to stderr when none was."""
+    lc = sys.modules["llama_cpp.llama_cpp"]
+    previous = lc.llama_log_callback()
+    previous_data = ctypes.c_void_p()
+    lc.llama_log_get(ctypes.byref(previous), ctypes.byref(previous_data))
+    errors: list[str] = []
+
+    def collect(level, text, user_data):
+        if level == _GGML_LOG_LEVEL_ERROR and text:
+            errors.append(text.decode("utf-8", "replace").strip())
+        if previous:
+            previous(level, text, previous_data)
+        elif text:
+            sys.stderr.write(text.decode("utf-8", "replace"))
+
+    callback = lc.llama_log_callback(collect)
+    lc.llama_log_set(callback, ctypes.c_void_p())
+    try:
+        yield errors
+    finally:
+        lc.llama_log_set(previous, previous_data)
+
+
+def _reason(errors: list[str]) -> str:
+    """The last logged error without llama.cpp's ``function: `` prefix."""
+    for line in reversed(errors):
+        text = line.split(": ", 1)[1] if line.startswith("llama_kv_evict") and ": " in line else line
+        if text:
+            return text
+    return "see llama.cpp's log"
+
+
+def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroom: int | None = None) -> LlamaEviction:
+    """Turn per-head KV-cache eviction on for a ``llama_cpp.Llama``: each prompt is evicted once decoded.
+
+    Parameters
+    ----------
+    llm : llama_cpp.Llama
+        A Llama of the llama_cpp package bound to this project's libllama; its context may have been created with
+        any ``flash_attn``, ``type_k`` / ``type_v`` (f32, f16, q8_0, ...) and, on the CPU, ``offload_kqv``.
+    method : str
+        Keep-plan method (``audiokv``, ``snapkv``, ``h2o``, ...; ``full`` keeps everything and only reports).
+    keep : float or None
+        Fraction of each prompt's KV entries kept, in (0, 1]; None: the model's stored AudioKV default or 0.4.
+    n_headroom : int or None
+        See :class:`EvictionConfig`.
+
+    Returns
+    -------
+    LlamaEviction
+        The statistics of the prompts (``last``: :class:`PromptStats`, KV bytes kept vs full).
+
+    Raises
+    ------
+    ValueError
+        Bad options; eviction already enabled on this Llama; a draft model (speculative decoding rewinds the cache)
+        or a prompt cache is set.
+    EvictionUnsupportedError
+        llama.cpp cannot evict on this Llama's context (recurrent or hybrid memory such as Mamba or LFM2, a KV cache
+        offloaded to a GPU, ...); the message gives llama.cpp's reason.
+    EvictionError
+        The loaded libllama is not this project's (no per-head eviction API), or libaudiokv cannot plan for the model
+        (e.g. a malformed stored head profile).
+    """
+    global _GENERATE
+    config = EvictionConfig(method=method, keep=keep, n_headroom=n_headroom)
+    if llm in _ENABLED:
+        raise ValueError("eviction is already enabled on this Llama (llama.cpp enables it once per context)")
+    if getattr(llm, "draft_model", None) is not None:
+        raise ValueError("a Llama with a draft model (speculative decoding) cannot evict: it rewinds the cache")
+    if config.method != "full" and getattr(llm, "cache", None) is not None:
+        raise ValueError("a Llama with a prompt cache (set_cache) cannot evict: call llm.set_cache(None) first")
+    if getattr(llm, "_ctx", None) is None or getattr(llm, "_stack", None) is None:
+        raise ValueError(f"enable() takes a llama_cpp.Llama, got {type(llm).__name__}")
+    lc = sys.modules["llama_cpp.llama_cpp"]
+    if _GENERATE is None:
+        _GENERATE = inspect.signature(type(llm).generate)
+
+    label = str(pathlib.Path(llm.model_path))
+    entry_bytes, per_position = _kv_entry_geometry(llm, lc)
+    evictor = None
+    if config.method == "full":
+        keep_value, keep_source = 1.0, KEEP_FULL
+    else:
+        choice = choose_keep(llm.model_path, config.method, config.keep)
+        keep_value, keep_source = choice.keep, choice.source
+        cp = llm.context_params
+        n = config.n_headroom
+        try:
+            with _native_errors() as errors:
+                evictor = KVEvictor(llm.model, llm.ctx, method=config.method, keep=choice,
+                                    n_threads=max(1, int(cp.n_threads)), n_ctx=int(lc.llama_n_ctx(llm.ctx)),
+                                    n_headroom=256 if n is None else n, label=label)
+        except EvictionUnsupportedError as exc:
+            reason = _reason(errors)
+            hint = ""
+            if "host memory" in reason and cp.offload_kqv:
+                hint = "; create the Llama with offload_kqv=False to keep the KV cache in host memory"
+            raise EvictionUnsupportedError(f"{exc}: {reason}{hint}", status=exc.status) from None
+        llm.reset()  # nothing decoded before enable() counts: the next prompt starts an empty sequence
+
+    handle = LlamaEviction(llm, config, evictor, keep_value, keep_source, entry_bytes, per_position)
+
+    def generate(tokens, *args, **kwargs):
+        return handle._generate(tokens, args, kwargs)
+
+    def eval(tokens):  # noqa: A001 - the Llama method it stands for
+        handle._eval(tokens)
+
+    generate.__doc__, eval.__doc__ = type(llm).generate.__doc__, type(llm).eval.__doc__
+    llm.generate, llm.eval = generate, eval
+    if evictor is not None:
+        original = llm._ctx.kv_cache_seq_rm
+        llm._ctx.kv_cache_seq_rm = lambda seq_id, p0, p1: handle._seq_rm(original, seq_id, p0, p1)
+    llm._stack.callback(handle._release)  # runs in Llama.close(), before the context is freed
+    _ENABLED[llm] = handle
+    logger.info("%s: per-head eviction %s, keep %g (%s)", label, config.method, keep_value, keep_source)
+    return handle
+
+
+def _kv_entry_geometry(llm, lc) -> tuple[float, int]:
+    """(K + V bytes of one token in one KV head of one layer, (layer, KV head) pairs per position) of the Llama's
+    model and cache types."""
+    model = llm.model
+    n_layer = int(lc.llama_model_n_layer(model))
+    n_head = max(1, int(lc.llama_model_n_head(model)))
+    n_head_kv = int(lc.llama_model_n_head_kv(model))
+    meta = getattr(llm, "metadata", {}) or {}
+    arch = meta.get("general.architecture", "")
+    dk = meta.get(f"{arch}.attention.key_length")
+    dv = meta.get(f"{arch}.attention.value_length")
+    head_dim_k = int(dk) if dk else int(lc.llama_model_n_embd(model)) // n_head
+    head_dim_v = int(dv) if dv else head_dim_k
+    cp = llm.context_params
+    entry = head_dim_k * _bytes_per_value(int(cp.type_k)) + head_dim_v * _bytes_per_value(int(cp.type_v))
+    return entry, n_layer * n_head_kv
