@@ -63,7 +63,7 @@ def _positive_int(minimum: int):
 
 def build_parser() -> argparse.ArgumentParser:
     from audiokv_edge.methods import METHODS
-    from audiokv_edge.runtime.session import DEFAULT_PROMPT, KV_TYPES
+    from audiokv_edge.runtime.session import DEFAULT_PROMPT, KV_TYPES, SSS_SCOPES
 
     p = _Parser(prog=PROG, description="Answer a prompt about an audio file with a GGUF audio-language model "
                 "(llama.cpp + libmtmd) and AudioKV per-head KV-cache eviction.")
@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=_positive_int(1), default=128, help="most tokens generated (default 128)")
     p.add_argument("--threads", type=_positive_int(1), default=None, help="CPU threads (default min(4, CPUs))")
     p.add_argument("--ctx", type=_positive_int(16), default=8192, help="context size in tokens (default 8192)")
+    p.add_argument("--sss-scope", choices=list(SSS_SCOPES), default="all",
+                   help="--method audiokv: spectral score smoothing over every token (all, default) or within the "
+                        "audio chunks only, text tokens keeping their raw scores (audio)")
     p.add_argument("--kv-type", choices=list(KV_TYPES), default="f16", help="KV-cache type (default f16)")
     p.add_argument("--flash-attn", action="store_true", help="use flash attention")
     p.add_argument("--json", action="store_true", help="print one JSON object (text + statistics) on stdout")
@@ -152,7 +155,8 @@ def _run(args: argparse.Namespace) -> int:
         probe_audio(audio)  # fail on a bad audio file before loading the model
 
     config = SessionConfig(method=args.method, keep=args.keep, stream=args.stream, max_tokens=args.max_tokens,
-                           threads=args.threads or 0, ctx=args.ctx, kv_type=args.kv_type, flash_attn=args.flash_attn)
+                           threads=args.threads or 0, ctx=args.ctx, kv_type=args.kv_type, flash_attn=args.flash_attn,
+                           sss_scope=args.sss_scope)
     show = not args.quiet
     with Session(model, mmproj, config=config) as session:
         bar = progress_bar(show)
@@ -178,7 +182,8 @@ def _run(args: argparse.Namespace) -> int:
             record = answer.to_dict()
             record.update(model=str(session.model_path), mmproj=str(session.mmproj_path), audio=str(audio),
                           prompt=args.prompt, threads=config.n_threads, ctx=session.n_ctx, kv_type=config.kv_type,
-                          flash_attn=session.flash_attn, stream=config.stream, machine=platform.machine(),
+                          flash_attn=session.flash_attn, stream=config.stream, sss_scope=config.sss_scope,
+                          machine=platform.machine(),
                           python=platform.python_version())
             print(json.dumps(record))
         else:

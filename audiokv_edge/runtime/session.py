@@ -56,6 +56,9 @@ DEFAULT_KEEP = 0.4
 #: Where the effective keep ratio came from (``AnswerStats.keep_source``).
 KEEP_FROM_CONFIG, KEEP_FROM_PROFILE, KEEP_BUILTIN, KEEP_FULL = "config", "profile", "default", "full"
 KV_TYPES = ("f16", "q8_0")
+#: Where AudioKV's Spectral Score Smoothing runs (``SessionConfig.sss_scope``): over every token, or within the audio
+#: tokens only (each audio chunk's positions its own run, text tokens keep their raw scores; docs/semantics.md).
+SSS_SCOPES = ("all", "audio")
 
 
 
@@ -93,6 +96,11 @@ class SessionConfig:
         KV-cache type, ``"f16"`` or ``"q8_0"`` (quantized V needs flash attention, which is then switched on).
     flash_attn : bool
         Use flash attention.
+    sss_scope : str
+        Method ``audiokv`` only: ``"all"`` (default, the paper's SSS over every scored token) or ``"audio"`` (SSS
+        within the positions where libmtmd put the audio chunks, each run of audio tokens smoothed on its own; text
+        tokens keep their raw window scores, so that a short text needle is not blurred; docs/semantics.md, "SSS
+        restricted to the audio tokens").
     """
 
     method: str = "audiokv"
@@ -104,6 +112,7 @@ class SessionConfig:
     batch: int = 512
     kv_type: str = "f16"
     flash_attn: bool = False
+    sss_scope: str = "all"
 
     def __post_init__(self) -> None:
         from audiokv_edge.methods import METHODS
@@ -120,6 +129,11 @@ class SessionConfig:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.kv_type not in KV_TYPES:
             raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {self.kv_type!r}")
+        if self.sss_scope not in SSS_SCOPES:
+            raise ValueError(f"sss_scope must be one of {', '.join(SSS_SCOPES)}, got {self.sss_scope!r}")
+        if self.sss_scope != "all" and self.method != "audiokv":
+            raise ValueError(f"sss_scope {self.sss_scope!r} applies to method audiokv (its spectral smoothing) only, "
+                             f"not to {self.method}")
 
     @property
     def n_threads(self) -> int:
@@ -311,8 +325,11 @@ class Session(HandleOwner):
         self.keep: float = DEFAULT_KEEP
         self.keep_source: str = KEEP_BUILTIN
         #: The evictor's settings once per-head eviction is on: method, keep, window (libaudiokv's observation
-        #: window), n_window (queries llama.cpp captures), sss_alpha, sss_gamma.
+        #: window), n_window (queries llama.cpp captures), sss_alpha, sss_gamma, sss_scope.
         self.evict_settings: dict | None = None
+        #: Positions [start, end) of the audio chunks of the last prompt, as libmtmd placed them in the sequence
+        #: (with ``sss_scope="audio"`` the evictions restrict SSS to them).
+        self.last_audio_spans: list[tuple[int, int]] = []
         self.model_path = check_gguf(model, "model")
         self.mmproj_path = find_mmproj(self.model_path, mmproj)
 
@@ -457,7 +474,8 @@ class Session(HandleOwner):
         self._evict_lib = lib
         self.evict_settings = {"method": cfg.method, "keep": self.keep, "keep_source": self.keep_source,
                                "window": int(params.window), "n_window": n_window,
-                               "sss_alpha": float(params.sss_alpha), "sss_gamma": float(params.sss_gamma)}
+                               "sss_alpha": float(params.sss_alpha), "sss_gamma": float(params.sss_gamma),
+                               "sss_scope": cfg.sss_scope}
 
     def _kv_geometry(self) -> KVGeometry:
         m = self._llm
@@ -604,6 +622,17 @@ class Session(HandleOwner):
         per_position = int(before.n_entries_full) // max(1, int(before.n_tokens))
         return int(after.n_entries), per_position * n_past, elapsed
 
+    def _set_audio_spans(self, spans: list[tuple[int, int]]) -> None:
+        """Hand the audio positions of sequence 0 to the evictor (``sss_scope="audio"``): its evictions restrict
+        SSS to them (audiokv_llama_evictor_set_audio_spans)."""
+        flat = [p for span in spans for p in span]
+        arr = (ctypes.c_int32 * max(1, len(flat)))(*flat)
+        rc = self._akv.audiokv_llama_evictor_set_audio_spans(self._evictor, 0, arr, len(spans))
+        if rc != 0:
+            status = self._akv.audiokv_status_string(rc).decode()
+            raise SessionError(f"audiokv_llama_evictor_set_audio_spans failed with {status} for the audio positions "
+                               f"{spans[:4]}")
+
     def _evict_stats(self):
         from audiokv_edge.native import llama_kv_evict as E
 
@@ -644,7 +673,11 @@ class Session(HandleOwner):
         chunks, info = self._tokenize(clip, prompt)
         evict_ms = 0.0
         streaming = self._streaming()
+        self.last_audio_spans = []
+        spans_to_evictor = cfg.sss_scope == "audio" and self._evictor is not None
         try:
+            if spans_to_evictor:
+                self._set_audio_spans([])   # this prompt's spans only: none until its first audio chunk
             need = self._cells_needed(info)
             if need > self.n_ctx:
                 at_least = need - 1 + cfg.max_tokens
@@ -673,6 +706,10 @@ class Session(HandleOwner):
                 if rc != 0:
                     raise SessionError(f"evaluating prompt chunk {i + 1}/{info.chunks} failed (code {rc}): "
                                        f"{_native_error('see -v log')}")
+                if i in info.audio_chunk_ids:   # where libmtmd put this chunk: before any eviction planning it
+                    self.last_audio_spans.append((n_past, int(new_n_past.value)))
+                    if spans_to_evictor:
+                        self._set_audio_spans(self.last_audio_spans)
                 n_past = int(new_n_past.value)
                 cells += info.chunk_tokens[i]
                 done += int(mt.mtmd_input_chunk_get_n_pos(chunk))
@@ -764,4 +801,4 @@ class Session(HandleOwner):
 
 
 __all__ = ["Answer", "AnswerStats", "ContextTooSmallError", "DEFAULT_KEEP", "DEFAULT_PROMPT", "KV_TYPE_BYTES",
-           "Session", "SessionConfig", "SessionError", "find_mmproj", "check_gguf"]
+           "SSS_SCOPES", "Session", "SessionConfig", "SessionError", "find_mmproj", "check_gguf"]
