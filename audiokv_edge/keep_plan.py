@@ -44,7 +44,18 @@ def _float_array(name: str, x, ndim: int) -> np.ndarray:
     return a
 
 
-def _plan_inputs(m: KeepMethod, q_window, keys, keep, profile, accumulated_scores) -> PlanInputs:
+def _audio_mask(mask, n_positions: int) -> np.ndarray:
+    """The audio mask as bool [n_positions] (True: audio token); ValueError unless a 1-D bool or integer array of
+    that length."""
+    a = np.asarray(mask)
+    if a.dtype.kind not in "biu":
+        raise ValueError(f"audio_mask must be a bool (or 0/1 integer) array, got dtype {a.dtype}")
+    if a.shape != (n_positions,):
+        raise ValueError(f"audio_mask must hold one flag per position, shape ({n_positions},), got shape {a.shape}")
+    return a != 0
+
+
+def _plan_inputs(m: KeepMethod, q_window, keys, keep, profile, accumulated_scores, audio_mask) -> PlanInputs:
     keys = _float_array("keys", keys, 4)
     n_layer, n_head_kv, n_tokens, head_dim = keys.shape
     window = min(m.window, n_tokens)
@@ -73,14 +84,16 @@ def _plan_inputs(m: KeepMethod, q_window, keys, keep, profile, accumulated_score
         if not isinstance(profile, HeadProfile):
             raise ValueError(f"profile must be a HeadProfile or None, got {type(profile).__name__}")
         profile.check_shape(n_layer, n_head_kv)
+    if audio_mask is not None:
+        audio_mask = _audio_mask(audio_mask, n_tokens)
     return PlanInputs(q_window=q_window, keys=keys, keep=keep, window=window,
                       budget=uniform_budget(keep, n_tokens), profile=profile,
-                      accumulated_scores=accumulated_scores)
+                      accumulated_scores=accumulated_scores, audio_mask=audio_mask)
 
 
 def plan(method: str | KeepMethod, q_window: np.ndarray | None, keys: np.ndarray, keep: float,
          profile: HeadProfile | None = None, *, accumulated_scores: np.ndarray | None = None,
-         backend: str = "numpy", **params) -> KeepPlan:
+         audio_mask: np.ndarray | None = None, backend: str = "numpy", **params) -> KeepPlan:
     """Compute the keep plan of one sequence's cache.
 
     Parameters
@@ -99,10 +112,15 @@ def plan(method: str | KeepMethod, q_window: np.ndarray | None, keys: np.ndarray
         Head profile of shape [n_layer, n_head_kv] (audiokv; ignored by the other methods).
     accumulated_scores : ndarray, float, shape [n_layer, n_head or n_head_kv, n_tokens], optional
         Attention column sums over all prompt queries (h2o only).
+    audio_mask : ndarray, bool (or 0/1 integers), shape [n_tokens], optional
+        True where the cached token is an audio token: audiokv's SSS then smooths each run of consecutive audio
+        tokens on its own and the other tokens keep their raw window scores (docs/semantics.md, "SSS restricted to
+        the audio tokens"). None (default): SSS over every token. Checked for every method, read by audiokv with
+        sss_alpha > 0 only.
     backend : {"numpy", "c"}
         "c" runs libaudiokv through audiokv_edge.native.plan.plan_c(method, q_window, keys, keep, profile,
         params), params holding "window" and every parameter that differs from the method's default (the C side
-        starts from its own defaults, which mirror these), plus "accumulated_scores" when given.
+        starts from its own defaults, which mirror these), plus "accumulated_scores" and "audio_mask" when given.
     **params
         Method parameters (see each method class).
 
@@ -121,13 +139,15 @@ def plan(method: str | KeepMethod, q_window: np.ndarray | None, keys: np.ndarray
         raise ValueError(f"method must be a name or a KeepMethod, got {type(method).__name__}")
     m = make_method(method, **params)
     keep = _check_keep(keep)
-    inputs = _plan_inputs(m, q_window, keys, keep, profile, accumulated_scores)
+    inputs = _plan_inputs(m, q_window, keys, keep, profile, accumulated_scores, audio_mask)
     if backend == "c":
         defaults = dataclasses.asdict(type(m)())
         c_params = {key: value for key, value in dataclasses.asdict(m).items()
                     if key == "window" or value != defaults[key]}
         if accumulated_scores is not None:
             c_params["accumulated_scores"] = accumulated_scores
+        if inputs.audio_mask is not None:
+            c_params["audio_mask"] = inputs.audio_mask
         from audiokv_edge.native.plan import plan_c
 
         return plan_c(m.name, q_window, keys, keep, profile, c_params)
@@ -186,7 +206,7 @@ def _check_positions(positions, n_entries: np.ndarray, window: int) -> None:
 
 def plan_ragged(method: str | KeepMethod, q_window: np.ndarray | None, keys, keep: float,
                 profile: HeadProfile | None = None, *, n_positions: int, positions=None,
-                backend: str = "numpy", **params) -> KeepPlan:
+                audio_mask: np.ndarray | None = None, backend: str = "numpy", **params) -> KeepPlan:
     """Re-plan a ragged cache: every (layer, KV head) holds its own entries after an earlier eviction.
 
     Contract: docs/semantics.md, "Re-planning a ragged cache". When every head holds all n_positions tokens the
@@ -212,6 +232,11 @@ def plan_ragged(method: str | KeepMethod, q_window: np.ndarray | None, keys, kee
     positions : sequence of sequence of ndarray, int, optional
         ``positions[l][h]``: shape [n_entries[l, h]], the entries' positions; when given, the last w of every head
         must agree (the window), else ValueError.
+    audio_mask : ndarray, bool (or 0/1 integers), shape [n_positions], optional
+        True where the position holds an audio token: entry e of head (l, h) is audio when
+        ``audio_mask[positions[l][h][e]]``, and audiokv's SSS smooths each run of consecutive audio entries (in
+        entry order) on its own, the other entries keeping their raw scores (docs/semantics.md, "SSS restricted to
+        the audio tokens"). Needs ``positions`` (in [0, n_positions)) unless every head holds all n_positions.
     backend : {"numpy", "c"}
         "c" runs libaudiokv's ragged context (audiokv_edge.native.plan.plan_ragged_c).
     **params
@@ -269,10 +294,27 @@ def plan_ragged(method: str | KeepMethod, q_window: np.ndarray | None, keys, kee
                          f"window of {window}: it cannot hold the window tokens")
     if positions is not None:
         _check_positions(positions, n_entries, min(window, int(n_entries.min())))
+    entry_audio = None
+    if audio_mask is not None:
+        audio_mask = _audio_mask(audio_mask, n_positions)
+        if positions is None:
+            if np.any(n_entries != n_positions):
+                raise ValueError("audio_mask of a ragged cache needs positions (the position of every entry): some "
+                                 f"head holds fewer than n_positions = {n_positions} entries")
+            positions = [[np.arange(n_positions, dtype=np.int64)] * n_head_kv for _ in range(n_layer)]
+        for layer, heads in enumerate(positions):
+            for head, pos in enumerate(heads):
+                if np.size(pos) and (np.min(pos) < 0 or np.max(pos) >= n_positions):
+                    raise ValueError(f"positions[{layer}][{head}] must lie in [0, n_positions = {n_positions}) "
+                                     "to index audio_mask")
+        entry_audio = tuple(tuple(audio_mask[np.asarray(pos)] for pos in heads) for heads in positions)
     if backend == "c":
         defaults = dataclasses.asdict(type(m)())
         c_params = {key: value for key, value in dataclasses.asdict(m).items()
                     if key == "window" or value != defaults[key]}
+        if audio_mask is not None:
+            c_params["audio_mask"] = audio_mask
+            c_params["positions"] = positions
         from audiokv_edge.native.plan import plan_ragged_c
 
         return plan_ragged_c(m.name, q_window, keys, keep, profile, c_params, n_positions)
@@ -282,7 +324,7 @@ def plan_ragged(method: str | KeepMethod, q_window: np.ndarray | None, keys, kee
                 for layer in n_entries]
         return KeepPlan(kept, n_positions, m.name, n_entries)
     inputs = PlanInputs(q_window=q_window, keys=keys, keep=keep, window=window, budget=budget, profile=profile,
-                        n_entries=n_entries, n_positions=n_positions)
+                        n_entries=n_entries, n_positions=n_positions, audio_mask=entry_audio)
     scores = m.score(inputs)
     budgets = m.budgets(inputs, scores)
     if budgets.shape != (n_layer, n_head_kv):

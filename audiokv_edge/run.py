@@ -82,7 +82,7 @@ def _on_off_auto(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from audiokv_edge.methods import METHODS
-    from audiokv_edge.runtime.session import DEFAULT_PROMPT, KV_TYPES
+    from audiokv_edge.runtime.session import DEFAULT_PROMPT, KV_TYPES, SSS_SCOPES
 
     p = _Parser(prog=PROG, description="Answer a prompt about an audio file with a GGUF audio-language model "
                 "(llama.cpp + libmtmd) and AudioKV per-head KV-cache eviction.")
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="K cache type, as llama.cpp's -ctk; must equal the V cache type")
     p.add_argument("-ctv", "--cache-type-v", choices=list(KV_TYPES), default=None,
                    help="V cache type, as llama.cpp's -ctv; must equal the K cache type")
+    p.add_argument("--sss-scope", choices=list(SSS_SCOPES), default="all",
+                   help="--method audiokv: spectral score smoothing over every token (all, default) or within the "
+                        "audio chunks only, text tokens keeping their raw scores (audio)")
     p.add_argument("--flash-attn", action="store_true", help="use flash attention")
     p.add_argument("-fa", dest="fa", type=_on_off_auto, default=None, metavar="on|off|auto",
                    help="flash attention, as llama.cpp's -fa (auto: the default, off; a q8_0 cache switches it on)")
@@ -196,7 +199,8 @@ def session_config(args: argparse.Namespace):
     from audiokv_edge.runtime.session import SessionConfig
 
     return SessionConfig(method=args.method, keep=args.keep, stream=args.stream, max_tokens=args.max_tokens,
-                         threads=args.threads or 0, ctx=args.ctx, kv_type=kv_type(args), flash_attn=flash_attn(args))
+                         threads=args.threads or 0, ctx=args.ctx, kv_type=kv_type(args), flash_attn=flash_attn(args),
+                         sss_scope=args.sss_scope)
 
 
 def cache_dir() -> pathlib.Path:
@@ -285,7 +289,8 @@ def _run(args: argparse.Namespace) -> int:
             record = answer.to_dict()
             record.update(model=str(session.model_path), mmproj=str(session.mmproj_path), audio=str(audio),
                           prompt=args.prompt, threads=config.n_threads, ctx=session.n_ctx, kv_type=config.kv_type,
-                          flash_attn=session.flash_attn, stream=config.stream, machine=platform.machine(),
+                          flash_attn=session.flash_attn, stream=config.stream, sss_scope=config.sss_scope,
+                          machine=platform.machine(),
                           python=platform.python_version())
             print(json.dumps(record))
         else:

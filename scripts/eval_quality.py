@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Quality of every KV method on the demo audio model through the patched llama.cpp: WER of long passages (60-300 s,
 reserved voices awb / rms) and of human clips, and accuracy on questions with known answers, for each method x keep,
-AudioKV with and without SSS and with a uniform profile, and --stream.
+AudioKV with and without SSS, with SSS restricted to the audio tokens (audiokv-sssaudio: text tokens keep their raw
+scores), with a uniform profile, and --stream.
 
     .venv/bin/python scripts/eval_quality.py [--keeps 1,0.8,0.6,0.4,0.2] [--out results/quality] [--smoke]
 
@@ -39,6 +40,7 @@ class EvalConfig:
     keep: float
     variant: str = "stored"   # "stored" profile and defaults, "nosss" (SSS alpha 0), "uniform" (no profile)
     stream: bool = False
+    sss_scope: str = "all"    # "audio": SSS within the audio chunks only (SessionConfig.sss_scope)
 
 
 def configs(keeps: list[float], stream_keeps: list[float]) -> list[EvalConfig]:
@@ -47,7 +49,8 @@ def configs(keeps: list[float], stream_keeps: list[float]) -> list[EvalConfig]:
         if k >= 1.0:
             continue
         out += [EvalConfig(m, m, k) for m in METHODS]
-        out += [EvalConfig("audiokv-nosss", "audiokv", k, "nosss"), EvalConfig("audiokv-uniform", "audiokv", k, "uniform")]
+        out += [EvalConfig("audiokv-nosss", "audiokv", k, "nosss"), EvalConfig("audiokv-uniform", "audiokv", k, "uniform"),
+                EvalConfig("audiokv-sssaudio", "audiokv", k, sss_scope="audio")]
     for k in stream_keeps:
         out += [EvalConfig("audiokv+stream", "audiokv", k, stream=True), EvalConfig("snapkv+stream", "snapkv", k, stream=True)]
     return out
@@ -93,14 +96,14 @@ def run_items(cfg: EvalConfig, model: pathlib.Path, mmproj: pathlib.Path, items:
     if not todo:
         return
     scfg = SessionConfig(method=cfg.method, keep=None if cfg.method == "full" else cfg.keep, stream=cfg.stream,
-                         max_tokens=max_tokens, ctx=ctx)
+                         max_tokens=max_tokens, ctx=ctx, sss_scope=cfg.sss_scope)
     with Session(model, mmproj=mmproj, config=scfg) as s:
         for it, t in todo:
             prompt = t["question"] if t else tasks.TRANSCRIBE
             t0 = time.time()
             ans = s.answer(it["audio"], prompt)
             rec = {"config": cfg.name, "method": cfg.method, "keep": cfg.keep, "variant": cfg.variant,
-                   "stream": cfg.stream, "item": it["id"], "voice": it["voice"], "seconds": it["seconds"],
+                   "stream": cfg.stream, "sss_scope": cfg.sss_scope, "item": it["id"], "voice": it["voice"], "seconds": it["seconds"],
                    "task": t["question"] if t else "transcribe", "kind": t["kind"] if t else "transcribe",
                    "answer": ans.text, "kv_bytes_full": ans.stats.kv_bytes_full, "kv_bytes_kept": ans.stats.kv_bytes_kept,
                    "wall_s": round(time.time() - t0, 2)}

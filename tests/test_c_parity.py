@@ -87,12 +87,29 @@ def make_inputs(kind, n_layer, n_head, n_head_kv, n_tokens, w, d, seed, dtype=np
     return np.ascontiguousarray(q, dtype=dtype), np.ascontiguousarray(k, dtype=dtype), HeadProfile(profile)
 
 
-def check_parity(method, params, q, k, keep, profile, window, threads=(1, 2)):
-    want = plan(method, q, k, keep, profile, window=window, **params)
+def check_parity(method, params, q, k, keep, profile, window, threads=(1, 2), audio_mask=None):
+    want = plan(method, q, k, keep, profile, window=window, audio_mask=audio_mask, **params)
+    extra = {} if audio_mask is None else {"audio_mask": audio_mask}
     for n_threads in threads:
-        got = plan_c(method, q, k, keep, profile, dict(params, window=window), n_threads=n_threads)
+        got = plan_c(method, q, k, keep, profile, dict(params, window=window, **extra), n_threads=n_threads)
         assert got == want, (method, params, keep, n_threads, got.budgets, want.budgets)
-    assert plan(method, q, k, keep, profile, backend="c", window=window, **params) == want
+    assert plan(method, q, k, keep, profile, backend="c", window=window, audio_mask=audio_mask, **params) == want
+    return want
+
+
+def audio_masks(rng, n_tokens):
+    """Audio masks of n_tokens positions: a prompt's layout (text, one audio span, text), two spans with text
+    between (one of 1, 2 and 3 tokens of audio at the edges), random flags (many runs of 1), every position audio,
+    none."""
+    layout = np.zeros(n_tokens, bool)
+    layout[n_tokens // 8: n_tokens - n_tokens // 5] = True
+    two = np.zeros(n_tokens, bool)
+    two[1:n_tokens // 3] = True
+    two[n_tokens // 3 + 3: n_tokens // 3 + 5] = True
+    two[n_tokens // 2:] = True
+    two[0] = two[n_tokens // 2 + 1] = False
+    return {"layout": layout, "two_spans": two, "random": rng.random(n_tokens) < 0.6,
+            "all": np.ones(n_tokens, bool), "none": np.zeros(n_tokens, bool)}
 
 
 @pytest.mark.parametrize("kind", ["random", "ties", "all_equal", "large", "tiny"])
@@ -103,6 +120,35 @@ def test_small(kind, n_tokens, window):
     for method, params in CASES:
         for keep in KEEPS:
             check_parity(method, params, q, k, keep, profile, window)
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "large"])
+@pytest.mark.parametrize("n_tokens,window", [(33, 8), (100, 16), (251, 32)])
+def test_audio_mask(kind, n_tokens, window):
+    """SSS restricted to the audio tokens (docs/semantics.md): every method (only audiokv reads the mask) x masks."""
+    w = min(window, n_tokens)
+    q, k, profile = make_inputs(kind, 3, 6, 2, n_tokens, w, 16, n_tokens + 1)
+    masks = audio_masks(np.random.default_rng(n_tokens), n_tokens)
+    for method, params in CASES:
+        for keep in KEEPS:
+            for name, mask in masks.items():
+                check_parity(method, params, q, k, keep, profile, window, audio_mask=mask)
+
+
+def test_audio_mask_extremes():
+    """All audio: exactly today's SSS; no audio: the raw window scores (audiokv without SSS and pooling); both sides."""
+    q, k, profile = make_inputs("random", 3, 6, 2, 160, 16, 16, 4)
+    differ = []
+    for params in ({}, {"sss_alpha": 1.0, "sss_gamma": 0.3}, {"sss_taper": 0.0}, {"redistribute_surplus": False}):
+        for keep in (0.2, 0.4, 0.8):
+            for backend in ("numpy", "c"):
+                args = ("audiokv", q, k, keep, profile)
+                plain = plan(*args, backend=backend, window=16, **params)
+                assert plan(*args, backend=backend, window=16, audio_mask=np.ones(160, bool), **params) == plain
+                raw = plan(*args, backend=backend, window=16, **dict(params, sss_alpha=0.0, pool_kernel=1))
+                assert plan(*args, backend=backend, window=16, audio_mask=np.zeros(160, np.uint8), **params) == raw
+                differ.append(raw != plain)
+    assert sum(differ) >= len(differ) // 2      # the mask does matter
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])

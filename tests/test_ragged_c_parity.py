@@ -15,7 +15,7 @@ from audiokv_edge.native import audiokv as C
 from audiokv_edge.native.plan import AudioKVContext, c_params, plan_ragged_c
 from audiokv_edge.keep_plan import plan_ragged
 from tests.libaudiokv_build import ensure_libaudiokv
-from tests.test_c_parity import CASES, make_inputs
+from tests.test_c_parity import CASES, audio_masks, make_inputs
 
 pytestmark = pytest.mark.native
 
@@ -56,14 +56,16 @@ def ragged_cache(rng, n_layer, n_head, n_head_kv, n_positions, window, d, dtype=
     return np.ascontiguousarray(q, dtype=dtype), keys, positions, HeadProfile(profile)
 
 
-def check_ragged_parity(method, params, q, keys, keep, profile, window, n_positions, threads=(1, 2)):
-    want = plan_ragged(method, q, keys, keep, profile, n_positions=n_positions, window=window, **params)
+def check_ragged_parity(method, params, q, keys, keep, profile, window, n_positions, threads=(1, 2),
+                        audio_mask=None, positions=None):
+    extra = {} if audio_mask is None else {"audio_mask": audio_mask, "positions": positions}
+    want = plan_ragged(method, q, keys, keep, profile, n_positions=n_positions, window=window, **extra, **params)
     for n_threads in threads:
-        got = plan_ragged_c(method, q, keys, keep, profile, dict(params, window=window), n_positions,
+        got = plan_ragged_c(method, q, keys, keep, profile, dict(params, window=window, **extra), n_positions,
                             n_threads=n_threads)
         assert got == want, (method, params, keep, n_threads, got.budgets, want.budgets)
     assert plan_ragged(method, q, keys, keep, profile, n_positions=n_positions, backend="c", window=window,
-                       **params) == want
+                       **extra, **params) == want
     return want
 
 
@@ -78,6 +80,41 @@ def test_ragged_small(shape, kind):
         for method, params in CASES:
             for keep in KEEPS:
                 check_ragged_parity(method, params, q, keys, keep, profile, window, n_positions)
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 2, 100, 16), (2, 8, 1, 45, 32), (2, 4, 4, 251, 16)],
+                         ids=lambda s: "L{}H{}K{}P{}w{}".format(*s))
+def test_ragged_audio_mask(shape):
+    """SSS restricted to the audio tokens on ragged heads: runs are consecutive audio ENTRIES of a head (evicted
+    positions between them do not split a run); every method x masks of the positions."""
+    n_layer, n_head, n_head_kv, n_positions, window = shape
+    rng = np.random.default_rng(n_positions + 3)
+    q, keys, positions, profile = ragged_cache(rng, n_layer, n_head, n_head_kv, n_positions, window, 16)
+    for name, mask in audio_masks(rng, n_positions).items():
+        for method, params in CASES:
+            for keep in KEEPS:
+                check_ragged_parity(method, params, q, keys, keep, profile, window, n_positions,
+                                    audio_mask=mask, positions=positions)
+
+
+def test_ragged_audio_runs_follow_the_entry_order():
+    """A head holding the audio positions 0, 2, 4, ... (text at the odd ones evicted) smooths them as ONE run: the
+    plan equals the same head's plan with every entry marked audio, and differs from the raw scores."""
+    rng = np.random.default_rng(12)
+    q, keys, positions, profile = ragged_cache(rng, 1, 2, 1, 120, 8, 16)
+    pos = np.concatenate([np.arange(0, 112, 2), np.arange(112, 120)])
+    keys = [[rng.standard_normal((pos.size, 16)).astype(np.float32)]]
+    mask = np.zeros(120, bool)
+    mask[0:112:2] = True
+    for backend in ("numpy", "c"):
+        args = ("audiokv", q, keys, 0.3, None)
+        spans = plan_ragged(*args, n_positions=120, positions=[[pos]], audio_mask=mask, window=8, backend=backend)
+        every = plan_ragged(*args, n_positions=120, positions=[[pos]], audio_mask=np.ones(120, bool), window=8,
+                            backend=backend)
+        assert spans == every == plan_ragged(*args, n_positions=120, window=8, backend=backend)
+        raw = plan_ragged(*args, n_positions=120, positions=[[pos]], audio_mask=~mask, window=8, backend=backend)
+        assert raw == plan_ragged(*args, n_positions=120, window=8, sss_alpha=0.0, pool_kernel=1, backend=backend)
+        assert raw != spans
 
 
 def test_uniform_ragged_context_equals_the_dense_plan():

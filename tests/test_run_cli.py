@@ -61,6 +61,12 @@ def test_unknown_method():
     assert_one_line_error(run_cli("m.gguf", str(JFK), "--method", "magic"), "--method", "magic")
 
 
+def test_sss_scope_choices_and_method():
+    assert_one_line_error(run_cli("m.gguf", str(JFK), "--sss-scope", "text"), "--sss-scope", "text")
+    assert_one_line_error(run_cli("m.gguf", str(JFK), "--method", "snapkv", "--sss-scope", "audio"),
+                          "sss_scope", "audiokv")
+
+
 def test_missing_model(tmp_path):
     assert_one_line_error(run_cli(str(tmp_path / "nope.gguf"), str(JFK)), "model file not found")
 
@@ -209,6 +215,17 @@ def test_stream_runs_audio_longer_than_the_context(tiny, long_clip, method):
                    "--max-tokens", "4", "--threads", "2", "--json")
     record = _assert_evicted_to_keep(proc, method)
     assert record["audio_tokens"] == 3000 and record["stream"] is True
+
+
+@pytest.mark.native
+def test_stream_with_sss_restricted_to_the_audio(tiny, long_clip):
+    """--sss-scope audio with --stream: the evictions restrict SSS to the audio chunks (their plans:
+    tests/test_sss_audio_spans.py) and still keep keep x the positions."""
+    model, _ = tiny["qwen2-qwen2a"]
+    proc = run_cli(str(model), str(long_clip), "--sss-scope", "audio", "--keep", "0.4", "--stream", "--ctx", "1024",
+                   "--max-tokens", "4", "--threads", "2", "--json")
+    record = _assert_evicted_to_keep(proc, "audiokv")
+    assert record["sss_scope"] == "audio" and record["stream"] is True
 
 
 @pytest.mark.native

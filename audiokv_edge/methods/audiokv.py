@@ -114,11 +114,11 @@ class AudioKV(KeepMethod):
         check_choice("pool_type", self.pool_type, POOL_TYPES)
 
     def score(self, inputs: PlanInputs):
-        """SSS-smoothed window scores, float64 [n_layer, n_head_kv, n_tokens - w] (ragged: rows [n_entries - w])."""
+        """SSS-smoothed window scores, float64 [n_layer, n_head_kv, n_tokens - w] (ragged: rows [n_entries - w]);
+        with an audio mask SSS smooths the runs of audio tokens only, the other tokens keep their raw scores."""
         scorer = ragged_smoothed_window_scores if inputs.ragged else smoothed_window_scores
-        return scorer(inputs.q_window, inputs.keys, self.gqa_reduce, self.pool_kernel,
-                                      self.pool_type, float(self.sss_alpha), float(self.sss_gamma),
-                                      float(self.sss_taper))
+        return scorer(inputs.q_window, inputs.keys, self.gqa_reduce, self.pool_kernel, self.pool_type,
+                      float(self.sss_alpha), float(self.sss_gamma), float(self.sss_taper), inputs.audio_mask)
 
     def budgets(self, inputs: PlanInputs, scores: np.ndarray) -> np.ndarray:
         """Profile budgets, int64 [n_layer, n_head_kv], summing to the uniform total (when redistributing)."""

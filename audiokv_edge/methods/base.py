@@ -54,6 +54,10 @@ class PlanInputs:
         Ragged cache: the entries each head holds (None: a uniform cache, every head holds n_tokens).
     n_positions : int or None
         Ragged cache: the positions the sequence has seen (n_tokens of the budgets).
+    audio_mask : ndarray, bool, shape [n_tokens]; or, ragged, a tuple of tuples of ndarray, bool, shape
+        [n_entries[l, h]]; or None
+        True where the token (ragged: head (l, h)'s entry) is an audio token: AudioKV's SSS then smooths only the
+        runs of audio tokens (docs/semantics.md, "SSS restricted to the audio tokens"). None: every token.
     """
 
     q_window: np.ndarray | None
@@ -65,6 +69,7 @@ class PlanInputs:
     accumulated_scores: np.ndarray | None = None
     n_entries: np.ndarray | None = None
     n_positions: int | None = None
+    audio_mask: np.ndarray | tuple | None = None
 
     @property
     def ragged(self) -> bool:

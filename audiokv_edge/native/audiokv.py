@@ -165,6 +165,15 @@ _DECLARATIONS += [  # the ragged API: re-planning an evicted cache
     ("audiokv_n_positions", ctypes.c_int64, [ctypes.c_void_p]),
 ]
 
+_DECLARATIONS += [  # SSS restricted to the audio tokens
+    # int audiokv_set_audio_mask(struct audiokv_context * ctx, const uint8_t * mask, int64_t n_positions,
+    #                            const int32_t * const * positions);
+    ("audiokv_set_audio_mask", ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint8), ctypes.c_int64,
+                                              ctypes.POINTER(_c_int32_p)]),
+    # int audiokv_clear_audio_mask(struct audiokv_context * ctx);
+    ("audiokv_clear_audio_mask", ctypes.c_int, [ctypes.c_void_p]),
+]
+
 class LibAudioKVError(RuntimeError):
     """A libaudiokv call returned an error status; ``status`` holds the code, the message names it."""
 

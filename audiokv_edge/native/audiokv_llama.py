@@ -43,6 +43,12 @@ _ADAPTER_DECLARATIONS = [
     ("audiokv_llama_evictor_n_plans", ctypes.c_int64, [ctypes.c_void_p]),
     # int64_t audiokv_llama_evictor_last_kept(const struct audiokv_llama_evictor * evictor);
     ("audiokv_llama_evictor_last_kept", ctypes.c_int64, [ctypes.c_void_p]),
+    # int audiokv_llama_evictor_set_audio_spans(struct audiokv_llama_evictor * evictor, int32_t seq_id,
+    #                                           const int32_t * spans, int32_t n_spans);
+    ("audiokv_llama_evictor_set_audio_spans", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int32,
+                                                             ctypes.POINTER(ctypes.c_int32), ctypes.c_int32]),
+    # int audiokv_llama_evictor_clear_audio_spans(struct audiokv_llama_evictor * evictor, int32_t seq_id);
+    ("audiokv_llama_evictor_clear_audio_spans", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int32]),
 ]
 
 

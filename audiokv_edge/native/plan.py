@@ -184,6 +184,44 @@ class AudioKVContext(HandleOwner):
                                                     s.shape[1])
         C.check("audiokv_set_layer_scores", status, f"layer {layer}, scores of shape {s.shape}")
 
+    def set_audio_mask(self, mask, positions=None) -> None:
+        """Restrict audiokv's SSS to the audio tokens (audiokv_set_audio_mask; docs/semantics.md).
+
+        Parameters
+        ----------
+        mask : array_like, bool or integer, shape [n_positions]
+            Non-zero where the position holds an audio token (the C side checks its length).
+        positions : sequence of sequence of array_like, int, optional
+            ``positions[l][h]``: the positions of head (l, h)'s entries; None when entry e of every head is
+            position e.
+        """
+        m = np.asarray(mask)
+        if m.ndim != 1:
+            raise ValueError(f"the audio mask must be one flag per position (1-D), got shape {m.shape}")
+        m = np.ascontiguousarray(m != 0, dtype=np.uint8)
+        pointers, keep_alive = None, []
+        if positions is not None:
+            n_layer, _, n_head_kv, _, _ = self.shape
+            if len(positions) != n_layer or any(len(row) != n_head_kv for row in positions):
+                raise ValueError(f"positions must be a [n_layer][n_head_kv] = [{n_layer}][{n_head_kv}] nesting")
+            keep_alive = [np.ascontiguousarray(pos, dtype=np.int32).reshape(-1) for row in positions for pos in row]
+            for i, pos in enumerate(keep_alive):     # the C side reads n_entries positions per head
+                n = int(self._lib.audiokv_n_entries(self._handle, i // n_head_kv, i % n_head_kv))
+                if pos.size != n:
+                    raise ValueError(f"positions[{i // n_head_kv}][{i % n_head_kv}] holds {pos.size} positions for "
+                                     f"{n} entries")
+            pointers = (ctypes.POINTER(ctypes.c_int32) * len(keep_alive))(
+                *[_ptr(pos, ctypes.c_int32) for pos in keep_alive])
+        status = self._lib.audiokv_set_audio_mask(self._handle, _ptr(m, ctypes.c_uint8), m.size, pointers)
+        C.check("audiokv_set_audio_mask", status,
+                f"mask of {m.size} positions ({int(m.sum())} audio), context of "
+                f"{int(self._lib.audiokv_n_positions(self._handle))} positions"
+                + ("" if positions is None else ", with entry positions"))
+
+    def clear_audio_mask(self) -> None:
+        """Remove the audio mask (audiokv_clear_audio_mask): SSS over every token again."""
+        C.check("audiokv_clear_audio_mask", self._lib.audiokv_clear_audio_mask(self._handle))
+
     def plan(self, keep: float, profile: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Counts [n_layer, n_head_kv] (int32) and concatenated kept indices (int32) for keep ratio `keep`."""
         n_layer, _, n_head_kv, _, _ = self.shape
@@ -228,7 +266,7 @@ def plan_c(method: str, q_window: np.ndarray | None, keys: np.ndarray, keep: flo
     profile : HeadProfile or None
     params : dict
         The method's parameters (``dataclasses.asdict`` of the method object), plus "accumulated_scores"
-        ([n_layer, n_head or n_head_kv, n_tokens]) for h2o.
+        ([n_layer, n_head or n_head_kv, n_tokens]) for h2o and "audio_mask" ([n_tokens] bool) when given.
     n_threads : int, default 0
         Worker threads (0 = all cores); the plan does not depend on it.
 
@@ -238,6 +276,7 @@ def plan_c(method: str, q_window: np.ndarray | None, keys: np.ndarray, keep: flo
     """
     params = dict(params)
     accumulated = params.pop("accumulated_scores", None)
+    audio_mask = params.pop("audio_mask", None)
     keys = np.asarray(keys)
     if keys.ndim != 4:
         raise ValueError(f"keys must be [n_layer, n_head_kv, n_tokens, head_dim], got shape {keys.shape}")
@@ -252,6 +291,8 @@ def plan_c(method: str, q_window: np.ndarray | None, keys: np.ndarray, keep: flo
     p = c_params(method, params, n_threads)
     with AudioKVContext(p, n_layer, n_head, n_head_kv, head_dim, n_tokens) as ctx:
         w = ctx.window
+        if audio_mask is not None:
+            ctx.set_audio_mask(audio_mask)
         valid_keep = 0.0 < keep <= 1.0   # the C call reports anything else as AUDIOKV_ERR_KEEP
         budget = max(1, int(np.floor(keep * n_tokens + 0.5))) if valid_keep else 0
         needs_scores = method in _SCORING_METHODS and valid_keep and w < budget < n_tokens and n_tokens > p.window
@@ -285,7 +326,8 @@ def plan_ragged_c(method: str, q_window: np.ndarray | None, keys, keep: float, p
         In (0, 1].
     profile : HeadProfile or None
     params : dict
-        The method's parameters (``dataclasses.asdict`` of the method object).
+        The method's parameters (``dataclasses.asdict`` of the method object), plus "audio_mask" ([n_positions]
+        bool) and "positions" (``positions[l][h]``, the positions of head (l, h)'s entries) when given.
     n_positions : int
         Positions the sequence has seen.
     n_threads : int, default 0
@@ -300,9 +342,14 @@ def plan_ragged_c(method: str, q_window: np.ndarray | None, keys, keep: float, p
     n_layer, n_head_kv = n_entries.shape
     head_dim = np.shape(keys[0][0])[1]
     n_head = q_window.shape[1] if q_window is not None else n_head_kv
+    params = dict(params)
+    audio_mask = params.pop("audio_mask", None)
+    positions = params.pop("positions", None)
     p = c_params(method, params, n_threads)
     with AudioKVContext(p, n_layer, n_head, n_head_kv, head_dim, n_positions, n_entries) as ctx:
         w = ctx.window
+        if audio_mask is not None:
+            ctx.set_audio_mask(audio_mask, positions)
         valid_keep = 0.0 < keep <= 1.0   # the C call reports anything else as AUDIOKV_ERR_KEEP
         budget = max(1, int(np.floor(keep * n_positions + 0.5))) if valid_keep else 0
         needs_scores = (method in _SCORING_METHODS and valid_keep and w < budget < n_positions

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from audiokv_edge.reference.sss import snap_to_row_grid, spectral_smooth
+from audiokv_edge.reference.sss import smooth_audio_runs, snap_to_row_grid, spectral_smooth
 
 __all__ = ["window_attention_head", "window_attention_layer", "window_scores", "reduce_gqa", "pool1d",
            "smoothed_window_scores", "ragged_window_scores", "smooth_row", "ragged_smoothed_window_scores",
@@ -177,11 +177,13 @@ def pool1d(x: np.ndarray, kernel: int, pool_type: str = "avg") -> np.ndarray:
 
 def smoothed_window_scores(q_window: np.ndarray, keys: np.ndarray, gqa_reduce: str = "mean",
                            pool_kernel: int = 5, pool_type: str = "avg", sss_alpha: float = 0.0,
-                           sss_gamma: float = 0.7, sss_taper: float = 0.05) -> np.ndarray:
+                           sss_gamma: float = 0.7, sss_taper: float = 0.05,
+                           audio: np.ndarray | None = None) -> np.ndarray:
     """Window scores, GQA-reduced, then smoothed: SSS when sss_alpha > 0, else pooling.
 
     SSS rows (of length n > 1) are then rounded to their 24-bit grid (audiokv_edge.reference.sss.snap_to_row_grid), so
-    that FFT round-off cannot reorder tokens scored about 0.
+    that FFT round-off cannot reorder tokens scored about 0. With an audio mask SSS smooths each run of audio tokens
+    on its own and every other token keeps its raw score (audiokv_edge.reference.sss.smooth_audio_runs).
 
     Parameters
     ----------
@@ -193,17 +195,20 @@ def smoothed_window_scores(q_window: np.ndarray, keys: np.ndarray, gqa_reduce: s
     pool_type : {"avg", "max"}
     sss_alpha, sss_gamma, sss_taper : float
         Spectral Score Smoothing parameters (audiokv_edge.reference.sss.spectral_smooth).
+    audio : ndarray, bool, shape [n_tokens], optional
+        True where the cached token is an audio token (only its prefix part is read); None: SSS over every token.
 
     Returns
     -------
     ndarray, float64, shape [n_layer, n_head_kv, n_tokens - w]
     """
     reduced = reduce_gqa(window_scores(q_window, keys), keys.shape[1], gqa_reduce)
-    return smooth_row(reduced, pool_kernel, pool_type, sss_alpha, sss_gamma, sss_taper)
+    prefix_audio = None if audio is None else np.asarray(audio)[:reduced.shape[-1]]
+    return smooth_row(reduced, pool_kernel, pool_type, sss_alpha, sss_gamma, sss_taper, prefix_audio)
 
 
 def smooth_row(x: np.ndarray, pool_kernel: int = 5, pool_type: str = "avg", sss_alpha: float = 0.0,
-               sss_gamma: float = 0.7, sss_taper: float = 0.05) -> np.ndarray:
+               sss_gamma: float = 0.7, sss_taper: float = 0.05, audio: np.ndarray | None = None) -> np.ndarray:
     """The smoothing of docs/semantics.md along the last axis: SSS (then the 24-bit row grid when the rows are
     longer than 1) when sss_alpha > 0, else pooling.
 
@@ -213,12 +218,17 @@ def smooth_row(x: np.ndarray, pool_kernel: int = 5, pool_type: str = "avg", sss_
         GQA-reduced prefix scores (n may be 0).
     pool_kernel, pool_type, sss_alpha, sss_gamma, sss_taper
         As :func:`smoothed_window_scores`.
+    audio : ndarray, bool, shape [n], optional
+        True where the token is an audio token: SSS then smooths each run of audio tokens on its own and the other
+        tokens keep x (audiokv_edge.reference.sss.smooth_audio_runs). Pooling ignores it.
 
     Returns
     -------
     ndarray, float64, shape [..., n]
     """
     if sss_alpha > 0:
+        if audio is not None:
+            return smooth_audio_runs(x, audio, sss_alpha, sss_gamma, sss_taper)
         smoothed = spectral_smooth(x, sss_alpha, sss_gamma, sss_taper)
         return snap_to_row_grid(smoothed) if x.shape[-1] > 1 else smoothed
     return pool1d(x, pool_kernel, pool_type)
@@ -256,7 +266,7 @@ def ragged_window_scores(q_window: np.ndarray, keys, row_reduce: str = "mean",
 
 def ragged_smoothed_window_scores(q_window: np.ndarray, keys, gqa_reduce: str = "mean", pool_kernel: int = 5,
                                   pool_type: str = "avg", sss_alpha: float = 0.0, sss_gamma: float = 0.7,
-                                  sss_taper: float = 0.05) -> tuple[tuple[np.ndarray, ...], ...]:
+                                  sss_taper: float = 0.05, audio=None) -> tuple[tuple[np.ndarray, ...], ...]:
     """:func:`smoothed_window_scores` of a ragged cache: each head scored and smoothed over its own entries.
 
     Parameters
@@ -266,6 +276,9 @@ def ragged_smoothed_window_scores(q_window: np.ndarray, keys, gqa_reduce: str = 
         ``keys[l][h]``: shape [n_entries[l, h], head_dim].
     gqa_reduce, pool_kernel, pool_type, sss_alpha, sss_gamma, sss_taper
         As :func:`smoothed_window_scores`.
+    audio : sequence of sequence of ndarray, bool, optional
+        ``audio[l][h]``: shape [n_entries[l, h]], True where the entry is an audio token (only the prefix entries
+        are read): SSS smooths the runs of consecutive audio entries, in entry order. None: every entry.
 
     Returns
     -------
@@ -273,5 +286,7 @@ def ragged_smoothed_window_scores(q_window: np.ndarray, keys, gqa_reduce: str = 
         ``rows[l][h]``: shape [n_entries[l, h] - w].
     """
     rows = ragged_window_scores(q_window, keys, "mean", gqa_reduce)
-    return tuple(tuple(smooth_row(r, pool_kernel, pool_type, sss_alpha, sss_gamma, sss_taper) for r in layer)
-                 for layer in rows)
+    return tuple(tuple(smooth_row(r, pool_kernel, pool_type, sss_alpha, sss_gamma, sss_taper,
+                                  None if audio is None else np.asarray(audio[layer][head])[:r.shape[-1]])
+                       for head, r in enumerate(heads))
+                 for layer, heads in enumerate(rows))

@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 
-__all__ = ["spectral_smooth", "spectral_mask", "taper_width", "check_sss_params", "snap_to_row_grid"]
+__all__ = ["spectral_smooth", "spectral_mask", "taper_width", "check_sss_params", "snap_to_row_grid", "audio_runs",
+           "smooth_audio_runs"]
 
 GRID_BITS = 24
 
@@ -128,3 +129,68 @@ def snap_to_row_grid(x: np.ndarray) -> np.ndarray:
     _, exponent = np.frexp(peak)
     step = np.ldexp(1.0, exponent - GRID_BITS)
     return np.where(peak > 0, np.rint(x / step) * step, x)
+
+
+def audio_runs(audio: np.ndarray) -> list[tuple[int, int]]:
+    """The maximal runs of consecutive audio tokens of a mask.
+
+    Parameters
+    ----------
+    audio : array_like, bool, shape [n]
+        True (non-zero) where the token is an audio token.
+
+    Returns
+    -------
+    list of (int, int)
+        ``(start, stop)`` of every run, ``audio[start:stop]`` all True, ``audio[start - 1]`` and ``audio[stop]``
+        False or outside; in ascending order.
+    """
+    a = np.asarray(audio).reshape(-1) != 0
+    edges = np.diff(np.concatenate([[0], a.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def smooth_audio_runs(x: np.ndarray, audio: np.ndarray, alpha: float = 0.5, gamma: float = 0.7,
+                      taper: float = 0.05) -> np.ndarray:
+    """Spectral Score Smoothing restricted to the audio tokens (docs/semantics.md, "SSS restricted to the audio
+    tokens").
+
+    Every maximal run of consecutive audio tokens (:func:`audio_runs`) of length >= 2 is smoothed on its own by
+    :func:`spectral_smooth` (its own FFT, taper width from its own length) and rounded to its own 24-bit grid
+    (:func:`snap_to_row_grid`); every other token, and a run of one token, keeps x. With every token audio this is
+    ``snap_to_row_grid(spectral_smooth(x))`` (rows longer than 1), bit for bit; with none it is x.
+
+    Parameters
+    ----------
+    x : array_like, float, shape [..., n]
+        Score rows (any leading shape): every row shares the mask.
+    audio : array_like, bool, shape [n]
+        True where the token is an audio token.
+    alpha, gamma, taper : float
+        As :func:`spectral_smooth`.
+
+    Returns
+    -------
+    ndarray, float64, shape [..., n]
+
+    Raises
+    ------
+    ValueError
+        Parameters out of range, a 0-d input, non-finite scores, or a mask of another length than the rows.
+    """
+    check_sss_params(alpha, gamma, taper)
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 0:
+        raise ValueError("smooth_audio_runs needs an array with at least one axis (the token axis)")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("smooth_audio_runs got NaN or infinite scores")
+    audio = np.asarray(audio)
+    if audio.shape != (x.shape[-1],):
+        raise ValueError(f"the audio mask has shape {audio.shape}, the score rows {x.shape[-1]} tokens")
+    out = x.copy()
+    if alpha == 0:
+        return out
+    for start, stop in audio_runs(audio):
+        if stop - start >= 2:
+            out[..., start:stop] = snap_to_row_grid(spectral_smooth(x[..., start:stop], alpha, gamma, taper))
+    return out

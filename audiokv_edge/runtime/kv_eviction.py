@@ -289,6 +289,23 @@ class KVEvictor:
             bytes_kept_after=int(after.bytes_kept), bytes_headroom_after=int(after.bytes_headroom),
             full_entries=per_position * n_past)
 
+    def set_audio_spans(self, spans: list[tuple[int, int]], seq_id: int = 0) -> None:
+        """Hand the audio positions ``[begin, end)`` of sequence ``seq_id`` to the evictor: with SSS scope "audio"
+        its later evictions smooth within them only (audiokv_llama_evictor_set_audio_spans); ``[]``: no audio.
+
+        Raises
+        ------
+        EvictionError
+            libaudiokv refuses the spans (negative, reversed or overlapping).
+        """
+        flat = [p for span in spans for p in span]
+        arr = (ctypes.c_int32 * max(1, len(flat)))(*flat)
+        rc = self._akv.audiokv_llama_evictor_set_audio_spans(self._evictor, seq_id, arr, len(spans))
+        if rc != 0:
+            status = self._akv.audiokv_status_string(rc).decode()
+            raise EvictionError(f"audiokv_llama_evictor_set_audio_spans failed with {status} for the audio "
+                                f"positions {spans[:4]}", status=rc)
+
     def close(self) -> None:
         """Free the evictor (idempotent); see the class notes for when."""
         if getattr(self, "_evictor", None):

@@ -61,6 +61,9 @@ DEFAULT_PROMPT = "Transcribe the audio."
 #: Text tokens around one audio chunk that a streaming eviction's headroom reserves beside the chunk and the answer.
 STREAM_TEXT_MARGIN = 64
 KV_TYPES = ("f16", "q8_0")
+#: Where AudioKV's Spectral Score Smoothing runs (``SessionConfig.sss_scope``): over every token, or within the audio
+#: tokens only (each audio chunk's positions its own run, text tokens keep their raw scores; docs/semantics.md).
+SSS_SCOPES = ("all", "audio")
 
 
 
@@ -98,6 +101,11 @@ class SessionConfig:
         KV-cache type, ``"f16"`` or ``"q8_0"`` (quantized V needs flash attention, which is then switched on).
     flash_attn : bool
         Use flash attention.
+    sss_scope : str
+        Method ``audiokv`` only: ``"all"`` (default, the paper's SSS over every scored token) or ``"audio"`` (SSS
+        within the positions where libmtmd put the audio chunks, each run of audio tokens smoothed on its own; text
+        tokens keep their raw window scores, so that a short text needle is not blurred; docs/semantics.md, "SSS
+        restricted to the audio tokens").
     """
 
     method: str = "audiokv"
@@ -109,6 +117,7 @@ class SessionConfig:
     batch: int = 512
     kv_type: str = "f16"
     flash_attn: bool = False
+    sss_scope: str = "all"
 
     def __post_init__(self) -> None:
         from audiokv_edge.methods import METHODS
@@ -125,6 +134,11 @@ class SessionConfig:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.kv_type not in KV_TYPES:
             raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {self.kv_type!r}")
+        if self.sss_scope not in SSS_SCOPES:
+            raise ValueError(f"sss_scope must be one of {', '.join(SSS_SCOPES)}, got {self.sss_scope!r}")
+        if self.sss_scope != "all" and self.method != "audiokv":
+            raise ValueError(f"sss_scope {self.sss_scope!r} applies to method audiokv (its spectral smoothing) only, "
+                             f"not to {self.method}")
 
     @property
     def n_threads(self) -> int:
@@ -319,8 +333,11 @@ class Session(HandleOwner):
         self.keep_source: str = KEEP_BUILTIN
         self._keep_choice = None
         #: The evictor's settings once per-head eviction is on: method, keep, window (libaudiokv's observation
-        #: window), n_window (queries llama.cpp captures), sss_alpha, sss_gamma.
+        #: window), n_window (queries llama.cpp captures), sss_alpha, sss_gamma, sss_scope.
         self.evict_settings: dict | None = None
+        #: Positions [start, end) of the audio chunks of the last prompt, as libmtmd placed them in the sequence
+        #: (with ``sss_scope="audio"`` the evictions restrict SSS to them).
+        self.last_audio_spans: list[tuple[int, int]] = []
         self.model_path = check_gguf(model, "model")
         self.mmproj_path = find_mmproj(self.model_path, mmproj)
         self.lora_path = None if lora is None else check_gguf(lora, "LoRA adapter")
@@ -412,7 +429,7 @@ class Session(HandleOwner):
             raise SessionError(f"{exc} ({_native_error('see -v log')}); use --method full") from None
         except EvictionError as exc:
             raise SessionError(str(exc)) from None
-        self.evict_settings = dict(self._evictor.settings)
+        self.evict_settings = dict(self._evictor.settings, sss_scope=cfg.sss_scope)
 
     def _kv_geometry(self) -> KVGeometry:
         m = self._llm
@@ -542,6 +559,13 @@ class Session(HandleOwner):
         self.last_evictions.append(record.as_dict())
         return record.kept_entries, record.full_entries, record.ms
 
+    def _set_audio_spans(self, spans: list[tuple[int, int]]) -> None:
+        """Hand the audio positions of sequence 0 to the evictor (``sss_scope="audio"``)."""
+        try:
+            self._evictor.set_audio_spans(spans)
+        except EvictionError as exc:
+            raise SessionError(str(exc)) from None
+
     def _streaming(self) -> bool:
         """Whether the prompt is evicted after every audio chunk (``stream`` with eviction available)."""
         return self.config.stream and self._evictor is not None
@@ -574,7 +598,11 @@ class Session(HandleOwner):
         chunks, info = self._tokenize(clip, prompt)
         evict_ms = 0.0
         streaming = self._streaming()
+        self.last_audio_spans = []
+        spans_to_evictor = cfg.sss_scope == "audio" and self._evictor is not None
         try:
+            if spans_to_evictor:
+                self._set_audio_spans([])   # this prompt's spans only: none until its first audio chunk
             need = self._cells_needed(info)
             if need > self.n_ctx:
                 at_least = need - 1 + cfg.max_tokens
@@ -603,6 +631,10 @@ class Session(HandleOwner):
                 if rc != 0:
                     raise SessionError(f"evaluating prompt chunk {i + 1}/{info.chunks} failed (code {rc}): "
                                        f"{_native_error('see -v log')}")
+                if i in info.audio_chunk_ids:   # where libmtmd put this chunk: before any eviction planning it
+                    self.last_audio_spans.append((n_past, int(new_n_past.value)))
+                    if spans_to_evictor:
+                        self._set_audio_spans(self.last_audio_spans)
                 n_past = int(new_n_past.value)
                 cells += info.chunk_tokens[i]
                 done += int(mt.mtmd_input_chunk_get_n_pos(chunk))
@@ -694,4 +726,4 @@ class Session(HandleOwner):
 
 
 __all__ = ["Answer", "AnswerStats", "ContextTooSmallError", "DEFAULT_KEEP", "DEFAULT_PROMPT", "KV_TYPE_BYTES",
-           "Session", "SessionConfig", "SessionError", "find_mmproj", "check_gguf"]
+           "SSS_SCOPES", "Session", "SessionConfig", "SessionError", "find_mmproj", "check_gguf"]

@@ -41,7 +41,8 @@
  * audiokv_init allocates everything (scores [n_layer][n_head_kv][n_tokens - w] doubles plus per-thread scratch of
  * about (w + 4) * n_tokens doubles); audiokv_init_ragged the same for the heads' own prefix rows (sum of
  * n_entries - w doubles, scratch for the longest head) plus, for audiokv with SSS, one FFT plan per distinct prefix
- * length; add_layer and plan allocate nothing. Output buffers belong to the caller.
+ * length; audiokv_set_audio_mask one FFT plan per distinct length of its audio runs; add_layer and plan allocate
+ * nothing. Output buffers belong to the caller.
  *
  * Status codes: every function returning int returns AUDIOKV_OK (0) or one negative enum audiokv_status value;
  * on error no output is written unless the function says otherwise, and the context stays usable.
@@ -220,6 +221,30 @@ AUDIOKV_API int audiokv_set_layer_scores(struct audiokv_context * ctx, int32_t i
 AUDIOKV_API int audiokv_plan(struct audiokv_context * ctx, double keep,
                              const double * profile, int32_t profile_n_layer, int32_t profile_n_head_kv,
                              int32_t * counts, int32_t * indices, int64_t capacity, int64_t * n_total);
+
+/* Restrict Spectral Score Smoothing to the audio tokens (docs/semantics.md, "SSS restricted to the audio tokens").
+ *   mask:        [n_positions] bytes, mask[p] != 0: position p holds an audio token; n_positions must be
+ *                audiokv_n_positions(ctx) (copied into runs: the caller may free it after the call).
+ *   positions:   the position of every entry: NULL when entry e of every head is position e (a context from
+ *                audiokv_init, or a ragged one whose heads all hold n_positions entries); else [n_layer * n_head_kv]
+ *                pointers, head (l, h)'s at positions[l * n_head_kv + h]: its n_entries non-decreasing positions in
+ *                [0, n_positions) (llama_kv_evict_head.pos).
+ * With a mask, audiokv's SSS (sss_alpha > 0) smooths each maximal run of consecutive audio entries of a head's prefix
+ * on its own (its own FFT, alpha, gamma, taper, 24-bit grid); every other prefix entry, and a run of one entry,
+ * keeps its raw window score. A ragged head's runs are consecutive in its entry order (evicted positions between
+ * two audio entries do not split a run). Without a mask (the default) SSS smooths each whole prefix row. The mask
+ * is checked for every method but only changes audiokv with sss_alpha > 0 (pooling and the other methods ignore
+ * it). Calling it again replaces the mask; it applies to every later audiokv_plan.
+ * Memory: allocates the runs and one FFT plan per distinct run length (and grows the per-thread scratch when a run
+ * length needs more FFT scratch than the heads' rows).
+ * Errors: NULL (ctx, mask; positions NULL while some head holds fewer than n_positions entries; a NULL
+ * positions[i]), SIZE (n_positions != audiokv_n_positions(ctx), a position outside [0, n_positions) or below the
+ * one before it), NOMEM. On error the earlier mask (or none) stays. */
+AUDIOKV_API int audiokv_set_audio_mask(struct audiokv_context * ctx, const uint8_t * mask, int64_t n_positions,
+                                       const int32_t * const * positions);
+
+/* Remove the audio mask: SSS smooths whole prefix rows again. Errors: NULL. */
+AUDIOKV_API int audiokv_clear_audio_mask(struct audiokv_context * ctx);
 
 /* ---- ragged caches: re-planning after an eviction (docs/semantics.md, "Re-planning a ragged cache") -------
  *

@@ -38,6 +38,10 @@
  *     audiokv_add_layer_ragged / audiokv_plan on each head's own entries; the positions the sequence has seen are
  *     taken as its last window position + 1 (positions 0, 1, ... one per token, as llama.cpp's text decoding and
  *     the runner produce), at least the most entries a head holds;
+ *   - audio spans (audiokv_llama_evictor_set_audio_spans, e.g. where libmtmd put a prompt's audio chunks): the
+ *     sequence's audio positions become the planner's audio mask (audiokv_set_audio_mask, with every head's entry
+ *     positions), so that audiokv's SSS smooths the runs of audio tokens only and text tokens keep their raw
+ *     scores; without spans for the sequence SSS smooths every token, as before;
  *   - on any error the callback returns -1: llama.cpp then evicts nothing (never a partial or wrong plan).
  *
  * Thread safety: an evictor is used by one llama_context at a time (llama.cpp calls the callback on the thread of
@@ -75,6 +79,22 @@ AUDIOKV_API void audiokv_llama_evictor_free(struct audiokv_llama_evictor * evict
  * on error (llama.cpp then changes nothing and reports LLAMA_KV_EVICT_ERR_CALLBACK); the libaudiokv status and a
  * message are kept in the evictor (audiokv_llama_evictor_last_status / _last_error) and logged. */
 AUDIOKV_API int32_t audiokv_llama_evict_callback(struct llama_kv_evict_info * info, void * user_data);
+
+/* Set the audio positions of sequence seq_id (>= 0): the union of the n_spans half-open intervals
+ * [spans[2i], spans[2i + 1]), 0 <= spans[2i] < spans[2i + 1]; any order, overlaps allowed. Every later eviction of
+ * that sequence restricts audiokv's SSS to these positions (docs/semantics.md, "SSS restricted to the audio
+ * tokens"); positions the sequence has not reached yet are ignored, so the spans may be set as chunks arrive or
+ * for a whole prompt at once. n_spans = 0 (spans may be NULL): the sequence has no audio token, every score stays
+ * raw. Replaces the sequence's earlier spans; the spans are copied. Other methods than audiokv (and sss_alpha = 0)
+ * plan as without spans. Not thread safe with a running llama_kv_evict_seq on the same evictor.
+ * Errors: NULL (evictor; spans with n_spans > 0), SIZE (seq_id < 0, n_spans < 0, a span with a negative start or
+ * an end not after its start), NOMEM; the earlier spans then stay. */
+AUDIOKV_API int audiokv_llama_evictor_set_audio_spans(struct audiokv_llama_evictor * evictor, int32_t seq_id,
+                                                      const int32_t * spans, int32_t n_spans);
+
+/* Forget the audio spans of sequence seq_id (none set: nothing to do): SSS smooths every token again.
+ * Errors: NULL. */
+AUDIOKV_API int audiokv_llama_evictor_clear_audio_spans(struct audiokv_llama_evictor * evictor, int32_t seq_id);
 
 /* 1 when the evictor plans with the model's stored head profile, 0 otherwise (no profile, or a method that does
  * not use one); -1 for NULL. */

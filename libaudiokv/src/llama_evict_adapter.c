@@ -18,6 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The audio positions of one sequence: the union of [pairs[2i], pairs[2i + 1]), i < n. */
+struct seq_spans {
+    int32_t seq_id;
+    int32_t n;
+    int32_t * pairs;              /* [2 * n] (NULL when n == 0) */
+};
+
 struct audiokv_llama_evictor {
     struct audiokv_params params;
     double keep;
@@ -28,6 +35,8 @@ struct audiokv_llama_evictor {
     char last_error[256];
     int64_t n_plans;
     int64_t last_kept;
+    struct seq_spans * spans;     /* [n_seqs] audio spans of the sequences that have them */
+    int32_t n_seqs;
 };
 
 static atomic_int g_warned_no_profile = 0;
@@ -108,8 +117,55 @@ struct audiokv_llama_evictor * audiokv_llama_evictor_new(const struct llama_mode
 
 void audiokv_llama_evictor_free(struct audiokv_llama_evictor * ev) {
     if (!ev) return;
+    for (int32_t i = 0; i < ev->n_seqs; ++i) free(ev->spans[i].pairs);
+    free(ev->spans);
     free(ev->profile);
     free(ev);
+}
+
+static struct seq_spans * find_spans(const struct audiokv_llama_evictor * ev, int32_t seq_id) {
+    for (int32_t i = 0; i < ev->n_seqs; ++i) {
+        if (ev->spans[i].seq_id == seq_id) return &ev->spans[i];
+    }
+    return NULL;
+}
+
+int audiokv_llama_evictor_set_audio_spans(struct audiokv_llama_evictor * ev, int32_t seq_id, const int32_t * spans,
+                                          int32_t n_spans) {
+    if (!ev || (!spans && n_spans > 0)) return AUDIOKV_ERR_NULL;
+    if (seq_id < 0 || n_spans < 0) return AUDIOKV_ERR_SIZE;
+    for (int32_t i = 0; i < n_spans; ++i) {
+        if (spans[2 * i] < 0 || spans[2 * i + 1] <= spans[2 * i]) return AUDIOKV_ERR_SIZE;
+    }
+    int32_t * pairs = NULL;
+    if (n_spans > 0) {
+        pairs = (int32_t *) malloc((size_t) n_spans * 2 * sizeof(int32_t));
+        if (!pairs) return AUDIOKV_ERR_NOMEM;
+        memcpy(pairs, spans, (size_t) n_spans * 2 * sizeof(int32_t));
+    }
+    struct seq_spans * s = find_spans(ev, seq_id);
+    if (!s) {
+        struct seq_spans * grown = (struct seq_spans *) realloc(ev->spans, (size_t) (ev->n_seqs + 1) * sizeof *grown);
+        if (!grown) { free(pairs); return AUDIOKV_ERR_NOMEM; }
+        ev->spans = grown;
+        s = &ev->spans[ev->n_seqs++];
+        s->seq_id = seq_id;
+        s->pairs = NULL;
+    }
+    free(s->pairs);
+    s->pairs = pairs;
+    s->n = n_spans;
+    return AUDIOKV_OK;
+}
+
+int audiokv_llama_evictor_clear_audio_spans(struct audiokv_llama_evictor * ev, int32_t seq_id) {
+    if (!ev) return AUDIOKV_ERR_NULL;
+    struct seq_spans * s = find_spans(ev, seq_id);
+    if (s) {
+        free(s->pairs);
+        *s = ev->spans[--ev->n_seqs];
+    }
+    return AUDIOKV_OK;
 }
 
 int audiokv_llama_evictor_has_profile(const struct audiokv_llama_evictor * ev) { return ev ? ev->has_profile : -1; }
@@ -134,6 +190,8 @@ struct plan_buffers {
     double * profile;       /* [L * Hkv] rows of the evictable layers */
     int32_t * counts;       /* [L * Hkv] */
     int32_t * indices;      /* [capacity] */
+    uint8_t * audio;        /* [n_positions] audio mask of the sequence's spans */
+    const int32_t ** pos;   /* [L * Hkv] positions of each head's entries */
 };
 
 static void free_buffers(struct plan_buffers * b) {
@@ -145,6 +203,8 @@ static void free_buffers(struct plan_buffers * b) {
     free(b->profile);
     free(b->counts);
     free(b->indices);
+    free(b->audio);
+    free((void *) b->pos);
 }
 
 #if defined(__GNUC__)
@@ -306,6 +366,28 @@ int32_t audiokv_llama_evict_callback(struct llama_kv_evict_info * info, void * u
             if (rc != AUDIOKV_OK) {
                 return fail(ev, &b, rc, "scoring layer %d: %s", layer->il, audiokv_status_string(rc));
             }
+        }
+    }
+
+    /* audio spans of the sequence: SSS restricted to the audio tokens (positions from every head's entries) */
+    const struct seq_spans * spans = find_spans(ev, info->seq_id);
+    if (spans) {
+        b.audio = (uint8_t *) calloc((size_t) n_positions, 1);
+        b.pos = (const int32_t **) malloc((size_t) L * (size_t) Hkv * sizeof(int32_t *));
+        if (!b.audio || !b.pos) return fail(ev, &b, AUDIOKV_ERR_NOMEM, "out of memory");
+        for (int32_t i = 0; i < spans->n; ++i) {   /* positions not reached yet are left out */
+            const int64_t end = spans->pairs[2 * i + 1] < n_positions ? spans->pairs[2 * i + 1] : n_positions;
+            for (int64_t pos = spans->pairs[2 * i]; pos < end; ++pos) b.audio[pos] = 1;
+        }
+        for (int32_t l = 0; l < L; ++l) {
+            for (int32_t h = 0; h < Hkv; ++h) {
+                b.pos[(size_t) l * Hkv + h] = (const int32_t *) info->layers[l].heads[h].pos;
+            }
+        }
+        rc = audiokv_set_audio_mask(b.ctx, b.audio, n_positions, b.pos);
+        if (rc != AUDIOKV_OK) {
+            return fail(ev, &b, rc, "audio mask of sequence %d (%d spans, %lld positions): %s", info->seq_id,
+                        spans->n, (long long) n_positions, audiokv_status_string(rc));
         }
     }
 

@@ -7,6 +7,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* FFT plans of distinct lengths >= 2 (SSS), found by length. */
+struct plan_set {
+    akv_fft_plan ** plans;        /* [n] */
+    int64_t * lengths;            /* [n] ascending */
+    int64_t n;
+};
+
+/* The runs of >= 2 consecutive audio entries in each head's prefix (audiokv_set_audio_mask), smoothed one by one. */
+struct audio_runs {
+    int64_t * run_off;            /* [L * Hkv + 1] runs of head i: run_off[i] .. run_off[i + 1] - 1 */
+    int64_t * runs;               /* [2 * n_runs] (first prefix entry, length) of each run */
+    akv_fft_plan ** run_fft;      /* [n_runs] plan of the run's length */
+    struct plan_set plans;        /* the distinct plans of run_fft */
+};
+
 struct audiokv_context {
     struct audiokv_params p;
     int32_t L, H, Hkv, d, w;
@@ -26,8 +41,9 @@ struct audiokv_context {
     double * thread_scratch;      /* [n_threads][thread_len] */
     int64_t thread_len;
     akv_fft_plan ** fft;          /* [L * Hkv] plan of the head's prefix length (audiokv with SSS, length >= 2) */
-    akv_fft_plan ** fft_owned;    /* [n_fft] distinct plans */
-    int64_t n_fft;
+    struct plan_set row_plans;    /* the distinct plans of fft */
+    int has_audio;                /* an audio mask is set (audiokv_set_audio_mask; audiokv with SSS only) */
+    struct audio_runs audio;      /* its runs */
     const void ** kbase;          /* [Hkv] key pointers of audiokv_add_layer */
     size_t * kstride;             /* [Hkv] */
     int64_t * budgets;            /* [L * Hkv] */
@@ -41,6 +57,26 @@ static atomic_int g_warned_no_profile = 0;
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+static void plan_set_free(struct plan_set * s) {
+    if (s->plans) {
+        for (int64_t i = 0; i < s->n; ++i) akv_fft_plan_free(s->plans[i]);
+    }
+    free(s->plans);
+    free(s->lengths);
+    s->plans = NULL;
+    s->lengths = NULL;
+    s->n = 0;
+}
+
+static void audio_runs_free(struct audio_runs * a) {
+    free(a->run_off);
+    free(a->runs);
+    free(a->run_fft);
+    plan_set_free(&a->plans);
+    a->run_off = a->runs = NULL;
+    a->run_fft = NULL;
+}
+
 void audiokv_free(struct audiokv_context * ctx) {
     if (!ctx) return;
     free(ctx->nkv);
@@ -51,11 +87,9 @@ void audiokv_free(struct audiokv_context * ctx) {
     free(ctx->qscores);
     free(ctx->smooth);
     free(ctx->thread_scratch);
-    if (ctx->fft_owned) {
-        for (int64_t i = 0; i < ctx->n_fft; ++i) akv_fft_plan_free(ctx->fft_owned[i]);
-    }
-    free(ctx->fft_owned);
+    plan_set_free(&ctx->row_plans);
     free(ctx->fft);
+    audio_runs_free(&ctx->audio);
     free(ctx->kbase);
     free(ctx->kstride);
     free(ctx->budgets);
@@ -77,39 +111,55 @@ static int cmp_i64(const void * a, const void * b) {
     return x < y ? -1 : (x > y ? 1 : 0);
 }
 
+/* One plan per distinct length >= 2 of lengths[n_len] (reordered in place). *scratch_max: the per-thread scratch
+ * in doubles that SSS needs with the longest-scratch plan. On error s is empty. */
+static int plan_set_build(struct plan_set * s, int64_t * lengths, int64_t n_len, int64_t * scratch_max) {
+    memset(s, 0, sizeof *s);
+    *scratch_max = 0;
+    int64_t m = 0;
+    for (int64_t i = 0; i < n_len; ++i) {
+        if (lengths[i] >= 2) lengths[m++] = lengths[i];
+    }
+    qsort(lengths, (size_t) m, sizeof(int64_t), cmp_i64);
+    int64_t n_unique = 0;
+    for (int64_t i = 0; i < m; ++i) {
+        if (n_unique == 0 || lengths[n_unique - 1] != lengths[i]) lengths[n_unique++] = lengths[i];
+    }
+    s->plans = (akv_fft_plan **) calloc((size_t) (n_unique > 0 ? n_unique : 1), sizeof(akv_fft_plan *));
+    s->lengths = (int64_t *) alloc_array(n_unique, sizeof(int64_t));
+    if (!s->plans || !s->lengths) { plan_set_free(s); return AUDIOKV_ERR_NOMEM; }
+    if (n_unique > 0) memcpy(s->lengths, lengths, (size_t) n_unique * sizeof(int64_t));
+    for (int64_t u = 0; u < n_unique; ++u) {
+        s->plans[u] = akv_fft_plan_new(lengths[u]);
+        s->n = u + 1;
+        if (!s->plans[u]) { plan_set_free(s); return AUDIOKV_ERR_NOMEM; }
+        *scratch_max = max64(*scratch_max, 2 * (akv_sss_scratch_len(lengths[u]) + akv_fft_scratch_len(s->plans[u])));
+    }
+    return AUDIOKV_OK;
+}
+
+/* the plan of a length the set was built with */
+static akv_fft_plan * plan_set_find(const struct plan_set * s, int64_t length) {
+    int64_t lo = 0, hi = s->n - 1;   /* binary search */
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (s->lengths[mid] < length) lo = mid + 1; else hi = mid;
+    }
+    return s->plans[lo];
+}
+
 /* One FFT plan per distinct prefix length >= 2 (SSS); heads share the plan of their length. */
 static int make_fft_plans(struct audiokv_context * ctx, int64_t lh, int64_t * fft_scratch_max) {
     int64_t * lengths = (int64_t *) alloc_array(lh, sizeof(int64_t));
     ctx->fft = (akv_fft_plan **) calloc((size_t) lh, sizeof(akv_fft_plan *));
-    ctx->fft_owned = (akv_fft_plan **) calloc((size_t) lh, sizeof(akv_fft_plan *));
-    if (!lengths || !ctx->fft || !ctx->fft_owned) { free(lengths); return AUDIOKV_ERR_NOMEM; }
-    int64_t n_len = 0;
-    for (int64_t i = 0; i < lh; ++i) {
-        if (ctx->nh[i] >= 2) lengths[n_len++] = ctx->nh[i];
-    }
-    qsort(lengths, (size_t) n_len, sizeof(int64_t), cmp_i64);
-    int64_t n_unique = 0;
-    for (int64_t i = 0; i < n_len; ++i) {
-        if (n_unique == 0 || lengths[n_unique - 1] != lengths[i]) lengths[n_unique++] = lengths[i];
-    }
-    *fft_scratch_max = 0;
-    for (int64_t u = 0; u < n_unique; ++u) {
-        ctx->fft_owned[u] = akv_fft_plan_new(lengths[u]);
-        if (!ctx->fft_owned[u]) { ctx->n_fft = u; free(lengths); return AUDIOKV_ERR_NOMEM; }
-        *fft_scratch_max = max64(*fft_scratch_max,
-                                 2 * (akv_sss_scratch_len(lengths[u]) + akv_fft_scratch_len(ctx->fft_owned[u])));
-    }
-    ctx->n_fft = n_unique;
-    for (int64_t i = 0; i < lh; ++i) {
-        if (ctx->nh[i] < 2) continue;
-        int64_t lo = 0, hi = n_unique - 1;   /* binary search of the head's length */
-        while (lo < hi) {
-            const int64_t mid = lo + (hi - lo) / 2;
-            if (lengths[mid] < ctx->nh[i]) lo = mid + 1; else hi = mid;
-        }
-        ctx->fft[i] = ctx->fft_owned[lo];
-    }
+    if (!lengths || !ctx->fft) { free(lengths); return AUDIOKV_ERR_NOMEM; }
+    memcpy(lengths, ctx->nh, (size_t) lh * sizeof(int64_t));
+    const int rc = plan_set_build(&ctx->row_plans, lengths, lh, fft_scratch_max);
     free(lengths);
+    if (rc != AUDIOKV_OK) return rc;
+    for (int64_t i = 0; i < lh; ++i) {
+        if (ctx->nh[i] >= 2) ctx->fft[i] = plan_set_find(&ctx->row_plans, ctx->nh[i]);
+    }
     return AUDIOKV_OK;
 }
 
@@ -229,6 +279,96 @@ int64_t audiokv_n_entries(const struct audiokv_context * ctx, int32_t il, int32_
 }
 
 int64_t audiokv_n_positions(const struct audiokv_context * ctx) { return ctx ? ctx->N : -1; }
+
+/* ---- audio mask ------------------------------------------------------------------------------------------- */
+
+/* whether prefix entry e of head i is an audio token */
+static int entry_is_audio(const uint8_t * mask, const int32_t * const * positions, int64_t i, int64_t e) {
+    return mask[positions ? (int64_t) positions[i][e] : e] != 0;
+}
+
+/* The runs of every head's prefix (positions as audiokv_set_audio_mask) and their FFT plans; *scratch: the
+ * per-thread scratch in doubles they need. On error a is empty. */
+static int audio_runs_build(const struct audiokv_context * ctx, const uint8_t * mask,
+                            const int32_t * const * positions, struct audio_runs * a, int64_t * scratch) {
+    memset(a, 0, sizeof *a);
+    *scratch = 0;
+    const int64_t lh = (int64_t) ctx->L * ctx->Hkv;
+    int64_t n_runs = 0;                   /* counted, then recorded */
+    for (int pass = 0; pass < 2; ++pass) {
+        int64_t r = 0;
+        for (int64_t i = 0; i < lh; ++i) {
+            if (pass) a->run_off[i] = r;
+            int64_t len = 0;
+            for (int64_t e = 0; e <= ctx->nh[i]; ++e) {
+                if (e < ctx->nh[i] && entry_is_audio(mask, positions, i, e)) { ++len; continue; }
+                if (len >= 2) {
+                    if (pass) { a->runs[2 * r] = e - len; a->runs[2 * r + 1] = len; }
+                    ++r;
+                }
+                len = 0;
+            }
+        }
+        if (pass) {
+            a->run_off[lh] = r;
+        } else {
+            n_runs = r;
+            a->run_off = (int64_t *) alloc_array(lh + 1, sizeof(int64_t));
+            a->runs = (int64_t *) alloc_array(2 * n_runs, sizeof(int64_t));
+            a->run_fft = (akv_fft_plan **) alloc_array(n_runs, sizeof(akv_fft_plan *));
+            if (!a->run_off || !a->runs || !a->run_fft) { audio_runs_free(a); return AUDIOKV_ERR_NOMEM; }
+        }
+    }
+    int64_t * lengths = (int64_t *) alloc_array(n_runs, sizeof(int64_t));
+    if (!lengths) { audio_runs_free(a); return AUDIOKV_ERR_NOMEM; }
+    for (int64_t k = 0; k < n_runs; ++k) lengths[k] = a->runs[2 * k + 1];
+    const int rc = plan_set_build(&a->plans, lengths, n_runs, scratch);
+    free(lengths);
+    if (rc != AUDIOKV_OK) { audio_runs_free(a); return rc; }
+    for (int64_t k = 0; k < n_runs; ++k) a->run_fft[k] = plan_set_find(&a->plans, a->runs[2 * k + 1]);
+    return AUDIOKV_OK;
+}
+
+int audiokv_set_audio_mask(struct audiokv_context * ctx, const uint8_t * mask, int64_t n_positions,
+                           const int32_t * const * positions) {
+    if (!ctx || !mask) return AUDIOKV_ERR_NULL;
+    if (n_positions != ctx->N) return AUDIOKV_ERR_SIZE;
+    const int64_t lh = (int64_t) ctx->L * ctx->Hkv;
+    for (int64_t i = 0; i < lh; ++i) {
+        if (!positions) {
+            if (ctx->nkv[i] != ctx->N) return AUDIOKV_ERR_NULL;   /* entry e is not position e */
+            continue;
+        }
+        const int32_t * pos = positions[i];
+        if (!pos) return AUDIOKV_ERR_NULL;
+        for (int64_t e = 0; e < ctx->nkv[i]; ++e) {
+            if (pos[e] < 0 || pos[e] >= ctx->N || (e > 0 && pos[e] < pos[e - 1])) return AUDIOKV_ERR_SIZE;
+        }
+    }
+    if (ctx->p.method != AUDIOKV_METHOD_AUDIOKV || !(ctx->p.sss_alpha > 0.0)) return AUDIOKV_OK;  /* no SSS */
+    struct audio_runs runs;
+    int64_t scratch = 0;
+    int rc = audio_runs_build(ctx, mask, positions, &runs, &scratch);
+    if (rc != AUDIOKV_OK) return rc;
+    if (scratch > ctx->thread_len) {   /* a run may need more FFT scratch than its whole row (Bluestein) */
+        double * grown = (double *) alloc_array(scratch * ctx->n_threads, sizeof(double));
+        if (!grown) { audio_runs_free(&runs); return AUDIOKV_ERR_NOMEM; }
+        free(ctx->thread_scratch);
+        ctx->thread_scratch = grown;
+        ctx->thread_len = scratch;
+    }
+    audio_runs_free(&ctx->audio);
+    ctx->audio = runs;
+    ctx->has_audio = 1;
+    return AUDIOKV_OK;
+}
+
+int audiokv_clear_audio_mask(struct audiokv_context * ctx) {
+    if (!ctx) return AUDIOKV_ERR_NULL;
+    audio_runs_free(&ctx->audio);
+    ctx->has_audio = 0;
+    return AUDIOKV_OK;
+}
 
 /* ---- scoring ---------------------------------------------------------------------------------------------- */
 
@@ -379,8 +519,20 @@ static int smooth_row(void * arg, int64_t row, int thread) {
             if (!isfinite(src[j])) return AUDIOKV_ERR_NONFINITE;
         }
         akv_cpx * scratch = (akv_cpx *) (void *) (ctx->thread_scratch + (int64_t) thread * ctx->thread_len);
-        akv_sss_exec(ctx->fft[row], src, n, p->sss_alpha, p->sss_gamma, p->sss_taper, dst, scratch);
-        if (n > 1) akv_snap_to_row_grid(dst, n);
+        if (ctx->has_audio) {
+            /* audio mask: each run of audio entries smoothed on its own, every other entry keeps its raw score */
+            memcpy(dst, src, (size_t) n * sizeof(double));
+            const struct audio_runs * a = &ctx->audio;
+            for (int64_t r = a->run_off[row]; r < a->run_off[row + 1]; ++r) {
+                const int64_t first = a->runs[2 * r], len = a->runs[2 * r + 1];
+                akv_sss_exec(a->run_fft[r], src + first, len, p->sss_alpha, p->sss_gamma, p->sss_taper,
+                             dst + first, scratch);
+                akv_snap_to_row_grid(dst + first, len);
+            }
+        } else {
+            akv_sss_exec(ctx->fft[row], src, n, p->sss_alpha, p->sss_gamma, p->sss_taper, dst, scratch);
+            if (n > 1) akv_snap_to_row_grid(dst, n);
+        }
     } else if (p->pool_kernel > 1) {
         akv_pool_exec(src, n, p->pool_kernel, p->pool_type, dst);
     } else {

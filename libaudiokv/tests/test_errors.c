@@ -110,6 +110,39 @@ int main(void) {
     CHECK_EQ_INT(audiokv_set_layer_scores(ctx, 5, sc[0], 4, 100), AUDIOKV_ERR_SIZE);
     sc[1][3] = NAN;
     CHECK_EQ_INT(audiokv_set_layer_scores(ctx, 0, sc[0], 4, 100), AUDIOKV_ERR_NONFINITE);
+    /* audio mask: one flag per position, positions in range and non-decreasing; an error keeps the context usable */
+    uint8_t audio[100] = { 0 };
+    int32_t pos[100];
+    for (int j = 0; j < 100; ++j) pos[j] = j;
+    for (int j = 20; j < 70; ++j) audio[j] = 1;
+    const int32_t * heads[4] = { pos, pos, pos, pos };
+    CHECK_EQ_INT(audiokv_set_audio_mask(NULL, audio, 100, NULL), AUDIOKV_ERR_NULL);
+    CHECK_EQ_INT(audiokv_set_audio_mask(ctx, NULL, 100, NULL), AUDIOKV_ERR_NULL);
+    CHECK_EQ_INT(audiokv_set_audio_mask(ctx, audio, 99, NULL), AUDIOKV_ERR_SIZE);
+    CHECK_EQ_INT(audiokv_set_audio_mask(ctx, audio, 101, heads), AUDIOKV_ERR_SIZE);
+    heads[3] = NULL;
+    CHECK_EQ_INT(audiokv_set_audio_mask(ctx, audio, 100, heads), AUDIOKV_ERR_NULL);
+    int32_t bad_pos[100];
+    for (int j = 0; j < 100; ++j) bad_pos[j] = j;
+    bad_pos[50] = 10;                                   /* decreasing */
+    heads[3] = bad_pos;
+    CHECK_EQ_INT(audiokv_set_audio_mask(ctx, audio, 100, heads), AUDIOKV_ERR_SIZE);
+    bad_pos[50] = 50;
+    bad_pos[99] = 100;                                  /* out of range */
+    CHECK_EQ_INT(audiokv_set_audio_mask(ctx, audio, 100, heads), AUDIOKV_ERR_SIZE);
+    heads[3] = pos;
+    CHECK_EQ_INT(audiokv_set_audio_mask(ctx, audio, 100, heads), AUDIOKV_OK);
+    CHECK_EQ_INT(audiokv_set_audio_mask(ctx, audio, 100, NULL), AUDIOKV_OK);
+    CHECK_EQ_INT(audiokv_plan(ctx, 0.5, NULL, 0, 0, counts, idx, 800, &total), AUDIOKV_OK);
+    CHECK_EQ_INT(total, 200);
+    CHECK_EQ_INT(audiokv_clear_audio_mask(ctx), AUDIOKV_OK);
+    CHECK_EQ_INT(audiokv_clear_audio_mask(NULL), AUDIOKV_ERR_NULL);
+    audiokv_free(ctx);
+    int32_t entries[4] = { 100, 60, 100, 100 };         /* ragged: entry e is not position e everywhere */
+    CHECK_EQ_INT(audiokv_init_ragged(&p, 2, 4, 2, 8, entries, 100, &ctx), AUDIOKV_OK);
+    CHECK_EQ_INT(audiokv_set_audio_mask(ctx, audio, 100, NULL), AUDIOKV_ERR_NULL);
+    heads[1] = pos + 40;                                /* head (0, 1) holds positions 40 .. 99 */
+    CHECK_EQ_INT(audiokv_set_audio_mask(ctx, audio, 100, heads), AUDIOKV_OK);
     audiokv_free(ctx);
     audiokv_free(NULL);
     double x[4] = { 1, 2, 3, 4 }, y[6];
