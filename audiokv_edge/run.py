@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text model GGUF, as llama.cpp's -m (then AUDIO is the only positional argument)")
     p.add_argument("--audio", dest="audio_file", metavar="AUDIO", help="audio file, as llama-mtmd-cli's --audio")
     p.add_argument("-mm", "--mmproj", help="audio projector GGUF (default: the mmproj*.gguf beside the model)")
+    p.add_argument("--lora", metavar="FNAME", help="LoRA adapter GGUF applied to the text model, as llama.cpp's "
+                   "--lora (the built-in demo model brings its own)")
     p.add_argument("-p", "--prompt", default=DEFAULT_PROMPT,
                    help=f"question about the audio (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--method", default="audiokv", choices=list(METHODS), help="KV-cache keep method (default audiokv)")
@@ -208,15 +210,15 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("AUDIOKV_EDGE_CACHE") or pathlib.Path.home() / ".cache" / "audiokv-edge")
 
 
-def default_model() -> tuple[pathlib.Path, pathlib.Path, bool]:
-    """The built-in model pair and whether it is the demo model: the demo audio model assembled by set-up, else a
-    tiny random-weight test model written on first use."""
+def default_model() -> tuple[pathlib.Path, pathlib.Path, pathlib.Path | None, bool]:
+    """The built-in model (text model, projector, LoRA adapter or None) and whether it is the demo model: the demo
+    audio model assembled by set-up, else a tiny random-weight test model written on first use."""
     from audiokv_edge.demo_model.export import DemoModelError, demo_paths
     from audiokv_edge.testing.tiny_models import write_tiny_pair
 
     try:
         files = demo_paths()
-        return files.model, files.mmproj, True
+        return files.model, files.mmproj, files.lora, True
     except DemoModelError:
         pass
 
@@ -224,7 +226,7 @@ def default_model() -> tuple[pathlib.Path, pathlib.Path, bool]:
     model, mmproj = directory / DEFAULT_PAIR / "model.gguf", directory / DEFAULT_PAIR / "mmproj.gguf"
     if not (model.is_file() and mmproj.is_file()):
         model, mmproj = write_tiny_pair(directory, DEFAULT_PAIR)
-    return model, mmproj, False
+    return model, mmproj, None, False
 
 
 def default_audio() -> pathlib.Path:
@@ -244,12 +246,13 @@ def _run(args: argparse.Namespace) -> int:
     from audiokv_edge.runtime.audio import probe_audio
     from audiokv_edge.runtime.session import Session
 
-    mmproj = args.mmproj
+    mmproj, lora = args.mmproj, args.lora
     model_arg, audio_arg = model_and_audio(args)
     config = session_config(args)
     if model_arg is None:
-        model, default_mmproj, demo = default_model()
+        model, default_mmproj, default_lora, demo = default_model()
         mmproj = mmproj or default_mmproj
+        lora = lora or default_lora
         audio = audio_arg if audio_arg is not None else default_audio()
         if audio_arg is not None:
             probe_audio(audio)
@@ -265,7 +268,7 @@ def _run(args: argparse.Namespace) -> int:
         probe_audio(audio)  # fail on a bad audio file before loading the model
 
     show = not args.quiet
-    with Session(model, mmproj, config=config) as session:
+    with Session(model, mmproj, config=config, lora=lora) as session:
         bar = progress_bar(show)
         bar_used = [False]
 
@@ -287,7 +290,8 @@ def _run(args: argparse.Namespace) -> int:
         bar.close()
         if args.json:
             record = answer.to_dict()
-            record.update(model=str(session.model_path), mmproj=str(session.mmproj_path), audio=str(audio),
+            record.update(model=str(session.model_path), mmproj=str(session.mmproj_path),
+                          lora=None if session.lora_path is None else str(session.lora_path), audio=str(audio),
                           prompt=args.prompt, threads=config.n_threads, ctx=session.n_ctx, kv_type=config.kv_type,
                           flash_attn=session.flash_attn, stream=config.stream, sss_scope=config.sss_scope,
                           machine=platform.machine(),

@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="profile_heads", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="text model GGUF")
     p.add_argument("--mmproj", help="audio projector GGUF (default: the mmproj*.gguf beside the model)")
+    p.add_argument("--lora", help="LoRA adapter GGUF applied to the text model (as llama.cpp's --lora)")
     p.add_argument("--calib", required=True, help="calibration directory (audio + .txt [+ .words.json])")
     p.add_argument("-o", "--output", required=True, help="profile JSON (or .npz)")
     p.add_argument("--npz", action="store_true", help="also write the profile as NPZ beside the JSON")
@@ -68,7 +69,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     clips = []
     with TeacherForcedAttention(args.model, args.mmproj, n_ctx=args.ctx, n_batch=args.batch,
-                                n_threads=args.threads) as cap:
+                                n_threads=args.threads, lora=args.lora) as cap:
         acc = HitRatioAccumulator(cap.n_layer, cap.n_head, args.top_k)
         bar = None
         if not args.no_progress:
@@ -99,6 +100,8 @@ def run(args) -> int:
         "model": os.path.basename(args.model),
         "mmproj": f"{mmproj_name} ({proj_type})",
     }
+    if args.lora:
+        source["lora"] = os.path.basename(args.lora)
     profile = profile_from_hits(acc, shape[2], source)
     details = {"query_head_scores": acc.head_scores().tolist(), "n_steps": acc.n_steps, "top_k": args.top_k,
                "n_layer": shape[0], "n_head": shape[1], "n_head_kv": shape[2],

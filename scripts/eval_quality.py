@@ -85,7 +85,7 @@ def model_variant(model: pathlib.Path, variant: str, work: pathlib.Path) -> path
 
 
 def run_items(cfg: EvalConfig, model: pathlib.Path, mmproj: pathlib.Path, items: list[dict], done: set, sink,
-              max_tokens: int, ctx: int, questions: bool) -> None:
+              max_tokens: int, ctx: int, questions: bool, lora: pathlib.Path | None = None) -> None:
     import jiwer
 
     from audiokv_edge.demo_model import corpus, tasks
@@ -97,7 +97,7 @@ def run_items(cfg: EvalConfig, model: pathlib.Path, mmproj: pathlib.Path, items:
         return
     scfg = SessionConfig(method=cfg.method, keep=None if cfg.method == "full" else cfg.keep, stream=cfg.stream,
                          max_tokens=max_tokens, ctx=ctx, sss_scope=cfg.sss_scope)
-    with Session(model, mmproj=mmproj, config=scfg) as s:
+    with Session(model, mmproj=mmproj, config=scfg, lora=lora) as s:
         for it, t in todo:
             prompt = t["question"] if t else tasks.TRANSCRIBE
             t0 = time.time()
@@ -190,6 +190,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=pathlib.Path, help="text model GGUF (default: the built-in demo model)")
     ap.add_argument("--mmproj", type=pathlib.Path, help="audio projector GGUF (default: the demo model's)")
+    ap.add_argument("--lora", type=pathlib.Path, help="LoRA adapter GGUF of the text model (default: the demo model's)")
     ap.add_argument("--set", type=pathlib.Path, default=None, help="evaluation set directory (built when missing)")
     ap.add_argument("--out", type=pathlib.Path, default=REPO / "results" / "quality")
     ap.add_argument("--name", default=None, help="result file stem (default <date>-<model>)")
@@ -213,6 +214,7 @@ def main(argv=None) -> int:
         files = export.demo_paths()
         args.model, default_mmproj = files.model, files.mmproj
         args.mmproj = args.mmproj or default_mmproj
+        args.lora = args.lora or files.lora
     keeps = [float(k) for k in args.keeps.split(",")]
     stream_keeps = [float(k) for k in args.stream_keeps.split(",") if k]
     durations = [int(d) for d in args.durations.split(",")]
@@ -244,7 +246,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for cfg in tqdm(cfgs, desc="configurations", unit="cfg"):
         run_items(cfg, model_variant(args.model, cfg.variant, work), args.mmproj, items, done, sink,
-                  args.max_tokens, args.ctx, not args.no_questions)
+                  args.max_tokens, args.ctx, not args.no_questions, args.lora)
     summary = summarise(results)
     title = f"{args.model.name} + {args.mmproj.name}: quality vs KV keep ratio"
     write_plot(summary, args.out / f"{name}.png", title)
@@ -254,6 +256,7 @@ def main(argv=None) -> int:
         "machine": {"node": platform.node(), "cpu": platform.processor() or platform.machine(),
                     "python": platform.python_version()},
         "commit": commit, "command": " ".join(sys.argv), "model": str(args.model), "mmproj": str(args.mmproj),
+        "lora": None if args.lora is None else str(args.lora),
         "items": [{k: it[k] for k in ("id", "voice", "seconds")} for it in items],
         "configs": [dataclasses.asdict(c) for c in cfgs], "wall_s": round(time.time() - t0, 1),
         "summary": summary, "results": results}, indent=1))

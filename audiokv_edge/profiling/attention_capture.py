@@ -133,10 +133,12 @@ class TeacherForcedAttention:
     n_threads : int
     prompt : str
         User instruction placed after the audio.
+    lora : path, optional
+        LoRA adapter GGUF applied to the text model (the attention measured is the adapted model's).
     """
 
     def __init__(self, model, mmproj, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 2,
-                 prompt: str = DEFAULT_PROMPT) -> None:
+                 prompt: str = DEFAULT_PROMPT, lora=None) -> None:
         from audiokv_edge.native import libs as native_libs
 
         for name, value, low in (("n_ctx", n_ctx, 16), ("n_batch", n_batch, 1), ("n_threads", n_threads, 1)):
@@ -145,6 +147,7 @@ class TeacherForcedAttention:
         self._llm = self._model = self._ctx = self._mctx = None
         self.model_path = check_gguf(model, "model")
         self.mmproj_path = find_mmproj(self.model_path, mmproj)
+        self.lora_path = None if lora is None else check_gguf(lora, "LoRA adapter")
         self.proj_type = projector_type(str(self.mmproj_path))
         self.prompt = prompt
         self.n_batch = n_batch
@@ -168,7 +171,7 @@ class TeacherForcedAttention:
     def _load(self, n_ctx: int, n_batch: int, n_threads: int) -> None:
         mt = self._mt
         try:
-            self._llm = m = LlamaModel(self.model_path)
+            self._llm = m = LlamaModel(self.model_path, lora=self.lora_path)
             self._model, self._vocab = m.model, m.vocab
             self.n_layer, self.n_head, self.n_head_kv = m.n_layer, m.n_head, m.n_head_kv
             self._ctx = m.new_context(ContextParams(
