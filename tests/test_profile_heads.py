@@ -98,6 +98,25 @@ def test_end_to_end_profile_write_load_plan(tmp_path, calib):
 
 
 @pytest.mark.native
+def test_teacher_forced_tokens_follow_the_whole_prompt(tmp_path, calib):
+    """The transcript is forced after the WHOLE prompt: libmtmd's eval helper adds a text chunk's tokens to the
+    n_past it is handed (in/out), so a zero start left the prompt at the text's length and the forced tokens
+    overwrote the audio. Regression: every forced row attends to every audio cell, positions follow the prompt."""
+    from audiokv_edge.profiling.attention_capture import TeacherForcedAttention
+    from audiokv_edge.profiling.calibration_set import load_calibration_dir
+
+    model, mmproj = write_tiny_pair(tmp_path, "qwen2-qwen2a")
+    item = load_calibration_dir(str(calib))[0]
+    with TeacherForcedAttention(model, mmproj, n_ctx=2048, n_batch=512, n_threads=2) as cap:
+        rows, spans, info = cap.capture_rows(item)
+    a0, a1 = info.audio_start, info.audio_start + info.audio_tokens
+    assert info.prompt_positions > a1                     # the instruction after the audio is part of the prompt
+    assert rows.shape[3] >= info.prompt_positions + info.steps - 1
+    assert np.all(rows[:, :, :, a0:a1] > 0)               # softmax rows over cells that hold the audio
+    assert np.all(spans[:, 1] <= a1)
+
+
+@pytest.mark.native
 @pytest.mark.slow
 def test_batched_teacher_forcing_equals_step_by_step_decoding(tmp_path, calib):
     """Rows captured from one teacher-forced batch equal those of real one-token decode steps."""

@@ -254,7 +254,7 @@ class TeacherForcedAttention:
                     toks = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
                     if n.value:
                         last_token = int(toks[n.value - 1])
-                new_n_past = lc.llama_pos(0)
+                new_n_past = lc.llama_pos(n_past)  # in/out: text chunks add to it, media chunks set it
                 rc = mt.mtmd_helper_eval_chunk_single(self._mctx, self._ctx, chunk, n_past, 0, self.n_batch,
                                                       i == n_chunks - 1, ctypes.byref(new_n_past))
                 if rc != 0:
