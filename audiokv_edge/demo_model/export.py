@@ -125,6 +125,8 @@ def assemble(out_dir: str | pathlib.Path | None = None, *, text_model: str | pat
             from audiokv_edge.profile.side_file import load_profile_file
 
             profile, defaults = load_profile_file(PROFILE)
+            if model_path.is_symlink():  # assembled before a profile existed: a link to the pip package's file
+                model_path.unlink()
             write_profile(text_model, profile, model_path, defaults)
     elif not (model_path.is_symlink() and model_path.resolve() == text_model.resolve()):
         tmp = model_path.with_suffix(".tmp")
