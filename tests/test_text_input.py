@@ -315,18 +315,23 @@ PROBE_PLAIN = r"""
 import json, sys
 from audiokv_edge.native.libs import load_llama_cpp
 from audiokv_edge.runtime.session import Session, SessionConfig
-model, doc, question, max_tokens, ctx = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+model, doc, question, max_tokens, ctx, method = sys.argv[1:7]
+max_tokens, ctx = int(max_tokens), int(ctx)
 if doc.startswith("@"):
     doc = open(doc[1:]).read()
-cfg = SessionConfig(method="full", max_tokens=max_tokens, threads=2, ctx=ctx)
+cfg = SessionConfig(method=method, keep=0.4, max_tokens=max_tokens, threads=2, ctx=ctx)
 with Session(model, config=cfg) as s:
     a = s.answer_text(doc, question)
     rendered = s.render_text_prompt(doc, question)
-    f = s.follow_up("Say it again.")
     bos = s._llm.bos_text
     session_prompt = s._llm.tokenize(rendered, add_special=not (bos and rendered.startswith(bos)))
+    formatter = s._formatter
+    f = s.follow_up("Say it again.")
 llama_cpp = load_llama_cpp()
 llm = llama_cpp.Llama(model_path=model, n_ctx=ctx, n_batch=512, n_threads=2, flash_attn=False, verbose=False)
+if method != "full":   # the same callback on a llama_cpp.Llama (runtime/llama_hook.py), evicted after the prompt
+    import audiokv_edge
+    audiokv_edge.enable(llm, method=method, keep=0.4)
 prompt = llm.tokenize(rendered.encode(), add_bos=not (bos and rendered.startswith(bos)), special=True)
 vocab = llama_cpp.llama_cpp.llama_model_get_vocab(llm.model)
 plain, stop = [], False
@@ -337,14 +342,25 @@ for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
     plain.append(token)
     if len(plain) >= max_tokens:
         break
+plain_follow_up = None
+if method == "full":   # the follow-up: the Llama reuses its cache (prompt + answer) and decodes the rest at once
+    from audiokv_edge.runtime.llama import render_follow_up
+    turn = render_follow_up(formatter, [{"role": "user", "content": f"{doc.strip()}\n\n{question}"}], a.text,
+                            "Say it again.")
+    plain_follow_up = []
+    for token in llm.generate(prompt + plain + llm.tokenize(turn.encode(), add_bos=False, special=True), temp=0.0,
+                              top_k=1, repeat_penalty=1.0):
+        if llama_cpp.llama_cpp.llama_vocab_is_eog(vocab, token) or len(plain_follow_up) >= max_tokens:
+            break
+        plain_follow_up.append(token)
 print(json.dumps({"tokens": list(a.tokens), "finish": a.stats.finish_reason, "plain": plain, "plain_stop": stop,
                   "prompt_tokens": a.stats.prompt_tokens, "session_prompt": session_prompt, "plain_prompt": prompt,
-                  "text": a.text,
-                  "follow_up": f.text, "follow_up_tokens": list(f.tokens)}))
+                  "text": a.text, "kept": a.stats.kv_bytes_kept / a.stats.kv_bytes_full, "follow_up": f.text,
+                  "follow_up_tokens": list(f.tokens), "plain_follow_up": plain_follow_up}))
 """
 
 
-def _assert_full_is_plain(out: dict) -> None:
+def _assert_same_as_llama(out: dict) -> None:
     assert out["session_prompt"] == out["plain_prompt"]                  # the same tokenization of the prompt
     assert out["prompt_tokens"] == len(out["plain_prompt"])
     assert out["tokens"] == out["plain"][:len(out["tokens"])] and out["tokens"]
@@ -354,10 +370,22 @@ def _assert_full_is_plain(out: dict) -> None:
 @pytest.mark.native
 def test_method_full_is_plain_greedy_decoding(text_model):
     """Method full through the text path generates exactly the tokens llama-cpp-python's plain greedy decoding of
-    the same rendered prompt generates (no eviction machinery, its own tokenization)."""
-    out = _probe(PROBE_PLAIN, str(text_model), FILLER * 12, "Who walks on the moon?", "8", "1024")
-    _assert_full_is_plain(out)
-    assert out["follow_up_tokens"]
+    the same rendered prompt generates (no eviction machinery, its own tokenization), and so does the follow-up
+    (the Llama continuing its cache with the next turn)."""
+    out = _probe(PROBE_PLAIN, str(text_model), FILLER * 12, "Who walks on the moon?", "8", "1024", "full")
+    _assert_same_as_llama(out)
+    assert out["kept"] == 1.0
+    assert out["follow_up_tokens"] and out["follow_up_tokens"] == out["plain_follow_up"]
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("method", ["snapkv", "audiokv"])
+def test_text_eviction_is_the_llama_hooks(text_model, method):
+    """An evicting method through the text path generates exactly what a llama_cpp.Llama with
+    audiokv_edge.enable() (the same libaudiokv callback after the prompt) generates from the same prompt."""
+    out = _probe(PROBE_PLAIN, str(text_model), FILLER * 12, "Who walks on the moon?", "8", "1024", method)
+    _assert_same_as_llama(out)
+    assert abs(out["kept"] - 0.4) <= 0.02
 
 
 PROBE_SSS = r"""
@@ -456,29 +484,56 @@ def test_runner_text_longer_than_the_context(text_model, tmp_path):
     assert record["stream"] is True and record["text_block"] == 128 and record["prompt_tokens"] > 900
 
 
-# ---- the real SmolLM2-135M-Instruct ---------------------------------------------------------------------------
+# ---- the pass-key script and the real SmolLM2-135M-Instruct ------------------------------------------------------
 
-def passkey_document(n_filler: int, depth: float, key: int) -> str:
-    """The pass-key task (Mohtashami & Jaggi 2023, arXiv 2305.16300): ``n_filler`` filler sentences, the key sentence
-    at ``depth`` (0: first, 1: last)."""
-    parts = [FILLER_PASSKEY] * n_filler
-    parts.insert(int(depth * n_filler), f"The pass key is {key}. Remember it. {key} is the pass key. ")
-    return "".join(parts).strip()
+SCRIPT = REPO / "scripts" / "bench_passkey_text.py"
 
 
-FILLER_PASSKEY = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+def _passkey():
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_passkey_text
+
+    return bench_passkey_text
+
+
+def test_passkey_document():
+    pk = _passkey()
+    doc = pk.passkey_document(10, 0.5, 12345)
+    assert doc.count("12345") == 2 and doc.count(pk.FILLER.strip()) == 10
+    assert doc.index("12345") > len(doc) // 3 and pk.passkey_document(10, 0.0, 1).startswith("The pass key is 1.")
+    assert pk.pass_key(50, 0.5, 0) == pk.pass_key(50, 0.5, 0) != pk.pass_key(50, 0.1, 0)
+
+
+@pytest.mark.native
+def test_passkey_script_result(text_model, tmp_path):
+    """scripts/bench_passkey_text.py on the tiny model: one row per method, document and placement, the found
+    fractions, the machine and versions (the retrieval numbers themselves need a real model)."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", str(text_model), "--methods", "full,snapkv",
+                           "--n-filler", "2", "--depths", "0.5", "--max-tokens", "3", "--ctx", "1024",
+                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for key in ("machine", "versions", "command"):
+        assert report[key]
+    rows = report["rows"]
+    assert [(r["method"], r["placement"]) for r in rows] == [(m, p) for m in ("full", "snapkv")
+                                                             for p in ("after", "before", "follow-up")]
+    assert all(r["document_tokens"] > 0 and r["kv_bytes_full"] > 0 for r in rows)
+    assert set(report["found"]) == {"full", "snapkv"} and "first_answer" in rows[2]
 
 
 @pytest.mark.native
 @pytest.mark.slow
-def test_smollm2_full_text_is_plain_greedy_decoding(tmp_path):
-    """SmolLM2-135M-Instruct Q4_1 on a 1,000-token pass-key document: method full == llama-cpp-python's plain greedy
-    decoding, token for token."""
+def test_smollm2_full_finds_the_pass_key_as_plain_decoding_does(tmp_path):
+    """SmolLM2-135M-Instruct Q4_1 on a pass-key document of about 1,300 tokens (the key in the middle): with method
+    full the greedy answer holds the key, and it is llama-cpp-python's plain greedy decoding token for token."""
     from audiokv_edge.testing.real_models import smollm2_q4_1_path
 
+    pk = _passkey()
+    key = pk.pass_key(50, 0.5, 0)
     doc = tmp_path / "passkey.txt"
-    doc.write_text(passkey_document(40, 0.5, 71432))
-    out = _probe(PROBE_PLAIN, str(smollm2_q4_1_path()), f"@{doc}", "What is the pass key?", "12", "2048",
-                 timeout=1800)
-    _assert_full_is_plain(out)
-    assert out["prompt_tokens"] > 1000
+    doc.write_text(pk.passkey_document(50, 0.5, key))
+    out = _probe(PROBE_PLAIN, str(smollm2_q4_1_path()), f"@{doc}", pk.QUESTION, "16", "2048", "full", timeout=1800)
+    _assert_same_as_llama(out)
+    assert out["prompt_tokens"] > 1200 and str(key) in out["text"], out["text"]
