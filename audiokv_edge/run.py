@@ -1,9 +1,11 @@
-"""Command line: answer a prompt about an audio file with a GGUF audio-language model.
+"""Command line: answer a prompt about an audio file with a GGUF audio-language model, or about a text document with
+any GGUF text model.
 
     audiokv-run MODEL.gguf AUDIO [--prompt TEXT] [--method audiokv] [--keep RATIO] [--json] ...
     audiokv-run AUDIO       # the built-in model on your audio
     audiokv-run             # the built-in model on a shipped speech clip
     audiokv-run -m MODEL.gguf --mmproj MMPROJ.gguf --audio AUDIO -p TEXT -n 64 -c 4096 -t 4 -fa on -ctk q8_0 -ctv q8_0
+    audiokv-run MODEL.gguf --text DOC.txt --prompt TEXT [--question-first] [--follow-up TEXT] ...   # no projector
 
 ``audiokv-run`` (the console script set-up installs) and ``python -m audiokv_edge.run`` are the same program. The
 short options are llama.cpp's (llama-mtmd-cli): ``-m`` / ``--audio`` name the model and the audio instead of the
@@ -82,10 +84,12 @@ def _on_off_auto(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from audiokv_edge.methods import METHODS
-    from audiokv_edge.runtime.session import DEFAULT_PROMPT, KV_TYPES, SSS_SCOPES
+    from audiokv_edge.runtime.session import DEFAULT_PROMPT, DEFAULT_TEXT_PROMPT, KV_TYPES, SSS_SCOPES
+    from audiokv_edge.runtime.text_document import DEFAULT_TEXT_BLOCK
 
     p = _Parser(prog=PROG, description="Answer a prompt about an audio file with a GGUF audio-language model "
-                "(llama.cpp + libmtmd) and AudioKV per-head KV-cache eviction.")
+                "(llama.cpp + libmtmd), or about a text document (--text) with a GGUF text model, with AudioKV "
+                "per-head KV-cache eviction.")
     p.add_argument("model", nargs="?", help="text model GGUF, or the audio file when it is the only argument (default: "
                    "the built-in demo model, docs/demo-model.md)")
     p.add_argument("audio", nargs="?", help="audio file: wav, flac, ogg, mp3, ... (default: a shipped speech clip)")
@@ -95,14 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-mm", "--mmproj", help="audio projector GGUF (default: the mmproj*.gguf beside the model)")
     p.add_argument("--lora", metavar="FNAME", help="LoRA adapter GGUF applied to the text model, as llama.cpp's "
                    "--lora (the built-in demo model brings its own)")
-    p.add_argument("-p", "--prompt", default=DEFAULT_PROMPT,
-                   help=f"question about the audio (default: {DEFAULT_PROMPT!r})")
+    p.add_argument("--text", metavar="DOC", help="answer about this text document (a UTF-8 file) instead of audio: no "
+                   "projector needed, any text model; evicted like audio (after the prompt, with --stream after every "
+                   "--text-block tokens too)")
+    p.add_argument("--question-first", action="store_true", help="--text: put the question before the document "
+                   "(the eviction cannot see it: query-agnostic) instead of after it")
+    p.add_argument("--text-block", type=_positive_int(1), default=None, metavar="TOKENS",
+                   help=f"--text with --stream: document tokens between two evictions (default {DEFAULT_TEXT_BLOCK})")
+    p.add_argument("-p", "--prompt", default=None,
+                   help=f"question about the audio (default: {DEFAULT_PROMPT!r}) or the text (default: "
+                        f"{DEFAULT_TEXT_PROMPT!r})")
+    p.add_argument("--follow-up", action="append", default=[], metavar="TEXT",
+                   help="a next question in the same chat, asked after the answer against the cache as it left it "
+                        "(evicted; the follow-up is not evicted); repeat for more")
     p.add_argument("--method", default="audiokv", choices=list(METHODS), help="KV-cache keep method (default audiokv)")
     p.add_argument("--keep", type=_keep, default=None,
                    help="fraction of the prompt's KV cache kept (default: with --method audiokv the model's stored "
                    "head-profile default audiokv.defaults.keep when it has one, else 0.4)")
-    p.add_argument("--stream", action="store_true", help="evict after every audio chunk: memory for keep x the audio + one chunk + the answer, "
-                   "and --ctx only needs to hold one 30 s chunk with its text and the answer")
+    p.add_argument("--stream", action="store_true", help="evict after every audio chunk (--text: every --text-block "
+                   "tokens of the document): memory for keep x the audio + one chunk + the answer, and --ctx only "
+                   "needs to hold one 30 s chunk (one block) with its text and the answer")
     p.add_argument("-n", "--max-tokens", type=_positive_int(1), default=128,
                    help="most tokens generated (default 128)")
     p.add_argument("-t", "--threads", type=_positive_int(1), default=None, help="CPU threads (default min(4, CPUs))")
@@ -114,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="V cache type, as llama.cpp's -ctv; must equal the K cache type")
     p.add_argument("--sss-scope", choices=list(SSS_SCOPES), default="all",
                    help="--method audiokv: spectral score smoothing over every token (all, default) or within the "
-                        "audio chunks only, text tokens keeping their raw scores (audio)")
+                        "audio chunks only, text tokens keeping their raw scores (audio; a --text document has no "
+                        "audio: no smoothing)")
     p.add_argument("--flash-attn", action="store_true", help="use flash attention")
     p.add_argument("-fa", dest="fa", type=_on_off_auto, default=None, metavar="on|off|auto",
                    help="flash attention, as llama.cpp's -fa (auto: the default, off; a q8_0 cache switches it on)")
@@ -155,6 +172,46 @@ def model_and_audio(args: argparse.Namespace) -> tuple[str | None, str | None]:
             raise UsageError("give AUDIO after -m MODEL.gguf (or --audio AUDIO)")
         return model, positional[0]
     return (positional[0] if positional else None), audio
+
+
+def model_for_text(args: argparse.Namespace) -> str | None:
+    """The model file of a ``--text`` run (None: the built-in model): ``-m MODEL`` or the one positional argument.
+
+    Raises
+    ------
+    UsageError
+        An audio file besides the document, or an audio projector (a text run loads none).
+    """
+    positional = [value for value in (args.model, args.audio) if value is not None]
+    if args.audio_file is not None:
+        raise UsageError(f"--text and --audio {args.audio_file} both give the input: answer about one of them")
+    if args.mmproj is not None:
+        raise UsageError("--mmproj is an audio projector: a --text run needs none")
+    if args.model_file is not None and positional:
+        raise UsageError(f"unexpected argument {positional[0]!r}: with --text, -m names the model and there is no "
+                         f"audio file")
+    if len(positional) > 1:
+        raise UsageError(f"unexpected argument {positional[1]!r}: --text takes no audio file (give MODEL.gguf --text "
+                         f"DOC)")
+    if args.model_file is not None:
+        return args.model_file
+    if positional and not positional[0].lower().endswith(".gguf"):
+        raise UsageError(f"--text takes no audio file ({positional[0]!r}): give MODEL.gguf --text DOC, or only "
+                         f"--text DOC for the built-in model")
+    return positional[0] if positional else None
+
+
+def text_only_options(args: argparse.Namespace) -> None:
+    """Refuse the text options without ``--text``.
+
+    Raises
+    ------
+    UsageError
+    """
+    if args.text is None:
+        for flag, given in (("--question-first", args.question_first), ("--text-block", args.text_block is not None)):
+            if given:
+                raise UsageError(f"{flag} applies to a text document: give --text DOC")
 
 
 def kv_type(args: argparse.Namespace) -> str:
@@ -199,10 +256,11 @@ def session_config(args: argparse.Namespace):
         Contradicting KV-cache types or flash-attention options.
     """
     from audiokv_edge.runtime.session import SessionConfig
+    from audiokv_edge.runtime.text_document import DEFAULT_TEXT_BLOCK
 
     return SessionConfig(method=args.method, keep=args.keep, stream=args.stream, max_tokens=args.max_tokens,
                          threads=args.threads or 0, ctx=args.ctx, kv_type=kv_type(args), flash_attn=flash_attn(args),
-                         sss_scope=args.sss_scope)
+                         sss_scope=args.sss_scope, text_block=args.text_block or DEFAULT_TEXT_BLOCK)
 
 
 def cache_dir() -> pathlib.Path:
@@ -234,42 +292,75 @@ def default_audio() -> pathlib.Path:
     return DATA_DIR / DEFAULT_AUDIO
 
 
-def progress_bar(show: bool, stream=None):
+def progress_bar(show: bool, stream=None, desc: str = "encoding + prefill"):
     """The encoding + prefill bar (tqdm) on ``stream`` (default stderr): drawn only on a terminal, never if not show."""
     from tqdm import tqdm
 
-    return tqdm(total=1, desc="encoding + prefill", unit="positions", file=stream if stream is not None else sys.stderr,
+    return tqdm(total=1, desc=desc, unit="positions", file=stream if stream is not None else sys.stderr,
                 disable=None if show else True)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _inputs(args: argparse.Namespace) -> dict:
+    """The model, projector, adapter and input of the command line: ``Session`` arguments and what to answer.
+
+    Returns
+    -------
+    dict
+        model, mmproj, lora, audio (bool: whether the session needs a projector), source (the audio file or the
+        text document) and prompt.
+    """
     from audiokv_edge.runtime.audio import probe_audio
+    from audiokv_edge.runtime.session import DEFAULT_PROMPT, DEFAULT_TEXT_PROMPT
+    from audiokv_edge.runtime.text_document import load_document
+
+    text_only_options(args)
+    mmproj, lora = args.mmproj, args.lora
+    if args.text is not None:
+        model_arg = model_for_text(args)
+        source = pathlib.Path(args.text)
+        load_document(source)  # fail on a bad document before loading the model
+        prompt = args.prompt if args.prompt is not None else DEFAULT_TEXT_PROMPT
+        if model_arg is not None:
+            return dict(model=pathlib.Path(model_arg), mmproj=None, lora=lora, audio=False, source=source,
+                        prompt=prompt)
+        model, _, default_lora, demo = default_model()
+        what = ("the built-in demo model's SmolLM2-135M-Instruct (with its LoRA, docs/demo-model.md)" if demo else
+                f"a TINY RANDOM-WEIGHT TEST MODEL ({DEFAULT_PAIR}); its text is meaningless (the demo model is not "
+                f"assembled: bash scripts/setup.sh)")
+        print(f"{PROG}: no model given: {what} on {source.name}. Usage: {PROG} MODEL.gguf --text DOC", file=sys.stderr)
+        return dict(model=model, mmproj=None, lora=lora or default_lora, audio=False, source=source, prompt=prompt)
+
+    prompt = args.prompt if args.prompt is not None else DEFAULT_PROMPT
+    model_arg, audio_arg = model_and_audio(args)
+    if model_arg is not None:
+        probe_audio(audio_arg)  # fail on a bad audio file before loading the model
+        return dict(model=pathlib.Path(model_arg), mmproj=mmproj, lora=lora, audio=True, source=audio_arg,
+                    prompt=prompt)
+    model, default_mmproj, default_lora, demo = default_model()
+    audio = audio_arg if audio_arg is not None else default_audio()
+    if audio_arg is not None:
+        probe_audio(audio)
+    if demo:
+        print(f"{PROG}: no model given: the built-in demo audio model (Whisper tiny.en encoder + trained projector "
+              f"+ SmolLM2-135M-Instruct, docs/demo-model.md) on {pathlib.Path(audio).name}", file=sys.stderr)
+    else:
+        print(f"{PROG}: no model given: running the built-in default, a TINY RANDOM-WEIGHT TEST MODEL "
+              f"({DEFAULT_PAIR}) on {pathlib.Path(audio).name}; its text is meaningless (the demo model is not "
+              f"assembled: bash scripts/setup.sh). Usage: {PROG} MODEL.gguf AUDIO", file=sys.stderr)
+    return dict(model=model, mmproj=mmproj or default_mmproj, lora=lora or default_lora, audio=True, source=audio,
+                prompt=prompt)
+
+
+def _run(args: argparse.Namespace) -> int:
     from audiokv_edge.runtime.session import Session
 
-    mmproj, lora = args.mmproj, args.lora
-    model_arg, audio_arg = model_and_audio(args)
+    inputs = _inputs(args)
     config = session_config(args)
-    if model_arg is None:
-        model, default_mmproj, default_lora, demo = default_model()
-        mmproj = mmproj or default_mmproj
-        lora = lora or default_lora
-        audio = audio_arg if audio_arg is not None else default_audio()
-        if audio_arg is not None:
-            probe_audio(audio)
-        if demo:
-            print(f"{PROG}: no model given: the built-in demo audio model (Whisper tiny.en encoder + trained projector "
-                  f"+ SmolLM2-135M-Instruct, docs/demo-model.md) on {pathlib.Path(audio).name}", file=sys.stderr)
-        else:
-            print(f"{PROG}: no model given: running the built-in default, a TINY RANDOM-WEIGHT TEST MODEL "
-                  f"({DEFAULT_PAIR}) on {pathlib.Path(audio).name}; its text is meaningless (the demo model is not "
-                  f"assembled: bash scripts/setup.sh). Usage: {PROG} MODEL.gguf AUDIO", file=sys.stderr)
-    else:
-        model, audio = pathlib.Path(model_arg), audio_arg
-        probe_audio(audio)  # fail on a bad audio file before loading the model
-
+    text = not inputs["audio"]
     show = not args.quiet
-    with Session(model, mmproj, config=config, lora=lora) as session:
-        bar = progress_bar(show)
+    with Session(inputs["model"], inputs["mmproj"], config=config, lora=inputs["lora"],
+                 audio=inputs["audio"]) as session:
+        bar = progress_bar(show, desc="prefill" if text else "encoding + prefill")
         bar_used = [False]
 
         def progress(done: int, total: int) -> None:
@@ -286,23 +377,42 @@ def _run(args: argparse.Namespace) -> int:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
 
-        answer = session.answer(audio, args.prompt, on_token=on_token, progress=progress)
+        if text:
+            answer = session.answer_text(inputs["source"], inputs["prompt"], question_first=args.question_first,
+                                         on_token=on_token, progress=progress)
+        else:
+            answer = session.answer(inputs["source"], inputs["prompt"], on_token=on_token, progress=progress)
         bar.close()
+        answers = [answer]
+        for question in args.follow_up:
+            if not args.json:
+                sys.stdout.write("\n")
+            answers.append(session.follow_up(question, on_token=on_token))
         if args.json:
             record = answer.to_dict()
-            record.update(model=str(session.model_path), mmproj=str(session.mmproj_path),
-                          lora=None if session.lora_path is None else str(session.lora_path), audio=str(audio),
-                          prompt=args.prompt, threads=config.n_threads, ctx=session.n_ctx, kv_type=config.kv_type,
+            record.update(model=str(session.model_path),
+                          mmproj=None if session.mmproj_path is None else str(session.mmproj_path),
+                          lora=None if session.lora_path is None else str(session.lora_path),
+                          prompt=inputs["prompt"], threads=config.n_threads, ctx=session.n_ctx, kv_type=config.kv_type,
                           flash_attn=session.flash_attn, stream=config.stream, sss_scope=config.sss_scope,
-                          machine=platform.machine(),
-                          python=platform.python_version())
+                          machine=platform.machine(), python=platform.python_version())
+            if text:
+                record.update(document=str(inputs["source"]), question_first=args.question_first,
+                              text_block=config.text_block)
+            else:
+                record.update(audio=str(inputs["source"]))
+            if args.follow_up:
+                record["follow_ups"] = [dict(prompt=q, **a.to_dict()) for q, a in zip(args.follow_up, answers[1:])]
             print(json.dumps(record))
         else:
             sys.stdout.write("\n")
             sys.stdout.flush()
         if show:
-            for line in answer.stats.summary_lines():
-                print(line, file=sys.stderr)
+            for i, a in enumerate(answers):
+                if i:
+                    print(f"follow-up {i}:", file=sys.stderr)
+                for line in a.stats.summary_lines():
+                    print(line, file=sys.stderr)
     return 0
 
 

@@ -1,7 +1,7 @@
 """``audiokv_edge.enable(llm, ...)`` on a ``llama_cpp.Llama`` (audiokv_edge/runtime/llama_hook.py).
 
 Greedy output of an enabled Llama == the Session's eviction machinery on the same text prompt (the low-level path:
-LlamaModel + one context + KVEvictor after the prompt + llama.cpp's greedy sampler, as Session._generate drives it),
+LlamaModel + one context + KVEvictor after the prompt + llama.cpp's greedy sampler, as a Session drives it),
 for flash attention on / off, f32 / f16 / q8_0 caches, offload_kqv off, a GQA and an iSWA model, several methods;
 ``method="full"`` == a plain Llama. The statistics report the KV bytes kept vs full. A repeated prompt is decoded from
 an empty cache again (no prefix reuse of an evicted cache) and llama.cpp logs no refused removal. A recurrent / hybrid

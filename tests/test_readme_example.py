@@ -70,6 +70,33 @@ def test_readme_example_runs(tmp_path):
     assert "".join(lines[:-2]).strip(), "the streamed answer is empty"
 
 
+def readme_text_example() -> str:
+    """The block of the README's Python API section that answers a text document (``answer_text``)."""
+    found = [b for b in readme_blocks() if ".answer_text(" in b]
+    assert len(found) == 1, "the README's Python API section needs one example of Session.answer_text()"
+    return found[0]
+
+
+@pytest.mark.native
+def test_readme_text_example_runs(tmp_path):
+    """The text example on a tiny random text model under the README's file name, alone in its folder (a text-only
+    session), with a notes file."""
+    from audiokv_edge.testing import tiny_models as tm
+
+    code = readme_text_example()
+    name = re.search(r'Session\("([^"]+\.gguf)"', code).group(1)
+    tm.write_text_model(tmp_path / name, tm.TextModelSpec("qwen2", tm.CHATML), seed=2)
+    (tmp_path / "notes.txt").write_text("The weekly meeting moves from Monday to Friday at ten. " * 20)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert re.search(r"\(\d+ document tokens\)\n", proc.stdout), proc.stdout
+    assert abs(float(lines[-1]) - 0.4) < 0.02, lines[-1]
+
+
 def test_enable_example_is_a_plain_llama_cpp_app():
     code = readme_enable_example()
     assert '"model.gguf"' in code and "import llama_cpp\n" in code and "llama_cpp.Llama(" in code

@@ -1,5 +1,6 @@
 """The Session API: one load answers many audio prompts; streaming iterator and callback agree with answer();
-greedy decoding is deterministic; the chat template comes from the GGUF; close() frees every handle.
+greedy decoding is deterministic; the chat template comes from the GGUF; a follow-up continues the last answer;
+close() frees every handle (text documents: tests/test_text_input.py).
 
 Each probe runs in a subprocess so that a native abort fails the test instead of killing pytest.
 """
@@ -36,8 +37,9 @@ with Session(model, config=SessionConfig(method="full", max_tokens=8, threads=2,
     b = s.answer(arctic, "What is said?", on_token=calls.append)
     clip = load_audio(jfk, 44100)  # a clip at another rate is resampled to the projector's
     c = s.answer(clip.samples, sample_rate=44100)
+    f = s.follow_up("Who said it?")  # the next turn, on the cache of the last answer
     out.update(a=a.to_dict(), streamed_text="".join(pieces), streamed=streamed.to_dict(), b=b.to_dict(),
-               callback_text="".join(calls), c=c.to_dict())
+               callback_text="".join(calls), c=c.to_dict(), f=f.to_dict(), supports_audio=s.supports_audio)
     handles = [s._model, s._ctx, s._mctx]
 out["freed"] = [s._model, s._ctx, s._mctx] == [None, None, None] and all(h for h in handles)
 try:
@@ -72,6 +74,14 @@ def test_many_prompts_one_load_and_deterministic(probe):
     assert a["audio_tokens"] == 750 and b["audio_tokens"] == 750  # one 30 s chunk each
     assert b["audio_seconds"] == pytest.approx(4.0) and probe["callback_text"] == b["text"]
     assert a["generated_tokens"] <= 8
+
+
+@pytest.mark.native
+def test_follow_up_after_an_audio_answer(probe):
+    f, c = probe["f"], probe["c"]
+    assert probe["supports_audio"] is True
+    assert f["audio_tokens"] == 0 and 0 < f["prompt_tokens"] < 40 and f["generated_tokens"] <= 8
+    assert f["kv_bytes_full"] > c["kv_bytes_full"]          # the whole conversation: the audio prompt, answer, turn
 
 
 @pytest.mark.native

@@ -20,7 +20,8 @@ import pathlib
 import threading
 from dataclasses import dataclass
 
-__all__ = ["LlamaError", "ContextParams", "LlamaModel", "init_llama_cpp", "render_prompt"]
+__all__ = ["LlamaError", "ContextParams", "LlamaModel", "init_llama_cpp", "render_prompt", "render_user_turn",
+           "render_follow_up"]
 
 _INIT_LOCK = threading.Lock()
 _BACKEND_READY = False
@@ -245,6 +246,53 @@ class LlamaModel:
         eos_text = self.token_text(self.lc.llama_vocab_eos(self.vocab))
         return Jinja2ChatFormatter(template.decode("utf-8", "replace"), eos_token=eos_text, bos_token=self.bos_text)
 
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text`` (llama_tokenize): ``add_special`` adds the BOS token where the vocabulary asks for
+        it, ``parse_special`` reads control-token text such as ``<|im_end|>`` as that token (as llama.cpp's server
+        tokenizes a rendered chat prompt).
+
+        Raises
+        ------
+        LlamaError
+            llama.cpp cannot tokenize it.
+        """
+        lc = self.lc
+        raw = text.encode("utf-8")
+        capacity = len(raw) + 8  # a token covers at least one byte; room for BOS / EOS
+        arr = (lc.llama_token * capacity)()
+        n = lc.llama_tokenize(self.vocab, raw, len(raw), arr, capacity, add_special, parse_special)
+        if n < 0:
+            raise LlamaError(f"llama.cpp cannot tokenize {len(raw)} bytes of text for {self.path} (code {n})")
+        return list(arr[:n])
+
+    def decode_tokens(self, ctx, tokens: list[int], pos0: int, n_batch: int) -> None:
+        """Decode ``tokens`` into sequence 0 of ``ctx`` at positions ``pos0, pos0 + 1, ...``, ``n_batch`` tokens per
+        ``llama_decode``; only the last token's logits are computed (what the next token is sampled from).
+
+        Raises
+        ------
+        LlamaError
+            llama_decode fails (the message names the position and llama.cpp's code).
+        """
+        lc = self.lc
+        n_batch = max(1, min(n_batch, len(tokens)))
+        batch = lc.llama_batch_init(n_batch, 0, 1)
+        try:
+            for start in range(0, len(tokens), n_batch):
+                part = tokens[start:start + n_batch]
+                batch.n_tokens = len(part)
+                for i, token in enumerate(part):
+                    batch.token[i] = int(token)
+                    batch.pos[i] = pos0 + start + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = start + i == len(tokens) - 1
+                rc = lc.llama_decode(ctx, batch)
+                if rc != 0:
+                    raise LlamaError(f"llama_decode failed at position {pos0 + start} (code {rc})")
+        finally:
+            lc.llama_batch_free(batch)
+
     def tokenize_audio_prompt(self, mctx, text: str, samples):
         """mtmd input chunks of a rendered prompt ``text`` (holding mtmd's media marker) and the mono float32
         ``samples`` at the projector's rate; the caller frees them with ``mtmd_input_chunks_free``. The BOS token is
@@ -310,7 +358,40 @@ class LlamaModel:
 def render_prompt(formatter, marker: str, prompt: str) -> str:
     """The chat-formatted user turn: the media ``marker`` (where the audio goes), a newline, then ``prompt``; plain
     text with a trailing newline when the model has no chat template (``formatter`` None)."""
-    content = f"{marker}\n{prompt}"
+    return render_user_turn(formatter, f"{marker}\n{prompt}")
+
+
+def render_user_turn(formatter, content: str) -> str:
+    """A conversation of one user turn holding ``content``, chat-formatted up to the assistant's reply (the model's
+    template from its GGUF); ``content`` with a trailing newline when the model has no chat template (``formatter``
+    None)."""
+    return _render_chat(formatter, [{"role": "user", "content": content}])
+
+
+def render_follow_up(formatter, messages: list[dict], reply: str, question: str) -> str:
+    """The text that continues a rendered conversation with a new user turn: ``messages`` (``{"role", "content"}``
+    dicts, rendered up to the assistant's reply) were answered with ``reply``; the result follows the prompt of
+    ``messages`` + ``reply`` (the end of the assistant's turn, the user turn with ``question``, the assistant's
+    header).
+
+    Raises
+    ------
+    ValueError
+        The template does not render the longer conversation as an extension of the shorter one (it rewrites
+        earlier turns), so a cache holding the earlier turns cannot be continued.
+    """
+    before = _render_chat(formatter, messages) + reply
+    after = _render_chat(formatter, [*messages, {"role": "assistant", "content": reply},
+                                     {"role": "user", "content": question}])
+    if not after.startswith(before):
+        raise ValueError("the chat template renders the follow-up conversation with different earlier turns, so "
+                         "the cached turns cannot be continued")
+    return after[len(before):]
+
+
+def _render_chat(formatter, messages: list[dict]) -> str:
+    """``messages`` chat-formatted up to the assistant's reply; without a template (``formatter`` None) each
+    message's content and a newline."""
     if formatter is None:
-        return content + "\n"
-    return formatter(messages=[{"role": "user", "content": content}]).prompt
+        return "".join(m["content"] + "\n" for m in messages)
+    return formatter(messages=messages).prompt

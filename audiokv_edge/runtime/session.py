@@ -1,4 +1,5 @@
-"""Answer prompts about audio with a llama.cpp text model + libmtmd audio projector: the Python API for apps.
+"""Answer prompts about audio (llama.cpp text model + libmtmd audio projector) or about a text document: the Python
+API for apps.
 
 A :class:`Session` loads the model and its projector once and answers many audio prompts::
 
@@ -14,14 +15,19 @@ template (from its GGUF, rendered with llama-cpp-python's Jinja support) with mt
 content starts -> ``mtmd_tokenize`` (text chunks + one chunk per 30 s audio window) -> each chunk encoded and
 decoded into the KV cache -> greedy decoding.
 
+Text (:meth:`Session.answer_text`, no projector needed): the document and the question in one user turn
+(:mod:`audiokv_edge.runtime.text_document`: document first, or the question first) -> the chat template -> one
+tokenization -> decoded in blocks of ``text_block`` tokens -> the same eviction and decoding. :meth:`Session.follow_up`
+asks the next question of a conversation against the cache the last answer left (evicted, not re-read).
+
 KV-cache eviction: ``method="full"`` keeps everything. Any other method, with a libllama carrying the per-head
 eviction API (the patched llama.cpp, docs/per-head-eviction.md), evicts in COMPACT mode once after the prompt, or with
-``stream=True`` also after every audio chunk (the main cache then only ever holds one chunk with its text, the kept
-entries live in per-head pools of keep x the positions seen + one chunk + the answer). llama.cpp hands the captured
-window queries and the keys (f16 or q8_0) to libaudiokv's C callback (``audiokv_llama_evict_callback``, Python only
-registers it), which plans with the method (the head profile stored in the model's GGUF drives AudioKV's budgets),
-and llama.cpp frees the dropped entries: :class:`~audiokv_edge.runtime.kv_eviction.KVEvictor`, called from
-:meth:`Session._evict`.
+``stream=True`` also after every audio chunk or ``text_block`` tokens of a document (the main cache then only ever
+holds one chunk with its text, the kept entries live in per-head pools of keep x the positions seen + one chunk + the
+answer). llama.cpp hands the captured window queries and the keys (f16 or q8_0) to libaudiokv's C callback
+(``audiokv_llama_evict_callback``, Python only registers it), which plans with the method (the head profile stored
+in the model's GGUF drives AudioKV's budgets), and llama.cpp frees the dropped entries:
+:class:`~audiokv_edge.runtime.kv_eviction.KVEvictor`, called from :meth:`Session._evict`.
 """
 
 from __future__ import annotations
@@ -51,13 +57,23 @@ from audiokv_edge.runtime.kv_eviction import (
     KVEvictor,
     choose_keep,
 )
-from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, render_prompt
+from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, render_follow_up, render_prompt
 from audiokv_edge.runtime.stats import KV_TYPE_BYTES, AnswerStats, KVGeometry, ggml_type, peak_rss_bytes
+from audiokv_edge.runtime.text_document import (
+    DEFAULT_TEXT_BLOCK,
+    DocumentError,
+    document_token_span,
+    load_document,
+    render_document_prompt,
+    stream_boundaries,
+)
 
 logger = logging.getLogger(__name__)
 native_logger = logging.getLogger("audiokv_edge.native")
 
 DEFAULT_PROMPT = "Transcribe the audio."
+#: The question of :meth:`Session.answer_text` when none is given.
+DEFAULT_TEXT_PROMPT = "Summarise the text."
 #: Text tokens around one audio chunk that a streaming eviction's headroom reserves beside the chunk and the answer.
 STREAM_TEXT_MARGIN = 64
 KV_TYPES = ("f16", "q8_0")
@@ -88,7 +104,8 @@ class SessionConfig:
         stored ``audiokv.defaults.keep`` (docs/gguf-keys.md) when the method is ``audiokv`` and the GGUF has one,
         else :data:`DEFAULT_KEEP`.
     stream : bool
-        Evict after every audio chunk (bounded memory) instead of once after the prompt.
+        Evict after every audio chunk / every ``text_block`` tokens of a text document (bounded memory), not only
+        once after the prompt.
     max_tokens : int
         Most tokens generated per answer (>= 1).
     threads : int
@@ -105,7 +122,10 @@ class SessionConfig:
         Method ``audiokv`` only: ``"all"`` (default, the paper's SSS over every scored token) or ``"audio"`` (SSS
         within the positions where libmtmd put the audio chunks, each run of audio tokens smoothed on its own; text
         tokens keep their raw window scores, so that a short text needle is not blurred; docs/semantics.md, "SSS
-        restricted to the audio tokens").
+        restricted to the audio tokens"). A text document has no audio token: with ``"audio"`` its scores are not
+        smoothed at all (the raw window scores, as audiokv with ``sss_alpha = 0``).
+    text_block : int
+        With ``stream``: document tokens decoded between two evictions of a text prompt (>= 1, default 512).
     """
 
     method: str = "audiokv"
@@ -118,6 +138,7 @@ class SessionConfig:
     kv_type: str = "f16"
     flash_attn: bool = False
     sss_scope: str = "all"
+    text_block: int = DEFAULT_TEXT_BLOCK
 
     def __post_init__(self) -> None:
         from audiokv_edge.methods import METHODS
@@ -128,7 +149,7 @@ class SessionConfig:
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
                                  or not np.isfinite(keep) or not 0 < keep <= 1):
             raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
-        for name, low in (("max_tokens", 1), ("threads", 0), ("ctx", 16), ("batch", 1)):
+        for name, low in (("max_tokens", 1), ("threads", 0), ("ctx", 16), ("batch", 1), ("text_block", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -147,10 +168,19 @@ class SessionConfig:
 
 @dataclass(frozen=True)
 class Answer:
-    """Generated text and the statistics of producing it."""
+    """Generated text and the statistics of producing it.
+
+    Attributes
+    ----------
+    text : str
+    stats : AnswerStats
+    tokens : tuple of int
+        The generated token ids (the end-of-generation token not included).
+    """
 
     text: str
     stats: AnswerStats
+    tokens: tuple = ()
 
     def to_dict(self) -> dict:
         """``{"text": ..., **stats}``: the runner's ``--json`` object."""
@@ -159,12 +189,43 @@ class Answer:
 
 @dataclass
 class _PromptInfo:
+    """A tokenized prompt as the prefill decodes it: chunks (audio: libmtmd's; text: the document's blocks)."""
+
+    unit: str = "chunk"  # what one chunk is, for messages: "audio chunk", "document block"
+    what: str = ""  # the prompt's content, for messages
     chunks: int = 0
     audio_tokens: int = 0
+    document_tokens: int = 0
     prompt_tokens: int = 0
     n_pos: int = 0
     audio_chunk_ids: list = field(default_factory=list)
     chunk_tokens: list = field(default_factory=list)  # tokens (= main-cache cells) of each chunk
+    chunk_pos: list = field(default_factory=list)  # positions of each chunk
+    evict_after: list = field(default_factory=list)  # the chunks a streaming prefill evicts after
+
+
+@dataclass(frozen=True)
+class _Prefilled:
+    """The cache after a prefill: positions seen, main-cache cells held, eviction time and (layer, head, token)
+    entries kept / without eviction."""
+
+    n_past: int
+    cells: int
+    evict_ms: float
+    kept_entries: int
+    full_entries: int
+
+
+@dataclass(frozen=True)
+class _Conversation:
+    """What a follow-up continues: the chat so far (its messages and the last reply) and the cache holding it."""
+
+    messages: list
+    reply: str
+    n_past: int
+    cells: int
+    pending_token: int | None  # the reply's last token when it was sampled but not decoded (max_tokens reached)
+    finish: str
 
 
 def check_gguf(path: str | pathlib.Path, what: str) -> pathlib.Path:
@@ -186,6 +247,17 @@ def check_gguf(path: str | pathlib.Path, what: str) -> pathlib.Path:
     if magic != GGUF_MAGIC:
         raise SessionError(f"{what} {p} is not a GGUF file")
     return p
+
+
+def _projector_path(model_path: pathlib.Path, mmproj, audio: bool | None) -> pathlib.Path | None:
+    """The projector a :class:`Session` loads (None: a text-only session); see its ``audio`` parameter."""
+    if audio is False:
+        if mmproj is not None:
+            raise SessionError(f"an audio projector ({mmproj}) was given to a session without audio (audio=False)")
+        return None
+    if audio is None and mmproj is None and not any(pathlib.Path(model_path).parent.glob("mmproj*.gguf")):
+        return None
+    return find_mmproj(model_path, mmproj)
 
 
 def find_mmproj(model_path: str | pathlib.Path, mmproj: str | pathlib.Path | None = None) -> pathlib.Path:
@@ -262,8 +334,9 @@ _GGML_LOG_LEVEL_ERROR = 4  # ggml.h enum ggml_log_level: NONE 0, DEBUG 1, INFO 2
 _LAST_NATIVE_ERRORS: collections.deque = collections.deque(maxlen=8)
 
 
-def _route_native_logs(llama_cpp, mtmd_cpp) -> None:
-    """Send llama.cpp / libmtmd log lines to the ``audiokv_edge.native`` logger (DEBUG); remember errors."""
+def _route_native_logs(llama_cpp, mtmd_cpp=None) -> None:
+    """Send llama.cpp / libmtmd (when loaded) log lines to the ``audiokv_edge.native`` logger (DEBUG); remember
+    errors."""
     global _LOG_CALLBACK
     if _LOG_CALLBACK is None:
 
@@ -276,6 +349,8 @@ def _route_native_logs(llama_cpp, mtmd_cpp) -> None:
 
         _LOG_CALLBACK = llama_cpp.llama_log_callback(_log)
     llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+    if mtmd_cpp is None:
+        return
     mtmd_cpp.mtmd_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
     mtmd_cpp.mtmd_helper_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
 
@@ -296,18 +371,23 @@ def _native_error(default: str) -> str:
 
 
 class Session(HandleOwner):
-    """A loaded text model + audio projector answering audio prompts; a context manager freeing every handle.
+    """A loaded text model (+ audio projector) answering audio prompts and text documents; a context manager freeing
+    every handle.
 
     Parameters
     ----------
     model : str or pathlib.Path
         Text model GGUF.
     mmproj : str or pathlib.Path, optional
-        Audio projector GGUF; default: the one ``mmproj*.gguf`` beside ``model``.
+        Audio projector GGUF; default: the one ``mmproj*.gguf`` beside ``model``, if any.
     config : SessionConfig
         Options.
     lora : str or pathlib.Path, optional
         LoRA adapter GGUF that llama.cpp applies to the text model (as ``--lora``), e.g. the demo model's.
+    audio : bool or None
+        Whether the session answers audio: None (default) when a projector is given or lies beside the model, True
+        requires one (an error here when there is none), False loads none (a text-only session; ``mmproj`` must
+        then be None). A session without a projector answers text documents (:meth:`answer_text`) and refuses audio.
 
     Raises
     ------
@@ -316,9 +396,12 @@ class Session(HandleOwner):
     """
 
     def __init__(self, model: str | pathlib.Path, mmproj: str | pathlib.Path | None = None,
-                 config: SessionConfig | None = None, lora: str | pathlib.Path | None = None) -> None:
+                 config: SessionConfig | None = None, lora: str | pathlib.Path | None = None, *,
+                 audio: bool | None = None) -> None:
         self.config = config or SessionConfig()
         self._llm = self._model = self._ctx = self._mctx = self._sampler = self._evictor = None
+        self._mtmd = None
+        self._conversation: _Conversation | None = None
         self.last_answer: Answer | None = None
         #: One dict per eviction of the last answer: n_past (positions seen), ms, entries_before / _after,
         #: bytes_used_before / _after (K+V bytes the sequence occupies in the evictable layers: per-head pools incl.
@@ -336,23 +419,34 @@ class Session(HandleOwner):
         #: window), n_window (queries llama.cpp captures), sss_alpha, sss_gamma, sss_scope.
         self.evict_settings: dict | None = None
         #: Positions [start, end) of the audio chunks of the last prompt, as libmtmd placed them in the sequence
-        #: (with ``sss_scope="audio"`` the evictions restrict SSS to them).
+        #: (with ``sss_scope="audio"`` the evictions restrict SSS to them; none for a text document).
         self.last_audio_spans: list[tuple[int, int]] = []
+        #: Token positions [start, end) of the last text document in its prompt (None after an audio prompt).
+        self.last_document_span: tuple[int, int] | None = None
+        #: Projector's audio sample rate (Hz); None in a text-only session.
+        self.sample_rate: int | None = None
+        self.marker: str | None = None
         self.model_path = check_gguf(model, "model")
-        self.mmproj_path = find_mmproj(self.model_path, mmproj)
+        self.mmproj_path = _projector_path(self.model_path, mmproj, audio)
         self.lora_path = None if lora is None else check_gguf(lora, "LoRA adapter")
 
         from audiokv_edge.native import libs as native_libs
 
         self._llama = native_libs.load_llama_cpp()
         self._lc = self._llama.llama_cpp
-        self._mtmd = native_libs.load_mtmd_cpp()
+        if self.mmproj_path is not None:
+            self._mtmd = native_libs.load_mtmd_cpp()
         _route_native_logs(self._lc, self._mtmd)
         try:
             self._load()
         except BaseException:
             self.close()
             raise
+
+    @property
+    def supports_audio(self) -> bool:
+        """Whether an audio projector is loaded (else only text documents are answered)."""
+        return self.mmproj_path is not None
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -378,19 +472,20 @@ class Session(HandleOwner):
             raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
         self.n_ctx = int(lc.llama_n_ctx(self._ctx))
 
-        try:
-            self._mctx = self._llm.new_projector(self.mmproj_path, n_threads=cfg.n_threads, flash_attn=flash)
-        except LlamaError as exc:
-            raise SessionError(f"{exc}: {_native_error('libmtmd refused it')}") from None
-        if not mt.mtmd_support_audio(self._mctx):
-            raise SessionError(f"{self.mmproj_path} has no audio encoder")
-        self.sample_rate = int(mt.mtmd_get_audio_sample_rate(self._mctx))
-        if self.sample_rate <= 0:
-            raise SessionError(f"{self.mmproj_path} reports audio sample rate {self.sample_rate}")
+        if self.mmproj_path is not None:
+            try:
+                self._mctx = self._llm.new_projector(self.mmproj_path, n_threads=cfg.n_threads, flash_attn=flash)
+            except LlamaError as exc:
+                raise SessionError(f"{exc}: {_native_error('libmtmd refused it')}") from None
+            if not mt.mtmd_support_audio(self._mctx):
+                raise SessionError(f"{self.mmproj_path} has no audio encoder")
+            self.sample_rate = int(mt.mtmd_get_audio_sample_rate(self._mctx))
+            if self.sample_rate <= 0:
+                raise SessionError(f"{self.mmproj_path} reports audio sample rate {self.sample_rate}")
+            self.marker = mt.mtmd_default_marker().decode()
         self._sampler = lc.llama_sampler_init_greedy()
         self.geometry = self._kv_geometry()
         self._formatter = self._chat_formatter()
-        self.marker = mt.mtmd_default_marker().decode()
         if cfg.method != "full":
             self._init_eviction()
 
@@ -417,10 +512,11 @@ class Session(HandleOwner):
         """
         cfg = self.config
         # rows per (layer, KV head) reserved after each eviction for the tokens until the next: the answer, and when
-        # streaming one 30 s audio chunk with its text (more are allocated on demand)
+        # streaming one 30 s audio chunk or one document block with its text (more are allocated on demand)
         headroom = cfg.max_tokens + 1
         if cfg.stream:
-            headroom += self.audio_chunk_tokens() + STREAM_TEXT_MARGIN
+            chunk = self.audio_chunk_tokens() if self.supports_audio else 0
+            headroom += max(chunk, cfg.text_block) + STREAM_TEXT_MARGIN
         try:
             self._evictor = KVEvictor(self._model, self._ctx, method=cfg.method, keep=self._keep_choice,
                                       n_threads=cfg.n_threads, n_ctx=self.n_ctx, n_headroom=headroom,
@@ -446,12 +542,28 @@ class Session(HandleOwner):
             logger.warning("%s has no chat template: the prompt is sent as plain text", self.model_path)
         return formatter
 
+    def _audio_content(self, prompt: str) -> str:
+        return f"{self.marker}\n{prompt}"
+
     def render_prompt(self, prompt: str) -> str:
         """The chat-formatted prompt, with mtmd's media marker where the audio goes (start of the user turn)."""
+        self._require_audio()
         return render_prompt(self._formatter, self.marker, prompt)
 
-    # ------------------------------------------------------------------ answering
+    def render_text_prompt(self, document, prompt: str = DEFAULT_TEXT_PROMPT, *,
+                           question_first: bool = False) -> str:
+        """The chat-formatted prompt of :meth:`answer_text` (the text that is tokenized and decoded)."""
+        return render_document_prompt(self._formatter, load_document(document), prompt,
+                                      question_first=question_first).text
+
+    def _require_audio(self) -> None:
+        if self.mmproj_path is None:
+            raise SessionError(f"no audio projector for {self.model_path}: this session answers text only; pass "
+                               f"--mmproj FILE (Session(..., mmproj=FILE)) or put an mmproj*.gguf beside the model")
+
+    # ------------------------------------------------------------------ answering audio
     def _clip(self, audio, sample_rate: int | None) -> AudioClip:
+        self._require_audio()
         if isinstance(audio, AudioClip):
             if audio.sample_rate != self.sample_rate:
                 return clip_from_array(audio.samples, audio.sample_rate, self.sample_rate, path=audio.path)
@@ -484,23 +596,15 @@ class Session(HandleOwner):
         -------
         Answer
         """
-        pieces = []
-        for piece in self.stream(audio, prompt, sample_rate=sample_rate, progress=progress):
-            pieces.append(piece)
-            if on_token is not None:
-                on_token(piece)
-        if self.last_answer is None:
-            raise SessionError("generation ended without an answer")
-        return self.last_answer
+        return self._collect(self.stream(audio, prompt, sample_rate=sample_rate, progress=progress), on_token)
 
     def stream(self, audio, prompt: str = DEFAULT_PROMPT, *, sample_rate: int | None = None,
                progress: Callable[[int, int], None] | None = None) -> Iterator[str]:
         """Like :meth:`answer`, yielding text pieces as they are generated; the :class:`Answer` is then in
         :attr:`last_answer`."""
-        if self._ctx is None:
-            raise SessionError("session is closed")
+        self._check_open()
         clip = self._clip(audio, sample_rate)
-        return self._generate(clip, prompt, progress)
+        return self._generate_audio(clip, prompt, progress)
 
     def _tokenize(self, clip: AudioClip, prompt: str):
         mt = self._mtmd
@@ -508,17 +612,20 @@ class Session(HandleOwner):
             chunks = self._llm.tokenize_audio_prompt(self._mctx, self.render_prompt(prompt), clip.samples)
         except LlamaError as exc:
             raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
-        info = _PromptInfo()
+        info = _PromptInfo(unit="audio chunk")
         info.chunks = int(mt.mtmd_input_chunks_size(chunks))
         for i in range(info.chunks):
             chunk = mt.mtmd_input_chunks_get(chunks, i)
             n = int(mt.mtmd_input_chunk_get_n_tokens(chunk))
             info.prompt_tokens += n
             info.chunk_tokens.append(n)
-            info.n_pos += int(mt.mtmd_input_chunk_get_n_pos(chunk))
+            info.chunk_pos.append(int(mt.mtmd_input_chunk_get_n_pos(chunk)))
             if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_AUDIO:
                 info.audio_tokens += n
                 info.audio_chunk_ids.append(i)
+        info.n_pos = sum(info.chunk_pos)
+        info.evict_after = [i for i in info.audio_chunk_ids if i != info.chunks - 1]
+        info.what = f"{clip.seconds:.1f} s of audio -> {info.audio_tokens} audio tokens"
         return chunks, info
 
     def count_audio_tokens(self, audio, *, sample_rate: int | None = None) -> int:
@@ -529,10 +636,211 @@ class Session(HandleOwner):
 
     def audio_chunk_tokens(self) -> int:
         """Most tokens mtmd gives one audio chunk (30 s of audio; tokenization only, nothing encoded)."""
+        self._require_audio()
         clip = clip_from_array(np.zeros(30 * self.sample_rate, np.float32), self.sample_rate, self.sample_rate)
         chunks, info = self._tokenize(clip, DEFAULT_PROMPT)
         self._mtmd.mtmd_input_chunks_free(chunks)
         return max((info.chunk_tokens[i] for i in info.audio_chunk_ids), default=0)
+
+    def _generate_audio(self, clip: AudioClip, prompt: str, progress) -> Iterator[str]:
+        mt = self._mtmd
+        self._begin_answer()
+        t0 = time.perf_counter()
+        chunks, info = self._tokenize(clip, prompt)
+
+        def evaluate(i: int, n_past: int) -> int:
+            chunk = mt.mtmd_input_chunks_get(chunks, i)
+            new_n_past = self._lc.llama_pos(n_past)  # in/out: text chunks add to it, media chunks set it
+            rc = mt.mtmd_helper_eval_chunk_single(self._mctx, self._ctx, chunk, n_past, 0, self.config.batch,
+                                                  i == info.chunks - 1, ctypes.byref(new_n_past))
+            if rc != 0:
+                raise SessionError(f"evaluating prompt chunk {i + 1}/{info.chunks} failed (code {rc}): "
+                                   f"{_native_error('see -v log')}")
+            return int(new_n_past.value)
+
+        try:
+            prefilled = self._prefill(info, evaluate, progress)
+        finally:
+            mt.mtmd_input_chunks_free(chunks)
+        yield from self._answer_after(prefilled, info, t0, [{"role": "user", "content": self._audio_content(prompt)}],
+                                      audio_seconds=clip.seconds)
+
+    # ------------------------------------------------------------------ answering text
+    def answer_text(self, document, prompt: str = DEFAULT_TEXT_PROMPT, *, question_first: bool = False,
+                    on_token: Callable[[str], None] | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> Answer:
+        """Answer ``prompt`` about a text ``document``, evicted like audio: once after the prompt's prefill, or with
+        ``stream`` after every ``text_block`` tokens of the document too.
+
+        Parameters
+        ----------
+        document : str or os.PathLike
+            The text itself (``str``), or a UTF-8 text file (``pathlib.Path``); surrounding whitespace is removed.
+        prompt : str
+            The question (default: summarise).
+        question_first : bool
+            Put the question before the document in the user turn (the eviction then cannot know the question:
+            query-agnostic, the harder case) instead of after it.
+        on_token : callable, optional
+            Called with each piece of text as soon as it is generated.
+        progress : callable, optional
+            ``progress(done_positions, total_positions)`` after every block of the prompt (prefill).
+
+        Returns
+        -------
+        Answer
+            ``stats.document_tokens`` holds the document's tokens, ``stats.audio_tokens`` is 0.
+
+        Raises
+        ------
+        DocumentError
+            The document is empty, or its file is missing, unreadable or not UTF-8 text (a ``ValueError``).
+        ContextTooSmallError
+            The prompt does not fit the context (the message names both sizes).
+        """
+        return self._collect(self.stream_text(document, prompt, question_first=question_first, progress=progress),
+                             on_token)
+
+    def stream_text(self, document, prompt: str = DEFAULT_TEXT_PROMPT, *, question_first: bool = False,
+                    progress: Callable[[int, int], None] | None = None) -> Iterator[str]:
+        """Like :meth:`answer_text`, yielding text pieces as they are generated; the :class:`Answer` is then in
+        :attr:`last_answer`."""
+        self._check_open()
+        text = load_document(document)
+        return self._generate_text(text, prompt, question_first, progress)
+
+    def _generate_text(self, document: str, prompt: str, question_first: bool, progress) -> Iterator[str]:
+        self._begin_answer()
+        t0 = time.perf_counter()
+        rendered = render_document_prompt(self._formatter, document, prompt, question_first=question_first)
+        bos = self._llm.bos_text
+        add_special = not (bos and rendered.text.startswith(bos))
+
+        def tokenize(text: str) -> list[int]:
+            try:
+                return self._llm.tokenize(text, add_special=add_special)
+            except LlamaError as exc:
+                raise SessionError(str(exc)) from None
+
+        tokens = tokenize(rendered.text)
+        span = document_token_span(tokenize, rendered, tokens)
+        self.last_document_span = span
+        cuts = [0, *stream_boundaries(len(tokens), span, self.config.text_block), len(tokens)]
+        info = _PromptInfo(unit="document block")
+        info.chunks = len(cuts) - 1
+        info.chunk_tokens = [b - a for a, b in zip(cuts, cuts[1:])]
+        info.chunk_pos = list(info.chunk_tokens)
+        info.prompt_tokens = info.n_pos = len(tokens)
+        info.document_tokens = span[1] - span[0]
+        info.evict_after = list(range(info.chunks - 1))
+        info.what = (f"a document of {info.document_tokens} tokens + {len(tokens) - info.document_tokens} tokens of "
+                     f"question and chat template")
+
+        def evaluate(i: int, n_past: int) -> int:
+            part = tokens[cuts[i]:cuts[i + 1]]
+            try:
+                self._llm.decode_tokens(self._ctx, part, n_past, self.config.batch)
+            except LlamaError as exc:
+                raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
+            return n_past + len(part)
+
+        prefilled = self._prefill(info, evaluate, progress)
+        yield from self._answer_after(prefilled, info, t0, [{"role": "user", "content": rendered.content}])
+
+    # ------------------------------------------------------------------ follow-up questions
+    def follow_up(self, prompt: str, *, on_token: Callable[[str], None] | None = None) -> Answer:
+        """Ask another question in the conversation of the last answer (audio or text), against the cache as that
+        answer left it: the evicted prompt, then the answer. The follow-up's turn is decoded into the cache and not
+        evicted (the realistic chat case: the document was evicted before the second question was known).
+
+        Parameters
+        ----------
+        prompt : str
+            The next question.
+        on_token : callable, optional
+            Called with each piece of text as soon as it is generated.
+
+        Returns
+        -------
+        Answer
+            ``stats.prompt_tokens`` counts the follow-up's new positions; ``kv_bytes_full`` / ``kv_bytes_kept`` the
+            whole conversation's cache without eviction / as held when the follow-up's answer starts.
+
+        Raises
+        ------
+        SessionError
+            No completed answer to follow (none yet, its stream was not read to the end, or it filled the context),
+            or the chat template cannot continue the conversation.
+        ContextTooSmallError
+            The follow-up does not fit the rest of the context.
+        """
+        return self._collect(self.stream_follow_up(prompt), on_token)
+
+    def stream_follow_up(self, prompt: str) -> Iterator[str]:
+        """Like :meth:`follow_up`, yielding text pieces as they are generated; the :class:`Answer` is then in
+        :attr:`last_answer`."""
+        self._check_open()
+        conv = self._conversation
+        if conv is None:
+            raise SessionError("no answer to follow up: answer a prompt first, and read its stream to the end")
+        if conv.finish == "context":
+            raise ContextTooSmallError(f"the last answer filled the context ({self.n_ctx} positions): no room for a "
+                                       f"follow-up; use a larger --ctx")
+        try:
+            text = render_follow_up(self._formatter, conv.messages, conv.reply, prompt)
+        except ValueError as exc:
+            raise SessionError(f"{self.model_path}: {exc}") from None
+        try:
+            tokens = self._llm.tokenize(text, add_special=False)
+        except LlamaError as exc:
+            raise SessionError(str(exc)) from None
+        if conv.pending_token is not None:  # sampled last but never decoded (the answer ended at max_tokens)
+            tokens = [conv.pending_token, *tokens]
+        return self._generate_follow_up(conv, tokens, prompt)
+
+    def _generate_follow_up(self, conv: "_Conversation", tokens: list[int], prompt: str) -> Iterator[str]:
+        self._conversation = None
+        self.last_answer = None
+        self.last_evictions = []
+        t0 = time.perf_counter()
+        info = _PromptInfo(unit="follow-up", chunks=1, prompt_tokens=len(tokens), n_pos=len(tokens),
+                           chunk_tokens=[len(tokens)], chunk_pos=[len(tokens)])
+        info.what = f"the follow-up's {len(tokens)} tokens"
+
+        def evaluate(i: int, n_past: int) -> int:
+            try:
+                self._llm.decode_tokens(self._ctx, tokens, n_past, self.config.batch)
+            except LlamaError as exc:
+                raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
+            return n_past + len(tokens)
+
+        prefilled = self._prefill(info, evaluate, None, start=conv, evict=False)
+        messages = [*conv.messages, {"role": "assistant", "content": conv.reply}, {"role": "user", "content": prompt}]
+        yield from self._answer_after(prefilled, info, t0, messages)
+
+    # ------------------------------------------------------------------ prefill, eviction, decoding
+    def _check_open(self) -> None:
+        if self._ctx is None:
+            raise SessionError("session is closed")
+
+    def _collect(self, pieces: Iterator[str], on_token) -> Answer:
+        for piece in pieces:
+            if on_token is not None:
+                on_token(piece)
+        if self.last_answer is None:
+            raise SessionError("generation ended without an answer")
+        return self.last_answer
+
+    def _begin_answer(self) -> None:
+        """An empty cache and sampler for a new prompt."""
+        lc = self._lc
+        self.last_answer = None
+        self.last_evictions = []
+        self.last_audio_spans = []
+        self.last_document_span = None
+        self._conversation = None
+        lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
+        lc.llama_sampler_reset(self._sampler)
 
     def _needs_eviction(self) -> bool:
         return self.config.method != "full"
@@ -549,8 +857,7 @@ class Session(HandleOwner):
         elapsed_ms : float
         """
         if not self._needs_eviction():
-            g = self.geometry
-            full = g.n_layer * g.n_head_kv * n_past
+            full = self._full_entries(n_past)
             return full, full, 0.0
         try:
             record = self._evictor.evict(n_past)
@@ -558,6 +865,22 @@ class Session(HandleOwner):
             raise SessionError(f"{exc} ({exc.detail or _native_error('see -v log')})") from None
         self.last_evictions.append(record.as_dict())
         return record.kept_entries, record.full_entries, record.ms
+
+    def _full_entries(self, n_past: int) -> int:
+        g = self.geometry
+        return g.n_layer * g.n_head_kv * n_past
+
+    def _held_entries(self, n_past: int) -> tuple[int, int]:
+        """(kept, full) entries of the cache as it is now, holding ``n_past`` positions (no eviction)."""
+        if self._evictor is None or not self._needs_eviction():
+            full = self._full_entries(n_past)
+            return full, full
+        try:
+            stats = self._evictor.stats()
+        except EvictionError as exc:
+            raise SessionError(str(exc)) from None
+        per_position = int(stats.n_entries_full) // max(1, int(stats.n_tokens))
+        return int(stats.n_entries), per_position * n_past
 
     def _set_audio_spans(self, spans: list[tuple[int, int]]) -> None:
         """Hand the audio positions of sequence 0 to the evictor (``sss_scope="audio"``)."""
@@ -567,107 +890,113 @@ class Session(HandleOwner):
             raise SessionError(str(exc)) from None
 
     def _streaming(self) -> bool:
-        """Whether the prompt is evicted after every audio chunk (``stream`` with eviction available)."""
+        """Whether the prompt is evicted after every audio chunk / document block (``stream`` with eviction)."""
         return self.config.stream and self._evictor is not None
 
-    def _cells_needed(self, info: "_PromptInfo") -> int:
+    def _cells_needed(self, info: "_PromptInfo", cells: int = 0) -> int:
         """Most cells of the main KV cache the prompt occupies at once, plus one for the first answer token.
 
-        Without streaming: every prompt position. Streaming: a COMPACT eviction leaves one cell of the main cache
-        (the last position; the kept entries move to per-head pools), so the largest stretch between two evictions
-        counts: an audio chunk with the text before it, or the last chunk with the text after it.
+        Without streaming: every prompt position (after the ``cells`` already held). Streaming: a COMPACT eviction
+        leaves one cell of the main cache (the last position; the kept entries move to per-head pools), so the
+        largest stretch between two evictions counts: an audio chunk or document block with the text before it, or
+        the last one with the text after it.
         """
         if not self._streaming():
-            return info.n_pos + 1
-        cells = peak = 0
-        last = info.chunks - 1
+            return cells + info.n_pos + 1
+        peak = cells
         for i, n in enumerate(info.chunk_tokens):
             cells += n
             peak = max(peak, cells)
-            if i in info.audio_chunk_ids and i != last:
+            if i in info.evict_after:
                 cells = 1
         return peak + 1
 
-    def _generate(self, clip: AudioClip, prompt: str, progress) -> Iterator[str]:
-        lc, mt, cfg = self._lc, self._mtmd, self.config
-        self.last_answer = None
-        self.last_evictions = []
-        lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
-        lc.llama_sampler_reset(self._sampler)
-        t0 = time.perf_counter()
-        chunks, info = self._tokenize(clip, prompt)
-        evict_ms = 0.0
-        streaming = self._streaming()
-        self.last_audio_spans = []
-        spans_to_evictor = cfg.sss_scope == "audio" and self._evictor is not None
-        try:
-            if spans_to_evictor:
-                self._set_audio_spans([])   # this prompt's spans only: none until its first audio chunk
-            need = self._cells_needed(info)
-            if need > self.n_ctx:
-                at_least = need - 1 + cfg.max_tokens
-                if streaming:
-                    raise ContextTooSmallError(
-                        f"with --stream the context must hold the largest audio chunk with its text ({need - 1} "
-                        f"tokens) but it holds {self.n_ctx}: use a larger --ctx (at least {at_least})")
-                if cfg.method == "full":
-                    hint = f"use a larger --ctx (at least {at_least}), or --stream with an evicting --method"
-                else:
-                    hint = f"use --stream or a larger --ctx (at least {at_least})"
+    def _prefill(self, info: "_PromptInfo", evaluate: Callable[[int, int], int], progress, *,
+                 start: "_Conversation | None" = None, evict: bool = True) -> "_Prefilled":
+        """Decode the prompt's chunks into the cache (``evaluate(i, n_past) -> n_past after chunk i``), evicting
+        after the chunks of ``info.evict_after`` when streaming and after the last one (``evict``).
+
+        ``start``: the conversation the prompt continues (its positions and main-cache cells); None: an empty cache.
+        """
+        cfg = self.config
+        streaming = self._streaming() and evict
+        n_past = start.n_past if start is not None else 0
+        cells = start.cells if start is not None else 0  # main-cache cells the sequence holds
+        spans_to_evictor = cfg.sss_scope == "audio" and self._evictor is not None and start is None
+        if spans_to_evictor:
+            self._set_audio_spans([])   # this prompt's spans only: none until its first audio chunk (text: none)
+        need = self._cells_needed(info, cells) if streaming else cells + info.n_pos + 1
+        if need > self.n_ctx:
+            at_least = need - 1 + cfg.max_tokens
+            if start is not None:
                 raise ContextTooSmallError(
-                    f"the prompt needs {info.n_pos} positions ({clip.seconds:.1f} s of audio -> {info.audio_tokens} "
-                    f"audio tokens) but the context holds {self.n_ctx}: {hint}"
-                )
-            n_past = 0
-            done = 0
-            cells = 0  # main-cache cells the sequence holds
+                    f"{info.what} need {need - 1} cells of the context ({cells} held by the conversation so far) but "
+                    f"it holds {self.n_ctx}: use a larger --ctx (at least {at_least})")
+            if streaming:
+                hint = "a smaller --text-block or " if info.unit == "document block" else ""
+                raise ContextTooSmallError(
+                    f"with --stream the context must hold the largest {info.unit} with its text ({need - 1} "
+                    f"tokens) but it holds {self.n_ctx}: use {hint}a larger --ctx (at least {at_least})")
+            if cfg.method == "full":
+                hint = f"use a larger --ctx (at least {at_least}), or --stream with an evicting --method"
+            else:
+                hint = f"use --stream or a larger --ctx (at least {at_least})"
+            raise ContextTooSmallError(
+                f"the prompt needs {info.n_pos} positions ({info.what}) but the context holds {self.n_ctx}: {hint}")
+        done = 0
+        evict_ms = 0.0
+        if progress is not None:
+            progress(0, info.n_pos)
+        for i in range(info.chunks):
+            new_n_past = evaluate(i, n_past)
+            if i in info.audio_chunk_ids:   # where libmtmd put this chunk: before any eviction planning it
+                self.last_audio_spans.append((n_past, new_n_past))
+                if spans_to_evictor:
+                    self._set_audio_spans(self.last_audio_spans)
+            n_past = new_n_past
+            cells += info.chunk_tokens[i]
+            done += info.chunk_pos[i]
+            if streaming and i in info.evict_after:
+                evict_ms += self._evict(n_past)[2]
+                cells = 1
             if progress is not None:
-                progress(0, info.n_pos)
-            for i in range(info.chunks):
-                chunk = mt.mtmd_input_chunks_get(chunks, i)
-                new_n_past = lc.llama_pos(n_past)  # in/out: text chunks add to it, media chunks set it
-                rc = mt.mtmd_helper_eval_chunk_single(self._mctx, self._ctx, chunk, n_past, 0, cfg.batch,
-                                                      i == info.chunks - 1, ctypes.byref(new_n_past))
-                if rc != 0:
-                    raise SessionError(f"evaluating prompt chunk {i + 1}/{info.chunks} failed (code {rc}): "
-                                       f"{_native_error('see -v log')}")
-                if i in info.audio_chunk_ids:   # where libmtmd put this chunk: before any eviction planning it
-                    self.last_audio_spans.append((n_past, int(new_n_past.value)))
-                    if spans_to_evictor:
-                        self._set_audio_spans(self.last_audio_spans)
-                n_past = int(new_n_past.value)
-                cells += info.chunk_tokens[i]
-                done += int(mt.mtmd_input_chunk_get_n_pos(chunk))
-                if streaming and i in info.audio_chunk_ids and i != info.chunks - 1:
-                    evict_ms += self._evict(n_past)[2]
-                    cells = 1
-                if progress is not None:
-                    progress(done, info.n_pos)
-        finally:
-            mt.mtmd_input_chunks_free(chunks)
-        kept_entries, full_entries, ms = self._evict(n_past)
-        evict_ms += ms
-        if self._evictor is not None and self._needs_eviction():
-            cells = 1  # COMPACT: the main cache keeps the last position only
+                progress(done, info.n_pos)
+        if evict:
+            kept_entries, full_entries, ms = self._evict(n_past)
+            evict_ms += ms
+            if self._evictor is not None and self._needs_eviction():
+                cells = 1  # COMPACT: the main cache keeps the last position only
+        else:
+            kept_entries, full_entries = self._held_entries(n_past)
+        return _Prefilled(n_past=n_past, cells=cells, evict_ms=evict_ms, kept_entries=kept_entries,
+                          full_entries=full_entries)
+
+    def _answer_after(self, prefilled: "_Prefilled", info: "_PromptInfo", t0: float, messages: list[dict], *,
+                      audio_seconds: float = 0.0) -> Iterator[str]:
+        """Greedy decoding after a prefill; sets :attr:`last_answer` and the conversation a follow-up continues."""
+        lc, cfg = self._lc, self.config
+        n_past, cells = prefilled.n_past, prefilled.cells
         prefill_s = time.perf_counter() - t0
 
         t1 = time.perf_counter()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pieces: list[str] = []
-        generated = 0
+        tokens: list[int] = []
+        pending = None  # the last sampled token when it was not decoded into the cache
         finish = "length"
         token_arr = (lc.llama_token * 1)()
-        while generated < cfg.max_tokens:
+        while len(tokens) < cfg.max_tokens:
             token = int(lc.llama_sampler_sample(self._sampler, self._ctx, -1))
             if lc.llama_vocab_is_eog(self._vocab, token):
                 finish = "stop"
                 break
-            generated += 1
+            tokens.append(token)
             piece = decoder.decode(self._llm.piece_bytes(token))
             if piece:
                 pieces.append(piece)
                 yield piece
-            if generated >= cfg.max_tokens:
+            if len(tokens) >= cfg.max_tokens:
+                pending = token
                 break
             if cells + 1 > self.n_ctx:
                 finish = "context"
@@ -683,10 +1012,11 @@ class Session(HandleOwner):
             pieces.append(tail)
             yield tail
         decode_s = time.perf_counter() - t1
+        generated = len(tokens)
 
         g = self.geometry
         stats = AnswerStats(
-            audio_seconds=round(clip.seconds, 6),
+            audio_seconds=round(audio_seconds, 6),
             audio_tokens=info.audio_tokens,
             prompt_tokens=info.n_pos,
             generated_tokens=generated,
@@ -694,17 +1024,21 @@ class Session(HandleOwner):
             keep=1.0 if cfg.method == "full" else float(self.keep),
             keep_source=KEEP_FULL if cfg.method == "full" else self.keep_source,
             eviction_applied=True,
-            kv_bytes_full=g.kept_bytes(full_entries),
-            kv_bytes_kept=g.kept_bytes(kept_entries),
+            kv_bytes_full=g.kept_bytes(prefilled.full_entries),
+            kv_bytes_kept=g.kept_bytes(prefilled.kept_entries),
             prefill_tokens_per_s=info.n_pos / prefill_s if prefill_s > 0 else 0.0,
             decode_tokens_per_s=generated / decode_s if decode_s > 0 and generated else 0.0,
             prefill_s=prefill_s,
             decode_s=decode_s,
-            evict_ms=evict_ms,
+            evict_ms=prefilled.evict_ms,
             peak_rss_bytes=peak_rss_bytes(),
             finish_reason=finish,
+            document_tokens=info.document_tokens,
         )
-        self.last_answer = Answer("".join(pieces), stats)
+        text = "".join(pieces)
+        self.last_answer = Answer(text, stats, tuple(tokens))
+        self._conversation = _Conversation(messages=messages, reply=text, n_past=n_past, cells=cells,
+                                           pending_token=pending, finish=finish)
 
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:
@@ -717,6 +1051,7 @@ class Session(HandleOwner):
         if llm is not None:
             llm.close_contexts()
         self._mctx = self._ctx = None
+        self._conversation = None
         if getattr(self, "_evictor", None):  # after the context: no eviction can call it any more
             self._evictor.close()
         self._evictor = None
@@ -725,5 +1060,6 @@ class Session(HandleOwner):
         self._llm = self._model = None
 
 
-__all__ = ["Answer", "AnswerStats", "ContextTooSmallError", "DEFAULT_KEEP", "DEFAULT_PROMPT", "KV_TYPE_BYTES",
-           "SSS_SCOPES", "Session", "SessionConfig", "SessionError", "find_mmproj", "check_gguf"]
+__all__ = ["Answer", "AnswerStats", "ContextTooSmallError", "DEFAULT_KEEP", "DEFAULT_PROMPT", "DEFAULT_TEXT_PROMPT",
+           "DocumentError", "KV_TYPE_BYTES", "SSS_SCOPES", "Session", "SessionConfig", "SessionError", "find_mmproj",
+           "check_gguf"]

@@ -1,4 +1,5 @@
-"""Statistics of one answered audio prompt: KV-cache bytes, throughput, peak memory; text and JSON forms."""
+"""Statistics of one answered prompt (audio or a text document): KV-cache bytes, throughput, peak memory; text and
+JSON forms."""
 
 from __future__ import annotations
 
@@ -78,11 +79,11 @@ class AnswerStats:
     Parameters
     ----------
     audio_seconds : float
-        Duration of the audio after resampling.
+        Duration of the audio after resampling (0 for a text prompt).
     audio_tokens : int
-        Audio embeddings placed in the prompt (all audio chunks).
+        Audio embeddings placed in the prompt (all audio chunks; 0 for a text prompt).
     prompt_tokens : int
-        Every prompt position (text + audio).
+        Every prompt position (text + audio; a follow-up: its new positions).
     generated_tokens : int
         Tokens decoded (the end-of-generation token not counted).
     method : str
@@ -111,6 +112,8 @@ class AnswerStats:
     keep_source : str
         Where ``keep`` came from: ``"config"`` (chosen by the caller, ``--keep``), ``"profile"`` (the model's
         ``audiokv.defaults.keep``), ``"default"`` (built-in) or ``"full"`` (method ``full`` keeps everything).
+    document_tokens : int
+        Tokens of the text document in the prompt (0 for an audio prompt or a follow-up).
     """
 
     audio_seconds: float
@@ -130,6 +133,7 @@ class AnswerStats:
     peak_rss_bytes: int
     finish_reason: str
     keep_source: str = "config"
+    document_tokens: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,8 +143,15 @@ class AnswerStats:
         mib = 1024.0 * 1024.0
         ratio = self.kv_bytes_kept / self.kv_bytes_full if self.kv_bytes_full else 1.0
         keep_note = " (model's head profile default)" if self.keep_source == "profile" else ""
+        if self.audio_tokens or self.audio_seconds:
+            prompt = (f"audio: {self.audio_seconds:.2f} s -> {self.audio_tokens} audio tokens, {self.prompt_tokens} "
+                      f"prompt tokens")
+        elif self.document_tokens:
+            prompt = f"text: {self.document_tokens} document tokens, {self.prompt_tokens} prompt tokens"
+        else:
+            prompt = f"prompt: {self.prompt_tokens} tokens"
         return [
-            f"audio: {self.audio_seconds:.2f} s -> {self.audio_tokens} audio tokens, {self.prompt_tokens} prompt tokens",
+            prompt,
             f"kv cache ({self.method}, keep {self.keep:g}{keep_note}): full {self.kv_bytes_full / mib:.2f} MiB, "
             f"kept {self.kv_bytes_kept / mib:.2f} MiB ({ratio:.1%})",
             f"prefill: {self.prefill_tokens_per_s:.1f} tok/s ({self.prefill_s:.2f} s); decode: "
