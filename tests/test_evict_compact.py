@@ -234,6 +234,9 @@ def test_compact_refuses_what_would_be_wrong(models):
         assert lib.llama_kv_evict_seq(r.ctx, 0) == 0
         assert llama.llama_memory_seq_pos_max(mem, 0) == 39
         assert not llama.llama_memory_seq_rm(mem, 0, 10, 20)  # partial removal refused
+        assert llama.llama_memory_seq_rm(mem, 0, 40, -1)  # a range holding none of its positions: a no-op
+        assert llama.llama_memory_seq_rm(mem, -1, 40, 50)  # the same for every sequence
+        assert llama.llama_memory_seq_pos_max(mem, 0) == 39
         llama.llama_memory_seq_add(mem, 0, 0, -1, 5)  # K-shift refused (logged), positions unchanged
         assert llama.llama_memory_seq_pos_max(mem, 0) == 39
         assert llama.llama_state_seq_get_size(r.ctx, 0) == 0  # state save refused

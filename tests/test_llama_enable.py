@@ -212,8 +212,8 @@ for _ in range(2):
 
 @pytest.mark.native
 def test_llama_cpp_logs_no_refused_removal(models):
-    """Llama.eval removes the positions from n_tokens on before every decode; on an evicted sequence that range is
-    empty and must not reach llama.cpp, which refuses (and logs) any partial removal of a compacted sequence."""
+    """Llama.eval removes the positions from n_tokens on before every decode; on an evicted sequence that range holds
+    none of its positions, which llama.cpp takes as a no-op (only the removal of held positions is refused)."""
     proc = run_probe(VERBOSE, models["qwen2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "llama_kv_evict" not in proc.stderr and "refused" not in proc.stderr, proc.stderr[-3000:]

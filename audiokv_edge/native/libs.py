@@ -6,6 +6,9 @@ one patched llama.cpp (``libllama``, ``libggml*``, ``libmtmd``) and ``libaudiokv
 - an installed (non-editable) package ships them in ``audiokv_edge/lib/``;
 - a checkout (editable install, or running from the repository) finds them in ``build/native/lib/``.
 
+llama.cpp's tools of the same build (``llama-server``, ``llama-mtmd-cli``, with ``--kv-evict``) lie in ``bin/``
+beside that directory: :func:`tool_path`.
+
 ``AUDIOKV_EDGE_LIB_DIR`` overrides both. Nothing is searched or loaded at import time.
 
 :class:`HandleOwner` is a base for wrappers that own native handles (a context manager closing them).
@@ -156,6 +159,39 @@ def audiokv_library_path() -> pathlib.Path:
         When the libraries, or libaudiokv alone, have not been built.
     """
     return _library_path("audiokv")
+
+
+def tool_path(name: str) -> pathlib.Path:
+    """Path of a llama.cpp tool of the combined build: ``bin/<name>`` beside :func:`lib_dir` (``build/native/bin``,
+    or ``audiokv_edge/bin`` of an installed package).
+
+    Parameters
+    ----------
+    name : str
+        ``"llama-server"`` or ``"llama-mtmd-cli"`` (``.exe`` is added on Windows).
+
+    Raises
+    ------
+    NativeLibraryNotFoundError
+        When the libraries or the tool have not been built (e.g. ``-DAUDIOKV_BUILD_LLAMA_TOOLS=OFF``).
+    """
+    directory = lib_dir().parent / "bin"
+    path = directory / (name + (".exe" if sys.platform == "win32" else ""))
+    if not path.is_file():
+        raise NativeLibraryNotFoundError(f"{path.name} not found in {directory}; {SETUP_HINT} "
+                                         f"(with AUDIOKV_BUILD_LLAMA_TOOLS on, the default)")
+    return path
+
+
+def library_path_env(env: dict | None = None) -> dict:
+    """A copy of ``env`` (default: this process's environment) whose dynamic-library search path starts with
+    :func:`lib_dir` (``LD_LIBRARY_PATH``, ``DYLD_LIBRARY_PATH`` on macOS, ``PATH`` on Windows), for running the tools
+    of :func:`tool_path` against these libraries whatever their RPATH finds."""
+    env = dict(os.environ if env is None else env)
+    variable = {"darwin": "DYLD_LIBRARY_PATH", "win32": "PATH"}.get(sys.platform, "LD_LIBRARY_PATH")
+    current = env.get(variable)
+    env[variable] = os.pathsep.join([str(lib_dir())] + ([current] if current else []))
+    return env
 
 
 def _point_env_at(variable: str, directory: pathlib.Path) -> None:

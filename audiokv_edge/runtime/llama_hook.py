@@ -152,7 +152,6 @@ class LlamaEviction:
         self._bytes_per_entry = bytes_per_entry
         self._entries_per_position = entries_per_position
         self._prompt_pending = False
-        self._compacted = False
 
     @property
     def evicting(self) -> bool:
@@ -178,24 +177,12 @@ class LlamaEviction:
             if llm.n_tokens > 0:
                 self._after_prompt(llm.n_tokens)
 
-    def _seq_rm(self, original, seq_id: int, p0: int, p1: int) -> bool:
-        # Llama.eval first removes the positions from n_tokens on, which an evicted sequence does not hold; llama.cpp
-        # refuses (and logs) any partial removal on a compacted sequence, so an empty one ends here
-        if self._compacted and p0 > 0 and p1 < 0:
-            llm = self._llm()
-            lc = sys.modules["llama_cpp.llama_cpp"]
-            mem = lc.llama_get_memory(llm.ctx)
-            if int(lc.llama_memory_seq_pos_max(mem, max(seq_id, 0))) < p0:
-                return True
-        return original(seq_id, p0, p1)
-
     def _after_prompt(self, n_past: int) -> None:
         if self._evictor is None:
             full = self._entries_per_position * n_past
             self._record(PromptStats(n_past, self._bytes(full), self._bytes(full), 0.0))
             return
         record = self._evictor.evict(n_past)
-        self._compacted = True
         self._record(PromptStats(n_past, self._bytes(record.full_entries), self._bytes(record.kept_entries),
                                  record.ms))
 
@@ -328,9 +315,6 @@ def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroo
 
     generate.__doc__, eval.__doc__ = type(llm).generate.__doc__, type(llm).eval.__doc__
     llm.generate, llm.eval = generate, eval
-    if evictor is not None:
-        original = llm._ctx.kv_cache_seq_rm
-        llm._ctx.kv_cache_seq_rm = lambda seq_id, p0, p1: handle._seq_rm(original, seq_id, p0, p1)
     llm._stack.callback(handle._release)  # runs in Llama.close(), before the context is freed
     _ENABLED[llm] = handle
     logger.info("%s: per-head eviction %s, keep %g (%s)", label, config.method, keep_value, keep_source)

@@ -66,12 +66,43 @@ void llama_kv_evict_state::drop_pools(llama_seq_id seq_id) {
     sp.layers.clear();
 }
 
+// a compacted sequence allows the removal of the whole sequence (its pools are dropped) and of a range holding none
+// of its positions, in the main cache or in any head's pool (a no-op for it, e.g. llama-cpp-python's and
+// llama-server's removal from the next position on); on_seq_rm relies on this to leave such a sequence untouched
 bool llama_kv_evict_state::allow_seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const {
     if (!is_seq_compact(seq_id) || internal_rm) {
         return true;
     }
     if (p0 <= 0 && p1 == std::numeric_limits<llama_pos>::max()) {
         return true; // the whole sequence (or every sequence) goes: the pools are dropped
+    }
+    const llama_pos q0 = std::max<llama_pos>(p0, 0);
+    const llama_pos q1 = p1 < 0 ? std::numeric_limits<llama_pos>::max() : p1;
+    const auto holds = [&](llama_seq_id s) {
+        const auto & cells = kv.get_cells(s);
+        for (uint32_t i = 0; i < cells.size(); ++i) {
+            if (!cells.is_empty(i) && cells.seq_has(i, s) && cells.pos_get(i) >= q0 && cells.pos_get(i) < q1) {
+                return true;
+            }
+        }
+        for (const auto & pl : seqs[s].layers) {
+            for (const auto & pos : pl.pos) {
+                const auto it = std::lower_bound(pos.begin(), pos.end(), q0);
+                if (it != pos.end() && *it < q1) {
+                    return true;
+                }
+            }
+        }
+        return false;
+    };
+    bool held = false;
+    for (uint32_t s = 0; s < seqs.size() && !held; ++s) {
+        if ((seq_id < 0 || (uint32_t) seq_id == s) && seqs[s].compacted) {
+            held = holds((llama_seq_id) s);
+        }
+    }
+    if (!held) {
+        return true; // no compacted sequence holds a position in the range: nothing of theirs to remove
     }
     LLAMA_LOG_ERROR("%s: seq_rm(%d, %d, %d) refused: a partial removal is not supported on a per-head compacted "
             "sequence (only the whole sequence can be removed)\n", __func__, seq_id, p0, p1);

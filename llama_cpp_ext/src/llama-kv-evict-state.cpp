@@ -324,9 +324,14 @@ void llama_kv_evict_state::on_seq_rm(llama_seq_id seq_id, llama_pos p0, llama_po
         p1 = std::numeric_limits<llama_pos>::max();
     }
 
+    const bool whole = p0 == 0 && p1 == std::numeric_limits<llama_pos>::max();
+
     for (uint32_t s = 0; s < n_seq_max; ++s) {
         if (seq_id >= 0 && (uint32_t) seq_id != s) {
             continue;
+        }
+        if (!whole && seqs[s].compacted) {
+            continue; // allow_seq_rm let a partial removal through: the range holds none of its positions
         }
         for (auto & slot : rings[s]) {
             if (slot.pos >= p0 && slot.pos < p1) {
@@ -334,7 +339,7 @@ void llama_kv_evict_state::on_seq_rm(llama_seq_id seq_id, llama_pos p0, llama_po
                 slot.order = -1;
             }
         }
-        if (p0 == 0 && p1 == std::numeric_limits<llama_pos>::max()) {
+        if (whole) {
             seq_evicted[s] = 0;
             drop_pools((llama_seq_id) s);
         }
