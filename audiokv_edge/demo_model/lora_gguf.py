@@ -8,11 +8,11 @@ target and renamed: an interrupted write never leaves a partial adapter.
 
 from __future__ import annotations
 
-import os
 import pathlib
-import tempfile
 
 import numpy as np
+
+from audiokv_edge.demo_model.gguf_out import atomic_gguf_writer
 
 
 def check_lora(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int, int]] | None = None) -> int:
@@ -50,11 +50,7 @@ def write_lora_gguf(path: str | pathlib.Path, arrays: dict[str, np.ndarray], alp
     import gguf
 
     check_lora(arrays)
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        w = gguf.GGUFWriter(tmp, architecture)
+    with atomic_gguf_writer(path, architecture) as w:
         w.add_type(gguf.GGUFType.ADAPTER)
         w.add_name(name)
         w.add_string(gguf.Keys.Adapter.TYPE, "lora")
@@ -62,17 +58,6 @@ def write_lora_gguf(path: str | pathlib.Path, arrays: dict[str, np.ndarray], alp
         for key in sorted(arrays):
             a = arrays[key]
             w.add_tensor(key, np.ascontiguousarray(a if a.dtype == np.float16 else a.astype(np.float32)))
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the adapter private
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

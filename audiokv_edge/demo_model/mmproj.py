@@ -8,11 +8,11 @@ file beside the target and renamed, so an interrupted export never leaves a part
 
 from __future__ import annotations
 
-import os
 import pathlib
-import tempfile
 
 import numpy as np
+
+from audiokv_edge.demo_model.gguf_out import atomic_gguf_writer
 
 STACK_FACTOR = 4
 PROJECTOR_HIDDEN = 1024
@@ -46,17 +46,12 @@ def write_mmproj(path: str | pathlib.Path, encoder: dict[str, np.ndarray], proje
 
     Conv kernels are F16 (libmtmd's conv path), everything else F32.
     """
-    import gguf
-
     path = pathlib.Path(path)
     d = encoder["conv1.bias"].shape[0]
     n_mel = encoder["conv1.weight"].shape[1]
     n_layer, n_head = int(encoder["n_layer"]), int(encoder["n_head"])
     check_projector(projector, d, n_embd_text, stack)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        w = gguf.GGUFWriter(tmp, "clip")
+    with atomic_gguf_writer(path, "clip") as w:
         w.add_name(name)
         w.add_description("Whisper tiny.en encoder (MIT) + Ultravox-style projector trained by audiokv-edge "
                           "for SmolLM2-135M-Instruct")
@@ -88,16 +83,4 @@ def write_mmproj(path: str | pathlib.Path, encoder: dict[str, np.ndarray], proje
         w.add_tensor("a.post_ln.bias", f32(encoder["ln_post.bias"]))
         for k in PROJECTOR_KEYS:
             w.add_tensor(k, f32(projector[k]))
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
