@@ -13,15 +13,12 @@ the problem.
 
 from __future__ import annotations
 
-import logging
 import os
 import pathlib
 from dataclasses import dataclass
 from typing import Callable
 
 from audiokv_edge.runtime.llama import render_user_turn
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_TEXT_BLOCK", "DocumentError", "DocumentPrompt", "load_document", "render_document_prompt",
            "document_token_span", "stream_boundaries"]
