@@ -17,9 +17,16 @@ callback and llama.cpp per-head COMPACT eviction a :class:`~audiokv_edge.runtime
 (:class:`~audiokv_edge.runtime.kv_eviction.KVEvictor`). ``method="full"`` changes nothing in the Llama's behaviour
 and only reports the statistics.
 
+Interruption: :meth:`LlamaEviction.interrupt` (from another thread, a signal handler or a callback such as a
+``stopping_criteria``) makes the Llama's generation raise :class:`~audiokv_edge.runtime.interrupt.Interrupted` (a
+``KeyboardInterrupt``) within a graph node of the prompt, its eviction or a generated token; Ctrl-C under Python's
+default handler becomes such a request while llama.cpp decodes or evicts, so that it is never swallowed inside a
+ctypes callback. The next prompt is answered as usual.
+
 The Llama must use the libllama of this project's build (``import llama_cpp`` after ``scripts/setup.sh``, or
 :func:`audiokv_edge.native.libs.load_llama_cpp`). :func:`enable` routes the Llama's own ``generate`` and ``eval``
-through the eviction (instance attributes; the class is untouched) and frees the evictor when the Llama is closed.
+through the eviction (instance attributes; the class is untouched), sets the context's abort callback while a prompt
+is decoded, and frees the evictor when the Llama is closed.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import sys
 import weakref
 from dataclasses import dataclass
 
+from audiokv_edge.runtime.interrupt import Interrupted, StopFlag
 from audiokv_edge.runtime.kv_eviction import (
     KEEP_FULL,
     EvictionError,
@@ -44,7 +52,8 @@ from audiokv_edge.runtime.kv_eviction import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["enable", "LlamaEviction", "EvictionConfig", "PromptStats", "EvictionError", "EvictionUnsupportedError"]
+__all__ = ["enable", "LlamaEviction", "EvictionConfig", "PromptStats", "EvictionError", "EvictionUnsupportedError",
+           "Interrupted"]
 
 _GGML_LOG_LEVEL_ERROR = 4  # ggml.h enum ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 
@@ -138,6 +147,8 @@ class LlamaEviction:
         The last prompt's KV cache.
     n_prompts : int
         Prompts evicted (or, for ``full``, counted) so far.
+    stop : StopFlag
+        The flag :meth:`interrupt` sets.
     """
 
     def __init__(self, llm, config: EvictionConfig, evictor: KVEvictor | None, keep: float, keep_source: str,
@@ -147,6 +158,7 @@ class LlamaEviction:
         self.settings = dict(evictor.settings) if evictor is not None else None
         self.last: PromptStats | None = None
         self.n_prompts = 0
+        self.stop = StopFlag()
         self._llm = weakref.ref(llm)
         self._evictor = evictor
         self._bytes_per_entry = bytes_per_entry
@@ -156,6 +168,12 @@ class LlamaEviction:
     @property
     def evicting(self) -> bool:
         return self._evictor is not None
+
+    def interrupt(self) -> None:
+        """Stop the Llama's generation in progress, from another thread, a signal handler or a callback: it raises
+        :class:`~audiokv_edge.runtime.interrupt.Interrupted` within a graph node of the prompt, its eviction or a
+        generated token (the next prompt, when none runs). The Llama stays usable."""
+        self.stop.request()
 
     # ------------------------------------------------------------------ what the Llama's own methods become
     def _generate(self, tokens, args, kwargs):
@@ -171,11 +189,27 @@ class LlamaEviction:
 
     def _eval(self, tokens) -> None:
         llm = self._llm()
-        type(llm).eval(llm, tokens)
-        if self._prompt_pending:
-            self._prompt_pending = False
-            if llm.n_tokens > 0:
+        stop, prompt = self.stop, self._prompt_pending
+        self._prompt_pending = False
+        stage = "prefill" if prompt else "decode"
+        stop.raise_if_requested(stage)
+        lc = sys.modules["llama_cpp.llama_cpp"]
+        if prompt:  # llama.cpp polls the flag after every graph node of the prompt (not per token: too costly)
+            lc.llama_set_abort_callback(llm.ctx, stop.abort_callback(lc), None)
+        try:
+            with stop.sigint_requests_stop():
+                type(llm).eval(llm, tokens)
+        except RuntimeError:  # llama-cpp-python's "llama_decode returned 2": stopped by the abort callback
+            stop.raise_if_requested(stage)
+            raise
+        finally:
+            if prompt:
+                lc.llama_set_abort_callback(llm.ctx, lc.ggml_abort_callback(), None)
+        stop.raise_if_requested(stage)
+        if prompt and llm.n_tokens > 0:
+            with stop.sigint_requests_stop():
                 self._after_prompt(llm.n_tokens)
+            stop.raise_if_requested("eviction")
 
     def _after_prompt(self, n_past: int) -> None:
         if self._evictor is None:
