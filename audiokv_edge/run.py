@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=_keep, default=None,
                    help="fraction of the prompt's KV cache kept (default: with --method audiokv the model's stored "
                    "head-profile default audiokv.defaults.keep when it has one, else 0.4)")
+    p.add_argument("--kv-budget", type=_positive_int(1), default=None, metavar="TOKENS",
+                   help="most KV-cache entries per layer and KV head (on average) an eviction keeps: it plans at keep "
+                   "min(KEEP, TOKENS / positions seen), so the kept cache never grows past it, with --stream whatever "
+                   "the length of the audio or document; the keep ratio still applies (--keep 1: the budget alone)")
     p.add_argument("--stream", action="store_true", help="evict after every audio chunk (--text: every --text-block "
                    "tokens of the document): memory for keep x the audio + one chunk + the answer, and --ctx only "
                    "needs to hold one 30 s chunk (one block) with its text and the answer")
@@ -268,7 +272,7 @@ def session_config(args: argparse.Namespace):
     from audiokv_edge.runtime.session import SessionConfig
     from audiokv_edge.runtime.text_document import DEFAULT_TEXT_BLOCK
 
-    return SessionConfig(method=args.method, keep=args.keep, stream=args.stream,
+    return SessionConfig(method=args.method, keep=args.keep, kv_budget=args.kv_budget, stream=args.stream,
                          max_tokens=args.max_tokens, threads=args.threads or 0, ctx=args.ctx, kv_type=kv_type(args),
                          flash_attn=flash_attn(args), sss_scope=args.sss_scope,
                          text_block=args.text_block or DEFAULT_TEXT_BLOCK)

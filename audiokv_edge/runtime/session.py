@@ -27,7 +27,8 @@ holds one chunk with its text, the kept entries live in per-head pools of keep x
 answer). llama.cpp hands the captured window queries and the keys (f16 or q8_0) to libaudiokv's C callback
 (``audiokv_llama_evict_callback``, Python only registers it), which plans with the method (the head profile stored
 in the model's GGUF drives AudioKV's budgets), and llama.cpp frees the dropped entries:
-:class:`~audiokv_edge.runtime.kv_eviction.KVEvictor`, called from :meth:`Session._evict`.
+:class:`~audiokv_edge.runtime.kv_eviction.KVEvictor`, called from :meth:`Session._evict`. ``kv_budget`` caps what an
+eviction keeps at that many entries per (layer, KV head) on average, whatever the length of the audio or the document.
 
 Interruption: :meth:`Session.interrupt` (or the ``stop`` flag given to the Session, which the runner's signal
 handlers set; Ctrl-C too while C code runs) stops loading or an answer (audio, text document or follow-up) within a
@@ -61,6 +62,7 @@ from audiokv_edge.runtime.kv_eviction import (
     EvictionError,
     EvictionUnsupportedError,
     KVEvictor,
+    check_kv_budget,
     choose_keep,
 )
 from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, render_follow_up, render_prompt
@@ -109,6 +111,12 @@ class SessionConfig:
         Fraction of the prompt's KV entries kept, in (0, 1] (ignored by ``full``). None (default): the model's
         stored ``audiokv.defaults.keep`` (docs/gguf-keys.md) when the method is ``audiokv`` and the GGUF has one,
         else :data:`DEFAULT_KEEP`.
+    kv_budget : int or None
+        Most KV-cache entries per (layer, KV head), on average, that an eviction keeps (>= 1): an eviction of a
+        cache that has seen P positions plans at keep ratio min(keep, kv_budget / P), which the method distributes
+        as it does any keep ratio (AudioKV by its head profile). With ``stream`` every audio chunk / document block
+        re-plans, so the kept cache never grows past it. None (default): the keep ratio alone. Needs an evicting
+        method (not ``full``).
     stream : bool
         Evict after every audio chunk / every ``text_block`` tokens of a text document (bounded memory), not only
         once after the prompt.
@@ -136,6 +144,7 @@ class SessionConfig:
 
     method: str = "audiokv"
     keep: float | None = None
+    kv_budget: int | None = None
     stream: bool = False
     max_tokens: int = 128
     threads: int = 0
@@ -155,6 +164,7 @@ class SessionConfig:
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
                                  or not np.isfinite(keep) or not 0 < keep <= 1):
             raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+        object.__setattr__(self, "kv_budget", check_kv_budget(self.kv_budget, self.method))
         for name, low in (("max_tokens", 1), ("threads", 0), ("ctx", 16), ("batch", 1), ("text_block", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -417,7 +427,8 @@ class Session(HandleOwner):
         self.last_answer: Answer | None = None
         #: One dict per eviction of the last answer: n_past (positions seen), ms, entries_before / _after,
         #: bytes_used_before / _after (K+V bytes the sequence occupies in the evictable layers: per-head pools incl.
-        #: headroom + main-cache cells), bytes_kept_after, bytes_headroom_after (llama_kv_evict_stats).
+        #: headroom + main-cache cells), bytes_kept_after, bytes_headroom_after (llama_kv_evict_stats), keep (the
+        #: ratio planned at: the keep ratio, or lower under a kv_budget).
         self.last_evictions: list[dict] = []
         #: The model's stored per-model AudioKV defaults (``ProfileDefaults``) when they apply (method audiokv and
         #: the GGUF has ``audiokv.defaults.*`` keys), else None.
@@ -537,7 +548,8 @@ class Session(HandleOwner):
 
         Python only registers the callback: llama.cpp calls ``audiokv_llama_evict_callback`` (libaudiokv), which plans
         with the configured method on the captured queries and the keys of any cache type, with the head profile
-        stored in the model's GGUF (uniform budgets and one warning without one).
+        stored in the model's GGUF (uniform budgets and one warning without one); with a ``kv_budget`` a small Python
+        callback picks each eviction's keep ratio first.
         """
         cfg = self.config
         # rows per (layer, KV head) reserved after each eviction for the tokens until the next: the answer, and when
@@ -549,7 +561,7 @@ class Session(HandleOwner):
         try:
             self._evictor = KVEvictor(self._model, self._ctx, method=cfg.method, keep=self._keep_choice,
                                       n_threads=cfg.n_threads, n_ctx=self.n_ctx, n_headroom=headroom,
-                                      label=str(self.model_path))
+                                      label=str(self.model_path), kv_budget=cfg.kv_budget)
         except EvictionUnsupportedError as exc:
             raise SessionError(f"{exc} ({_native_error('see -v log')}); use --method full") from None
         except EvictionError as exc:
@@ -1102,6 +1114,8 @@ class Session(HandleOwner):
             method=cfg.method,
             keep=1.0 if cfg.method == "full" else float(self.keep),
             keep_source=KEEP_FULL if cfg.method == "full" else self.keep_source,
+            kv_budget=cfg.kv_budget,
+            keep_effective=1.0 if self._evictor is None else self._evictor.last_keep,
             eviction_applied=True,
             kv_bytes_full=g.kept_bytes(prefilled.full_entries),
             kv_bytes_kept=g.kept_bytes(prefilled.kept_entries),
