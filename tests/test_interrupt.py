@@ -50,7 +50,15 @@ def test_flag_raises_once_with_stage_and_signal():
     assert set(STAGES) == {"loading", "audio", "prefill", "eviction", "decode"}
 
 
-def test_sigint_during_native_work_requests_a_stop_instead_of_raising():
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler, as in an interactive run (a background job starts with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_sigint_during_native_work_requests_a_stop_instead_of_raising(python_sigint):
     flag = StopFlag()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with flag.sigint_requests_stop():
@@ -87,11 +95,18 @@ def assets(tmp_path_factory):
     return model, audio
 
 
+def _default_signals() -> None:
+    """In the child before exec: SIGINT / SIGTERM back to their defaults, as a terminal's foreground job has them
+    (a test run started in the background inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _spawn(*args: str) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen([sys.executable, "-m", "audiokv_edge.run", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env, preexec_fn=_default_signals)
 
 
 def _run_args(model: Path, audio: Path, *extra: str) -> list[str]:
@@ -198,7 +213,7 @@ def _spawn_stuck() -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen([sys.executable, "-c", STUCK], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO, env=env)
+                            cwd=REPO, env=env, preexec_fn=_default_signals)
     assert proc.stdout.readline() == "ready\n", proc.stderr.read()
     return proc
 
@@ -287,7 +302,7 @@ def test_session_interrupted_then_answers_again(tmp_path, assets):
     KeyboardInterrupt), nothing is printed as "Exception ignored", and the next answer is the same as before."""
     model, speech = assets
     proc = subprocess.run([sys.executable, "-c", PROBE, str(model), str(speech), str(DATA / "arctic_a0007.wav")],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
+                          capture_output=True, text=True, cwd=REPO, timeout=600, preexec_fn=_default_signals)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -372,7 +387,7 @@ def test_text_answers_and_follow_ups_are_interrupted(text_model):
     on_token the decoding of an answer and of a follow-up; each time the next answer (and its follow-up) is the same
     as before, and an interrupted follow-up leaves no conversation to continue."""
     proc = subprocess.run([sys.executable, "-c", PROBE_TEXT, str(text_model), FILLER], capture_output=True, text=True,
-                          cwd=REPO, timeout=600)
+                          cwd=REPO, timeout=600, preexec_fn=_default_signals)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -450,7 +465,7 @@ def test_enable_interrupt(text_model):
     while it decodes; both raise Interrupted and the next completion is the same as before."""
     prompt = "Transcribe the audio. What is said in this recording? " * 3
     proc = subprocess.run([sys.executable, "-c", PROBE_ENABLE, str(text_model), prompt], capture_output=True,
-                          text=True, cwd=REPO, timeout=600)
+                          text=True, cwd=REPO, timeout=600, preexec_fn=_default_signals)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
