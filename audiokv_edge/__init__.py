@@ -14,6 +14,7 @@ _LAZY = {
     "Session": ("audiokv_edge.runtime.session", "Session"),
     "SessionConfig": ("audiokv_edge.runtime.session", "SessionConfig"),
     "enable": ("audiokv_edge.runtime.llama_hook", "enable"),
+    "Interrupted": ("audiokv_edge.runtime.interrupt", "Interrupted"),
 }
 
 __all__ = ["__version__", *_LAZY]

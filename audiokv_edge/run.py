@@ -18,6 +18,12 @@ encoder + a trained projector + SmolLM2-135M-Instruct); where it is not assemble
 (generated on first use into the cache directory) stands in, and says so. The generated text streams to stdout; statistics,
 the progress bar and errors go to stderr. Every error is one line ``audiokv-run: error: ...`` and a non-zero exit
 status (2: bad arguments or input, 1: model / runtime problem).
+
+Ctrl-C (SIGINT) or SIGTERM stops the run at any stage (loading, audio, prefill, eviction, decoding, a follow-up)
+within about a second: one line ``audiokv-run: interrupted (SIGINT)`` on stderr, exit status 128 + the signal number
+(130, 143), and no JSON record. The handlers only set the Session's stop flag (``audiokv_edge.runtime.interrupt``); a
+second signal, or a run still going :data:`FORCE_EXIT_S` after the first (a step that cannot be stopped, e.g. a large
+audio encoder's 30 s chunk), ends the process at once with the same line and status.
 """
 
 from __future__ import annotations
@@ -28,12 +34,16 @@ import logging
 import os
 import pathlib
 import platform
+import signal
 import sys
+import threading
 
 PROG = "audiokv-run"
 DEFAULT_PAIR = "qwen2-qwen2a"
 DEFAULT_AUDIO = "jfk.wav"
 DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
+#: Seconds after the first SIGINT / SIGTERM before the process ends without waiting for the run to stop.
+FORCE_EXIT_S = 1.5
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=_keep, default=None,
                    help="fraction of the prompt's KV cache kept (default: with --method audiokv the model's stored "
                    "head-profile default audiokv.defaults.keep when it has one, else 0.4)")
+    p.add_argument("--kv-budget", type=_positive_int(1), default=None, metavar="TOKENS",
+                   help="most KV-cache entries per layer and KV head (on average) an eviction keeps: it plans at keep "
+                   "min(KEEP, TOKENS / positions seen), so the kept cache never grows past it, with --stream whatever "
+                   "the length of the audio or document; the keep ratio still applies (--keep 1: the budget alone)")
     p.add_argument("--stream", action="store_true", help="evict after every audio chunk (--text: every --text-block "
                    "tokens of the document): memory for keep x the audio + one chunk + the answer, and --ctx only "
                    "needs to hold one 30 s chunk (one block) with its text and the answer")
@@ -258,9 +272,10 @@ def session_config(args: argparse.Namespace):
     from audiokv_edge.runtime.session import SessionConfig
     from audiokv_edge.runtime.text_document import DEFAULT_TEXT_BLOCK
 
-    return SessionConfig(method=args.method, keep=args.keep, stream=args.stream, max_tokens=args.max_tokens,
-                         threads=args.threads or 0, ctx=args.ctx, kv_type=kv_type(args), flash_attn=flash_attn(args),
-                         sss_scope=args.sss_scope, text_block=args.text_block or DEFAULT_TEXT_BLOCK)
+    return SessionConfig(method=args.method, keep=args.keep, kv_budget=args.kv_budget, stream=args.stream,
+                         max_tokens=args.max_tokens, threads=args.threads or 0, ctx=args.ctx, kv_type=kv_type(args),
+                         flash_attn=flash_attn(args), sss_scope=args.sss_scope,
+                         text_block=args.text_block or DEFAULT_TEXT_BLOCK)
 
 
 def cache_dir() -> pathlib.Path:
@@ -351,17 +366,108 @@ def _inputs(args: argparse.Namespace) -> dict:
                 prompt=prompt)
 
 
-def _run(args: argparse.Namespace) -> int:
+class SignalStop:
+    """SIGINT / SIGTERM during a run (module docstring): the first one requests a stop on the Session's flag, a
+    second one or :data:`FORCE_EXIT_S` seconds without the run ending exit the process at once.
+
+    Python runs a signal handler only between bytecodes of the main thread, which a long C call (one 30 s chunk of
+    a large audio encoder) holds off. So the handlers do nothing themselves; Python's C-level handler writes each
+    signal to a wake-up pipe (``signal.set_wakeup_fd``) at once, and a thread reading it acts on it: the flag is set
+    and the forced exit armed even while the main thread is still in C.
+
+    Parameters
+    ----------
+    stop : StopFlag
+        The flag handed to the Session.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, stop) -> None:
+        self.stop = stop
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+        self._previous_wakeup_fd: int | None = None
+        self._pipe: tuple[int, int] | None = None
+        self._timer: threading.Timer | None = None
+        self._reported = threading.Lock()  # held once the line is written: it is written once
+
+    def install(self) -> None:
+        """Catch SIGINT and SIGTERM (not a signal the parent set to be ignored; only on the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.SIGNALS:
+            previous = signal.getsignal(signum)
+            if previous is not signal.SIG_IGN:
+                self._previous[signum] = previous
+                signal.signal(signum, self._ignore_in_python)
+        if not self._previous:
+            return
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        self._pipe = (read_fd, write_fd)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read_fd,), name="audiokv-run signals", daemon=True).start()
+
+    def uninstall(self) -> None:
+        """Put back the previous handlers and forget a pending forced exit."""
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
+            os.close(self._pipe[1])  # the watching thread reads the end of the pipe and returns
+            self._pipe = None
+        if self._timer is not None:
+            self._timer.cancel()
+
+    @staticmethod
+    def _ignore_in_python(_signum: int, _frame) -> None:
+        """The Python-level handler: nothing (the watching thread has handled the signal)."""
+
+    def _watch(self, read_fd: int) -> None:
+        try:
+            while data := os.read(read_fd, 64):
+                for signum in data:
+                    if signum in self.SIGNALS:
+                        self._on_signal(signum)
+        finally:
+            os.close(read_fd)
+
+    def _on_signal(self, signum: int) -> None:
+        if self.signum is not None:  # a second signal: do not wait
+            self.exit_now(signum)
+        self.signum = signum
+        self.stop.request(signum)
+        self._timer = threading.Timer(FORCE_EXIT_S, self.exit_now, (signum,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def report(self, signum: int | None = None) -> int:
+        """Write the one line (once) and return the exit status, 128 + the signal number."""
+        signum = int(signum or self.signum or signal.SIGINT)
+        if self._reported.acquire(blocking=False):
+            print(f"{PROG}: interrupted ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+        return 128 + signum
+
+    def exit_now(self, signum: int) -> None:
+        """End the process without waiting for the run (the line, the status, no clean-up)."""
+        logger.debug("the run did not stop in time: exiting at once")
+        os._exit(self.report(signum))
+
+
+def _run(args: argparse.Namespace, stop) -> int:
     from audiokv_edge.runtime.session import Session
 
     inputs = _inputs(args)
     config = session_config(args)
     text = not inputs["audio"]
     show = not args.quiet
-    with Session(inputs["model"], inputs["mmproj"], config=config, lora=inputs["lora"],
-                 audio=inputs["audio"]) as session:
+    with Session(inputs["model"], inputs["mmproj"], config=config, lora=inputs["lora"], audio=inputs["audio"],
+                 stop=stop) as session:
         bar = progress_bar(show, desc="prefill" if text else "encoding + prefill")
         bar_used = [False]
+        line_open = [False]  # text written to stdout since the last newline
 
         def progress(done: int, total: int) -> None:
             bar.total = max(1, total)
@@ -376,18 +482,32 @@ def _run(args: argparse.Namespace) -> int:
             if not args.json:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
+                line_open[0] = True
 
-        if text:
-            answer = session.answer_text(inputs["source"], inputs["prompt"], question_first=args.question_first,
-                                         on_token=on_token, progress=progress)
-        else:
-            answer = session.answer(inputs["source"], inputs["prompt"], on_token=on_token, progress=progress)
-        bar.close()
-        answers = [answer]
-        for question in args.follow_up:
-            if not args.json:
-                sys.stdout.write("\n")
-            answers.append(session.follow_up(question, on_token=on_token))
+        def new_line() -> None:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            line_open[0] = False
+
+        try:
+            if text:
+                answer = session.answer_text(inputs["source"], inputs["prompt"], question_first=args.question_first,
+                                             on_token=on_token, progress=progress)
+            else:
+                answer = session.answer(inputs["source"], inputs["prompt"], on_token=on_token, progress=progress)
+            bar.close()
+            answers = [answer]
+            for question in args.follow_up:
+                if not args.json:
+                    new_line()
+                answers.append(session.follow_up(question, on_token=on_token))
+            stop.raise_if_requested("decode")  # a signal after the last check: still no record
+        except KeyboardInterrupt:
+            if line_open[0]:
+                new_line()  # end the line of text cut short
+            raise
+        finally:
+            bar.close()
         if args.json:
             record = answer.to_dict()
             record.update(model=str(session.model_path),
@@ -405,8 +525,7 @@ def _run(args: argparse.Namespace) -> int:
                 record["follow_ups"] = [dict(prompt=q, **a.to_dict()) for q, a in zip(args.follow_up, answers[1:])]
             print(json.dumps(record))
         else:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+            new_line()
         if show:
             for i, a in enumerate(answers):
                 if i:
@@ -417,7 +536,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 1 model/runtime error, 2 bad arguments or input, 130 interrupted)."""
+    """Entry point; returns the exit status (0 ok, 1 model/runtime error, 2 bad arguments or input, 130 / 143
+    interrupted by SIGINT / SIGTERM)."""
+    from audiokv_edge.runtime.interrupt import StopFlag
+
+    signals = SignalStop(StopFlag())
+    signals.install()
+    try:
+        return _main(argv, signals)
+    except KeyboardInterrupt as exc:  # Interrupted, or Ctrl-C before the Session's checks (imports, parsing)
+        return signals.report(getattr(exc, "signum", None))
+    finally:
+        signals.uninstall()
+
+
+def _main(argv: list[str] | None, signals: SignalStop) -> int:
     from audiokv_edge.runtime.audio import AudioError
     from audiokv_edge.native.libs import NativeLibraryNotFoundError
     from audiokv_edge.runtime.session import ContextTooSmallError, SessionError
@@ -430,20 +563,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
     try:
-        return _run(args)
+        signals.stop.raise_if_requested("loading")
+        return _run(args, signals.stop)
     except (UsageError, AudioError, ContextTooSmallError, ValueError) as exc:
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        return _error(signals, f"{PROG}: error: {_one_line(exc)}", 2)
     except (SessionError, NativeLibraryNotFoundError, ImportError, OSError) as exc:
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return _error(signals, f"{PROG}: error: {_one_line(exc)}", 1)
     except Exception as exc:  # anything unforeseen: still one line (the traceback with -v)
         logger.debug("unexpected error", exc_info=True)
-        print(f"{PROG}: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
-        return 1
+        return _error(signals, f"{PROG}: error: {type(exc).__name__}: {_one_line(exc)}", 1)
+
+
+def _error(signals: SignalStop, line: str, status: int) -> int:
+    """Write an error line and return ``status``; after a signal, the interruption's line and status instead (a
+    step cut short by the stop may fail in its own way first)."""
+    if signals.signum is not None:
+        logger.debug("after %s: %s", signal.Signals(signals.signum).name, line)
+        return signals.report()
+    print(line, file=sys.stderr)
+    return status
 
 
 def _one_line(exc: BaseException) -> str:

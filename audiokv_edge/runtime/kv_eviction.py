@@ -7,6 +7,16 @@ method (AudioKV's budgets from the head profile stored in the model's GGUF), and
 entries. Python only registers the callback. :func:`choose_keep` resolves the keep ratio the way the runner does
 (the caller's, the model's stored ``audiokv.defaults.keep`` for method audiokv, else :data:`DEFAULT_KEEP`).
 
+A fixed KV budget B (``kv_budget``: the most cache entries per (layer, KV head), on average, that an eviction keeps)
+makes every eviction plan at keep ``min(keep, B / P)`` (:func:`budget_keep`), P being the positions the sequence has
+seen, counted as the C callback counts them (:func:`positions_seen`: the last captured query position + 1, at least
+the most entries a head holds). The method distributes B x layers x KV heads exactly as it distributes any keep
+ratio (AudioKV by its head profile), so after every eviction the heads hold at most B entries on average however
+long the input (streaming re-plans after each chunk). libaudiokv fixes an evictor's keep ratio at creation
+(``audiokv_llama_evictor_new``), so with a budget a small Python callback hands each eviction to the C callback with
+an evictor made for that eviction's ratio; the planning itself stays in C. Without a budget llama.cpp calls the C
+callback directly, with no Python in the eviction path.
+
 Users: :class:`~audiokv_edge.runtime.session.Session` (audio prompts) and
 :func:`~audiokv_edge.runtime.llama_hook.enable` (a ``llama_cpp.Llama``).
 """
@@ -22,7 +32,8 @@ from dataclasses import asdict, dataclass
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_KEEP", "EVICT_WINDOW", "KEEP_FROM_CONFIG", "KEEP_FROM_PROFILE", "KEEP_BUILTIN", "KEEP_FULL",
-           "EvictionError", "EvictionUnsupportedError", "KeepChoice", "EvictionRecord", "KVEvictor", "choose_keep"]
+           "EvictionError", "EvictionUnsupportedError", "KeepChoice", "EvictionRecord", "KVEvictor", "budget_keep",
+           "check_kv_budget", "choose_keep", "positions_seen"]
 
 #: Window queries captured for eviction (the methods' default observation window, docs/semantics.md).
 EVICT_WINDOW = 32
@@ -108,6 +119,64 @@ def choose_keep(model_path: str | pathlib.Path, method: str, keep: float | None)
     return KeepChoice(DEFAULT_KEEP, KEEP_BUILTIN, defaults)
 
 
+def check_kv_budget(kv_budget, method: str) -> int | None:
+    """Validate a KV budget (``SessionConfig.kv_budget``, ``enable(kv_budget=...)``) and return it as an ``int``.
+
+    Parameters
+    ----------
+    kv_budget : int or None
+        Most cache entries per (layer, KV head), on average, that an eviction keeps (>= 1); None: no budget.
+    method : str
+        The keep-plan method; ``"full"`` evicts nothing, so it takes no budget.
+
+    Raises
+    ------
+    ValueError
+        Not a positive integer, or a budget with method ``full``.
+    """
+    if kv_budget is None:
+        return None
+    import numbers
+
+    if isinstance(kv_budget, bool) or not isinstance(kv_budget, numbers.Integral) or kv_budget < 1:
+        raise ValueError(f"kv_budget must be a positive integer (cache entries per layer and KV head), "
+                         f"got {kv_budget!r}")
+    if method == "full":
+        raise ValueError("kv_budget needs an evicting method: method 'full' keeps every cache entry")
+    return int(kv_budget)
+
+
+def budget_keep(keep: float, kv_budget: int | None, n_positions: int) -> float:
+    """The keep ratio an eviction plans at: ``min(keep, kv_budget / n_positions)`` (``keep`` without a budget).
+
+    Parameters
+    ----------
+    keep : float
+        Keep ratio in (0, 1].
+    kv_budget : int or None
+        Most entries per (layer, KV head) on average, >= 1.
+    n_positions : int
+        Positions the sequence has seen, >= 1.
+    """
+    if kv_budget is None:
+        return keep
+    return min(keep, kv_budget / max(1, n_positions))
+
+
+def positions_seen(info) -> int:
+    """Positions a ``llama_kv_evict_info`` stands for, as ``audiokv_llama_evict_callback`` counts them: the last
+    captured query position + 1, at least the most entries a head holds."""
+    n = 0
+    for li in range(info.n_layer):
+        layer = info.layers[li]
+        for h in range(layer.n_head_kv):
+            n = max(n, int(layer.heads[h].n_kv))
+    layer0 = info.layers[0]
+    if layer0.n_window > 0:
+        n = max(n, int(layer0.q_pos[layer0.n_window - 1]) + 1)
+    return n
+
+
 @dataclass(frozen=True)
 class EvictionRecord:
     """One eviction of one sequence (``llama_kv_evict_stats`` before and after it).
@@ -128,6 +197,8 @@ class EvictionRecord:
         Part of ``bytes_used_after`` reserved for the tokens still to come.
     full_entries : int
         Entries without any eviction: one per evictable (layer, KV head) and position seen.
+    keep : float
+        Keep ratio the eviction planned at: the evictor's, or lower under a KV budget.
     """
 
     n_past: int
@@ -139,6 +210,7 @@ class EvictionRecord:
     bytes_kept_after: int
     bytes_headroom_after: int
     full_entries: int
+    keep: float
 
     @property
     def kept_entries(self) -> int:
@@ -174,6 +246,9 @@ class KVEvictor:
         allocated on demand).
     label : str
         What the error messages name (the model file).
+    kv_budget : int or None
+        Most cache entries per (layer, KV head), on average, that an eviction keeps (module docstring; validated by
+        :func:`check_kv_budget`); None: the keep ratio alone.
 
     Raises
     ------
@@ -189,14 +264,20 @@ class KVEvictor:
     """
 
     def __init__(self, model, ctx, *, method: str, keep: KeepChoice, n_threads: int, n_ctx: int, n_headroom: int,
-                 label: str) -> None:
+                 label: str, kv_budget: int | None = None) -> None:
         from audiokv_edge.native import audiokv
         from audiokv_edge.native import audiokv_llama
         from audiokv_edge.native import llama_kv_evict as E
 
-        self._evictor = None
-        self._ctx = ctx
+        self._handles: dict[float, int] = {}  # keep ratio -> libaudiokv evictor
+        self._active = None  # the evictor of the last eviction (its last error explains a failure)
+        self._ctx, self._model = ctx, model
+        self._spans: dict[int, list[tuple[int, int]]] = {}  # seq_id -> audio spans, set on every evictor
+        self._callback_error: BaseException | None = None
         self.label = label
+        self.keep = float(keep.keep)
+        self.kv_budget = check_kv_budget(kv_budget, method)
+        self._last_keep = self.keep
         try:
             lib = E.load_library()
             akv = audiokv_llama.load_adapter()
@@ -214,22 +295,21 @@ class KVEvictor:
                 params.sss_alpha = stored.sss_alpha
             if stored.sss_gamma is not None:
                 params.sss_gamma = stored.sss_gamma
+        self._params = params  # libaudiokv copies it; kept for the evictors a budget makes later
         # llama.cpp must capture the whole observation window (no more rows than the context can ever hold)
         n_window = max(EVICT_WINDOW, min(int(params.window), n_ctx))
-        status = ctypes.c_int(0)
-        err = ctypes.create_string_buffer(512)
-        evictor = akv.audiokv_llama_evictor_new(model, ctypes.byref(params), float(keep.keep), ctypes.byref(status),
-                                                err, len(err))
-        if not evictor:
-            raise EvictionError(f"cannot plan evictions for {label}: {err.value.decode('utf-8', 'replace')}")
-        self._evictor = evictor
+        self._active = self._handle(self.keep)
         eparams = lib.llama_kv_evict_default_params()
         eparams.n_window = n_window
         eparams.mode = E.LLAMA_KV_EVICT_MODE_COMPACT
         eparams.n_headroom = n_headroom
-        self._callback = audiokv_llama.c_callback(akv)
+        if self.kv_budget is None:  # the C callback itself: no Python in the eviction path
+            self._callback = audiokv_llama.c_callback(akv)
+            eparams.user_data = self._active
+        else:
+            self._callback = E.llama_kv_evict_callback(self._plan_within_budget)
+            eparams.user_data = None
         eparams.callback = self._callback
-        eparams.user_data = evictor
         rc = lib.llama_kv_evict_init(ctx, eparams)
         if rc != 0:
             self.close()
@@ -240,6 +320,48 @@ class KVEvictor:
         self.settings = {"method": method, "keep": keep.keep, "keep_source": keep.source,
                          "window": int(params.window), "n_window": n_window,
                          "sss_alpha": float(params.sss_alpha), "sss_gamma": float(params.sss_gamma)}
+
+    def _handle(self, keep: float) -> int:
+        """The libaudiokv evictor planning at ``keep``, made on first use with the audio spans set so far; besides
+        the one of the configured ratio only the latest is kept (a budget's ratio changes at every eviction).
+
+        Raises
+        ------
+        EvictionError
+            libaudiokv refuses the parameters, the model's stored head profile or the spans.
+        """
+        if keep not in self._handles:
+            status = ctypes.c_int(0)
+            err = ctypes.create_string_buffer(512)
+            handle = self._akv.audiokv_llama_evictor_new(self._model, ctypes.byref(self._params), keep,
+                                                         ctypes.byref(status), err, len(err))
+            if not handle:
+                raise EvictionError(f"cannot plan evictions for {self.label}: {err.value.decode('utf-8', 'replace')}")
+            for old in [k for k in self._handles if k != self.keep]:
+                self._akv.audiokv_llama_evictor_free(self._handles.pop(old))
+            self._handles[keep] = handle
+            for seq_id, spans in self._spans.items():
+                self._apply_spans(handle, seq_id, spans)
+        return self._handles[keep]
+
+    def _plan_within_budget(self, info_p, _user_data) -> int:
+        """The eviction callback under a budget: the C callback with an evictor made for min(keep, budget / P)."""
+        try:
+            keep = budget_keep(self.keep, self.kv_budget, positions_seen(info_p.contents))
+            self._active = self._handle(keep)
+            rc = int(self._akv.audiokv_llama_evict_callback(info_p, self._active))
+            if rc == 0:
+                self._last_keep = keep
+            return rc
+        except BaseException as exc:  # never unwind through C (llama.cpp then changes nothing); evict() re-raises
+            self._callback_error = exc
+            return -1
+
+    @property
+    def last_keep(self) -> float:
+        """The keep ratio of the last successful eviction (the configured one before the first, and always without
+        a budget)."""
+        return self._last_keep
 
     def stats(self, seq_id: int = 0):
         """``llama_kv_evict_stats`` of sequence ``seq_id`` (tokens, entries and bytes it holds).
@@ -265,17 +387,27 @@ class KVEvictor:
         EvictionError
             llama.cpp or libaudiokv refused (the cache is then unchanged); the message names the status,
             ``detail`` holds libaudiokv's reason.
+        KeyboardInterrupt
+            Raised while the budget's Python callback ran (Ctrl-C under a handler that raises): re-raised once
+            llama.cpp has returned, the cache unchanged.
         """
         from audiokv_edge.native import llama_kv_evict as E
 
         start = time.perf_counter()
         before = self.stats(seq_id)
+        self._callback_error = None
         rc = self._lib.llama_kv_evict_seq(self._ctx, seq_id)
         elapsed = (time.perf_counter() - start) * 1e3
+        error, self._callback_error = self._callback_error, None
+        if isinstance(error, KeyboardInterrupt):
+            raise error
         if rc not in (E.LLAMA_KV_EVICT_OK, E.LLAMA_KV_EVICT_DECLINED):
             detail = ""
-            if rc == E.LLAMA_KV_EVICT_ERR_CALLBACK and self._evictor:
-                detail = self._akv.audiokv_llama_evictor_last_error(self._evictor).decode("utf-8", "replace")
+            if error is not None:
+                logger.debug("eviction callback failed", exc_info=error)
+                detail = " ".join(str(error).split()) or type(error).__name__
+            elif rc == E.LLAMA_KV_EVICT_ERR_CALLBACK and self._active:
+                detail = self._akv.audiokv_llama_evictor_last_error(self._active).decode("utf-8", "replace")
             raise EvictionError(f"per-head eviction failed: {E.status_name(self._lib, rc)}", status=rc,
                                 detail=detail)
         after = self.stats(seq_id)
@@ -287,7 +419,7 @@ class KVEvictor:
             n_past=n_past, ms=elapsed, entries_before=int(before.n_entries), entries_after=int(after.n_entries),
             bytes_used_before=int(before.bytes_used), bytes_used_after=int(after.bytes_used),
             bytes_kept_after=int(after.bytes_kept), bytes_headroom_after=int(after.bytes_headroom),
-            full_entries=per_position * n_past)
+            full_entries=per_position * n_past, keep=self._last_keep)
 
     def set_audio_spans(self, spans: list[tuple[int, int]], seq_id: int = 0) -> None:
         """Hand the audio positions ``[begin, end)`` of sequence ``seq_id`` to the evictor: with SSS scope "audio"
@@ -298,16 +430,23 @@ class KVEvictor:
         EvictionError
             libaudiokv refuses the spans (negative, reversed or overlapping).
         """
+        spans = [(int(a), int(b)) for a, b in spans]
+        for handle in self._handles.values():
+            self._apply_spans(handle, seq_id, spans)
+        self._spans[seq_id] = spans
+
+    def _apply_spans(self, handle, seq_id: int, spans: list[tuple[int, int]]) -> None:
         flat = [p for span in spans for p in span]
         arr = (ctypes.c_int32 * max(1, len(flat)))(*flat)
-        rc = self._akv.audiokv_llama_evictor_set_audio_spans(self._evictor, seq_id, arr, len(spans))
+        rc = self._akv.audiokv_llama_evictor_set_audio_spans(handle, seq_id, arr, len(spans))
         if rc != 0:
             status = self._akv.audiokv_status_string(rc).decode()
             raise EvictionError(f"audiokv_llama_evictor_set_audio_spans failed with {status} for the audio "
                                 f"positions {spans[:4]}", status=rc)
 
     def close(self) -> None:
-        """Free the evictor (idempotent); see the class notes for when."""
-        if getattr(self, "_evictor", None):
-            self._akv.audiokv_llama_evictor_free(self._evictor)
-        self._evictor = None
+        """Free the evictors (idempotent); see the class notes for when."""
+        handles = getattr(self, "_handles", {})
+        while handles:
+            self._akv.audiokv_llama_evictor_free(handles.popitem()[1])
+        self._active = None

@@ -100,14 +100,18 @@ class LlamaModel:
         Text model GGUF.
     lora : str or pathlib.Path, optional
         LoRA adapter GGUF applied (scale 1) to every context made from the model, as llama.cpp's ``--lora``.
+    progress_callback : llama_progress_callback, optional
+        Called by the model loader; returning false cancels the load (a :class:`LlamaError`). The caller keeps it
+        alive.
 
     Raises
     ------
     LlamaError
-        llama.cpp cannot load the file, or the adapter does not fit the model.
+        llama.cpp cannot load the file (or the load was cancelled), or the adapter does not fit the model.
     """
 
-    def __init__(self, path: str | pathlib.Path, lora: str | pathlib.Path | None = None) -> None:
+    def __init__(self, path: str | pathlib.Path, lora: str | pathlib.Path | None = None, *,
+                 progress_callback=None) -> None:
         self.path = pathlib.Path(path)
         self.lora_path = None if lora is None else pathlib.Path(lora)
         self.adapter = None
@@ -116,7 +120,11 @@ class LlamaModel:
         self._projectors: list = []
         self.model = None
         self.lc = lc = init_llama_cpp()
-        self.model = lc.llama_model_load_from_file(str(self.path).encode(), lc.llama_model_default_params())
+        mp = lc.llama_model_default_params()
+        if progress_callback is not None:
+            mp.progress_callback = progress_callback
+            mp.progress_callback_user_data = None
+        self.model = lc.llama_model_load_from_file(str(self.path).encode(), mp)
         if not self.model:
             raise LlamaError(f"llama.cpp cannot load model {self.path}")
         if self.lora_path is not None:
@@ -182,9 +190,11 @@ class LlamaModel:
             self._mt = native_libs.load_mtmd_cpp()
         return self._mt
 
-    def new_projector(self, mmproj: str | pathlib.Path, *, n_threads: int, flash_attn: bool):
+    def new_projector(self, mmproj: str | pathlib.Path, *, n_threads: int, flash_attn: bool,
+                      progress_callback=None):
         """A new ``mtmd_context *`` (the audio projector ``mmproj`` on this model, CPU, no warm-up), freed by
-        :meth:`close`.
+        :meth:`close`. ``progress_callback`` (an ``mtmd_progress_callback`` the caller keeps alive): false cancels
+        the load.
 
         Raises
         ------
@@ -198,6 +208,9 @@ class LlamaModel:
         mp.n_threads = n_threads
         mp.warmup = False
         mp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if progress_callback is not None:
+            mp.progress_callback = progress_callback
+            mp.progress_callback_user_data = None
         mctx = mt.mtmd_init_from_file(str(mmproj).encode(), self.model, mp)
         if not mctx:
             raise LlamaError(f"audio projector {mmproj} does not fit model {self.path}")

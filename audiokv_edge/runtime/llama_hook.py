@@ -17,9 +17,19 @@ callback and llama.cpp per-head COMPACT eviction a :class:`~audiokv_edge.runtime
 (:class:`~audiokv_edge.runtime.kv_eviction.KVEvictor`). ``method="full"`` changes nothing in the Llama's behaviour
 and only reports the statistics.
 
+``kv_budget`` caps what each eviction keeps at that many entries per (layer, KV head) on average: a prompt of P
+tokens is planned at keep min(keep, kv_budget / P) (:mod:`audiokv_edge.runtime.kv_eviction`).
+
+Interruption: :meth:`LlamaEviction.interrupt` (from another thread, a signal handler or a callback such as a
+``stopping_criteria``) makes the Llama's generation raise :class:`~audiokv_edge.runtime.interrupt.Interrupted` (a
+``KeyboardInterrupt``) within a graph node of the prompt, its eviction or a generated token; Ctrl-C under Python's
+default handler becomes such a request while llama.cpp decodes or evicts, so that it is never swallowed inside a
+ctypes callback. The next prompt is answered as usual.
+
 The Llama must use the libllama of this project's build (``import llama_cpp`` after ``scripts/setup.sh``, or
 :func:`audiokv_edge.native.libs.load_llama_cpp`). :func:`enable` routes the Llama's own ``generate`` and ``eval``
-through the eviction (instance attributes; the class is untouched) and frees the evictor when the Llama is closed.
+through the eviction (instance attributes; the class is untouched), sets the context's abort callback while a prompt
+is decoded, and frees the evictor when the Llama is closed.
 """
 
 from __future__ import annotations
@@ -34,17 +44,20 @@ import sys
 import weakref
 from dataclasses import dataclass
 
+from audiokv_edge.runtime.interrupt import Interrupted, StopFlag
 from audiokv_edge.runtime.kv_eviction import (
     KEEP_FULL,
     EvictionError,
     EvictionUnsupportedError,
     KVEvictor,
+    check_kv_budget,
     choose_keep,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["enable", "LlamaEviction", "EvictionConfig", "PromptStats", "EvictionError", "EvictionUnsupportedError"]
+__all__ = ["enable", "LlamaEviction", "EvictionConfig", "PromptStats", "EvictionError", "EvictionUnsupportedError",
+           "Interrupted"]
 
 _GGML_LOG_LEVEL_ERROR = 4  # ggml.h enum ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 
@@ -68,11 +81,15 @@ class EvictionConfig:
     n_headroom : int or None
         Rows per (layer, KV head) reserved after the eviction for the answer's tokens (more are allocated on
         demand); None: llama.cpp's default (256).
+    kv_budget : int or None
+        Most KV-cache entries per (layer, KV head), on average, that an eviction keeps (>= 1): a prompt of P tokens
+        is planned at keep min(keep, kv_budget / P). None: the keep ratio alone. Needs an evicting method.
     """
 
     method: str = "audiokv"
     keep: float | None = None
     n_headroom: int | None = None
+    kv_budget: int | None = None
 
     def __post_init__(self) -> None:
         from audiokv_edge.methods import METHODS
@@ -86,6 +103,7 @@ class EvictionConfig:
         n = self.n_headroom
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise ValueError(f"n_headroom must be an integer >= 0 or None, got {n!r}")
+        object.__setattr__(self, "kv_budget", check_kv_budget(self.kv_budget, self.method))
 
 
 @dataclass(frozen=True)
@@ -103,12 +121,15 @@ class PromptStats:
         K + V bytes it holds there after the eviction (= ``kv_bytes_full`` for method ``full``).
     evict_ms : float
         Time spent planning and evicting.
+    keep_effective : float
+        Keep ratio the eviction planned at: the keep ratio, or lower under a ``kv_budget`` (1.0 for ``full``).
     """
 
     prompt_tokens: int
     kv_bytes_full: int
     kv_bytes_kept: int
     evict_ms: float
+    keep_effective: float = 1.0
 
     @property
     def kept_fraction(self) -> float:
@@ -138,6 +159,8 @@ class LlamaEviction:
         The last prompt's KV cache.
     n_prompts : int
         Prompts evicted (or, for ``full``, counted) so far.
+    stop : StopFlag
+        The flag :meth:`interrupt` sets.
     """
 
     def __init__(self, llm, config: EvictionConfig, evictor: KVEvictor | None, keep: float, keep_source: str,
@@ -147,6 +170,7 @@ class LlamaEviction:
         self.settings = dict(evictor.settings) if evictor is not None else None
         self.last: PromptStats | None = None
         self.n_prompts = 0
+        self.stop = StopFlag()
         self._llm = weakref.ref(llm)
         self._evictor = evictor
         self._bytes_per_entry = bytes_per_entry
@@ -156,6 +180,12 @@ class LlamaEviction:
     @property
     def evicting(self) -> bool:
         return self._evictor is not None
+
+    def interrupt(self) -> None:
+        """Stop the Llama's generation in progress, from another thread, a signal handler or a callback: it raises
+        :class:`~audiokv_edge.runtime.interrupt.Interrupted` within a graph node of the prompt, its eviction or a
+        generated token (the next prompt, when none runs). The Llama stays usable."""
+        self.stop.request()
 
     # ------------------------------------------------------------------ what the Llama's own methods become
     def _generate(self, tokens, args, kwargs):
@@ -171,11 +201,27 @@ class LlamaEviction:
 
     def _eval(self, tokens) -> None:
         llm = self._llm()
-        type(llm).eval(llm, tokens)
-        if self._prompt_pending:
-            self._prompt_pending = False
-            if llm.n_tokens > 0:
+        stop, prompt = self.stop, self._prompt_pending
+        self._prompt_pending = False
+        stage = "prefill" if prompt else "decode"
+        stop.raise_if_requested(stage)
+        lc = sys.modules["llama_cpp.llama_cpp"]
+        if prompt:  # llama.cpp polls the flag after every graph node of the prompt (not per token: too costly)
+            lc.llama_set_abort_callback(llm.ctx, stop.abort_callback(lc), None)
+        try:
+            with stop.sigint_requests_stop():
+                type(llm).eval(llm, tokens)
+        except RuntimeError:  # llama-cpp-python's "llama_decode returned 2": stopped by the abort callback
+            stop.raise_if_requested(stage)
+            raise
+        finally:
+            if prompt:
+                lc.llama_set_abort_callback(llm.ctx, lc.ggml_abort_callback(), None)
+        stop.raise_if_requested(stage)
+        if prompt and llm.n_tokens > 0:
+            with stop.sigint_requests_stop():
                 self._after_prompt(llm.n_tokens)
+            stop.raise_if_requested("eviction")
 
     def _after_prompt(self, n_past: int) -> None:
         if self._evictor is None:
@@ -184,7 +230,7 @@ class LlamaEviction:
             return
         record = self._evictor.evict(n_past)
         self._record(PromptStats(n_past, self._bytes(record.full_entries), self._bytes(record.kept_entries),
-                                 record.ms))
+                                 record.ms, record.keep))
 
     def _bytes(self, entries: int) -> int:
         return int(round(entries * self._bytes_per_entry))
@@ -236,7 +282,8 @@ def _reason(errors: list[str]) -> str:
     return "see llama.cpp's log"
 
 
-def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroom: int | None = None) -> LlamaEviction:
+def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroom: int | None = None,
+           kv_budget: int | None = None) -> LlamaEviction:
     """Turn per-head KV-cache eviction on for a ``llama_cpp.Llama``: each prompt is evicted once decoded.
 
     Parameters
@@ -248,7 +295,7 @@ def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroo
         Keep-plan method (``audiokv``, ``snapkv``, ``h2o``, ...; ``full`` keeps everything and only reports).
     keep : float or None
         Fraction of each prompt's KV entries kept, in (0, 1]; None: the model's stored AudioKV default or 0.4.
-    n_headroom : int or None
+    n_headroom, kv_budget : int or None
         See :class:`EvictionConfig`.
 
     Returns
@@ -269,7 +316,7 @@ def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroo
         (e.g. a malformed stored head profile).
     """
     global _GENERATE
-    config = EvictionConfig(method=method, keep=keep, n_headroom=n_headroom)
+    config = EvictionConfig(method=method, keep=keep, n_headroom=n_headroom, kv_budget=kv_budget)
     if llm in _ENABLED:
         raise ValueError("eviction is already enabled on this Llama (llama.cpp enables it once per context)")
     if getattr(llm, "draft_model", None) is not None:
@@ -296,7 +343,7 @@ def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroo
             with _native_errors() as errors:
                 evictor = KVEvictor(llm.model, llm.ctx, method=config.method, keep=choice,
                                     n_threads=max(1, int(cp.n_threads)), n_ctx=int(lc.llama_n_ctx(llm.ctx)),
-                                    n_headroom=256 if n is None else n, label=label)
+                                    n_headroom=256 if n is None else n, label=label, kv_budget=config.kv_budget)
         except EvictionUnsupportedError as exc:
             reason = _reason(errors)
             hint = ""

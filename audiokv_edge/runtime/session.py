@@ -27,7 +27,13 @@ holds one chunk with its text, the kept entries live in per-head pools of keep x
 answer). llama.cpp hands the captured window queries and the keys (f16 or q8_0) to libaudiokv's C callback
 (``audiokv_llama_evict_callback``, Python only registers it), which plans with the method (the head profile stored
 in the model's GGUF drives AudioKV's budgets), and llama.cpp frees the dropped entries:
-:class:`~audiokv_edge.runtime.kv_eviction.KVEvictor`, called from :meth:`Session._evict`.
+:class:`~audiokv_edge.runtime.kv_eviction.KVEvictor`, called from :meth:`Session._evict`. ``kv_budget`` caps what an
+eviction keeps at that many entries per (layer, KV head) on average, whatever the length of the audio or the document.
+
+Interruption: :meth:`Session.interrupt` (or the ``stop`` flag given to the Session, which the runner's signal
+handlers set; Ctrl-C too while C code runs) stops loading or an answer (audio, text document or follow-up) within a
+graph node, a prompt chunk or a token: the Session raises :class:`~audiokv_edge.runtime.interrupt.Interrupted` and
+answers the next prompt as usual (:mod:`audiokv_edge.runtime.interrupt`).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import numpy as np
 from audiokv_edge.native.libs import HandleOwner
 from audiokv_edge.profile.gguf_header import GGUF_MAGIC
 from audiokv_edge.runtime.audio import AudioClip, clip_from_array, load_audio
+from audiokv_edge.runtime.interrupt import Interrupted, StopFlag
 from audiokv_edge.runtime.kv_eviction import (
     DEFAULT_KEEP,
     EVICT_WINDOW,
@@ -55,6 +62,7 @@ from audiokv_edge.runtime.kv_eviction import (
     EvictionError,
     EvictionUnsupportedError,
     KVEvictor,
+    check_kv_budget,
     choose_keep,
 )
 from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, render_follow_up, render_prompt
@@ -103,6 +111,12 @@ class SessionConfig:
         Fraction of the prompt's KV entries kept, in (0, 1] (ignored by ``full``). None (default): the model's
         stored ``audiokv.defaults.keep`` (docs/gguf-keys.md) when the method is ``audiokv`` and the GGUF has one,
         else :data:`DEFAULT_KEEP`.
+    kv_budget : int or None
+        Most KV-cache entries per (layer, KV head), on average, that an eviction keeps (>= 1): an eviction of a
+        cache that has seen P positions plans at keep ratio min(keep, kv_budget / P), which the method distributes
+        as it does any keep ratio (AudioKV by its head profile). With ``stream`` every audio chunk / document block
+        re-plans, so the kept cache never grows past it. None (default): the keep ratio alone. Needs an evicting
+        method (not ``full``).
     stream : bool
         Evict after every audio chunk / every ``text_block`` tokens of a text document (bounded memory), not only
         once after the prompt.
@@ -130,6 +144,7 @@ class SessionConfig:
 
     method: str = "audiokv"
     keep: float | None = None
+    kv_budget: int | None = None
     stream: bool = False
     max_tokens: int = 128
     threads: int = 0
@@ -149,6 +164,7 @@ class SessionConfig:
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
                                  or not np.isfinite(keep) or not 0 < keep <= 1):
             raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+        object.__setattr__(self, "kv_budget", check_kv_budget(self.kv_budget, self.method))
         for name, low in (("max_tokens", 1), ("threads", 0), ("ctx", 16), ("batch", 1), ("text_block", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -388,24 +404,31 @@ class Session(HandleOwner):
         Whether the session answers audio: None (default) when a projector is given or lies beside the model, True
         requires one (an error here when there is none), False loads none (a text-only session; ``mmproj`` must
         then be None). A session without a projector answers text documents (:meth:`answer_text`) and refuses audio.
+    stop : StopFlag, optional
+        The flag :meth:`interrupt` sets; pass one to set it before the Session exists (a signal handler during
+        loading). Default: a new one.
 
     Raises
     ------
     SessionError
         A file is missing, not a GGUF, not loadable, the projector has no audio encoder or does not fit the model.
+    Interrupted
+        :meth:`interrupt` (``stop``) while loading.
     """
 
     def __init__(self, model: str | pathlib.Path, mmproj: str | pathlib.Path | None = None,
                  config: SessionConfig | None = None, lora: str | pathlib.Path | None = None, *,
-                 audio: bool | None = None) -> None:
+                 audio: bool | None = None, stop: StopFlag | None = None) -> None:
         self.config = config or SessionConfig()
+        self.stop = stop if stop is not None else StopFlag()
         self._llm = self._model = self._ctx = self._mctx = self._sampler = self._evictor = None
         self._mtmd = None
         self._conversation: _Conversation | None = None
         self.last_answer: Answer | None = None
         #: One dict per eviction of the last answer: n_past (positions seen), ms, entries_before / _after,
         #: bytes_used_before / _after (K+V bytes the sequence occupies in the evictable layers: per-head pools incl.
-        #: headroom + main-cache cells), bytes_kept_after, bytes_headroom_after (llama_kv_evict_stats).
+        #: headroom + main-cache cells), bytes_kept_after, bytes_headroom_after (llama_kv_evict_stats), keep (the
+        #: ratio planned at: the keep ratio, or lower under a kv_budget).
         self.last_evictions: list[dict] = []
         #: The model's stored per-model AudioKV defaults (``ProfileDefaults``) when they apply (method audiokv and
         #: the GGUF has ``audiokv.defaults.*`` keys), else None.
@@ -438,10 +461,18 @@ class Session(HandleOwner):
             self._mtmd = native_libs.load_mtmd_cpp()
         _route_native_logs(self._lc, self._mtmd)
         try:
-            self._load()
+            with self.stop.sigint_requests_stop():
+                self._load()
+            self.stop.raise_if_requested("loading")
         except BaseException:
             self.close()
             raise
+
+    def interrupt(self) -> None:
+        """Stop the load or the answer in progress, from another thread or a signal handler: it raises
+        :class:`~audiokv_edge.runtime.interrupt.Interrupted` within a graph node, a prompt chunk or a token (the next
+        answer, when none runs). The session stays usable."""
+        self.stop.request()
 
     @property
     def supports_audio(self) -> bool:
@@ -450,11 +481,15 @@ class Session(HandleOwner):
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
-        lc, mt, cfg = self._lc, self._mtmd, self.config
+        lc, mt, cfg, stop = self._lc, self._mtmd, self.config, self.stop
         _LAST_NATIVE_ERRORS.clear()
+        logger.debug("loading %s", self.model_path)
+        stop.raise_if_requested("loading")
         try:
-            self._llm = LlamaModel(self.model_path, lora=self.lora_path)
+            self._llm = LlamaModel(self.model_path, lora=self.lora_path,
+                                   progress_callback=stop.progress_callback(lc.llama_progress_callback))
         except LlamaError as exc:
+            stop.raise_if_requested("loading")  # the load was cancelled
             raise SessionError(f"{exc}: {_native_error('unsupported or corrupt')}") from None
         self._model, self._vocab = self._llm.model, self._llm.vocab
         self._apply_profile_defaults()
@@ -471,11 +506,16 @@ class Session(HandleOwner):
         except LlamaError as exc:
             raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
         self.n_ctx = int(lc.llama_n_ctx(self._ctx))
+        stop.raise_if_requested("loading")
 
         if self.mmproj_path is not None:
+            logger.debug("loading %s", self.mmproj_path)
             try:
-                self._mctx = self._llm.new_projector(self.mmproj_path, n_threads=cfg.n_threads, flash_attn=flash)
+                self._mctx = self._llm.new_projector(
+                    self.mmproj_path, n_threads=cfg.n_threads, flash_attn=flash,
+                    progress_callback=stop.progress_callback(mt.mtmd_progress_callback))
             except LlamaError as exc:
+                stop.raise_if_requested("loading")  # the load was cancelled
                 raise SessionError(f"{exc}: {_native_error('libmtmd refused it')}") from None
             if not mt.mtmd_support_audio(self._mctx):
                 raise SessionError(f"{self.mmproj_path} has no audio encoder")
@@ -508,7 +548,8 @@ class Session(HandleOwner):
 
         Python only registers the callback: llama.cpp calls ``audiokv_llama_evict_callback`` (libaudiokv), which plans
         with the configured method on the captured queries and the keys of any cache type, with the head profile
-        stored in the model's GGUF (uniform budgets and one warning without one).
+        stored in the model's GGUF (uniform budgets and one warning without one); with a ``kv_budget`` a small Python
+        callback picks each eviction's keep ratio first.
         """
         cfg = self.config
         # rows per (layer, KV head) reserved after each eviction for the tokens until the next: the answer, and when
@@ -520,7 +561,7 @@ class Session(HandleOwner):
         try:
             self._evictor = KVEvictor(self._model, self._ctx, method=cfg.method, keep=self._keep_choice,
                                       n_threads=cfg.n_threads, n_ctx=self.n_ctx, n_headroom=headroom,
-                                      label=str(self.model_path))
+                                      label=str(self.model_path), kv_budget=cfg.kv_budget)
         except EvictionUnsupportedError as exc:
             raise SessionError(f"{exc} ({_native_error('see -v log')}); use --method full") from None
         except EvictionError as exc:
@@ -595,6 +636,11 @@ class Session(HandleOwner):
         Returns
         -------
         Answer
+
+        Raises
+        ------
+        Interrupted
+            :meth:`interrupt` (or the ``stop`` flag) during the answer; the session stays usable.
         """
         return self._collect(self.stream(audio, prompt, sample_rate=sample_rate, progress=progress), on_token)
 
@@ -603,7 +649,9 @@ class Session(HandleOwner):
         """Like :meth:`answer`, yielding text pieces as they are generated; the :class:`Answer` is then in
         :attr:`last_answer`."""
         self._check_open()
+        self.stop.raise_if_requested("audio")
         clip = self._clip(audio, sample_rate)
+        self.stop.raise_if_requested("audio")
         return self._generate_audio(clip, prompt, progress)
 
     def _tokenize(self, clip: AudioClip, prompt: str):
@@ -646,7 +694,8 @@ class Session(HandleOwner):
         mt = self._mtmd
         self._begin_answer()
         t0 = time.perf_counter()
-        chunks, info = self._tokenize(clip, prompt)
+        with self.stop.sigint_requests_stop():
+            chunks, info = self._tokenize(clip, prompt)
 
         def evaluate(i: int, n_past: int) -> int:
             chunk = mt.mtmd_input_chunks_get(chunks, i)
@@ -659,6 +708,7 @@ class Session(HandleOwner):
             return int(new_n_past.value)
 
         try:
+            self.stop.raise_if_requested("audio")
             prefilled = self._prefill(info, evaluate, progress)
         finally:
             mt.mtmd_input_chunks_free(chunks)
@@ -697,6 +747,8 @@ class Session(HandleOwner):
             The document is empty, or its file is missing, unreadable or not UTF-8 text (a ``ValueError``).
         ContextTooSmallError
             The prompt does not fit the context (the message names both sizes).
+        Interrupted
+            :meth:`interrupt` (or the ``stop`` flag) during the answer; the session stays usable.
         """
         return self._collect(self.stream_text(document, prompt, question_first=question_first, progress=progress),
                              on_token)
@@ -773,6 +825,9 @@ class Session(HandleOwner):
             or the chat template cannot continue the conversation.
         ContextTooSmallError
             The follow-up does not fit the rest of the context.
+        Interrupted
+            :meth:`interrupt` (or the ``stop`` flag) during the answer; the session stays usable, but has no
+            conversation to follow up any more.
         """
         return self._collect(self.stream_follow_up(prompt), on_token)
 
@@ -859,11 +914,14 @@ class Session(HandleOwner):
         if not self._needs_eviction():
             full = self._full_entries(n_past)
             return full, full, 0.0
+        logger.debug("evicting: %d positions seen", n_past)
         try:
-            record = self._evictor.evict(n_past)
+            with self.stop.sigint_requests_stop():
+                record = self._evictor.evict(n_past)
         except EvictionError as exc:
             raise SessionError(f"{exc} ({exc.detail or _native_error('see -v log')})") from None
         self.last_evictions.append(record.as_dict())
+        self.stop.raise_if_requested("eviction")  # the plan itself cannot be stopped: right after it
         return record.kept_entries, record.full_entries, record.ms
 
     def _full_entries(self, n_past: int) -> int:
@@ -917,8 +975,28 @@ class Session(HandleOwner):
         after the chunks of ``info.evict_after`` when streaming and after the last one (``evict``).
 
         ``start``: the conversation the prompt continues (its positions and main-cache cells); None: an empty cache.
+
+        Interruption: llama.cpp polls the stop flag after every graph node while the chunks are decoded (one batch of
+        audio embeddings or document tokens can take seconds), and the flag is checked after every chunk and
+        eviction.
         """
-        cfg = self.config
+        self._poll_stop_in_graphs(True)
+        try:
+            return self._prefill_chunks(info, evaluate, progress, start=start, evict=evict)
+        finally:
+            self._poll_stop_in_graphs(False)
+
+    def _poll_stop_in_graphs(self, on: bool) -> None:
+        """Let llama.cpp poll the stop flag after every graph node (prefill), or not (decoding: one token's graph is
+        short, the flag is checked between tokens, and a Python call per graph node would cost a small model a few
+        per cent of its speed)."""
+        lc = self._lc
+        lc.llama_set_abort_callback(self._ctx, self.stop.abort_callback(lc) if on else lc.ggml_abort_callback(), None)
+
+    def _prefill_chunks(self, info: "_PromptInfo", evaluate: Callable[[int, int], int], progress, *,
+                        start: "_Conversation | None", evict: bool) -> "_Prefilled":
+        """:meth:`_prefill` while llama.cpp polls the stop flag."""
+        cfg, stop = self.config, self.stop
         streaming = self._streaming() and evict
         n_past = start.n_past if start is not None else 0
         cells = start.cells if start is not None else 0  # main-cache cells the sequence holds
@@ -948,7 +1026,16 @@ class Session(HandleOwner):
         if progress is not None:
             progress(0, info.n_pos)
         for i in range(info.chunks):
-            new_n_past = evaluate(i, n_past)
+            stop.raise_if_requested("prefill")
+            logger.debug("prompt chunk %d/%d: %s, %d tokens", i + 1, info.chunks,
+                         "audio" if i in info.audio_chunk_ids else "text", info.chunk_tokens[i])
+            try:
+                with stop.sigint_requests_stop():
+                    new_n_past = evaluate(i, n_past)
+            except SessionError:
+                stop.raise_if_requested("prefill")  # llama_decode stopped (code 2) by the abort callback
+                raise
+            stop.raise_if_requested("prefill")
             if i in info.audio_chunk_ids:   # where libmtmd put this chunk: before any eviction planning it
                 self.last_audio_spans.append((n_past, new_n_past))
                 if spans_to_evictor:
@@ -974,7 +1061,7 @@ class Session(HandleOwner):
     def _answer_after(self, prefilled: "_Prefilled", info: "_PromptInfo", t0: float, messages: list[dict], *,
                       audio_seconds: float = 0.0) -> Iterator[str]:
         """Greedy decoding after a prefill; sets :attr:`last_answer` and the conversation a follow-up continues."""
-        lc, cfg = self._lc, self.config
+        lc, cfg, stop = self._lc, self.config, self.stop
         n_past, cells = prefilled.n_past, prefilled.cells
         prefill_s = time.perf_counter() - t0
 
@@ -985,7 +1072,9 @@ class Session(HandleOwner):
         pending = None  # the last sampled token when it was not decoded into the cache
         finish = "length"
         token_arr = (lc.llama_token * 1)()
+        logger.debug("decoding: at most %d tokens", cfg.max_tokens)
         while len(tokens) < cfg.max_tokens:
+            stop.raise_if_requested("decode")
             token = int(lc.llama_sampler_sample(self._sampler, self._ctx, -1))
             if lc.llama_vocab_is_eog(self._vocab, token):
                 finish = "stop"
@@ -1002,7 +1091,9 @@ class Session(HandleOwner):
                 finish = "context"
                 break
             token_arr[0] = token
-            rc = lc.llama_decode(self._ctx, lc.llama_batch_get_one(token_arr, 1))
+            with stop.sigint_requests_stop():
+                rc = lc.llama_decode(self._ctx, lc.llama_batch_get_one(token_arr, 1))
+            stop.raise_if_requested("decode")
             if rc != 0:
                 raise SessionError(f"llama_decode failed at position {n_past} (code {rc})")
             n_past += 1
@@ -1023,6 +1114,8 @@ class Session(HandleOwner):
             method=cfg.method,
             keep=1.0 if cfg.method == "full" else float(self.keep),
             keep_source=KEEP_FULL if cfg.method == "full" else self.keep_source,
+            kv_budget=cfg.kv_budget,
+            keep_effective=1.0 if self._evictor is None else self._evictor.last_keep,
             eviction_applied=True,
             kv_bytes_full=g.kept_bytes(prefilled.full_entries),
             kv_bytes_kept=g.kept_bytes(prefilled.kept_entries),
@@ -1061,5 +1154,5 @@ class Session(HandleOwner):
 
 
 __all__ = ["Answer", "AnswerStats", "ContextTooSmallError", "DEFAULT_KEEP", "DEFAULT_PROMPT", "DEFAULT_TEXT_PROMPT",
-           "DocumentError", "KV_TYPE_BYTES", "SSS_SCOPES", "Session", "SessionConfig", "SessionError", "find_mmproj",
-           "check_gguf"]
+           "DocumentError", "Interrupted", "KV_TYPE_BYTES", "SSS_SCOPES", "Session", "SessionConfig", "SessionError",
+           "StopFlag", "find_mmproj", "check_gguf"]

@@ -114,6 +114,11 @@ class AnswerStats:
         ``audiokv.defaults.keep``), ``"default"`` (built-in) or ``"full"`` (method ``full`` keeps everything).
     document_tokens : int
         Tokens of the text document in the prompt (0 for an audio prompt or a follow-up).
+    kv_budget : int or None
+        Most cache entries per (layer, KV head), on average, an eviction keeps (``--kv-budget``); None: none.
+    keep_effective : float or None
+        Keep ratio the last eviction (the whole prompt; for a follow-up, the conversation's last) planned at:
+        ``keep``, or ``kv_budget`` / positions seen when smaller (1.0 for ``full``). None: not recorded.
     """
 
     audio_seconds: float
@@ -134,6 +139,8 @@ class AnswerStats:
     finish_reason: str
     keep_source: str = "config"
     document_tokens: int = 0
+    kv_budget: int | None = None
+    keep_effective: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,6 +150,10 @@ class AnswerStats:
         mib = 1024.0 * 1024.0
         ratio = self.kv_bytes_kept / self.kv_bytes_full if self.kv_bytes_full else 1.0
         keep_note = " (model's head profile default)" if self.keep_source == "profile" else ""
+        if self.kv_budget is not None:
+            keep_note += f", budget {self.kv_budget} tokens per head"
+            if self.keep_effective is not None and self.keep_effective < self.keep:
+                keep_note += f" -> keep {self.keep_effective:.3g}"
         if self.audio_tokens or self.audio_seconds:
             prompt = (f"audio: {self.audio_seconds:.2f} s -> {self.audio_tokens} audio tokens, {self.prompt_tokens} "
                       f"prompt tokens")
