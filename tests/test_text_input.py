@@ -391,38 +391,10 @@ def test_text_eviction_is_the_llama_hooks(text_model, method):
 PROBE_SSS = r"""
 import json, sys
 import numpy as np
-from audiokv_edge.native import audiokv_llama
-from audiokv_edge.native import llama_kv_evict as E
 from audiokv_edge.runtime.session import Session, SessionConfig
+from tests.test_sss_audio_spans import record_evictions
 model, filler, scope = sys.argv[1:4]
-records = []
-real = audiokv_llama.c_callback
-
-
-def recording(akv):
-    c_fn = real(akv)
-
-    def wrapper(info_p, user_data):
-        info = info_p.contents
-        views = E.layer_views(info)
-        rec = {"uniform": bool(info.uniform),
-               "q": np.stack([lv.q * np.float32(lv.kq_scale * np.sqrt(lv.head_dim)) for lv in views]),
-               "q_pos": views[0].q_pos.copy(),
-               "keys": [[lv.keys(h) for h in range(lv.n_head_kv)] for lv in views],
-               "pos": [[lv.pos[h].copy() for h in range(lv.n_head_kv)] for lv in views]}
-        rc = int(c_fn(info_p, user_data))
-        rec["kept"] = [[np.ctypeslib.as_array(lv._layer.heads[h].keep, shape=(lv._layer.heads[h].n_keep,)).copy()
-                        for h in range(lv.n_head_kv)] for lv in views]
-        records.append(rec)
-        return rc
-
-    cb = E.llama_kv_evict_callback(wrapper)
-    recording.keep_alive.append(cb)
-    return cb
-
-
-recording.keep_alive = []
-audiokv_llama.c_callback = recording
+records = record_evictions()
 cfg = SessionConfig(method="audiokv", keep=0.4, stream=True, text_block=96, max_tokens=2, threads=2, ctx=1024,
                     sss_scope=scope)
 with Session(model, config=cfg) as s:

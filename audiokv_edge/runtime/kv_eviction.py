@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_KEEP", "EVICT_WINDOW", "KEEP_FROM_CONFIG", "KEEP_FROM_PROFILE", "KEEP_BUILTIN", "KEEP_FULL",
            "EvictionError", "EvictionUnsupportedError", "KeepChoice", "EvictionRecord", "KVEvictor", "budget_keep",
-           "check_kv_budget", "choose_keep", "positions_seen"]
+           "check_kv_budget", "check_method_and_keep", "choose_keep", "positions_seen"]
 
 #: Window queries captured for eviction (the methods' default observation window, docs/semantics.md).
 EVICT_WINDOW = 32
@@ -117,6 +117,25 @@ def choose_keep(model_path: str | pathlib.Path, method: str, keep: float | None)
         logger.info("keep %g (model's head profile default)", defaults.keep)
         return KeepChoice(float(defaults.keep), KEEP_FROM_PROFILE, defaults)
     return KeepChoice(DEFAULT_KEEP, KEEP_BUILTIN, defaults)
+
+
+def check_method_and_keep(method: str, keep) -> None:
+    """Validate a method name and a keep ratio as a caller gives them (``SessionConfig``, ``enable()``).
+
+    Raises
+    ------
+    ValueError
+        An unknown method (the message lists the known ones), or a keep that is not a number in (0, 1].
+    """
+    import math
+
+    from audiokv_edge.methods import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
+                             or not math.isfinite(keep) or not 0 < keep <= 1):
+        raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
 
 
 def check_kv_budget(kv_budget, method: str) -> int | None:

@@ -38,7 +38,6 @@ import contextlib
 import ctypes
 import inspect
 import logging
-import math
 import pathlib
 import sys
 import weakref
@@ -51,6 +50,7 @@ from audiokv_edge.runtime.kv_eviction import (
     EvictionUnsupportedError,
     KVEvictor,
     check_kv_budget,
+    check_method_and_keep,
     choose_keep,
 )
 
@@ -92,14 +92,7 @@ class EvictionConfig:
     kv_budget: int | None = None
 
     def __post_init__(self) -> None:
-        from audiokv_edge.methods import METHODS
-
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        keep = self.keep
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
-                                 or not math.isfinite(keep) or not 0 < keep <= 1):
-            raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+        check_method_and_keep(self.method, self.keep)
         n = self.n_headroom
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise ValueError(f"n_headroom must be an integer >= 0 or None, got {n!r}")

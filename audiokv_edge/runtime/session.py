@@ -63,6 +63,7 @@ from audiokv_edge.runtime.kv_eviction import (
     EvictionUnsupportedError,
     KVEvictor,
     check_kv_budget,
+    check_method_and_keep,
     choose_keep,
 )
 from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, render_follow_up, render_prompt
@@ -156,14 +157,7 @@ class SessionConfig:
     text_block: int = DEFAULT_TEXT_BLOCK
 
     def __post_init__(self) -> None:
-        from audiokv_edge.methods import METHODS
-
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        keep = self.keep
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
-                                 or not np.isfinite(keep) or not 0 < keep <= 1):
-            raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+        check_method_and_keep(self.method, self.keep)
         object.__setattr__(self, "kv_budget", check_kv_budget(self.kv_budget, self.method))
         for name, low in (("max_tokens", 1), ("threads", 0), ("ctx", 16), ("batch", 1), ("text_block", 1)):
             value = getattr(self, name)
