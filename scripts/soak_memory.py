@@ -183,7 +183,8 @@ def plot(report: dict, path: Path) -> None:
     left.set_ylabel("RSS after the chunk (MiB)")
     left.set_title(f"--stream --kv-budget {report['kv_budget']}: RSS per 30 s chunk")
     left.set_ylim(bottom=0)
-    left.legend()
+    if left.get_legend_handles_labels()[0]:
+        left.legend()
     run = report["answers_run"]
     if run and run["status"] == "ok":
         right.plot([s["answer"] for s in run["samples"]], [s["rss_bytes"] / MIB for s in run["samples"]], ".",
