@@ -125,7 +125,7 @@ def clip_from_array(
     Raises
     ------
     AudioError
-        Zero rate, no samples, too many channels, NaN or infinite samples.
+        Zero rate or one above :data:`MAX_SAMPLE_RATE`, no samples, too many channels, NaN or infinite samples.
     """
     name = path or "audio array"
     samples = np.asarray(samples)
@@ -169,7 +169,7 @@ def probe_audio(path: str | pathlib.Path, *, max_channels: int = MAX_CHANNELS):
     Raises
     ------
     AudioError
-        Missing, not a file, empty, not audio, 0 Hz, too many channels, no samples.
+        Missing, not a file, empty, not audio, 0 Hz or above :data:`MAX_SAMPLE_RATE`, too many channels, no samples.
     """
     import soundfile
 
