@@ -58,6 +58,10 @@ def test_damaged_profile_npz_is_one_error_line(tmp_path):
     with pytest.raises(ValueError, match=r"profile\.npz: not a head profile NPZ \(") as info:
         load_profile_file(bad)
     assert "\n" not in str(info.value)
+    member = tmp_path / "member.npz"   # a member's .npy header that NumPy's tokenizer chokes on
+    member.write_bytes((REGRESSIONS / "profile_file-npy-header-tokenize").read_bytes()[1:])
+    with pytest.raises(ValueError, match=r"member\.npz: not a head profile NPZ \(.*EOF in multi-line statement"):
+        load_profile_file(member)
     lone = tmp_path / "lone.npz"
     with open(lone, "wb") as f:
         np.save(f, np.ones(3))
