@@ -62,6 +62,10 @@ def test_damaged_profile_npz_is_one_error_line(tmp_path):
     member.write_bytes((REGRESSIONS / "profile_file-npy-header-tokenize").read_bytes()[1:])
     with pytest.raises(ValueError, match=r"member\.npz: not a head profile NPZ \(.*EOF in multi-line statement"):
         load_profile_file(member)
+    encrypted = tmp_path / "encrypted.npz"   # a member flagged as encrypted
+    encrypted.write_bytes((REGRESSIONS / "profile_file-encrypted-member").read_bytes()[1:])
+    with pytest.raises(ValueError, match=r"encrypted\.npz: not a head profile NPZ \(File 'meta\.npy' is encrypted"):
+        load_profile_file(encrypted)
     lone = tmp_path / "lone.npz"
     with open(lone, "wb") as f:
         np.save(f, np.ones(3))

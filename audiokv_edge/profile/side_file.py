@@ -87,9 +87,9 @@ def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error,
-            NotImplementedError, tokenize.TokenError) as exc:
-        # NotImplementedError: a zip compression method Python lacks; TokenError: a member's .npy header that NumPy's
-        # header filter cannot tokenize
+            NotImplementedError, RuntimeError, tokenize.TokenError) as exc:
+        # NotImplementedError: a zip compression method Python lacks; RuntimeError: a member flagged as encrypted;
+        # TokenError: a member's .npy header that NumPy's header filter cannot tokenize
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise ValueError(f"{path}: not a {what} NPZ ({reason[:200]})") from None
 
