@@ -46,7 +46,8 @@ def test_smoke_run(tmp_path):
     assert len(samples) >= 3 and samples[-1]["done_positions"] == samples[-1]["total_positions"]
     assert samples[-1]["audio_minutes"] == pytest.approx(1.0)
     assert all(s["rss_bytes"] > 10 << 20 for s in samples)
-    assert run["child_maxrss_bytes"] >= max(s["rss_bytes"] for s in samples)
+    # the kernel's high-water mark and VmRSS are kept by different counters: equal within a few pages, not exactly
+    assert run["child_maxrss_bytes"] >= 0.98 * max(s["rss_bytes"] for s in samples)
     assert run["slope_last_half"]["slope"] is not None
     # the budget binds: 2,250 audio tokens seen, every eviction keeps at most 256 entries per (layer, KV head)
     records = run["eviction_records"]
