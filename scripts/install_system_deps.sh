@@ -14,6 +14,7 @@ packages=(
     gcc-aarch64-linux-gnu   # ARM64 cross-build of libaudiokv
     libc6-dev-arm64-cross   # its C library headers and start files (only recommended by the compiler package)
     qemu-user         # runs the ARM64 C tests
+    clang             # libFuzzer + ASan/UBSan builds of the C fuzz targets (scripts/fuzz.sh)
     # training data of the demo audio model (scripts/train_demo_model.py): more voices and offline English text
     festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
     wamerican fortunes-min python3-doc
@@ -22,6 +23,12 @@ packages=(
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "install_system_deps: no apt-get here; install these yourself: ${packages[*]}" >&2
     exit 0
+fi
+
+# clang's sanitizer and libFuzzer runtimes: a package of their own on Debian 12 and later (libclang-rt-dev), inside
+# libclang-common-*-dev on older releases, where the name does not exist.
+if command -v apt-cache >/dev/null 2>&1 && apt-cache show libclang-rt-dev >/dev/null 2>&1; then
+    packages+=(libclang-rt-dev)
 fi
 
 missing=()

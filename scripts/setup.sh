@@ -58,6 +58,9 @@ extras="test"
 if grep -Eq '^[[:space:]]*peer[[:space:]]*=' pyproject.toml; then
     extras="test,peer"
 fi
+if [ "$(uname -sm)" = "Linux x86_64" ]; then
+    extras="$extras,fuzz"   # atheris ships wheels here; the fuzz smoke tests need it
+fi
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
 say "building the patched llama.cpp + libaudiokv and installing the project [$extras]" \
     "(-j$CMAKE_BUILD_PARALLEL_LEVEL; first build 6-15 min on 2 cores, then incremental; log: build/setup-build.log)"

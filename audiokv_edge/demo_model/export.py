@@ -106,7 +106,7 @@ def assemble(out_dir: str | pathlib.Path | None = None, *, text_model: str | pat
                "SmolLM2-135M-Instruct.Q4_1.gguf": _check("SmolLM2-135M-Instruct.Q4_1.gguf", text_model, sums)}
     proj_path, model_path = out / "mmproj.gguf", out / "model.gguf"
     if not (proj_path.is_file() and sums.get("mmproj.gguf") == sha256(proj_path)):
-        arrays = {k: v.astype(np.float32) for k, v in np.load(PROJECTOR).items()}
+        arrays = mmproj.read_projector_npz(PROJECTOR)
         mmproj.write_mmproj(proj_path, ct2.whisper_encoder(whisper), arrays, n_embd_text=576)
     digests["mmproj.gguf"] = _check("mmproj.gguf", proj_path, sums)
     lora_path = None

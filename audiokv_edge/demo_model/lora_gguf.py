@@ -15,6 +15,11 @@ import numpy as np
 from audiokv_edge.demo_model.gguf_out import atomic_gguf_writer
 
 
+def _real(a: np.ndarray) -> bool:
+    """A real-number array (integers or floats; not bool, complex, strings or objects)."""
+    return np.issubdtype(a.dtype, np.number) and not np.iscomplexobj(a)
+
+
 def check_lora(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int, int]] | None = None) -> int:
     """Validate pairs, ranks and (when ``shapes[target] = (out, in)`` is given) shapes; returns the rank."""
     names = sorted(arrays)
@@ -28,6 +33,8 @@ def check_lora(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int, int]]
         if a_name not in arrays or b_name not in arrays:
             raise ValueError(f"LoRA tensor {name!r} lacks its pair")
         a, b = arrays[a_name], arrays[b_name]
+        if not (_real(a) and _real(b)):
+            raise ValueError(f"LoRA pair {name[:-7]} is {a.dtype} / {b.dtype}: expected real numbers")
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
             raise ValueError(f"LoRA pair {name[:-7]} has shapes {a.shape} / {b.shape}: expected [r, in] / [out, r]")
         if rank is None:
@@ -63,9 +70,12 @@ def write_lora_gguf(path: str | pathlib.Path, arrays: dict[str, np.ndarray], alp
 
 def write_lora_npz_gguf(npz: str | pathlib.Path, path: str | pathlib.Path, **kw) -> pathlib.Path:
     """Write the adapter GGUF of a trained LoRA saved as ``.npz`` (its tensors plus a scalar ``alpha``)."""
-    with np.load(npz) as z:
-        arrays = {k: z[k] for k in z.files if k != "alpha"}
-        if "alpha" not in z.files:
-            raise ValueError(f"{npz}: no 'alpha' in the LoRA weights")
-        alpha = float(z["alpha"])
-    return write_lora_gguf(path, arrays, alpha, **kw)
+    from audiokv_edge.profile.side_file import read_npz
+
+    arrays = read_npz(npz, "LoRA weights")
+    alpha = arrays.pop("alpha", None)
+    if alpha is None:
+        raise ValueError(f"{npz}: no 'alpha' in the LoRA weights")
+    if alpha.size != 1 or not _real(alpha) or not np.isfinite(alpha).all():
+        raise ValueError(f"{npz}: 'alpha' must be one finite number, got {alpha.dtype} {alpha.shape}")
+    return write_lora_gguf(path, arrays, float(alpha.reshape(())), **kw)

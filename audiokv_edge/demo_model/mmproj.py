@@ -19,12 +19,28 @@ PROJECTOR_HIDDEN = 1024
 PROJECTOR_KEYS = ("mm.a.norm_pre.weight", "mm.a.mlp.1.weight", "mm.a.norm_mid.weight", "mm.a.mlp.2.weight")
 
 
+def read_projector_npz(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """The projector arrays of a trained projector saved as ``.npz``, as float32; ValueError naming the problem."""
+    from audiokv_edge.profile.side_file import read_npz
+
+    arrays = read_npz(path, "projector weights")
+    for k, a in arrays.items():
+        if not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
+            raise ValueError(f"{path}: projector tensor {k} is {a.dtype}: expected real numbers")
+    return {k: a.astype(np.float32) for k, a in arrays.items()}
+
+
 def check_projector(projector: dict[str, np.ndarray], d_encoder: int, n_embd_text: int,
                     stack: int = STACK_FACTOR) -> int:
     """Validate the projector arrays' names and shapes; returns the hidden width. ValueError naming the problem."""
     missing = [k for k in PROJECTOR_KEYS if k not in projector]
     if missing:
         raise ValueError(f"projector weights lack {', '.join(missing)}")
+    for k in PROJECTOR_KEYS:
+        a = projector[k]
+        if not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a) or a.ndim not in (1, 2):
+            raise ValueError(f"projector tensor {k} is {a.dtype} of shape {tuple(a.shape)}: expected a real vector "
+                             f"or matrix")
     ds = d_encoder * stack
     hidden = projector["mm.a.norm_mid.weight"].shape[0]
     want = {"mm.a.norm_pre.weight": (ds,), "mm.a.mlp.1.weight": (2 * hidden, ds),

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import tokenize
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -58,6 +61,39 @@ def save_profile_file(path: str | os.PathLike, profile: HeadProfile, defaults: P
             os.unlink(tmp)
 
 
+def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
+    """Every array of an NPZ file (no pickled objects), read at once.
+
+    Parameters
+    ----------
+    path : path
+    what : str
+        What the file should hold, for the message ("head profile", "LoRA weights" ...).
+
+    Raises
+    ------
+    ValueError
+        Not an NPZ (any other file, a lone .npy, a damaged zip, an array that needs pickle); one line naming the file.
+    FileNotFoundError
+        No such file.
+    """
+    path = os.fspath(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a lone .npy
+            raise ValueError("a single array, not an archive")
+        with archive:
+            return {name: np.array(archive[name]) for name in archive.files}
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error,
+            NotImplementedError, RuntimeError, tokenize.TokenError) as exc:
+        # NotImplementedError: a zip compression method Python lacks; RuntimeError: a member flagged as encrypted;
+        # TokenError: a member's .npy header that NumPy's header filter cannot tokenize
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"{path}: not a {what} NPZ ({reason[:200]})") from None
+
+
 def _check_meta(meta, path: str) -> None:
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: not a head profile (top level is not an object)")
@@ -73,14 +109,14 @@ def load_profile_file(path: str | os.PathLike) -> tuple[HeadProfile, ProfileDefa
     """Read a JSON or NPZ head profile; raise ValueError naming the problem (shape, NaN, types, format)."""
     path = os.fspath(path)
     if path.endswith(".npz"):
+        arrays = read_npz(path, "head profile")
+        if "scores" not in arrays or "meta" not in arrays:
+            raise ValueError(f"{path}: not a head profile NPZ (it needs the arrays scores and meta)")
+        scores = arrays["scores"]
         try:
-            with np.load(path, allow_pickle=False) as z:
-                scores = np.array(z["scores"])
-                meta = json.loads(str(z["meta"]))
-        except (KeyError, ValueError, OSError, json.JSONDecodeError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
-            raise ValueError(f"{path}: not a head profile NPZ ({exc})") from None
+            meta = json.loads(str(arrays["meta"]))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not a head profile NPZ (meta is not JSON: {exc})") from None
         _check_meta(meta, path)
     else:
         try:
@@ -124,4 +160,4 @@ def load_profile_file(path: str | os.PathLike) -> tuple[HeadProfile, ProfileDefa
     return profile, defaults
 
 
-__all__ = ["save_profile_file", "load_profile_file", "FILE_FORMAT", "FILE_FORMAT_VERSION"]
+__all__ = ["save_profile_file", "load_profile_file", "read_npz", "FILE_FORMAT", "FILE_FORMAT_VERSION"]

@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 
 #: Most channels accepted; speech recordings are mono or stereo, anything wider is refused rather than guessed at.
 MAX_CHANNELS = 2
+#: Highest sample rate accepted (Hz): twice the highest rate audio gear records (384 kHz). A corrupt header's rate of
+#: gigahertz would otherwise make the polyphase resampler design a filter of gigabytes.
+MAX_SAMPLE_RATE = 768000
 
 
 class AudioError(ValueError):
@@ -122,14 +125,13 @@ def clip_from_array(
     Raises
     ------
     AudioError
-        Zero rate, no samples, too many channels, NaN or infinite samples.
+        Zero rate or one above :data:`MAX_SAMPLE_RATE`, no samples, too many channels, NaN or infinite samples.
     """
     name = path or "audio array"
     samples = np.asarray(samples)
     if not np.issubdtype(samples.dtype, np.number) or np.iscomplexobj(samples):
         raise AudioError(f"{name}: samples must be real numbers, got dtype {samples.dtype}")
-    if sample_rate is None or int(sample_rate) <= 0:
-        raise AudioError(f"{name}: sample rate is {sample_rate} Hz; it must be positive")
+    _check_rate(name, sample_rate)
     channels = 1 if samples.ndim == 1 else (samples.shape[1] if samples.ndim == 2 else -1)
     if channels < 0:
         raise AudioError(f"{name}: audio must be [n_samples] or [n_samples, n_channels], got shape {samples.shape}")
@@ -167,7 +169,7 @@ def probe_audio(path: str | pathlib.Path, *, max_channels: int = MAX_CHANNELS):
     Raises
     ------
     AudioError
-        Missing, not a file, empty, not audio, 0 Hz, too many channels, no samples.
+        Missing, not a file, empty, not audio, 0 Hz or above :data:`MAX_SAMPLE_RATE`, too many channels, no samples.
     """
     import soundfile
 
@@ -184,8 +186,7 @@ def probe_audio(path: str | pathlib.Path, *, max_channels: int = MAX_CHANNELS):
         if _wav_header_rate(p) == 0:
             raise AudioError(f"{p}: sample rate is 0 Hz; it must be positive") from None
         raise AudioError(f"cannot read audio from {p}: {_reason(exc)}") from None
-    if info.samplerate <= 0:
-        raise AudioError(f"{p}: sample rate is {info.samplerate} Hz; it must be positive")
+    _check_rate(str(p), info.samplerate)
     if info.channels > max_channels:
         raise AudioError(
             f"{p}: audio has {info.channels} channels; only mono or stereo is supported "
@@ -225,6 +226,14 @@ def load_audio(path: str | pathlib.Path, target_rate: int, *, max_channels: int 
     except Exception as exc:
         raise AudioError(f"cannot read audio from {p}: {_reason(exc)}") from None
     return clip_from_array(data, rate, target_rate, max_channels=max_channels, path=str(p))
+
+
+def _check_rate(name: str, rate) -> None:
+    if rate is None or int(rate) <= 0:
+        raise AudioError(f"{name}: sample rate is {rate} Hz; it must be positive")
+    if int(rate) > MAX_SAMPLE_RATE:
+        raise AudioError(f"{name}: sample rate is {rate} Hz, above the {MAX_SAMPLE_RATE} Hz this loader accepts "
+                         f"(a corrupt header?)")
 
 
 def _reason(exc: Exception) -> str:
