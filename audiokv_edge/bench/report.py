@@ -1,0 +1,163 @@
+"""A benchmark result as a markdown table and a PNG plot, and the memory projection for long recordings.
+
+The projection (:func:`memory_table`) combines measured parts (the model file, the KV bytes per token and the
+context's other buffers, from the result's full-cache cells) into model + KV + buffers for recordings of given
+lengths, without eviction (the whole prompt's cache) and with ``--stream`` at a keep ratio (kept cache + one audio
+chunk + the answer in per-head pools, a main cache of one chunk), and says which fit a device's memory.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+__all__ = ["DEVICES", "markdown", "memory_table", "plot"]
+
+#: Devices of the fit table: name -> RAM bytes.
+DEVICES = {"Raspberry Pi 5 4 GB": 4 * 2**30, "Raspberry Pi 5 8 GB": 8 * 2**30, "Mac 8 GB": 8 * 2**30,
+           "Mac 16 GB": 16 * 2**30}
+#: Share of a device's RAM a run may use (the rest: operating system, desktop, page cache).
+USABLE_SHARE = 0.8
+MIB = 2**20
+
+
+def _mib(n) -> str:
+    return "-" if n is None else f"{n / MIB:,.0f}"
+
+
+def _same_size(same: dict | None) -> str:
+    if not same:
+        return "-"
+    return f"{same['decode_tokens_per_s']:.2f} ({same['n_tokens']:,} tokens)"
+
+
+def markdown(result: dict) -> str:
+    """The cells of ``result`` as one markdown table (one row per cached length, method and keep)."""
+    lines = [f"# {result['model']}: KV cache eviction sweep", "",
+             f"`{result['command']}`", "",
+             f"Machine: {result['machine'].get('cpu_model', result['machine'].get('processor', '?'))}, "
+             f"{result['machine'].get('cpu_count')} CPUs; threads {result['config']['threads']}, KV "
+             f"{result['config']['kv_type']}, flash attention {'on' if result['config']['flash_attn'] else 'off'}; "
+             f"cache filled by {result['config']['fill']}"
+             + (" (synthetic sequence state: prefill time projected, see prefill_source)"
+                if result['config']['fill'] == "synthetic" else "") + ".", "",
+             "| cached | method | keep | KV MiB (in use) | KV x full | decode tok/s | full tok/s alongside | x full | "
+             "same-size full tok/s | compacted / same-size | prefill tok/s | evict s | evict / prefill | "
+             "context RSS MiB | peak RSS MiB |",
+             "| ---: | --- |" + " ---: |" * 13]
+    for c in sorted(result["cells"], key=lambda c: (c["n_cached"], c["method"] != "full", c["method"], -c["keep"])):
+        same = c.get("same_tokens_full")
+        lines.append(
+            f"| {c['n_cached']:,} | {c['method']} | {c['keep']:g} | {_mib(c['kv_bytes_used'])} | "
+            f"{c['kv_ratio_used']:.3f} | {c['decode_tokens_per_s']:.2f} | "
+            f"{c.get('decode_tokens_per_s_full_alongside', c['decode_tokens_per_s']):.2f} | "
+            f"{c.get('decode_speedup_vs_full', 1.0):.2f} | "
+            f"{_same_size(same)} | {'-' if not same else format(same['compacted_over_full'], '.2f')} | "
+            f"{c['prefill_tokens_per_s']:.1f} | {c['evict_seconds']:.3f} | {100 * c['evict_share_of_prefill']:.2f}% | "
+            f"{_mib(c.get('context_rss_bytes'))} | {_mib(c.get('peak_rss_bytes'))} |")
+    if result.get("memory_table"):
+        lines += ["", memory_markdown(result["memory_table"])]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: pathlib.Path) -> None:
+    """Decode tokens/s relative to the full cache and KV bytes relative to full, against keep, per method and
+    cached length (two panels), written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_speed, ax_kv) = plt.subplots(1, 2, figsize=(11, 4.2))
+    cells = [c for c in result["cells"] if c["method"] != "full"]
+    for n in sorted({c["n_cached"] for c in cells}):
+        for method in sorted({c["method"] for c in cells}):
+            row = sorted((c for c in cells if c["n_cached"] == n and c["method"] == method), key=lambda c: c["keep"])
+            if not row:
+                continue
+            keeps = [1.0] + [c["keep"] for c in reversed(row)]
+            label = f"{method}, {n:,} cached"
+            ax_speed.plot(keeps, [1.0] + [c["decode_speedup_vs_full"] for c in reversed(row)], marker="o",
+                          label=label)
+            ax_kv.plot(keeps, [1.0] + [c["kv_ratio_used"] for c in reversed(row)], marker="o", label=label)
+    ax_speed.set(xlabel="keep ratio", ylabel="decode tokens/s / full cache (side by side)",
+                 title="decode speed")
+    ax_kv.set(xlabel="keep ratio", ylabel="KV bytes in use / full cache", title="KV cache memory")
+    for ax in (ax_speed, ax_kv):
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+    ax_kv.legend(fontsize=7)
+    fig.suptitle(f"{result['model']} ({result['config']['kv_type']} KV, {result['config']['threads']} threads)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def memory_table(result: dict, *, model_bytes: int, projector_bytes: int | None, minutes: tuple[float, ...],
+                 tokens_per_second: float, keep: float, chunk_tokens: int, answer_tokens: int, main_cells: int,
+                 kv_bytes_per_token: int | None = None) -> dict:
+    """Model + KV + buffers for recordings of ``minutes``, no eviction vs ``--stream`` at ``keep``.
+
+    Parameters
+    ----------
+    result : dict
+        A sweep result with full-cache cells (their ``context_rss_bytes`` minus their KV bytes are the buffers).
+    model_bytes, projector_bytes : int
+        The GGUF files' sizes (every weight is read while decoding, so resident).
+    minutes : tuple of float
+    tokens_per_second : float
+        Audio tokens per second of the model's projector (Qwen2.5-Omni: 25).
+    keep : float
+        Keep ratio of the streamed runs.
+    chunk_tokens, answer_tokens : int
+        Tokens of one audio chunk and of the question + answer: the pools' headroom while streaming.
+    main_cells : int
+        Cells of the main cache with ``--stream`` (one chunk with its text and the answer).
+    kv_bytes_per_token : int, optional
+        K + V bytes per token over all layers; default: the result's (its KV type).
+
+    Returns
+    -------
+    dict
+        ``rows`` (per length: tokens, full and stream bytes, and which devices each fits) and how each part was
+        obtained (``measured`` / ``projected``).
+    """
+    fulls = [c for c in result["cells"] if c["method"] == "full" and c.get("context_rss_bytes") is not None]
+    per_token = kv_bytes_per_token or result["cells"][0]["kv_bytes_per_token"]
+    # buffers besides the KV cache (compute buffer, output, graph): the largest measured at any length
+    buffers = max((c["context_rss_bytes"] - c["kv_bytes_full"] for c in fulls), default=0)
+    weights = model_bytes + (projector_bytes or 0)
+    rows = []
+    for m in minutes:
+        tokens = int(round(m * 60 * tokens_per_second))
+        full_kv = (tokens + answer_tokens) * per_token
+        stream_kv = (int(round(keep * tokens)) + chunk_tokens + answer_tokens + main_cells) * per_token
+        full_total, stream_total = weights + full_kv + buffers, weights + stream_kv + buffers
+        rows.append({"minutes": m, "audio_tokens": tokens, "kv_bytes_full": full_kv, "kv_bytes_stream": stream_kv,
+                     "total_bytes_full": full_total, "total_bytes_stream": stream_total,
+                     "fits_full": [d for d, ram in DEVICES.items() if full_total <= USABLE_SHARE * ram],
+                     "fits_stream": [d for d, ram in DEVICES.items() if stream_total <= USABLE_SHARE * ram]})
+    return {"rows": rows, "kv_bytes_per_token": per_token, "buffers_bytes": buffers, "model_bytes": model_bytes,
+            "projector_bytes": projector_bytes, "keep": keep, "chunk_tokens": chunk_tokens,
+            "answer_tokens": answer_tokens, "main_cells": main_cells, "usable_share_of_ram": USABLE_SHARE,
+            "how": ("model and projector: GGUF file sizes (measured); KV bytes per token: llama.cpp's cache layout, "
+                    "checked against the measured per-sequence statistics; buffers: the largest measured context "
+                    "RSS minus its KV cache (measured at the sweep's lengths); totals at the listed lengths: "
+                    "projected (sums of those parts); the audio encoder's compute buffer is not included")}
+
+
+def memory_markdown(table: dict) -> str:
+    """:func:`memory_table` as markdown."""
+    lines = [f"Memory (model {_mib(table['model_bytes'])} MiB + projector {_mib(table['projector_bytes'])} MiB + "
+             f"KV {table['kv_bytes_per_token']:,} B/token + buffers {_mib(table['buffers_bytes'])} MiB; "
+             f"`--stream` keeps {table['keep']:g} of the audio plus one {table['chunk_tokens']}-token chunk, "
+             f"{table['answer_tokens']} text tokens and a {table['main_cells']}-cell main cache; a device fits a "
+             f"run that needs at most {table['usable_share_of_ram']:.0%} of its RAM). {table['how']}.", "",
+             "| audio | tokens | KV MiB full | total MiB full | fits (full) | KV MiB --stream | "
+             "total MiB --stream | fits (--stream) |", "| ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
+    for r in table["rows"]:
+        lines.append(f"| {r['minutes']:g} min | {r['audio_tokens']:,} | {_mib(r['kv_bytes_full'])} | "
+                     f"{_mib(r['total_bytes_full'])} | {', '.join(r['fits_full']) or 'none'} | "
+                     f"{_mib(r['kv_bytes_stream'])} | {_mib(r['total_bytes_stream'])} | "
+                     f"{', '.join(r['fits_stream']) or 'none'} |")
+    return "\n".join(lines)
