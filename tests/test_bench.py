@@ -131,3 +131,19 @@ def test_bench_refuses_bad_arguments_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0] == f"audiokv-bench: error: {tmp_path / 'missing.gguf'}: no such model file"
     assert err[1].startswith("audiokv-bench: error: unknown evicting method 'nosuch'")
+
+
+@native
+def test_bench_smoke_with_a_synthetic_cache_projects_the_prefill(tmp_path):
+    from audiokv_edge.bench.__main__ import main
+
+    assert main(["--smoke", "--fill", "synthetic", "--out-dir", str(tmp_path), "--machine", "ci",
+                 "--no-progress", "--same-tokens-keep", "none", "--name", "synthetic"]) == 0
+    (json_path,) = (tmp_path / "ci").glob("*-synthetic.json")
+    result = json.loads(json_path.read_text())
+    assert result["config"]["fill"] == "synthetic" and "synthetic sequence state" in result["synthetic_fill_note"]
+    for c in result["cells"]:
+        assert c["prefill_source"].startswith("projected") and c["prefill_seconds"] > 0
+        assert "same_tokens_full" not in c
+        if c["method"] != "full":
+            assert c["kv_bytes_kept"] < 0.45 * c["kv_bytes_full"]

@@ -70,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("results"))
     p.add_argument("--machine", help="the results folder's name (default: <os>-<arch>-<cpus>cpu)")
+    p.add_argument("--name", help="the result files' model name (default: the model file's, or the shape's)")
     p.add_argument("--smoke", action="store_true", help="a tiny random model, two short lengths, two keeps")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -118,6 +119,7 @@ def _run(args) -> int:
         args.memory_minutes = args.memory_minutes or "1,5"
     with tempfile.TemporaryDirectory(prefix="audiokv-bench-") as work:
         model, mmproj, name = _model(args, pathlib.Path(work))
+        name = args.name or name
         lengths = _ints(args.lengths)
         fill = args.fill
         if fill == "auto":

@@ -217,14 +217,18 @@ class Sweep:
         state["pos"] += 1
 
     def _alternate(self, states: list[dict]) -> None:
-        """``n_decode`` + 1 rounds of one step per context, the order rotating each round; the first round (which
-        builds each context's graph for its new layout) is not timed."""
-        for i in range(self.config.n_decode + 1):
+        """One untimed step of each context not decoded since its fill (which builds its graph for the new layout
+        and pages in what it reads), then ``n_decode`` rounds of one timed step per context, the order rotating
+        each round."""
+        for s in states:
+            s["times"].clear()
+            if not s.get("warm"):
+                self._step(s)
+                s["times"].clear()
+                s["warm"] = True
+        for i in range(self.config.n_decode):
             for s in states[i % len(states):] + states[:i % len(states)]:
                 self._step(s)
-            if i == 0:
-                for s in states:
-                    s["times"].clear()
 
     @staticmethod
     def _tps(times: list[float]) -> float:
@@ -233,7 +237,7 @@ class Sweep:
     def _length(self, n: int, cells: list[tuple[int, str, float]]) -> None:
         cfg, llama = self.config, self.model.lc
         base = n - cfg.probe
-        margin = cfg.probe + (cfg.n_decode + 1) * (1 + len(cfg.methods) * len(cfg.keeps)) + 16
+        margin = cfg.probe + (cfg.n_decode + 1) * (1 + len(cfg.methods) * len(cfg.keeps)) + 16  # decoded after it
         layout = self._layout()
         probe_tokens = self._tokens(cfg.probe, 2)
         self._say(f"{n} cached: full cache")
@@ -292,10 +296,7 @@ class Sweep:
     def _probe_at_zero(self, probe_tokens: list[int]) -> float:
         """Seconds of the probe batch decoded into an empty context (the first prefill chunk)."""
         if not hasattr(self, "_probe0"):
-            ctx = self.model.new_context(self._params(self.config.probe + 16))
-            self._decode(ctx, probe_tokens[:8], 0)  # warm-up: weights paged in, graph built
-            llama = self.model.lc
-            llama.llama_memory_seq_rm(llama.llama_get_memory(ctx), 0, -1, -1)
+            ctx = self.model.new_context(self._params(self.config.probe + 16))  # weights paged in by the fill
             self._probe0 = self._decode(ctx, probe_tokens, 0)
             self.model.free_context(ctx)
         return self._probe0
@@ -327,8 +328,6 @@ class Sweep:
             self._decode(ctx, probe_tokens, n - cfg.probe)
             record = evictor.evict(n_past=n)
             mine = {"ctx": ctx, "pos": n, "times": []}
-            for s in states:
-                s["times"].clear()
             self._alternate([mine] + states)
             out = {
                 "method": method, "keep": keep, "kv_bytes_used": record.bytes_used_after,
