@@ -114,9 +114,9 @@ def test_bench_smoke_writes_json_table_plot_and_resumes(tmp_path):
     rows = result["memory_table"]["rows"]
     assert [r["minutes"] for r in rows] == [1.0, 5.0]
     assert all(r["total_bytes_stream"] < r["total_bytes_full"] for r in rows[1:])
-    assert json_path.with_suffix(".png").stat().st_size > 0
-    table = json_path.with_suffix(".md").read_text()
-    assert "| 512 | audiokv | 0.4 |" in table
+    assert json_path.with_name(json_path.name[:-5] + ".png").stat().st_size > 0
+    table = json_path.with_name(json_path.name[:-5] + ".md").read_text()
+    assert "| 512 | audiokv | 0.4 |" in table and "| 512 | full | 1 |" in table
 
     before = json_path.read_text()
     assert main(args) == 0  # everything measured: nothing runs again
@@ -138,8 +138,9 @@ def test_bench_smoke_with_a_synthetic_cache_projects_the_prefill(tmp_path):
     from audiokv_edge.bench.__main__ import main
 
     assert main(["--smoke", "--fill", "synthetic", "--out-dir", str(tmp_path), "--machine", "ci",
-                 "--no-progress", "--same-tokens-keep", "none", "--name", "synthetic"]) == 0
-    (json_path,) = (tmp_path / "ci").glob("*-synthetic.json")
+                 "--no-progress", "--same-tokens-keep", "none", "--name", "tiny-2.5-synthetic"]) == 0
+    (json_path,) = (tmp_path / "ci").glob("*-tiny-2.5-synthetic.json")  # a dot in the name stays
+    assert {p.name[len(json_path.name) - 5:] for p in (tmp_path / "ci").iterdir()} == {".json", ".md", ".png"}
     result = json.loads(json_path.read_text())
     assert result["config"]["fill"] == "synthetic" and "synthetic sequence state" in result["synthetic_fill_note"]
     for c in result["cells"]:

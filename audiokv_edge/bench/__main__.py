@@ -129,8 +129,8 @@ def _run(args) -> int:
                              lengths=lengths, fill=fill, n_decode=args.n_decode, probe=args.probe,
                              threads=args.threads, flash_attn=not args.no_flash_attn, kv_type=args.kv_type,
                              same_tokens_keep=same, seed=args.seed)
-        out = args.out_dir / (args.machine or machine_name()) / f"{time.strftime('%Y-%m-%d', time.gmtime())}-{name}"
-        json_path = out.with_suffix(".json")
+        stem = args.out_dir / (args.machine or machine_name()) / f"{time.strftime('%Y-%m-%d', time.gmtime())}-{name}"
+        json_path, md_path, png_path = (stem.with_name(stem.name + ext) for ext in (".json", ".md", ".png"))
         cells = []
         if json_path.is_file():
             earlier = json.loads(json_path.read_text())
@@ -175,8 +175,8 @@ def _run(args) -> int:
                 keep=args.memory_keep, chunk_tokens=int(30 * args.audio_tokens_per_s), answer_tokens=64,
                 main_cells=1024)
         save(result["cells"])
-        out.with_suffix(".md").write_text(report.markdown(result))
-        report.plot(result, out.with_suffix(".png"))
+        md_path.write_text(report.markdown(result))
+        report.plot(result, png_path)
         print(json_path)
     return 0
 

@@ -24,12 +24,6 @@ def _mib(n) -> str:
     return "-" if n is None else f"{n / MIB:,.0f}"
 
 
-def _same_size(same: dict | None) -> str:
-    if not same:
-        return "-"
-    return f"{same['decode_tokens_per_s']:.2f} ({same['n_tokens']:,} tokens)"
-
-
 def markdown(result: dict) -> str:
     """The cells of ``result`` as one markdown table (one row per cached length, method and keep)."""
     lines = [f"# {result['model']}: KV cache eviction sweep", "",
@@ -40,19 +34,22 @@ def markdown(result: dict) -> str:
              f"cache filled by {result['config']['fill']}"
              + (" (synthetic sequence state: prefill time projected, see prefill_source)"
                 if result['config']['fill'] == "synthetic" else "") + ".", "",
-             "| cached | method | keep | KV MiB (in use) | KV x full | decode tok/s | full tok/s alongside | x full | "
-             "same-size full tok/s | compacted / same-size | prefill tok/s | evict s | evict / prefill | "
-             "context RSS MiB | peak RSS MiB |",
+             "Decode tokens/s are 1 / the median step; CPU: of the process's CPU time per step (with one thread the "
+             "compute's own, steady on a shared machine), wall: of the wall-clock time. Ratios come from contexts "
+             "decoded alternately in one run.", "",
+             "| cached | method | keep | KV MiB in use | KV x full | decode tok/CPU-s | x full (CPU) | x full (wall) | "
+             "same-size full: tokens, x (CPU) | prefill tok/CPU-s | evict CPU s | evict / prefill (CPU) | "
+             "evict / prefill (wall) | context RSS MiB | peak RSS MiB |",
              "| ---: | --- |" + " ---: |" * 13]
     for c in sorted(result["cells"], key=lambda c: (c["n_cached"], c["method"] != "full", c["method"], -c["keep"])):
         same = c.get("same_tokens_full")
+        same_text = "-" if not same else f"{same['n_tokens']:,}: {same['compacted_over_full_cpu']:.2f}"
         lines.append(
             f"| {c['n_cached']:,} | {c['method']} | {c['keep']:g} | {_mib(c['kv_bytes_used'])} | "
-            f"{c['kv_ratio_used']:.3f} | {c['decode_tokens_per_s']:.2f} | "
-            f"{c.get('decode_tokens_per_s_full_alongside', c['decode_tokens_per_s']):.2f} | "
-            f"{c.get('decode_speedup_vs_full', 1.0):.2f} | "
-            f"{_same_size(same)} | {'-' if not same else format(same['compacted_over_full'], '.2f')} | "
-            f"{c['prefill_tokens_per_s']:.1f} | {c['evict_seconds']:.3f} | {100 * c['evict_share_of_prefill']:.2f}% | "
+            f"{c['kv_ratio_used']:.3f} | {c['decode_tokens_per_cpu_s']:.3g} | "
+            f"{c.get('decode_cpu_speedup_vs_full', 1.0):.2f} | {c.get('decode_speedup_vs_full', 1.0):.2f} | "
+            f"{same_text} | {c['n_cached'] / c['prefill_cpu_seconds']:.3g} | {c['evict_cpu_seconds']:.3f} | "
+            f"{100 * c['evict_cpu_share_of_prefill']:.2f}% | {100 * c['evict_share_of_prefill']:.2f}% | "
             f"{_mib(c.get('context_rss_bytes'))} | {_mib(c.get('peak_rss_bytes'))} |")
     if result.get("memory_table"):
         lines += ["", memory_markdown(result["memory_table"])]
@@ -76,10 +73,10 @@ def plot(result: dict, path: pathlib.Path) -> None:
                 continue
             keeps = [1.0] + [c["keep"] for c in reversed(row)]
             label = f"{method}, {n:,} cached"
-            ax_speed.plot(keeps, [1.0] + [c["decode_speedup_vs_full"] for c in reversed(row)], marker="o",
+            ax_speed.plot(keeps, [1.0] + [c["decode_cpu_speedup_vs_full"] for c in reversed(row)], marker="o",
                           label=label)
             ax_kv.plot(keeps, [1.0] + [c["kv_ratio_used"] for c in reversed(row)], marker="o", label=label)
-    ax_speed.set(xlabel="keep ratio", ylabel="decode tokens/s / full cache (side by side)",
+    ax_speed.set(xlabel="keep ratio", ylabel="decode tokens per CPU-s / full cache (side by side)",
                  title="decode speed")
     ax_kv.set(xlabel="keep ratio", ylabel="KV bytes in use / full cache", title="KV cache memory")
     for ax in (ax_speed, ax_kv):
@@ -103,7 +100,8 @@ def memory_table(result: dict, *, model_bytes: int, projector_bytes: int | None,
     result : dict
         A sweep result with full-cache cells (their ``context_rss_bytes`` minus their KV bytes are the buffers).
     model_bytes, projector_bytes : int
-        The GGUF files' sizes (every weight is read while decoding, so resident).
+        The GGUF files' sizes (every weight is read while decoding, so resident); the model counts as its measured
+        resident size after loading (``model_rss_bytes``) when that is larger.
     minutes : tuple of float
     tokens_per_second : float
         Audio tokens per second of the model's projector (Qwen2.5-Omni: 25).
@@ -126,6 +124,9 @@ def memory_table(result: dict, *, model_bytes: int, projector_bytes: int | None,
     per_token = kv_bytes_per_token or result["cells"][0]["kv_bytes_per_token"]
     # buffers besides the KV cache (compute buffer, output, graph): the largest measured at any length
     buffers = max((c["context_rss_bytes"] - c["kv_bytes_full"] for c in fulls), default=0)
+    # the model's resident memory after loading (llama.cpp may repack the weights), at least its file
+    model_rss = max((c.get("model_rss_bytes") or 0 for c in result["cells"]), default=0)
+    model_bytes = max(model_bytes, model_rss)
     weights = model_bytes + (projector_bytes or 0)
     rows = []
     for m in minutes:
@@ -140,7 +141,8 @@ def memory_table(result: dict, *, model_bytes: int, projector_bytes: int | None,
     return {"rows": rows, "kv_bytes_per_token": per_token, "buffers_bytes": buffers, "model_bytes": model_bytes,
             "projector_bytes": projector_bytes, "keep": keep, "chunk_tokens": chunk_tokens,
             "answer_tokens": answer_tokens, "main_cells": main_cells, "usable_share_of_ram": USABLE_SHARE,
-            "how": ("model and projector: GGUF file sizes (measured); KV bytes per token: llama.cpp's cache layout, "
+            "how": ("model: resident size after loading, at least its GGUF file (measured); projector: its GGUF "
+                    "file size (measured); KV bytes per token: llama.cpp's cache layout, "
                     "checked against the measured per-sequence statistics; buffers: the largest measured context "
                     "RSS minus its KV cache (measured at the sweep's lengths); totals at the listed lengths: "
                     "projected (sums of those parts); the audio encoder's compute buffer is not included")}

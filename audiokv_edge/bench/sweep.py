@@ -204,11 +204,13 @@ class Sweep:
         rng = np.random.default_rng([self.config.seed, salt])
         return [int(t) for t in rng.integers(100, self.model.n_vocab - 100, size=n)]
 
-    def _decode(self, ctx, tokens: list[int], pos0: int) -> float:
-        """Decode ``tokens`` at ``pos0..`` (batches of :data:`PREFILL_BATCH`); returns the seconds it took."""
-        t0 = time.perf_counter()
+    def _decode(self, ctx, tokens: list[int], pos0: int) -> tuple[float, float]:
+        """Decode ``tokens`` at ``pos0..`` (batches of :data:`PREFILL_BATCH`); returns the wall and the process CPU
+        seconds it took (on a shared machine the CPU time is the steadier measure; with one thread it is the
+        compute's own)."""
+        t0, c0 = time.perf_counter(), time.process_time()
         self.model.decode_tokens(ctx, tokens, pos0, PREFILL_BATCH)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     def _step(self, state: dict) -> None:
         """One single-token decode of a context in ``state`` (ctx, pos, times)."""
@@ -231,8 +233,17 @@ class Sweep:
                 self._step(s)
 
     @staticmethod
-    def _tps(times: list[float]) -> float:
-        return 1.0 / float(np.median(times))
+    def _tps(times: list[tuple[float, float]]) -> dict:
+        """Tokens/s as 1 / median step, of wall time and of CPU time."""
+        return {"decode_tokens_per_s": 1.0 / float(np.median([w for w, _ in times])),
+                "decode_tokens_per_cpu_s": 1.0 / float(np.median([c for _, c in times]))}
+
+    def _fill(self, ctx, layout: CacheLayout, n: int) -> None:
+        """Fill sequence 0 of ``ctx`` with ``n`` tokens: random tokens prefilled, or a synthetic state."""
+        if self.config.fill == "prefill":
+            self._decode(ctx, self._tokens(n, 1), 0)
+        else:
+            load_state(self.model.lc, ctx, synthetic_state(layout, n, seed=self.config.seed))
 
     def _length(self, n: int, cells: list[tuple[int, str, float]]) -> None:
         cfg, llama = self.config, self.model.lc
@@ -244,33 +255,26 @@ class Sweep:
 
         rss_before = current_rss()
         full = self.model.new_context(self._params(n + margin))
+        # the evicting contexts get N - P tokens and decode the probe (their observation window) on top
         if cfg.fill == "prefill":
-            prefill_base_s = self._decode(full, self._tokens(base, 1), 0)
+            wall, cpu = self._decode(full, self._tokens(base, 1), 0)
             blob = saved_state(llama, full)
+            probe_wall, probe_cpu = self._decode(full, probe_tokens, base)
+            prefill = {"prefill_seconds": wall + probe_wall, "prefill_cpu_seconds": cpu + probe_cpu,
+                       "prefill_source": "measured"}
         else:
             blob = synthetic_state(layout, base, seed=cfg.seed)
-            load_state(llama, full, blob)
-            prefill_base_s = None
-        probe_s = self._decode(full, probe_tokens, base)
-        if cfg.fill == "prefill":
-            prefill_s, prefill_source = prefill_base_s + probe_s, "measured"
-        else:
-            probe0_s = self._probe_at_zero(probe_tokens)
-            prefill_s = n / cfg.probe * (probe0_s + probe_s) / 2.0
-            prefill_source = (f"projected: {n} / {cfg.probe} probes x the mean of a {cfg.probe}-token batch at depth "
-                              f"0 ({probe0_s:.3f} s) and at depth {base} ({probe_s:.3f} s)")
+            load_state(llama, full, synthetic_state(layout, n, seed=cfg.seed))
+            prefill = None  # projected from the first evicting context's probe
         full_state = {"ctx": full, "pos": n, "times": []}
         self._alternate([full_state])
         full_rss = None if rss_before is None else current_rss() - rss_before
         kv_full = n * layout.bytes_per_token()
-        common = {"n_cached": n, "fill": cfg.fill, "prefill_seconds": prefill_s, "prefill_source": prefill_source,
-                  "prefill_tokens_per_s": n / prefill_s, "probe_seconds_at_depth": probe_s,
-                  "kv_bytes_full": kv_full, "kv_bytes_per_token": layout.bytes_per_token(),
-                  "model_rss_bytes": self.model_rss}
-        if (n, "full", 1.0) in cells:
-            self._add({**common, "method": "full", "keep": 1.0, "kv_bytes_used": kv_full, "kv_bytes_kept": kv_full,
-                       "decode_tokens_per_s": self._tps(full_state["times"]), "context_rss_bytes": full_rss,
-                       "evict_seconds": 0.0, "evict_share_of_prefill": 0.0, "peak_rss_bytes": peak_rss()})
+        common = {"n_cached": n, "fill": cfg.fill, "kv_bytes_full": kv_full,
+                  "kv_bytes_per_token": layout.bytes_per_token(), "model_rss_bytes": self.model_rss}
+        full_cell = {"method": "full", "keep": 1.0, "kv_bytes_used": kv_full, "kv_bytes_kept": kv_full,
+                     **self._tps(full_state["times"]), "context_rss_bytes": full_rss, "evict_seconds": 0.0,
+                     "evict_cpu_seconds": 0.0, "peak_rss_bytes": peak_rss()}
 
         small = None
         for _, method, keep in cells:
@@ -280,41 +284,60 @@ class Sweep:
             states = [full_state]
             if cfg.same_tokens_keep is not None and abs(keep - cfg.same_tokens_keep) < 1e-9:
                 if small is None:
-                    small = self._full_of(int(round(keep * n)), layout, probe_tokens)
+                    small = self._full_of(int(round(keep * n)), layout)
                 states.append(small)
-            cell = self._evicted(n, method, keep, blob, probe_tokens, states, margin)
-            self._add({**common, **cell})
+            cell, probe = self._evicted(n, method, keep, blob, probe_tokens, states, margin)
+            if prefill is None:
+                prefill = self._projected_prefill(n, probe, probe_tokens)
+            self._add({**common, **prefill, **cell})
+        if (n, "full", 1.0) in cells:
+            if prefill is None:  # no evicting cell measured a probe at this length
+                _, evict_free = self._evicted_probe_only(n, blob, probe_tokens, margin)
+                prefill = self._projected_prefill(n, evict_free, probe_tokens)
+            self._add({**common, **prefill, **full_cell})
         self.model.free_context(full)
         if small is not None:
             self.model.free_context(small["ctx"])
+
+    def _projected_prefill(self, n: int, probe: tuple[float, float], probe_tokens: list[int]) -> dict:
+        """Prefill time of ``n`` tokens, projected from the probe batch's time at depth 0 and at depth N - P,
+        linear in depth (wall and CPU)."""
+        cfg = self.config
+        if not hasattr(self, "_probe0"):
+            ctx = self.model.new_context(self._params(cfg.probe + 16))  # weights paged in by now
+            self._probe0 = self._decode(ctx, probe_tokens, 0)
+            self.model.free_context(ctx)
+        (w0, c0), (wn, cn) = self._probe0, probe
+        chunks = n / cfg.probe
+        return {"prefill_seconds": chunks * (w0 + wn) / 2.0, "prefill_cpu_seconds": chunks * (c0 + cn) / 2.0,
+                "prefill_source": (f"projected: {n} / {cfg.probe} batches of {cfg.probe} tokens, each taking the "
+                                   f"mean of the measured batch at depth 0 ({w0:.2f} s, {c0:.2f} CPU s) and at "
+                                   f"depth {n - cfg.probe} ({wn:.2f} s, {cn:.2f} CPU s)")}
+
+    def _evicted_probe_only(self, n: int, blob, probe_tokens, margin: int):
+        """The probe at depth N - P in a context that never evicts (the full cell alone, resumed)."""
+        ctx = self.model.new_context(self._params(n + margin))
+        try:
+            load_state(self.model.lc, ctx, blob)
+            return None, self._decode(ctx, probe_tokens, n - self.config.probe)
+        finally:
+            self.model.free_context(ctx)
 
     def _say(self, text: str) -> None:
         logger.info("%s", text)
         if self.progress is not None:
             self.progress(text)
 
-    def _probe_at_zero(self, probe_tokens: list[int]) -> float:
-        """Seconds of the probe batch decoded into an empty context (the first prefill chunk)."""
-        if not hasattr(self, "_probe0"):
-            ctx = self.model.new_context(self._params(self.config.probe + 16))  # weights paged in by the fill
-            self._probe0 = self._decode(ctx, probe_tokens, 0)
-            self.model.free_context(ctx)
-        return self._probe0
-
-    def _full_of(self, n: int, layout: CacheLayout, probe_tokens: list[int]) -> dict:
+    def _full_of(self, n: int, layout: CacheLayout) -> dict:
         """A never-evicted context holding ``n`` tokens (filled as the full one), for the same-size comparison."""
         cfg = self.config
-        ctx = self.model.new_context(self._params(n + cfg.probe + (cfg.n_decode + 1) * len(cfg.methods) + 16))
-        base = n - cfg.probe
-        if cfg.fill == "prefill":
-            self._decode(ctx, self._tokens(base, 1), 0)
-        else:
-            load_state(self.model.lc, ctx, synthetic_state(layout, base, seed=cfg.seed))
-        self._decode(ctx, probe_tokens, base)
+        ctx = self.model.new_context(self._params(n + (cfg.n_decode + 1) * len(cfg.methods) + 16))
+        self._fill(ctx, layout, n)
         return {"ctx": ctx, "pos": n, "times": [], "n_tokens": n}
 
     def _evicted(self, n: int, method: str, keep: float, blob, probe_tokens, states: list[dict],
-                 margin: int) -> dict:
+                 margin: int) -> tuple[dict, tuple[float, float]]:
+        """One (method, keep) cell; also returns the probe's (wall, CPU) seconds at depth N - P."""
         from audiokv_edge.runtime.kv_eviction import KEEP_FROM_CONFIG, KeepChoice, KVEvictor
 
         cfg, llama = self.config, self.model.lc
@@ -325,36 +348,45 @@ class Sweep:
                             label=str(self.model_path))
         try:
             load_state(llama, ctx, blob)
-            self._decode(ctx, probe_tokens, n - cfg.probe)
+            probe = self._decode(ctx, probe_tokens, n - cfg.probe)
+            c0 = time.process_time()
             record = evictor.evict(n_past=n)
+            evict_cpu = time.process_time() - c0
             mine = {"ctx": ctx, "pos": n, "times": []}
             self._alternate([mine] + states)
+            full_tps = self._tps(states[0]["times"])
             out = {
                 "method": method, "keep": keep, "kv_bytes_used": record.bytes_used_after,
                 "kv_bytes_kept": record.bytes_kept_after, "kv_bytes_headroom": record.bytes_headroom_after,
                 "kv_bytes_before": record.bytes_used_before, "kept_entries": record.entries_after,
-                "entries_full": record.entries_before,
-                "decode_tokens_per_s": self._tps(mine["times"]),
-                "decode_tokens_per_s_full_alongside": self._tps(states[0]["times"]),
-                "evict_seconds": record.ms / 1e3, "context_rss_bytes": None if rss_before is None
-                else current_rss() - rss_before, "peak_rss_bytes": peak_rss(),
+                "entries_full": record.entries_before, **self._tps(mine["times"]),
+                "decode_tokens_per_s_full_alongside": full_tps["decode_tokens_per_s"],
+                "decode_tokens_per_cpu_s_full_alongside": full_tps["decode_tokens_per_cpu_s"],
+                "decode_seconds": mine["times"], "decode_seconds_full_alongside": states[0]["times"],
+                "evict_seconds": record.ms / 1e3, "evict_cpu_seconds": evict_cpu,
+                "context_rss_bytes": None if rss_before is None else current_rss() - rss_before,
+                "peak_rss_bytes": peak_rss(),
             }
             if len(states) > 1:
-                out["same_tokens_full"] = {"n_tokens": states[1]["n_tokens"],
-                                           "decode_tokens_per_s": self._tps(states[1]["times"])}
-            return out
+                out["same_tokens_full"] = {"n_tokens": states[1]["n_tokens"], **self._tps(states[1]["times"])}
+            return out, probe
         finally:
             self.model.free_context(ctx)
             evictor.close()
 
     def _add(self, cell: dict) -> None:
         cfg = self.config
+        cell["prefill_tokens_per_s"] = cell["n_cached"] / cell["prefill_seconds"]
+        cell["evict_share_of_prefill"] = cell["evict_seconds"] / cell["prefill_seconds"]
+        cell["evict_cpu_share_of_prefill"] = cell["evict_cpu_seconds"] / cell["prefill_cpu_seconds"]
         if cell["method"] != "full":
             cell["decode_speedup_vs_full"] = cell["decode_tokens_per_s"] / cell["decode_tokens_per_s_full_alongside"]
-            cell["evict_share_of_prefill"] = cell["evict_seconds"] / cell["prefill_seconds"]
+            cell["decode_cpu_speedup_vs_full"] = (cell["decode_tokens_per_cpu_s"]
+                                                  / cell["decode_tokens_per_cpu_s_full_alongside"])
             if "same_tokens_full" in cell:
-                cell["same_tokens_full"]["compacted_over_full"] = (
-                    cell["decode_tokens_per_s"] / cell["same_tokens_full"]["decode_tokens_per_s"])
+                same = cell["same_tokens_full"]
+                same["compacted_over_full"] = cell["decode_tokens_per_s"] / same["decode_tokens_per_s"]
+                same["compacted_over_full_cpu"] = cell["decode_tokens_per_cpu_s"] / same["decode_tokens_per_cpu_s"]
         cell["kv_ratio_used"] = cell["kv_bytes_used"] / cell["kv_bytes_full"]
         cell["kv_ratio_kept"] = cell["kv_bytes_kept"] / cell["kv_bytes_full"]
         cell["threads"] = cfg.threads
