@@ -268,7 +268,8 @@ class Sweep:
             prefill = None  # projected from the first evicting context's probe
         full_state = {"ctx": full, "pos": n, "times": []}
         self._alternate([full_state])
-        full_rss = None if rss_before is None else current_rss() - rss_before
+        # what the context added, without the copy of the state kept for the evicting contexts
+        full_rss = None if rss_before is None else current_rss() - rss_before - blob.nbytes
         kv_full = n * layout.bytes_per_token()
         common = {"n_cached": n, "fill": cfg.fill, "kv_bytes_full": kv_full,
                   "kv_bytes_per_token": layout.bytes_per_token(), "model_rss_bytes": self.model_rss}
