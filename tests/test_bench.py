@@ -121,6 +121,10 @@ def test_bench_smoke_writes_json_table_plot_and_resumes(tmp_path):
     before = json_path.read_text()
     assert main(args) == 0  # everything measured: nothing runs again
     assert json.loads(json_path.read_text())["cells"] == json.loads(before)["cells"]
+    assert main(args + ["--report-only", "--memory-minutes", "60"]) == 0
+    again = json.loads(json_path.read_text())
+    assert again["command"] == result["command"] and "report_command" in again  # the measuring run's header
+    assert [r["minutes"] for r in again["memory_table"]["rows"]] == [60.0]
 
 
 def test_bench_refuses_bad_arguments_with_one_line(tmp_path, capsys):

@@ -73,6 +73,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the result files' model name (default: the model file's, or the shape's)")
     p.add_argument("--smoke", action="store_true", help="a tiny random model, two short lengths, two keeps")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="measure nothing: write the table, plot and memory projection of the cells measured so far")
     return p
 
 
@@ -109,6 +111,23 @@ def _model(args, work: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path | None,
     return args.model, None, args.model.stem
 
 
+def _measure(sweep, save, *, progress: bool) -> None:
+    """Run ``sweep``, saving after each cell, with a progress bar on stderr."""
+    total = len([c for c in sweep.plan() if c not in sweep.done()])
+    bar = None
+    if progress and total:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="cell", file=sys.stderr)
+        sweep.progress = lambda text: (bar.set_description(text), bar.update(0))
+        sweep.on_cell = lambda cells_now: (save(cells_now), bar.update(1))
+    try:
+        sweep.run()
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _run(args) -> int:
     from audiokv_edge.bench import header as bench_header
     from audiokv_edge.bench import report
@@ -131,7 +150,7 @@ def _run(args) -> int:
                              same_tokens_keep=same, seed=args.seed)
         stem = args.out_dir / (args.machine or machine_name()) / f"{time.strftime('%Y-%m-%d', time.gmtime())}-{name}"
         json_path, md_path, png_path = (stem.with_name(stem.name + ext) for ext in (".json", ".md", ".png"))
-        cells = []
+        cells, earlier = [], {}
         if json_path.is_file():
             earlier = json.loads(json_path.read_text())
             if earlier.get("config") == json.loads(json.dumps(config.as_dict())) and earlier.get("model") == name:
@@ -153,20 +172,12 @@ def _run(args) -> int:
             result["cells"] = cells_now
             bench_header.write_result(json_path, result)
 
-        sweep = Sweep(model, config, cells=list(cells), on_cell=save)
-        total = len([c for c in sweep.plan() if c not in sweep.done()])
-        bar = None
-        if not args.no_progress and total:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, unit="cell", file=sys.stderr)
-            sweep.progress = lambda text: (bar.set_description(text), bar.update(0))
-            sweep.on_cell = lambda cells_now: (save(cells_now), bar.update(1))
-        try:
-            sweep.run()
-        finally:
-            if bar is not None:
-                bar.close()
+        if args.report_only:
+            if not cells:
+                raise ValueError(f"--report-only: no measured cells in {json_path} for these options")
+            result = {**earlier, "report_command": bench_header.command_line()}  # the measuring run's header
+        else:
+            _measure(Sweep(model, config, cells=list(cells), on_cell=save), save, progress=not args.no_progress)
         if args.memory_minutes:
             result["memory_table"] = report.memory_table(
                 result, model_bytes=model.stat().st_size,

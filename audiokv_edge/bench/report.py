@@ -120,7 +120,9 @@ def memory_table(result: dict, *, model_bytes: int, projector_bytes: int | None,
         ``rows`` (per length: tokens, full and stream bytes, and which devices each fits) and how each part was
         obtained (``measured`` / ``projected``).
     """
-    fulls = [c for c in result["cells"] if c["method"] == "full" and c.get("context_rss_bytes") is not None]
+    measured = [c for c in result["cells"] if c.get("context_rss_bytes") is not None]
+    # an evicting context's RSS also holds its pools: counted as buffers only when no full cell was measured
+    fulls = [c for c in measured if c["method"] == "full"] or measured
     per_token = kv_bytes_per_token or result["cells"][0]["kv_bytes_per_token"]
     # buffers besides the KV cache (compute buffer, output, graph): the largest measured at any length
     buffers = max((c["context_rss_bytes"] - c["kv_bytes_full"] for c in fulls), default=0)
