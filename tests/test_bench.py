@@ -37,13 +37,15 @@ def test_random_q4_0_blocks_dequantize_to_the_intended_spread():
 
 
 @native
-@pytest.mark.parametrize("arch, family, tied", [("qwen2", tm.CHATML, False), ("llama", tm.LLAMA3, True)])
-def test_a_q4_0_model_with_a_padded_vocabulary_loads_and_decodes(tmp_path, arch, family, tied):
+@pytest.mark.parametrize("arch, family, head_dim, tied", [("qwen2", tm.CHATML, 16, False),
+                                                           ("llama", tm.LLAMA3, 32, True)])
+def test_a_q4_0_model_with_a_padded_vocabulary_loads_and_decodes(tmp_path, arch, family, head_dim, tied):
+    """Also a llama whose queries are wider than the model (4 x 32 > 64), as Voxtral's text model."""
     import gguf
 
     from audiokv_edge.runtime.llama import ContextParams, LlamaModel
 
-    spec = tm.TextModelSpec(arch, family, n_embd=64, n_head=4, n_head_kv=2, head_dim=16, n_ff=128,
+    spec = tm.TextModelSpec(arch, family, n_embd=64, n_head=4, n_head_kv=2, head_dim=head_dim, n_ff=128,
                             n_vocab=1000, weights="q4_0", tied_output=tied)
     path = tmp_path / "m.gguf"
     tm.write_text_model(path, spec)
