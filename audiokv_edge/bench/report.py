@@ -101,7 +101,7 @@ def memory_table(result: dict, *, model_bytes: int, projector_bytes: int | None,
         A sweep result with full-cache cells (their ``context_rss_bytes`` minus their KV bytes are the buffers).
     model_bytes, projector_bytes : int
         The GGUF files' sizes (every weight is read while decoding, so resident); the model counts as its measured
-        resident size after loading (``model_rss_bytes``) when that is larger.
+        anonymous resident size after loading (``model_anonymous_rss_bytes``) when that is larger.
     minutes : tuple of float
     tokens_per_second : float
         Audio tokens per second of the model's projector (Qwen2.5-Omni: 25).
@@ -126,9 +126,10 @@ def memory_table(result: dict, *, model_bytes: int, projector_bytes: int | None,
     per_token = kv_bytes_per_token or result["cells"][0]["kv_bytes_per_token"]
     # buffers besides the KV cache (compute buffer, output, graph): the largest measured at any length
     buffers = max((c["context_rss_bytes"] - c["kv_bytes_full"] for c in fulls), default=0)
-    # the model's resident memory after loading (llama.cpp may repack the weights), at least its file
-    model_rss = max((c.get("model_rss_bytes") or 0 for c in result["cells"]), default=0)
-    model_bytes = max(model_bytes, model_rss)
+    # the model's anonymous resident memory after loading (llama.cpp's repacked weights), at least its file: the
+    # file's mapped pages on top of it are reclaimable
+    model_anon = max((c.get("model_anonymous_rss_bytes") or 0 for c in result["cells"]), default=0)
+    model_bytes = max(model_bytes, model_anon)
     weights = model_bytes + (projector_bytes or 0)
     rows = []
     for m in minutes:
@@ -143,8 +144,8 @@ def memory_table(result: dict, *, model_bytes: int, projector_bytes: int | None,
     return {"rows": rows, "kv_bytes_per_token": per_token, "buffers_bytes": buffers, "model_bytes": model_bytes,
             "projector_bytes": projector_bytes, "keep": keep, "chunk_tokens": chunk_tokens,
             "answer_tokens": answer_tokens, "main_cells": main_cells, "usable_share_of_ram": USABLE_SHARE,
-            "how": ("model: resident size after loading, at least its GGUF file (measured); projector: its GGUF "
-                    "file size (measured); KV bytes per token: llama.cpp's cache layout, "
+            "how": ("model: anonymous resident size after loading, at least its GGUF file (measured); projector: its "
+                    "GGUF file size (measured); KV bytes per token: llama.cpp's cache layout, "
                     "checked against the measured per-sequence statistics; buffers: the largest measured context "
                     "RSS minus its KV cache (measured at the sweep's lengths); totals at the listed lengths: "
                     "projected (sums of those parts); the audio encoder's compute buffer is not included")}

@@ -55,6 +55,19 @@ def current_rss() -> int | None:
         return None
 
 
+def anonymous_rss() -> int | None:
+    """Resident anonymous memory of this process in bytes (Linux /proc RssAnon: what the kernel cannot drop, unlike
+    the pages of a memory-mapped model file), None elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss() -> int:
     """Peak resident set size of this process in bytes (ru_maxrss: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -173,9 +186,10 @@ class Sweep:
         from audiokv_edge.runtime.session import route_native_logs
 
         route_native_logs(init_llama_cpp())  # llama.cpp's log to the audiokv_edge.native logger, not stderr
-        rss0 = current_rss()
+        rss0, anon0 = current_rss(), anonymous_rss()
         self.model = LlamaModel(self.model_path)
         self.model_rss = None if rss0 is None else current_rss() - rss0
+        self.model_anon = None if anon0 is None else anonymous_rss() - anon0
         try:
             for n in self.config.lengths:
                 cells = [c for c in todo if c[0] == n]
@@ -272,7 +286,8 @@ class Sweep:
         full_rss = None if rss_before is None else current_rss() - rss_before - blob.nbytes
         kv_full = n * layout.bytes_per_token()
         common = {"n_cached": n, "fill": cfg.fill, "kv_bytes_full": kv_full,
-                  "kv_bytes_per_token": layout.bytes_per_token(), "model_rss_bytes": self.model_rss}
+                  "kv_bytes_per_token": layout.bytes_per_token(), "model_rss_bytes": self.model_rss,
+                  "model_anonymous_rss_bytes": self.model_anon}
         full_cell = {"method": "full", "keep": 1.0, "kv_bytes_used": kv_full, "kv_bytes_kept": kv_full,
                      **self._tps(full_state["times"]), "context_rss_bytes": full_rss, "evict_seconds": 0.0,
                      "evict_cpu_seconds": 0.0, "peak_rss_bytes": peak_rss()}
