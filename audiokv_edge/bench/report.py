@@ -120,12 +120,11 @@ def memory_table(result: dict, *, model_bytes: int, projector_bytes: int | None,
         ``rows`` (per length: tokens, full and stream bytes, and which devices each fits) and how each part was
         obtained (``measured`` / ``projected``).
     """
-    measured = [c for c in result["cells"] if c.get("context_rss_bytes") is not None]
-    # an evicting context's RSS also holds its pools: counted as buffers only when no full cell was measured
-    fulls = [c for c in measured if c["method"] == "full"] or measured
     per_token = kv_bytes_per_token or result["cells"][0]["kv_bytes_per_token"]
-    # buffers besides the KV cache (compute buffer, output, graph): the largest measured at any length
-    buffers = max((c["context_rss_bytes"] - c["kv_bytes_full"] for c in fulls), default=0)
+    # buffers besides the KV cache (compute buffer, output, graph): the largest measured at any length; an evicting
+    # context holds its main cache (every position, filled before the eviction) and its pools besides them
+    buffers = max((c["context_rss_bytes"] - c["kv_bytes_full"] - (c["kv_bytes_used"] if c["method"] != "full" else 0)
+                   for c in result["cells"] if c.get("context_rss_bytes") is not None), default=0)
     # the model's anonymous resident memory after loading (llama.cpp's repacked weights), at least its file: the
     # file's mapped pages on top of it are reclaimable
     model_anon = max((c.get("model_anonymous_rss_bytes") or 0 for c in result["cells"]), default=0)
@@ -141,13 +140,21 @@ def memory_table(result: dict, *, model_bytes: int, projector_bytes: int | None,
                      "total_bytes_full": full_total, "total_bytes_stream": stream_total,
                      "fits_full": [d for d, ram in DEVICES.items() if full_total <= USABLE_SHARE * ram],
                      "fits_stream": [d for d, ram in DEVICES.items() if stream_total <= USABLE_SHARE * ram]})
-    return {"rows": rows, "kv_bytes_per_token": per_token, "buffers_bytes": buffers, "model_bytes": model_bytes,
+    longest = {}  # device -> the longest recording (minutes) that fits, without eviction and with --stream
+    for device, ram in DEVICES.items():
+        room = USABLE_SHARE * ram - weights - buffers
+        full_tokens = room / per_token - answer_tokens
+        stream_tokens = (room / per_token - chunk_tokens - answer_tokens - main_cells) / keep
+        longest[device] = {"full_minutes": max(0.0, full_tokens / tokens_per_second / 60),
+                           "stream_minutes": max(0.0, stream_tokens / tokens_per_second / 60)}
+    return {"rows": rows, "longest_fit_minutes": longest, "kv_bytes_per_token": per_token, "buffers_bytes": buffers, "model_bytes": model_bytes,
             "projector_bytes": projector_bytes, "keep": keep, "chunk_tokens": chunk_tokens,
             "answer_tokens": answer_tokens, "main_cells": main_cells, "usable_share_of_ram": USABLE_SHARE,
             "how": ("model: anonymous resident size after loading, at least its GGUF file (measured); projector: its "
                     "GGUF file size (measured); KV bytes per token: llama.cpp's cache layout, "
                     "checked against the measured per-sequence statistics; buffers: the largest measured context "
-                    "RSS minus its KV cache (measured at the sweep's lengths); totals at the listed lengths: "
+                    "RSS minus its KV cache (measured at the sweep's lengths and batches: a larger prefill batch "
+                    "needs a larger compute buffer); totals at the listed lengths: "
                     "projected (sums of those parts); the audio encoder's compute buffer is not included")}
 
 
@@ -165,4 +172,7 @@ def memory_markdown(table: dict) -> str:
                      f"{_mib(r['total_bytes_full'])} | {', '.join(r['fits_full']) or 'none'} | "
                      f"{_mib(r['kv_bytes_stream'])} | {_mib(r['total_bytes_stream'])} | "
                      f"{', '.join(r['fits_stream']) or 'none'} |")
+    lines += ["", "Longest recording that fits: " + "; ".join(
+        f"{d}: {v['full_minutes']:.0f} min full, {v['stream_minutes']:.0f} min --stream"
+        for d, v in table["longest_fit_minutes"].items()) + "."]
     return "\n".join(lines)
