@@ -3,22 +3,24 @@ keep ratio, a context evicted per (layer, KV head) by libaudiokv's callback (COM
 
 Per cached length N:
 
-1. the cache is filled with N - P tokens, P = ``probe`` (the prefill probe): by a real prefill of random tokens
-   (``fill="prefill"``) or by loading a synthetic sequence state of random keys and values (``fill="synthetic"``,
-   :mod:`audiokv_edge.bench.kv_fill`: what is measured does not depend on the cached values, and a 32k-token prefill
-   of a 7B model takes hours on two cores); then P random tokens are decoded as one batch (the last 32 are the
-   observation window the methods score with). Prefill time: measured (``prefill``), or projected from the probe's
-   time at depth 0 and at depth N - P, linear in depth (``synthetic``);
-2. the full-cache context decodes ``n_decode`` single tokens (its decode tokens/s);
-3. per (method, keep): a new context gets the same N - P tokens (the full context's saved state) and the same
-   probe, evicts (timed: eviction time / prefill time), then its single-token decodes alternate with the full
-   context's (the ratio comes from the same moments of a shared machine). With ``same_tokens_keep`` a third
-   context holding round(keep x N) tokens, never evicted, joins the alternation of the cells at that keep: a
-   compacted cache vs a full cache of the same size (what the ragged per-head layout costs).
+1. the full-cache context is filled with N tokens: by a real prefill of random tokens (``fill="prefill"``) or by
+   loading a synthetic sequence state of random keys and values (``fill="synthetic"``,
+   :mod:`audiokv_edge.bench.kv_fill`: what is measured does not depend on the cached values, and a 32k-token
+   prefill of a 7B model takes hours on two cores), and decodes ``n_decode`` single tokens (its decode tokens/s);
+2. per (method, keep): a new context gets N - P of those tokens (P = ``probe``) and decodes P random tokens as one
+   batch on top (the last 32 are the observation window the methods score with), evicts (timed: eviction time /
+   prefill time), then its single-token decodes alternate with the full context's (the ratio comes from the same
+   moments of a shared machine). With ``same_tokens_keep`` a third context holding round(keep x N) tokens, never
+   evicted, joins the alternation of the cells at that keep: a compacted cache vs a full cache of the same size
+   (what the ragged per-head layout costs).
 
-Tokens/s of decoding are 1 / median step time. Memory: KV bytes from llama.cpp's per-sequence statistics (in use,
-with the pools' headroom and the main-cache cells, and kept), the process's resident set before and after each
-context (Linux /proc; elsewhere only the peak) and its peak.
+Prefill time: measured (``prefill``), or projected from the probe batch's time at depth 0 and at depth N - P, linear
+in depth (``synthetic``). Tokens/s of decoding are 1 / the median step, of wall-clock time and of the process's CPU
+time (with one thread the compute's own; steady on a shared machine). Memory: KV bytes from llama.cpp's
+per-sequence statistics (in use, with the pools' headroom and the main-cache cells, and kept), the process's
+resident set before and after each context (Linux /proc; elsewhere only the peak) and its peak; the model's
+resident memory after loading, all of it and the anonymous part (llama.cpp may repack the weights into its own
+buffers while the file stays mapped: those file pages count in the resident set but are reclaimable).
 """
 
 from __future__ import annotations
