@@ -147,7 +147,8 @@ def memory_table(result: dict, *, model_bytes: int, projector_bytes: int | None,
         stream_tokens = (room / per_token - chunk_tokens - answer_tokens - main_cells) / keep
         longest[device] = {"full_minutes": max(0.0, full_tokens / tokens_per_second / 60),
                            "stream_minutes": max(0.0, stream_tokens / tokens_per_second / 60)}
-    return {"rows": rows, "longest_fit_minutes": longest, "kv_bytes_per_token": per_token, "buffers_bytes": buffers, "model_bytes": model_bytes,
+    return {"rows": rows, "longest_fit_minutes": longest, "kv_bytes_per_token": per_token, "buffers_bytes": buffers,
+            "model_bytes": model_bytes,
             "projector_bytes": projector_bytes, "keep": keep, "chunk_tokens": chunk_tokens,
             "answer_tokens": answer_tokens, "main_cells": main_cells, "usable_share_of_ram": USABLE_SHARE,
             "how": ("model: anonymous resident size after loading, at least its GGUF file (measured); projector: its "
