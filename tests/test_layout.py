@@ -1,5 +1,5 @@
-"""The package's layers import one way: run / serve -> profiling / testing -> runtime -> keep_plan -> methods / native ->
-profile -> reference (README, "Folder map"). Parsed with ast, imports inside functions included."""
+"""The package's layers import one way: run / serve -> demo_model / bench -> profiling / testing -> runtime ->
+keep_plan -> methods / native -> profile -> reference (README, "Folder map"). Parsed with ast, imports inside functions included."""
 
 import ast
 import pathlib
@@ -9,7 +9,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "audiokv_edge"
 #: layer of each top-level entry of audiokv_edge/ -> rank; a module may import only layers of a lower rank, or its
 #: own layer. methods/ and native/ share a rank and must not import each other.
 RANKS = {"reference": 0, "profile": 1, "methods": 2, "native": 2, "keep_plan": 3, "runtime": 4,
-         "profiling": 5, "testing": 5, "demo_model": 6, "run": 7, "serve": 7, "__main__": 8}
+         "profiling": 5, "testing": 5, "demo_model": 6, "bench": 6, "run": 7, "serve": 7, "__main__": 8}
 
 
 def layer_of(module: str) -> str | None:

@@ -344,7 +344,7 @@ _GGML_LOG_LEVEL_ERROR = 4  # ggml.h enum ggml_log_level: NONE 0, DEBUG 1, INFO 2
 _LAST_NATIVE_ERRORS: collections.deque = collections.deque(maxlen=8)
 
 
-def _route_native_logs(llama_cpp, mtmd_cpp=None) -> None:
+def route_native_logs(llama_cpp, mtmd_cpp=None) -> None:
     """Send llama.cpp / libmtmd (when loaded) log lines to the ``audiokv_edge.native`` logger (DEBUG); remember
     errors."""
     global _LOG_CALLBACK
@@ -453,7 +453,7 @@ class Session(HandleOwner):
         self._lc = self._llama.llama_cpp
         if self.mmproj_path is not None:
             self._mtmd = native_libs.load_mtmd_cpp()
-        _route_native_logs(self._lc, self._mtmd)
+        route_native_logs(self._lc, self._mtmd)
         try:
             with self.stop.sigint_requests_stop():
                 self._load()

@@ -8,6 +8,12 @@ Layouts follow ``src/models/<arch>.cpp`` (text side) and ``tools/mtmd/clip.cpp``
 (audio side) of the vendored llama.cpp. The vocabulary is a real byte-level BPE ("gpt2" tokenizer model) trained on
 a few English sentences, with each family's chat special tokens, so prompts, chat templates and mtmd's audio
 markers tokenize the way they do with the real models.
+
+:data:`REAL_SHAPES` are the same layouts at the exact sizes of published audio LLMs (layers, heads, KV heads,
+head_dim, FFN, vocabulary, the Whisper-large audio tower and its projector), with Q4_0 text weights (written as
+random Q4_0 blocks, no float weights made first) and F16 audio weights, as the published GGUFs: memory and speed
+do not depend on the weights' values. :func:`real_shape_pair` writes one on demand into a cache directory
+(gigabytes; never committed).
 """
 
 from __future__ import annotations
@@ -40,6 +46,14 @@ _GPT2_PRE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za
 
 TOKEN_NORMAL = 1
 TOKEN_CONTROL = 3
+TOKEN_UNUSED = 5
+
+#: Weight types of the text model's matrices; Q4_0 blocks hold 32 weights (an F16 scale and 16 bytes of nibbles).
+WEIGHT_TYPES = ("f32", "q4_0")
+Q4_0_BLOCK = 32
+Q4_0_BLOCK_BYTES = 18
+#: Types of the audio encoder's and projector's matrices.
+AUDIO_WEIGHT_TYPES = {"f32": np.float32, "f16": np.float16}
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,12 @@ class TextModelSpec:
         RoPE base.
     sliding_window : int
         gemma3 only: window of the SWA layers (tokens); every second layer is SWA.
+    n_vocab : int
+        Vocabulary size; 0: the tiny BPE vocabulary alone, larger: padded with unused tokens to this size.
+    weights : str
+        Type of the weight matrices: ``"f32"`` or ``"q4_0"`` (norms and biases stay F32).
+    tied_output : bool
+        No ``output.weight``: the output head is the token embedding (llama.cpp's fallback).
     """
 
     arch: str
@@ -158,6 +178,9 @@ class TextModelSpec:
     n_ctx_train: int = 32768
     rope_freq_base: float = 10000.0
     sliding_window: int = 0
+    n_vocab: int = 0
+    weights: str = "f32"
+    tied_output: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ("qwen2", "qwen3", "llama", "gemma3"):
@@ -167,8 +190,13 @@ class TextModelSpec:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_head % self.n_head_kv:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_head_kv ({self.n_head_kv})")
-        if self.arch in ("qwen2", "llama") and self.n_head * self.head_dim != self.n_embd:
+        if self.arch == "qwen2" and self.n_head * self.head_dim != self.n_embd:
             raise ValueError(f"{self.arch} needs n_head * head_dim == n_embd")
+        if self.weights not in WEIGHT_TYPES:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHT_TYPES)}, got {self.weights!r}")
+        if self.weights == "q4_0" and any(n % Q4_0_BLOCK for n in (self.n_embd, self.n_ff,
+                                                                   self.n_head * self.head_dim)):
+            raise ValueError(f"q4_0 weights need n_embd, n_ff and n_head * head_dim divisible by {Q4_0_BLOCK}")
         if self.arch == "gemma3" and self.sliding_window < 1:
             raise ValueError("gemma3 needs sliding_window >= 1")
 
@@ -192,6 +220,8 @@ class AudioProjectorSpec:
         Hidden width of the ultravox / voxtral / qwen3a projector MLP.
     n_conv : int
         qwen3a only: channels of the conv2d stem.
+    weights : str
+        Type of the encoder and projector matrices: ``"f32"`` or ``"f16"`` (conv kernels are always F16).
     """
 
     projector: str
@@ -203,6 +233,7 @@ class AudioProjectorSpec:
     stack_factor: int = 0
     n_hidden: int = 64
     n_conv: int = 8
+    weights: str = "f32"
 
     def __post_init__(self) -> None:
         if self.projector not in ("qwen2a", "qwen3a", "ultravox", "voxtral"):
@@ -213,6 +244,8 @@ class AudioProjectorSpec:
             raise ValueError("audio n_embd must be a multiple of n_head")
         if self.projector == "qwen3a" and self.n_mel % 8:
             raise ValueError("qwen3a needs n_mel divisible by 8 (three stride-2 convolutions)")
+        if self.weights not in AUDIO_WEIGHT_TYPES:
+            raise ValueError(f"audio weights must be f32 or f16, got {self.weights!r}")
 
 
 @dataclass(frozen=True)
@@ -252,6 +285,37 @@ TINY_PAIRS: dict[str, TinyPair] = {
             AudioProjectorSpec("qwen2a"),
         ),
     )
+}
+
+
+#: Whisper-large-v3's encoder (Qwen2-Audio / Qwen2.5-Omni, Voxtral, and as large-v3-turbo Ultravox v0.5): 32 layers,
+#: width 1280, 20 heads, FFN 5120, 128 mel bins. Published mmproj GGUFs store it in F16.
+_WHISPER_LARGE = dict(n_embd=1280, n_layer=32, n_head=20, n_ff=5120, n_mel=128, weights="f16")
+
+#: Real model sizes, by name: the tiny layouts at the published models' exact shapes (text: Q4_0 as the published
+#: Q4_0 GGUFs, audio: F16). Sources: each model's Hugging Face config.json (thinker / text_config and audio_config).
+#: Qwen2.5-Omni is written as llama.cpp's plain qwen2 architecture (the converted thinker uses qwen2vl's M-RoPE: the
+#: same tensors and cache, another position encoding); Voxtral's text model (Ministral 3B) as llama, whose queries
+#: are wider than the model (32 x 128 = 4096 > 3072). Ultravox v0.5 stacks 8 frames (this llama.cpp's libmtmd aborts
+#: encoding audio with it, see TINY_PAIRS: its text side and KV cache are what the benchmarks measure).
+REAL_SHAPES: dict[str, TinyPair] = {
+    "qwen2.5-omni-7b": TinyPair(
+        TextModelSpec("qwen2", CHATML, n_embd=3584, n_layer=28, n_head=28, n_head_kv=4, head_dim=128, n_ff=18944,
+                      n_ctx_train=32768, rope_freq_base=1000000.0, n_vocab=152064, weights="q4_0"),
+        AudioProjectorSpec("qwen2a", **_WHISPER_LARGE)),
+    "qwen2.5-omni-3b": TinyPair(
+        TextModelSpec("qwen2", CHATML, n_embd=2048, n_layer=36, n_head=16, n_head_kv=2, head_dim=128, n_ff=11008,
+                      n_ctx_train=32768, rope_freq_base=1000000.0, n_vocab=151936, weights="q4_0"),
+        AudioProjectorSpec("qwen2a", **_WHISPER_LARGE)),
+    "voxtral-mini-3b": TinyPair(
+        TextModelSpec("llama", LLAMA3, n_embd=3072, n_layer=30, n_head=32, n_head_kv=8, head_dim=128, n_ff=8192,
+                      n_ctx_train=131072, rope_freq_base=100000000.0, n_vocab=131072, weights="q4_0"),
+        AudioProjectorSpec("voxtral", stack_factor=4, n_hidden=3072, **_WHISPER_LARGE)),
+    "ultravox-v0.5-llama-3.2-1b": TinyPair(
+        TextModelSpec("llama", LLAMA3, n_embd=2048, n_layer=16, n_head=32, n_head_kv=8, head_dim=64, n_ff=8192,
+                      n_ctx_train=131072, rope_freq_base=500000.0, n_vocab=128256, weights="q4_0",
+                      tied_output=True),
+        AudioProjectorSpec("ultravox", stack_factor=8, n_hidden=4096, **_WHISPER_LARGE)),
 }
 
 
@@ -320,26 +384,51 @@ def _rng(seed: int, name: str) -> np.random.Generator:
 
 
 class _TensorSink:
-    """Adds deterministic random tensors to a GGUF writer; shapes are given in ggml order (ne0 first)."""
+    """Deterministic random tensors for a GGUF writer, made one at a time while the file is written (a 7B model's
+    weights are never all in memory); shapes are given in ggml order (ne0 first)."""
 
     def __init__(self, writer, seed: int) -> None:
         self.writer = writer
         self.seed = seed
+        self.pending: list[tuple[str, object]] = []  # (name, maker) in file order
+
+    def _add(self, name: str, shape: tuple[int, ...], dtype, maker, raw_dtype=None) -> None:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        self.writer.add_tensor_info(name, shape, np.dtype(dtype), nbytes, raw_dtype=raw_dtype)
+        self.pending.append((name, maker))
+
+    def array(self, name: str, data_fn, shape: tuple[int, ...], dtype) -> None:
+        """A tensor made by ``data_fn()`` (numpy order ``shape``, ``dtype``) when it is written."""
+        self._add(name, shape, dtype, data_fn)
 
     def matrix(self, name: str, ne: tuple[int, ...], dtype=np.float32) -> None:
+        """Normal weights of standard deviation 1 / sqrt(fan-in); ``dtype`` a float type or ``"q4_0"``."""
         fan_in = ne[0] if len(ne) == 2 else int(np.prod(ne[:-1]))
-        data = _rng(self.seed, name).normal(0.0, 1.0 / np.sqrt(fan_in), size=tuple(reversed(ne)))
-        self.writer.add_tensor(name, data.astype(dtype))
+        shape = tuple(reversed(ne))
+        if isinstance(dtype, str):
+            import gguf
+
+            if dtype != "q4_0":
+                raise ValueError(f"unknown weight type {dtype!r}")
+            rows, blocks = int(np.prod(shape[:-1])), ne[0] // Q4_0_BLOCK
+            self._add(name, (rows, blocks * Q4_0_BLOCK_BYTES), np.uint8,
+                      lambda: _random_q4_0(_rng(self.seed, name), rows, blocks, fan_in),
+                      raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+            return
+        self._add(name, shape, dtype,
+                  lambda: _rng(self.seed, name).normal(0.0, 1.0 / np.sqrt(fan_in), size=shape).astype(dtype))
 
     def normal(self, name: str, ne: tuple[int, ...], std: float) -> None:
-        data = _rng(self.seed, name).normal(0.0, std, size=tuple(reversed(ne)))
-        self.writer.add_tensor(name, data.astype(np.float32))
+        shape = tuple(reversed(ne))
+        self._add(name, shape, np.float32,
+                  lambda: _rng(self.seed, name).normal(0.0, std, size=shape).astype(np.float32))
 
     def ones(self, name: str, ne: tuple[int, ...]) -> None:
-        self.writer.add_tensor(name, np.ones(tuple(reversed(ne)), dtype=np.float32))
+        shape = tuple(reversed(ne))
+        self._add(name, shape, np.float32, lambda: np.ones(shape, dtype=np.float32))
 
     def blocks(self, prefix: str, n_layer: int, layout: list[tuple]) -> None:
-        """Write the tensors of every layer ``il`` in ``range(n_layer)``, named ``f"{prefix}{il}.{suffix}"``.
+        """Add the tensors of every layer ``il`` in ``range(n_layer)``, named ``f"{prefix}{il}.{suffix}"``.
 
         Parameters
         ----------
@@ -347,8 +436,8 @@ class _TensorSink:
             ``"blk."`` (text model) or ``"a.blk."`` (audio encoder).
         n_layer : int
         layout : list of tuple
-            ``(suffix, kind, ne, arg)`` in file order, the same for every layer: kind ``"matrix"`` (arg: dtype),
-            ``"normal"`` (arg: standard deviation) or ``"ones"`` (arg unused).
+            ``(suffix, kind, ne, arg)`` in file order, the same for every layer: kind ``"matrix"`` (arg: dtype or
+            ``"q4_0"``), ``"normal"`` (arg: standard deviation) or ``"ones"`` (arg unused).
         """
         for il in range(n_layer):
             for suffix, kind, ne, arg in layout:
@@ -360,18 +449,40 @@ class _TensorSink:
                 else:
                     self.ones(name, ne)
 
+    def write_file(self, progress=None) -> None:
+        """Write the header, metadata and every tensor (made now, one at a time), and close the writer.
 
-def _write_file(writer) -> None:
-    """Write a GGUF writer's header, metadata and tensors, and close it."""
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+        Parameters
+        ----------
+        progress : callable, optional
+            Called with ``(tensors written, tensors in all)`` after each tensor.
+        """
+        w = self.writer
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for i, (_, maker) in enumerate(self.pending):
+            w.write_tensor_data(maker())
+            if progress is not None:
+                progress(i + 1, len(self.pending))
+        w.close()
+
+
+def _random_q4_0(rng: np.random.Generator, rows: int, blocks: int, fan_in: int) -> np.ndarray:
+    """``rows`` x ``blocks`` random Q4_0 blocks (uint8, ``[rows, blocks * 18]``): one F16 scale d per block and
+    uniform nibbles q, the weights (q - 8) d then having standard deviation 1 / sqrt(fan_in) as :meth:`matrix`."""
+    out = np.empty((rows, blocks, Q4_0_BLOCK_BYTES), dtype=np.uint8)
+    out[:, :, 2:] = rng.integers(0, 256, size=(rows, blocks, Q4_0_BLOCK_BYTES - 2), dtype=np.uint8)
+    nibble_std = np.sqrt((16 * 16 - 1) / 12.0)  # uniform on the 16 integers -8 .. 7
+    scale = np.array([1.0 / (nibble_std * np.sqrt(fan_in))], dtype=np.float16)
+    out[:, :, :2] = scale.view(np.uint8)
+    return out.reshape(rows, blocks * Q4_0_BLOCK_BYTES)
 
 
 def _text_block_layout(spec: TextModelSpec) -> list[tuple]:
     """Tensors of one text-model layer (``src/models/<arch>.cpp``), as :meth:`_TensorSink.blocks` takes them."""
-    d, dh, hq, hkv, arch, f32 = spec.n_embd, spec.head_dim, spec.n_head, spec.n_head_kv, spec.arch, np.float32
+    d, dh, hq, hkv, arch = spec.n_embd, spec.head_dim, spec.n_head, spec.n_head_kv, spec.arch
+    f32 = np.float32 if spec.weights == "f32" else spec.weights  # the matrices' type
     layout = [("attn_norm.weight", "ones", (d,), None), ("attn_q.weight", "matrix", (d, hq * dh), f32),
               ("attn_k.weight", "matrix", (d, hkv * dh), f32), ("attn_v.weight", "matrix", (d, hkv * dh), f32)]
     if arch == "qwen2":
@@ -392,7 +503,7 @@ def _text_block_layout(spec: TextModelSpec) -> list[tuple]:
 def _audio_block_layout(spec: AudioProjectorSpec) -> list[tuple]:
     """Tensors of one Whisper-style encoder layer (``models/whisper-enc.cpp``), as :meth:`_TensorSink.blocks`
     takes them."""
-    d, f, f32 = spec.n_embd, spec.n_ff, np.float32
+    d, f, f32 = spec.n_embd, spec.n_ff, AUDIO_WEIGHT_TYPES[spec.weights]  # the matrices' type
     return [
         ("ln1.weight", "ones", (d,), None), ("ln1.bias", "normal", (d,), 0.02),
         ("attn_q.weight", "matrix", (d, d), f32), ("attn_q.bias", "normal", (d,), 0.02),
@@ -405,8 +516,9 @@ def _audio_block_layout(spec: AudioProjectorSpec) -> list[tuple]:
     ]
 
 
-def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 0) -> None:
-    """Write a tiny text-model GGUF (F32 weights, byte-level BPE vocabulary, the family's chat template).
+def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 0, progress=None) -> None:
+    """Write a random-weight text-model GGUF (``spec.weights`` matrices, byte-level BPE vocabulary padded to
+    ``spec.n_vocab``, the family's chat template).
 
     Parameters
     ----------
@@ -415,6 +527,8 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
     spec : TextModelSpec
     seed : int
         Seed of the random weights.
+    progress : callable, optional
+        Called with ``(tensors written, tensors in all)`` after each tensor.
     """
     import gguf
 
@@ -422,13 +536,17 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
     tokens, merges = train_bpe(_BPE_CORPUS, n_merges=96)
     tokens = tokens + list(fam.specials)
     types = [TOKEN_NORMAL] * (len(tokens) - len(fam.specials)) + [TOKEN_CONTROL] * len(fam.specials)
+    if spec.n_vocab > len(tokens):  # a real model's vocabulary size: unused tokens fill it up
+        n_pad = spec.n_vocab - len(tokens)
+        tokens = tokens + [f"<|unused_{i}|>" for i in range(n_pad)]
+        types = types + [TOKEN_UNUSED] * n_pad
     n_vocab = len(tokens)
 
     w = gguf.GGUFWriter(str(path), spec.arch)
     arch = spec.arch
     w.add_name(f"tiny-{arch}")
     w.add_description("random-weight test model (audiokv-edge tiny_models); its output is meaningless")
-    w.add_file_type(0)  # all F32
+    w.add_file_type(0 if spec.weights == "f32" else 2)  # all F32, or mostly Q4_0
     w.add_context_length(spec.n_ctx_train)
     w.add_embedding_length(spec.n_embd)
     w.add_block_count(spec.n_layer)
@@ -460,24 +578,36 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
     w.add_chat_template(fam.template)
 
     t = _TensorSink(w, seed)
-    d, dh, hq, hkv = spec.n_embd, spec.head_dim, spec.n_head, spec.n_head_kv
-    t.normal("token_embd.weight", (d, n_vocab), 1.0 / np.sqrt(d) if arch != "gemma3" else 0.05)
+    d = spec.n_embd
+    if spec.weights == "f32":
+        t.normal("token_embd.weight", (d, n_vocab), 1.0 / np.sqrt(d) if arch != "gemma3" else 0.05)
+    else:
+        t.matrix("token_embd.weight", (d, n_vocab), dtype=spec.weights)
     t.ones("output_norm.weight", (d,))
-    # untied output head whose rows for non-printable byte tokens and for specials other than end-of-turn are zero:
-    # greedy decoding then emits printable (if meaningless) text and may stop, as a chat model would
-    head = _rng(seed, "output.weight").normal(0.0, 1.0 / np.sqrt(d), size=(n_vocab, d))
-    printable = {i for i in range(32, 127)} | {10}
-    stop_ids = {index[fam.eos]} | ({index[fam.eot]} if fam.eot else set())
-    for i in range(n_vocab):
-        if (i < 256 and i not in printable) or (types[i] == TOKEN_CONTROL and i not in stop_ids):
-            head[i] = 0.0
-    w.add_tensor("output.weight", head.astype(np.float32))
+    if spec.weights != "f32":
+        if not spec.tied_output:
+            t.matrix("output.weight", (d, n_vocab), dtype=spec.weights)
+    elif not spec.tied_output:
+        # untied output head whose rows for non-printable byte tokens and for specials other than end-of-turn are
+        # zero: greedy decoding then emits printable (if meaningless) text and may stop, as a chat model would
+        def head() -> np.ndarray:
+            rows = _rng(seed, "output.weight").normal(0.0, 1.0 / np.sqrt(d), size=(n_vocab, d))
+            printable = {i for i in range(32, 127)} | {10}
+            stop_ids = {index[fam.eos]} | ({index[fam.eot]} if fam.eot else set())
+            for i in range(n_vocab):
+                if (i < 256 and i not in printable) or (types[i] == TOKEN_CONTROL and i not in stop_ids):
+                    rows[i] = 0.0
+            return rows.astype(np.float32)
+
+        t.array("output.weight", head, (n_vocab, d), np.float32)
     t.blocks("blk.", spec.n_layer, _text_block_layout(spec))
-    _write_file(w)
+    t.write_file(progress)
 
 
-def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_embd_text: int, seed: int = 0) -> None:
-    """Write a tiny audio-projector GGUF (libmtmd ``clip`` file; conv kernels F16, the rest F32).
+def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_embd_text: int, seed: int = 0,
+                          progress=None) -> None:
+    """Write a random-weight audio-projector GGUF (libmtmd ``clip`` file; conv kernels F16, the matrices
+    ``spec.weights``, the rest F32).
 
     Parameters
     ----------
@@ -488,6 +618,8 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
         Embedding size of the text model it feeds (the projector's output width).
     seed : int
         Seed of the random weights.
+    progress : callable, optional
+        Called with ``(tensors written, tensors in all)`` after each tensor.
     """
     import gguf
 
@@ -509,7 +641,7 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
         w.add_uint32("clip.audio.projector.stack_factor", spec.stack_factor)
 
     t = _TensorSink(w, seed)
-    d = spec.n_embd
+    d, mat = spec.n_embd, AUDIO_WEIGHT_TYPES[spec.weights]  # mat: the projector matrices' type
     if spec.projector == "qwen3a":  # models/qwen3a.cpp: 3 x conv2d(3x3, stride 2) on [100 frames, n_mel] chunks
         c = spec.n_conv
         t.matrix("a.conv2d.1.weight", (3, 3, 1, c), dtype=np.float16)
@@ -530,24 +662,44 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
     t.ones("a.post_ln.weight", (d,))
     t.normal("a.post_ln.bias", (d,), 0.02)
     if spec.projector == "qwen2a":
-        t.matrix("mm.a.fc.weight", (d, n_embd_text))
+        t.matrix("mm.a.fc.weight", (d, n_embd_text), dtype=mat)
         t.normal("mm.a.fc.bias", (n_embd_text,), 0.02)
     elif spec.projector == "qwen3a":
-        t.matrix("mm.a.mlp.1.weight", (d, spec.n_hidden))
+        t.matrix("mm.a.mlp.1.weight", (d, spec.n_hidden), dtype=mat)
         t.normal("mm.a.mlp.1.bias", (spec.n_hidden,), 0.02)
-        t.matrix("mm.a.mlp.2.weight", (spec.n_hidden, n_embd_text))
+        t.matrix("mm.a.mlp.2.weight", (spec.n_hidden, n_embd_text), dtype=mat)
         t.normal("mm.a.mlp.2.bias", (n_embd_text,), 0.02)
     elif spec.projector == "ultravox":
         ds = d * spec.stack_factor
         t.ones("mm.a.norm_pre.weight", (ds,))
-        t.matrix("mm.a.mlp.1.weight", (ds, 2 * spec.n_hidden))
+        t.matrix("mm.a.mlp.1.weight", (ds, 2 * spec.n_hidden), dtype=mat)
         t.ones("mm.a.norm_mid.weight", (spec.n_hidden,))
-        t.matrix("mm.a.mlp.2.weight", (spec.n_hidden, n_embd_text))
+        t.matrix("mm.a.mlp.2.weight", (spec.n_hidden, n_embd_text), dtype=mat)
     else:  # voxtral
         ds = d * spec.stack_factor
-        t.matrix("mm.a.mlp.1.weight", (ds, spec.n_hidden))
-        t.matrix("mm.a.mlp.2.weight", (spec.n_hidden, n_embd_text))
-    _write_file(w)
+        t.matrix("mm.a.mlp.1.weight", (ds, spec.n_hidden), dtype=mat)
+        t.matrix("mm.a.mlp.2.weight", (spec.n_hidden, n_embd_text), dtype=mat)
+    t.write_file(progress)
+
+
+def _write_pair(directory: pathlib.Path, pair: TinyPair, seed: int, *, audio: bool = True, keep_existing: bool = False,
+                progress=None) -> tuple[pathlib.Path, pathlib.Path]:
+    """Write ``directory/model.gguf`` (and ``mmproj.gguf``), each through a temporary file renamed when complete;
+    ``keep_existing``: a file already there is not written again."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = directory / "model.gguf"
+    mmproj_path = directory / "mmproj.gguf"
+    files = [(model_path, lambda p: write_text_model(p, pair.text, seed, progress))]
+    if audio:
+        files.append((mmproj_path, lambda p: write_audio_projector(p, pair.audio, pair.text.n_embd, seed, progress)))
+    for final, writer in files:
+        if keep_existing and final.exists():
+            continue
+        logger.info("writing %s", final)
+        partial = final.with_name(final.name + ".partial")
+        writer(partial)
+        partial.replace(final)  # never leave a half-written GGUF under the final name
+    return model_path, mmproj_path
 
 
 def write_tiny_pair(out_dir: str | pathlib.Path, name: str, seed: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
@@ -574,23 +726,43 @@ def write_tiny_pair(out_dir: str | pathlib.Path, name: str, seed: int = 0) -> tu
     """
     if name not in TINY_PAIRS:
         raise ValueError(f"unknown tiny pair {name!r}; choose from {', '.join(TINY_PAIRS)}")
-    pair = TINY_PAIRS[name]
-    directory = pathlib.Path(out_dir) / name
-    directory.mkdir(parents=True, exist_ok=True)
-    model_path = directory / "model.gguf"
-    mmproj_path = directory / "mmproj.gguf"
-    for final, writer in (
-        (model_path, lambda p: write_text_model(p, pair.text, seed)),
-        (mmproj_path, lambda p: write_audio_projector(p, pair.audio, pair.text.n_embd, seed)),
-    ):
-        partial = final.with_name(final.name + ".partial")
-        writer(partial)
-        partial.replace(final)  # never leave a half-written GGUF under the final name
-    logger.info("wrote tiny pair %s to %s", name, directory)
-    return model_path, mmproj_path
+    paths = _write_pair(pathlib.Path(out_dir) / name, TINY_PAIRS[name], seed)
+    logger.info("wrote tiny pair %s to %s", name, paths[0].parent)
+    return paths
 
 
-def write_all(out_dir: str | pathlib.Path, seed: int = 0, names: list[str] | None = None) -> dict[str, tuple[pathlib.Path, pathlib.Path]]:
+def real_shape_pair(cache_dir: str | pathlib.Path, name: str, *, audio: bool = True, seed: int = 0,
+                    progress=None) -> tuple[pathlib.Path, pathlib.Path | None]:
+    """``cache_dir/<name>/model.gguf`` (and ``mmproj.gguf``) of a real model's shape, written unless already there.
+
+    Parameters
+    ----------
+    cache_dir : str or pathlib.Path
+        Parent directory; created when missing (the files take gigabytes: 4.4 GB for qwen2.5-omni-7b's text model,
+        1.3 GB for a Whisper-large projector).
+    name : str
+        A key of :data:`REAL_SHAPES`.
+    audio : bool
+        Also the audio projector (``False``: the text model alone, the second path is None).
+    seed : int
+        Seed of the random weights.
+    progress : callable, optional
+        Called with ``(tensors written, tensors in all)`` while a file is written.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``name``.
+    """
+    if name not in REAL_SHAPES:
+        raise ValueError(f"unknown model shape {name!r}; choose from {', '.join(REAL_SHAPES)}")
+    model_path, mmproj_path = _write_pair(pathlib.Path(cache_dir) / name, REAL_SHAPES[name], seed, audio=audio,
+                                          keep_existing=True, progress=progress)
+    return model_path, (mmproj_path if audio else None)
+
+
+def write_all(out_dir: str | pathlib.Path, seed: int = 0,
+              names: list[str] | None = None) -> dict[str, tuple[pathlib.Path, pathlib.Path]]:
     """Write every tiny pair (or those in ``names``) under ``out_dir``.
 
     Returns
