@@ -22,8 +22,8 @@ machine, versions and command) and a PNG of RSS over the requests:
 Default model: a tiny random-weight qwen2 + qwen2a pair (audiokv_edge/testing/tiny_models.py, 25 audio tokens per
 second as Qwen2-Audio, 750 per 30 s chunk) with a random head profile in its GGUF, so that AudioKV plans per-head
 budgets. The checked quantities (answers, KV ratios from libaudiokv's plans, the server's memory over time) do not
-depend on the weights' quality, and a tiny model keeps 200 requests of up to 3,750 audio tokens within an hour on
-two busy cores. Exit status 0 when every check passes, 1 otherwise.
+depend on the weights' quality, and a tiny model keeps 200 requests of up to 3,000 audio tokens to 25 minutes on two
+busy cores (-t 1). Exit status 0 when every check passes, 1 otherwise.
 
   .venv/bin/python scripts/load_test_server.py --out docs/results/load_test_server.json     # 4 slots x 50 requests
   .venv/bin/python scripts/load_test_server.py --smoke --out /tmp/smoke.json                 # 2 slots x 2 requests
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument("--ctx-per-slot", type=int, default=4096,
                         help="context of each slot (default 4096: 120 s + the 30 s of silence libmtmd appends = "
-                             "5 chunks = 3,750 qwen2a tokens, + text and answer)")
+                             "4 whole 30 s chunks = 3,000 qwen2a tokens, + text and answer)")
     parser.add_argument("--method", default="audiokv")
     parser.add_argument("--keep", type=float, default=0.4)
     parser.add_argument("--kv-margin", type=float, default=0.02, help="allowed kept fraction above --keep")
