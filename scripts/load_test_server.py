@@ -352,7 +352,10 @@ def run(args, work: Path) -> int:
                "-c", str(args.slots * args.ctx_per_slot), "-t", str(args.threads), "--host", "127.0.0.1",
                "--port", str(port)]
     report = header("load_test_server", native_lib_dir=lib_dir(), modules=("matplotlib",))
-    report.update({"server_command": command, "slots": args.slots, "requests": n_requests,
+    # the C allocator's settings shape what the server keeps between requests (glibc: MALLOC_*, GLIBC_TUNABLES)
+    allocator_env = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"}
+    report.update({"server_command": command, "allocator_env": allocator_env, "slots": args.slots,
+                   "requests": n_requests,
                    "audio_seconds": {"min": min(seconds), "max": max(seconds), "total": round(sum(seconds), 1)},
                    "method": args.method, "keep": args.keep, "max_tokens": args.max_tokens,
                    "ctx_per_slot": args.ctx_per_slot, "model": str(model), "mmproj": str(mmproj)})
