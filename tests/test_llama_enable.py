@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 N_TOKENS = 16
 
 PROBE = r"""
-import dataclasses, json, sys
+import dataclasses, json, logging, sys
 from audiokv_edge.native import libs
 llama_cpp = libs.load_llama_cpp()
 lc = llama_cpp.llama_cpp
@@ -35,6 +35,7 @@ from audiokv_edge.runtime.kv_eviction import KVEvictor, choose_keep
 from audiokv_edge.runtime.llama import ContextParams, LlamaModel
 
 PROMPT = "Transcribe the audio. What is said in this recording? " * 3
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # enable()'s log on stderr
 models, cases, n = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
 
 
@@ -94,7 +95,7 @@ for case in cases:
     text = llm(PROMPT, max_tokens=4, temperature=0.0)["choices"][0]["text"]
     out = {"case": case, "llama": first, "again": again, "stats": first_stats, "n_prompts": ev.n_prompts,
            "keep": ev.keep, "keep_source": ev.keep_source, "settings": ev.settings, "prompt_tokens": len(tokens),
-           "text": text}
+           "text": text, "offload_kqv": bool(llm.context_params.offload_kqv)}
     llm.close()
     out["reference"], out["record"] = reference(case, tokens)
     if case["method"] == "full":
@@ -188,12 +189,26 @@ def test_stats_report_kv_bytes_kept_vs_full(probe, index):
 
 
 @pytest.mark.native
+@pytest.mark.parametrize("index", [i for i, c in enumerate(CASES) if c["method"] != "full"],
+                         ids=[_case_id(c) for c in CASES if c["method"] != "full"])
+def test_evicting_keeps_the_kv_cache_in_host_memory(probe, index):
+    """enable() re-creates a context made with offload_kqv on (llama_cpp's default) with it off, and says so: on a
+    GPU build the KV cache and attention stay in host memory, where the eviction rewrites them (the greedy output of
+    the re-created context is test_greedy_output_equals_the_session_path's)."""
+    out = probe[0][index]
+    assert out["offload_kqv"] is False
+    re_created = "offload_kqv" not in out["case"]
+    assert ("the KV cache and attention stay in host memory (offload_kqv = False)" in probe[1]) or not re_created
+
+
+@pytest.mark.native
 @pytest.mark.parametrize("index", [i for i, c in enumerate(CASES) if c["method"] == "full"],
                          ids=[_case_id(c) for c in CASES if c["method"] == "full"])
 def test_full_is_a_plain_llama(probe, index):
     out = probe[0][index]
     assert out["llama"] == out["plain"] == out["plain_again"] == out["reference"]
     assert out["settings"] is None and out["keep"] == 1.0 and out["keep_source"] == "full"
+    assert out["offload_kqv"] is True  # nothing to evict: the context stays as it was made
     assert out["stats"]["kv_bytes_kept"] == out["stats"]["kv_bytes_full"] > 0
     assert out["stats"]["evict_ms"] == 0.0
 

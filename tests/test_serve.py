@@ -7,7 +7,9 @@ built with --kv-evict, on a tiny qwen3 + qwen2a pair and real speech (jfk.wav).
   audio chunk (the request's ``"stream": true``, the runner's ``--stream``);
 - a request's ``"kv_evict"`` overrides the server's flags; malformed ones are HTTP 400 and the server stays up;
 - two parallel slots (-np 2) each evict their own sequence;
+- both tools keep the KV cache and attention in host memory (offload_kqv = false) with --kv-evict, and log it;
 - llama-mtmd-cli with the same flags prints the runner's greedy answer.
+(Malformed media, two hours of audio and a long run of parallel requests: tests/test_load_test_server.py.)
 """
 
 from __future__ import annotations
@@ -58,19 +60,21 @@ def pair(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(pair):
-    """llama-server through ``python -m audiokv_edge.serve`` on loopback: snapkv, keep 0.4, two slots."""
+def server_run(pair, tmp_path_factory):
+    """llama-server through ``python -m audiokv_edge.serve`` on loopback: snapkv, keep 0.4, two slots; (url, log)."""
     model, mmproj = pair
     port = _free_port()
     cmd = [sys.executable, "-m", "audiokv_edge.serve", str(model), "--mmproj", str(mmproj),
            "--kv-evict", "snapkv", "--kv-evict-keep", str(KEEP), "--host", "127.0.0.1", "--port", str(port),
            "-np", "2", *COMMON_FLAGS]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while True:
         if proc.poll() is not None:
-            pytest.fail(f"llama-server exited with {proc.returncode}:\n{proc.stdout.read()[-4000:]}")
+            pytest.fail(f"llama-server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
             with urllib.request.urlopen(url + "/health", timeout=5) as r:
                 if r.status == 200:
@@ -79,14 +83,19 @@ def server(pair):
             pass
         if time.time() > deadline:
             proc.kill()
-            pytest.fail(f"llama-server did not become ready:\n{proc.stdout.read()[-4000:]}")
+            pytest.fail(f"llama-server did not become ready:\n{log.read_text()[-4000:]}")
         time.sleep(0.5)
-    yield url
+    yield url, log
     proc.terminate()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(server_run):
+    return server_run[0]
 
 
 def _client(url: str):
@@ -188,6 +197,16 @@ def test_malformed_kv_evict_is_400_and_the_server_stays_up(server, kv_evict, nee
         assert r.status == 200
 
 
+HOST_KV_LOG = "the KV cache and attention stay in host memory (offload_kqv = false)"
+
+
+@pytest.mark.native
+def test_server_keeps_the_kv_cache_in_host_memory(server_run):
+    """--kv-evict sets llama.cpp's offload_kqv = false before the context is made (on a GPU build the layers stay
+    offloaded, the cache and attention stay where the eviction rewrites them) and logs it."""
+    assert HOST_KV_LOG in server_run[1].read_text()
+
+
 @pytest.mark.native
 def test_parallel_slots_evict_their_own_sequence(server):
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -213,6 +232,7 @@ def test_mtmd_cli_answers_as_the_runner(pair):
                           env=env, capture_output=True, timeout=600)
     stderr = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 0, stderr[-3000:]
+    assert HOST_KV_LOG in stderr
     found = re.search(r"snapkv keep 0.4 \(config\): KV ([0-9.]+) of ([0-9.]+) KiB kept", stderr)
     assert found, stderr[-3000:]
     assert float(found[1]) / float(found[2]) == pytest.approx(KEEP, abs=0.01)

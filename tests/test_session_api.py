@@ -142,3 +142,33 @@ def test_stream_keeps_kv_memory_bounded(tmp_path):
     assert peak <= 0.4 * full_bytes + 2 * one_chunk, (peak, full_bytes, one_chunk)
     for prev, e in zip(evictions, evictions[1:]):                    # growth between evictions: one chunk
         assert e["bytes_used_before"] - prev["bytes_used_after"] <= 2 * one_chunk
+
+
+HOST_KV = r"""
+import json, logging, sys
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+from audiokv_edge.runtime.session import Session, SessionConfig
+out = {}
+for method in ("snapkv", "full"):
+    with Session(sys.argv[1], config=SessionConfig(method=method, keep=None if method == "full" else 0.4,
+                                                   max_tokens=2, threads=1, ctx=1024)) as s:
+        answer = s.answer(sys.argv[2])
+        out[method] = {"offload_kqv": s.context_params.offload_kqv, "kept": answer.stats.kv_bytes_kept,
+                       "full": answer.stats.kv_bytes_full}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.native
+def test_evicting_session_keeps_the_kv_cache_in_host_memory(tmp_path):
+    """With eviction on, the session's context is made with offload_kqv = false (on a GPU build the layers stay
+    offloaded, the KV cache and attention stay in host memory where the eviction rewrites them), logged; method full
+    keeps llama.cpp's default."""
+    model, _ = write_tiny_pair(tmp_path, "qwen2-qwen2a")
+    proc = subprocess.run([sys.executable, "-c", HOST_KV, str(model), str(DATA / "jfk.wav")], capture_output=True,
+                          text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["snapkv"]["offload_kqv"] is False and out["full"]["offload_kqv"] is True
+    assert out["snapkv"]["kept"] < out["snapkv"]["full"]  # and the eviction ran on that context
+    assert proc.stderr.count("the KV cache and attention stay in host memory (offload_kqv = false)") == 1

@@ -64,6 +64,9 @@ class ContextParams:
         ggml type ids of the K and V caches; None = llama.cpp's default (F16).
     kv_unified : bool
         One KV buffer shared by all sequences.
+    offload_kqv : bool
+        llama.cpp's ``offload_kqv``: the KV cache and attention on the device of the offloaded layers (GPU builds);
+        False keeps them in host memory, which per-head eviction needs (the layers may still be offloaded).
     eval_callback : ggml_backend_sched_eval_callback or None
         Called for every graph tensor (attention capture); the caller keeps it alive.
     no_perf : bool
@@ -78,6 +81,7 @@ class ContextParams:
     type_k: int | None = None
     type_v: int | None = None
     kv_unified: bool = False
+    offload_kqv: bool = True
     eval_callback: object = None
     no_perf: bool = False
 
@@ -162,6 +166,7 @@ class LlamaModel:
         if params.type_v is not None:
             cp.type_v = params.type_v
         cp.kv_unified = params.kv_unified
+        cp.offload_kqv = params.offload_kqv
         if params.eval_callback is not None:
             cp.cb_eval = params.eval_callback
             cp.cb_eval_user_data = None

@@ -283,7 +283,9 @@ def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroo
     ----------
     llm : llama_cpp.Llama
         A Llama of the llama_cpp package bound to this project's libllama; its context may have been created with
-        any ``flash_attn``, ``type_k`` / ``type_v`` (f32, f16, q8_0, ...) and, on the CPU, ``offload_kqv``.
+        any ``flash_attn``, ``type_k`` / ``type_v`` (f32, f16, q8_0, ...); with ``offload_kqv`` on (llama_cpp's
+        default) and a method other than ``full`` the context is re-created with ``offload_kqv=False`` (the KV
+        cache and attention in host memory, where the eviction rewrites it; offloaded layers stay on the GPU).
     method : str
         Keep-plan method (``audiokv``, ``snapkv``, ``h2o``, ...; ``full`` keeps everything and only reports).
     keep : float or None
@@ -302,8 +304,8 @@ def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroo
         Bad options; eviction already enabled on this Llama; a draft model (speculative decoding rewinds the cache)
         or a prompt cache is set.
     EvictionUnsupportedError
-        llama.cpp cannot evict on this Llama's context (recurrent or hybrid memory such as Mamba or LFM2, a KV cache
-        offloaded to a GPU, ...); the message gives llama.cpp's reason.
+        llama.cpp cannot evict on this Llama's context (recurrent or hybrid memory such as Mamba or LFM2, ...); the
+        message gives llama.cpp's reason.
     EvictionError
         The loaded libllama is not this project's (no per-head eviction API), or libaudiokv cannot plan for the model
         (e.g. a malformed stored head profile).
@@ -330,6 +332,8 @@ def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroo
     else:
         choice = choose_keep(llm.model_path, config.method, config.keep)
         keep_value, keep_source = choice.keep, choice.source
+        if llm.context_params.offload_kqv:
+            _keep_kv_in_host_memory(llm, lc)
         cp = llm.context_params
         n = config.n_headroom
         try:
@@ -339,10 +343,7 @@ def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroo
                                     n_headroom=256 if n is None else n, label=label, kv_budget=config.kv_budget)
         except EvictionUnsupportedError as exc:
             reason = _reason(errors)
-            hint = ""
-            if "host memory" in reason and cp.offload_kqv:
-                hint = "; create the Llama with offload_kqv=False to keep the KV cache in host memory"
-            raise EvictionUnsupportedError(f"{exc}: {reason}{hint}", status=exc.status) from None
+            raise EvictionUnsupportedError(f"{exc}: {reason}", status=exc.status) from None
         llm.reset()  # nothing decoded before enable() counts: the next prompt starts an empty sequence
 
     handle = LlamaEviction(llm, config, evictor, keep_value, keep_source, entry_bytes, per_position)
@@ -359,6 +360,24 @@ def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroo
     _ENABLED[llm] = handle
     logger.info("%s: per-head eviction %s, keep %g (%s)", label, config.method, keep_value, keep_source)
     return handle
+
+
+def _keep_kv_in_host_memory(llm, lc) -> None:
+    """Re-create the Llama's context with ``offload_kqv=False``: the KV cache and attention in host memory, where
+    the eviction rewrites the cache (llama.cpp refuses an offloaded one); the model's layers stay on their device.
+    Its LoRA adapter, if any, is set on the new context."""
+    internals = sys.modules["llama_cpp._internals"]
+    llm._ctx.close()  # frees the context now; Llama.close() closing it again does nothing
+    llm.context_params.offload_kqv = False
+    llm._ctx = llm._stack.enter_context(contextlib.closing(
+        internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=llm.verbose)))
+    adapter = getattr(llm, "_lora_adapter", None)
+    if adapter is not None:
+        adapters = (lc.llama_adapter_lora_p_ctypes * 1)(adapter)
+        if lc.llama_set_adapters_lora(llm.ctx, adapters, 1, (ctypes.c_float * 1)(llm.lora_scale)):
+            raise EvictionError(f"cannot set the LoRA adapter {llm.lora_path} on the re-created context")
+    logger.info("%s: per-head KV eviction: the KV cache and attention stay in host memory (offload_kqv = False); "
+                "offloaded layers stay on their device", pathlib.Path(llm.model_path).name)
 
 
 def _kv_entry_geometry(llm, lc) -> tuple[float, int]:

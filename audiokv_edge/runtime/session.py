@@ -435,6 +435,10 @@ class Session(HandleOwner):
         #: The evictor's settings once per-head eviction is on: method, keep, window (libaudiokv's observation
         #: window), n_window (queries llama.cpp captures), sss_alpha, sss_gamma, sss_scope.
         self.evict_settings: dict | None = None
+        #: The llama_context settings the session made its context with (``ContextParams``); with eviction on,
+        #: ``offload_kqv`` is False: the KV cache and attention stay in host memory, where the eviction rewrites it
+        #: (on a GPU build the layers are still offloaded).
+        self.context_params: ContextParams | None = None
         #: Positions [start, end) of the audio chunks of the last prompt, as libmtmd placed them in the sequence
         #: (with ``sss_scope="audio"`` the evictions restrict SSS to them; none for a text document).
         self.last_audio_spans: list[tuple[int, int]] = []
@@ -493,10 +497,15 @@ class Session(HandleOwner):
             logger.warning("kv_type %s quantizes the V cache, which needs flash attention: switching it on", cfg.kv_type)
             flash = True
         self.flash_attn = flash
+        evicting = cfg.method != "full"
+        if evicting:
+            logger.info("per-head KV eviction: the KV cache and attention stay in host memory (offload_kqv = false); "
+                        "offloaded layers stay on their device")
+        self.context_params = ContextParams(
+            n_ctx=cfg.ctx, n_batch=cfg.batch, n_threads=cfg.n_threads, flash_attn=flash,
+            type_k=ggml_type(cfg.kv_type), type_v=ggml_type(cfg.kv_type), offload_kqv=not evicting, no_perf=True)
         try:
-            self._ctx = self._llm.new_context(ContextParams(
-                n_ctx=cfg.ctx, n_batch=cfg.batch, n_threads=cfg.n_threads, flash_attn=flash,
-                type_k=ggml_type(cfg.kv_type), type_v=ggml_type(cfg.kv_type), no_perf=True))
+            self._ctx = self._llm.new_context(self.context_params)
         except LlamaError as exc:
             raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
         self.n_ctx = int(lc.llama_n_ctx(self._ctx))

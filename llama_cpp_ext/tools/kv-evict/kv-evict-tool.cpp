@@ -23,6 +23,12 @@ std::string kv_evict_tool::method_names() {
     return names;
 }
 
+void kv_evict_tool::keep_kv_in_host_memory(bool & no_kv_offload) {
+    no_kv_offload = true;
+    LOG_INF("%s: per-head KV eviction: the KV cache and attention stay in host memory (offload_kqv = false); "
+            "offloaded layers (-ngl) stay on their device\n", __func__);
+}
+
 bool kv_evict_tool::check(const kv_evict_request & req, std::string & err) {
     if (!req.method.empty() && audiokv_method_from_name(req.method.c_str()) < 0) {
         err = "unknown KV eviction method '" + req.method + "'; choose from " + method_names();

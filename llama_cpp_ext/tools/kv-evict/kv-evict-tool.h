@@ -6,6 +6,7 @@
 //
 // Usage (one tool per llama_context):
 //
+//     kv_evict_tool::keep_kv_in_host_memory(params.no_kv_offload);   // before the context is created
 //     kv_evict_request defaults;                  // the command line: --kv-evict, --kv-evict-keep, --kv-evict-stream
 //     defaults.method = "snapkv";
 //     std::string err;
@@ -67,6 +68,11 @@ public:
     // llama.cpp cannot evict on this context (its log says why).
     static std::unique_ptr<kv_evict_tool> init(llama_context * ctx, const kv_evict_request & defaults,
             int32_t n_threads, int32_t n_headroom, std::string & err);
+
+    // before the context is created, when eviction is on: the eviction reads and rewrites the KV cache in host
+    // memory, so the KV cache and attention stay there (llama.cpp's offload_kqv = false) while the model's layers
+    // may still be offloaded to a GPU (-ngl); sets no_kv_offload (common_params) and logs it
+    static void keep_kv_in_host_memory(bool & no_kv_offload);
 
     // a request with a known method (or none) and a keep in (0, 1] (or none); false with a one-line err otherwise
     static bool check(const kv_evict_request & req, std::string & err);
