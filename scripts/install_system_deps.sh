@@ -11,9 +11,11 @@ packages=(
     sox               # resampling and mixing of test audio
     flite             # synthetic calibration speech with exact word timings
     espeak-ng         # second synthetic voice
-    gcc-aarch64-linux-gnu   # ARM64 cross-build of libaudiokv
+    gcc-aarch64-linux-gnu   # ARM64 cross-build of libaudiokv (scripts/check_c.sh) and of ggml
+    g++-aarch64-linux-gnu   # ARM64 cross-build of the patched llama.cpp (scripts/check_arm64.sh)
     libc6-dev-arm64-cross   # its C library headers and start files (only recommended by the compiler package)
-    qemu-user         # runs the ARM64 C tests
+    qemu-user         # runs the ARM64 tests (qemu-aarch64 -L /usr/aarch64-linux-gnu)
+    file              # the ARM64 checks verify the architecture of what they built
     clang             # libFuzzer + ASan/UBSan builds of the C fuzz targets (scripts/fuzz.sh)
     # training data of the demo audio model (scripts/train_demo_model.py): more voices and offline English text
     festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts

@@ -189,7 +189,8 @@ def test_session_passes_stored_window_and_sss_to_the_evictor(models):
     assert akv["defaults"] == STORED.as_dict()
     assert akv["keep"] == 0.35 and akv["keep_source"] == "profile"
     assert akv["settings"] == {"method": "audiokv", "keep": 0.35, "keep_source": "profile", "window": 48,
-                               "n_window": 48, "sss_alpha": 0.25, "sss_gamma": 0.8, "sss_scope": "all"}
+                               "n_window": 48, "n_headroom": 3, "sss_alpha": 0.25, "sss_gamma": 0.8,
+                               "sss_scope": "all"}  # headroom: max_tokens + 1
     assert akv["answer"]["keep"] == 0.35 and akv["answer"]["keep_source"] == "profile"
     ratio = akv["answer"]["kv_bytes_kept"] / akv["answer"]["kv_bytes_full"]
     assert abs(ratio - 0.35) <= 0.05 * 0.35, ratio

@@ -335,9 +335,9 @@ class KVEvictor:
             raise EvictionUnsupportedError(f"per-head eviction cannot run on {label}: {E.status_name(lib, rc)}",
                                            status=rc)
         #: method, keep, keep_source, window (libaudiokv's observation window), n_window (queries llama.cpp
-        #: captures), sss_alpha, sss_gamma
+        #: captures), n_headroom (rows per (layer, KV head) reserved after an eviction), sss_alpha, sss_gamma
         self.settings = {"method": method, "keep": keep.keep, "keep_source": keep.source,
-                         "window": int(params.window), "n_window": n_window,
+                         "window": int(params.window), "n_window": n_window, "n_headroom": int(n_headroom),
                          "sss_alpha": float(params.sss_alpha), "sss_gamma": float(params.sss_gamma)}
 
     def _handle(self, keep: float) -> int:

@@ -26,9 +26,29 @@
 #    include <windows.h>
 #else
 #    include <sys/mman.h>
+#    include <unistd.h>
+#    if !defined(MAP_ANONYMOUS) && defined(MAP_ANON)
+#        define MAP_ANONYMOUS MAP_ANON // older Darwin and BSD headers, or strict POSIX feature macros on Darwin
+#    endif
 #endif
 
-llama_kv_evict_state::pool_pages::pool_pages(size_t size) : size(size) {
+size_t llama_kv_evict_state::pool_pages::page_size() {
+    static const size_t page = [] {
+#if defined(_WIN32)
+        SYSTEM_INFO si;
+        GetSystemInfo(&si);
+        const long n = (long) si.dwPageSize;
+#else
+        const long n = sysconf(_SC_PAGESIZE); // Darwin: 16 KiB on Apple silicon, 4 KiB on Intel
+#endif
+        return n > 0 ? (size_t) n : (size_t) 4096;
+    }();
+    return page;
+}
+
+llama_kv_evict_state::pool_pages::pool_pages(size_t bytes) {
+    const size_t page = page_size();
+    size = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
 #if defined(_WIN32)
     ptr = VirtualAlloc(nullptr, size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
 #else
@@ -210,7 +230,7 @@ bool llama_kv_evict_state::realloc_pools(
                                  GGML_PAD(ggml_backend_buft_get_alloc_size(buft, pl.v), align);
             pl.mem = std::make_unique<pool_pages>(size);
             if (pl.mem->ptr != nullptr) {
-                pl.buf.reset(ggml_backend_cpu_buffer_from_ptr(pl.mem->ptr, size));
+                pl.buf.reset(ggml_backend_cpu_buffer_from_ptr(pl.mem->ptr, pl.mem->size));
             }
             if (pl.buf) {
                 ggml_tallocr ta = ggml_tallocr_new(pl.buf.get());

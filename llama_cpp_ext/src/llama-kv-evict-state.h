@@ -189,11 +189,14 @@ private:
     bool flash_attn = false;
 
     // COMPACT mode: per evictable layer, one K and one V pool, KV head h owning rows [off[h], off[h] + cap[h])
-    // anonymous pages holding one layer's pools, returned to the OS when destroyed
+    // anonymous pages holding one layer's pools, returned to the OS when destroyed; the mapping is the requested
+    // size rounded up to whole pages of the system's page size (4 KiB on x86-64, 16 KiB on Apple silicon, 4, 16 or
+    // 64 KiB on ARM64 Linux), and the pools' backend buffer spans all of it
     struct pool_pages {
         void * ptr  = nullptr;
-        size_t size = 0;
+        size_t size = 0;    // bytes mapped: a multiple of the page size, >= the bytes asked for
         explicit pool_pages(size_t size);
+        static size_t page_size(); // bytes, queried from the system once
         ~pool_pages();
         pool_pages(const pool_pages &) = delete;
         pool_pages & operator=(const pool_pages &) = delete;
