@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 
 //
 // llama_kv_evict_state
@@ -39,9 +40,11 @@ std::unique_ptr<llama_kv_evict_state> llama_kv_evict_state::create(
     st->flash_attn = flash_attn;
 
     if (params.mode == LLAMA_KV_EVICT_MODE_COMPACT) {
-        if (hparams.attn_soft_cap || hparams.use_alibi || hparams.n_layer_kv_from_start >= 0) {
+        if (hparams.attn_soft_cap || hparams.use_alibi) {
             err = LLAMA_KV_EVICT_ERR_UNSUPPORTED;
-            msg = "COMPACT mode does not support attention soft-capping, ALiBi or layers sharing another layer's KV";
+            msg = std::string("COMPACT mode does not support ") +
+                  (hparams.attn_soft_cap ? "attention logit soft-capping" : "ALiBi") +
+                  " (the per-head pool attention has no soft-cap / bias term)";
             return nullptr;
         }
     }
@@ -109,6 +112,36 @@ std::unique_ptr<llama_kv_evict_state> llama_kv_evict_state::create(
         st->layers.push_back(std::move(li));
     }
 
+    // layers without K/V of their own (Gemma 3n / 4: the last layers read the cache of the last full-attention
+    // layer before them): they attend the entries their source layer keeps (its mask, its pools)
+    for (uint32_t il = 0; il < hparams.n_layer(); ++il) {
+        if (hparams.has_kv(il) || hparams.is_swa(il) || st->layer_index.count((int32_t) il)) {
+            continue;
+        }
+        ggml_tensor * k = nullptr;
+        try {
+            k = kv.get_k_storage((int32_t) il);
+        } catch (const std::out_of_range &) {
+            k = nullptr;
+        }
+        const layer_info * src = nullptr;
+        for (const auto & li : st->layers) {
+            if (li.k == k) {
+                src = &li;
+            }
+        }
+        if (src == nullptr || (int32_t) hparams.n_head(il) != src->n_head ||
+                (int32_t) hparams.n_head_kv(il) != src->n_head_kv ||
+                (int32_t) hparams.n_embd_head_k(il) != src->n_embd_head_k ||
+                (int32_t) hparams.n_embd_head_v(il) != src->n_embd_head_v) {
+            err = LLAMA_KV_EVICT_ERR_UNSUPPORTED;
+            msg = "layer " + std::to_string(il) + " shares KV with another layer whose cache or head layout it "
+                  "does not match";
+            return nullptr;
+        }
+        st->shared_index[(int32_t) il] = st->layer_index.at(src->il);
+    }
+
     const bool mask_mode = params.mode == LLAMA_KV_EVICT_MODE_MASK;
     const int64_t n_rows = (int64_t) n_seq_max * params.n_window + 1;
 
@@ -142,8 +175,8 @@ std::unique_ptr<llama_kv_evict_state> llama_kv_evict_state::create(
     }
     ggml_backend_buffer_clear(st->buf.get(), 0);
 
-    LLAMA_LOG_INFO("%s: per-head eviction: %zu layers, window %d, mode %s, %.2f MiB\n", __func__,
-            st->layers.size(), params.n_window, mask_mode ? "mask" : "compact",
+    LLAMA_LOG_INFO("%s: per-head eviction: %zu layers (+ %zu sharing their KV), window %d, mode %s, %.2f MiB\n",
+            __func__, st->layers.size(), st->shared_index.size(), params.n_window, mask_mode ? "mask" : "compact",
             ggml_backend_buffer_get_size(st->buf.get())/1024.0/1024.0);
 
     st->rings.assign(n_seq_max, std::vector<ring_slot>(params.n_window));
@@ -171,11 +204,19 @@ uint32_t llama_kv_evict_state::graph_nodes() const {
     for (const auto & li : layers) {
         n += 2*(16 + n_group*(24 + 16*(uint32_t) li.n_head_kv));
     }
+    for (const auto & sh : shared_index) {
+        n += 2*(16 + n_group*(24 + 16*(uint32_t) layers[sh.second].n_head_kv));
+    }
     return n;
 }
 
 bool llama_kv_evict_state::has_layer(int32_t il) const {
-    return layer_index.count(il) != 0;
+    return layer_index.count(il) != 0 || shared_index.count(il) != 0;
+}
+
+int32_t llama_kv_evict_state::source_layer(int32_t il) const {
+    const auto it = shared_index.find(il);
+    return it == shared_index.end() ? il : layers[it->second].il;
 }
 
 ggml_tensor * llama_kv_evict_state::build_capture(
@@ -201,7 +242,7 @@ ggml_tensor * llama_kv_evict_state::build_layer_mask(ggml_context * ctx, ggml_te
         return kq_mask;
     }
 
-    const auto & li = layers[layer_index.at(il)];
+    const auto & li = layers[layer_index.at(source_layer(il))];
 
     GGML_ASSERT(kq_mask->ne[2] == li.n_head);
     GGML_ASSERT(kq_mask->type == li.bias->type);
@@ -777,9 +818,13 @@ ggml_tensor * llama_kv_evict_build_attn(
     if (evict == nullptr || !evict->state->has_layer(il)) {
         return build_attn_mha(kq_mask);
     }
+    GGML_ASSERT((k_cur == nullptr) == (v_cur == nullptr));
 
-    // capture the window queries, mask the evicted entries of this layer
-    ggml_build_forward_expand(gf, evict->state->build_capture(ctx, q, evict->q_idxs, il, kq_scale));
+    // capture the window queries (the layer owning the K/V: its queries score its entries), mask the entries
+    // evicted from this layer's K/V (a layer sharing another layer's KV: that layer's mask)
+    if (k_cur != nullptr) {
+        ggml_build_forward_expand(gf, evict->state->build_capture(ctx, q, evict->q_idxs, il, kq_scale));
+    }
     kq_mask = evict->state->build_layer_mask(ctx, kq_mask, il, mctx->get_s0());
 
     if (!evict->compact) {
