@@ -12,8 +12,9 @@ plan's budgets + headroom + one main-cache cell of memory. Refused families must
   for all heads equals ``llama_memory_seq_rm`` of the same tokens in both modes (which removes them from the shared
   layers too);
 - qwen3moe, granite, granitemoe (llama.cpp's random test models from test-llama-archs): plain KV caches;
-- refused: gemma2 (attention logit soft-capping, COMPACT only: MASK works), granitehybrid and lfm2 (hybrid
-  memory, both modes; tests/test_lfm2_refusal.py runs the runner on LFM2).
+- lfm2, granitehybrid (test-llama-archs): hybrid memory, whose attention layers are evicted, the recurrent / conv
+  state left alone (tests/test_lfm2_hybrid.py runs the runner on LFM2);
+- refused: gemma2 (attention logit soft-capping, COMPACT only: MASK works), mamba (recurrent memory, no KV cache).
 The C-level refusal checks run in a child process so that their log callback cannot leak into other tests.
 """
 
@@ -44,7 +45,8 @@ CACHE_IDS = ["fa-f16", "nofa-f16", "fa-q8_0"]
 
 #: Architectures written by llama.cpp's test-llama-archs: file name -> architecture.
 LLAMA_TEST_MODELS = {"qwen3moe": "qwen3moe-moe.gguf", "granite": "granite-dense.gguf",
-                     "granitemoe": "granite-moe.gguf", "granitehybrid": "granitehybrid-dense.gguf"}
+                     "granitemoe": "granite-moe.gguf", "granitehybrid": "granitehybrid-dense.gguf",
+                     "lfm2": "lfm2-dense.gguf", "mamba": "mamba-dense.gguf"}
 
 
 def gemma4_spec():
@@ -66,7 +68,7 @@ def family_models(tmp_path_factory):
     paths = {"gemma4": directory / "gemma4.gguf", "gemma2": directory / "gemma2.gguf"}
     tm.write_text_model(paths["gemma4"], gemma4_spec(), seed=3)
     tm.write_text_model(paths["gemma2"], tm.TINY_PAIRS["gemma2-meralion"].text, seed=3)
-    for arch in ("qwen3moe", "granite", "granitehybrid"):
+    for arch in ("qwen3moe", "granite", "granitehybrid", "lfm2", "mamba"):
         run_program("test-llama-archs", "-a", f"^{arch}$", "-s", "1", "-o", str(directory))
     for name, file in LLAMA_TEST_MODELS.items():
         paths[name] = directory / file
@@ -74,7 +76,7 @@ def family_models(tmp_path_factory):
     return paths
 
 
-SUPPORTED = ["gemma4", "qwen3moe", "granite", "granitemoe"]
+SUPPORTED = ["gemma4", "qwen3moe", "granite", "granitemoe", "lfm2", "granitehybrid"]
 
 
 @pytest.mark.parametrize(("flash_attn", "type_kv"), CACHES, ids=CACHE_IDS)
@@ -181,7 +183,7 @@ print(json.dumps(out))
 
 REFUSED = {  # model -> (modes refused, reason in the logged error)
     "gemma2": ({"compact"}, "attention logit soft-capping"),
-    "granitehybrid": ({"mask", "compact"}, "recurrent or hybrid"),
+    "mamba": ({"mask", "compact"}, "memory is recurrent"),
 }
 
 

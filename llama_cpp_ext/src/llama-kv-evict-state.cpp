@@ -6,6 +6,7 @@
 #include "llama-hparams.h"
 #include "llama-kv-cache.h"
 #include "llama-kv-cache-iswa.h"
+#include "llama-memory-hybrid.h"
 #include "llama-model.h"
 
 #include <algorithm>
@@ -852,7 +853,11 @@ static llama_kv_cache * llama_kv_evict_find_cache(llama_context * ctx, std::stri
     if (auto * iswa = dynamic_cast<llama_kv_cache_iswa *>(mem)) {
         return iswa->get_base(); // the full-attention layers; SWA layers keep their window
     }
-    msg = "the context's memory is recurrent or hybrid: per-head eviction needs a plain or iSWA KV cache";
+    if (auto * hybrid = dynamic_cast<llama_memory_hybrid *>(mem)) {
+        return hybrid->get_mem_attn(); // the attention layers; the recurrent / conv state is left alone
+    }
+    msg = "the context's memory is recurrent (or a hybrid other than attention + recurrent): per-head eviction "
+          "needs a KV cache";
     return nullptr;
 }
 
@@ -908,6 +913,8 @@ uint32_t llama_kv_evict_graph_nodes(const llama_memory_i * mem) {
     if (kv == nullptr) {
         if (const auto * iswa = dynamic_cast<const llama_kv_cache_iswa *>(mem)) {
             kv = iswa->get_base();
+        } else if (const auto * hybrid = dynamic_cast<const llama_memory_hybrid *>(mem)) {
+            kv = hybrid->get_mem_attn();
         }
     }
     if (kv == nullptr || kv->get_evict() == nullptr) {
