@@ -12,6 +12,8 @@ plan's budgets + headroom + one main-cache cell of memory. Refused families must
   for all heads equals ``llama_memory_seq_rm`` of the same tokens in both modes (which removes them from the shared
   layers too);
 - qwen3moe, granite, granitemoe (llama.cpp's random test models from test-llama-archs): plain KV caches;
+- mimo2 (MiMo-V2, the text model of MiMo audio; test-llama-archs, MoE, iSWA): attention sinks in the
+  full-attention layers, one logit per query head joining the softmax of the per-head pools too;
 - lfm2, granitehybrid (test-llama-archs): hybrid memory, whose attention layers are evicted, the recurrent / conv
   state left alone (tests/test_lfm2_hybrid.py runs the runner on LFM2);
 - refused: gemma2 (attention logit soft-capping, COMPACT only: MASK works), mamba (recurrent memory, no KV cache).
@@ -46,7 +48,7 @@ CACHE_IDS = ["fa-f16", "nofa-f16", "fa-q8_0"]
 #: Architectures written by llama.cpp's test-llama-archs: file name -> architecture.
 LLAMA_TEST_MODELS = {"qwen3moe": "qwen3moe-moe.gguf", "granite": "granite-dense.gguf",
                      "granitemoe": "granite-moe.gguf", "granitehybrid": "granitehybrid-dense.gguf",
-                     "lfm2": "lfm2-dense.gguf", "mamba": "mamba-dense.gguf"}
+                     "lfm2": "lfm2-dense.gguf", "mamba": "mamba-dense.gguf", "mimo2": "mimo2-moe.gguf"}
 
 
 def gemma4_spec():
@@ -68,7 +70,7 @@ def family_models(tmp_path_factory):
     paths = {"gemma4": directory / "gemma4.gguf", "gemma2": directory / "gemma2.gguf"}
     tm.write_text_model(paths["gemma4"], gemma4_spec(), seed=3)
     tm.write_text_model(paths["gemma2"], tm.TINY_PAIRS["gemma2-meralion"].text, seed=3)
-    for arch in ("qwen3moe", "granite", "granitehybrid", "lfm2", "mamba"):
+    for arch in ("qwen3moe", "granite", "granitehybrid", "lfm2", "mamba", "mimo2"):
         run_program("test-llama-archs", "-a", f"^{arch}$", "-s", "1", "-o", str(directory))
     for name, file in LLAMA_TEST_MODELS.items():
         paths[name] = directory / file
@@ -76,7 +78,7 @@ def family_models(tmp_path_factory):
     return paths
 
 
-SUPPORTED = ["gemma4", "qwen3moe", "granite", "granitemoe", "lfm2", "granitehybrid"]
+SUPPORTED = ["gemma4", "qwen3moe", "granite", "granitemoe", "lfm2", "granitehybrid", "mimo2"]
 
 
 @pytest.mark.parametrize(("flash_attn", "type_kv"), CACHES, ids=CACHE_IDS)

@@ -643,7 +643,8 @@ void llama_kv_evict_state::set_compact_inputs(llm_graph_input_kv_evict & inp, co
 
 ggml_tensor * llama_kv_evict_state::build_attn_compact(
         ggml_context * ctx, ggml_cgraph * gf, llm_graph_input_kv_evict & inp, ggml_tensor * cur_main,
-        ggml_tensor * q_cur, ggml_tensor * k_cur, ggml_tensor * v_cur, int32_t il, float kq_scale) {
+        ggml_tensor * q_cur, ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * sinks, int32_t il,
+        float kq_scale) {
     const size_t l  = layer_index.at(source_layer(il));
     const auto & li = layers[l];
 
@@ -743,6 +744,9 @@ ggml_tensor * llama_kv_evict_state::build_attn_compact(
             ggml_tensor * qh = ggml_view_3d(ctx, qg, d, g, ng, qg->nb[1], qg->nb[2], h*g*qg->nb[1]);
             qh = ggml_permute(ctx, qh, 0, 2, 1, 3); // [d, ng, g]
 
+            // the sinks of the KV head's g query heads (the kernels index the sinks by the op's head)
+            ggml_tensor * sh = sinks ? ggml_view_1d(ctx, sinks, g, h*g*ggml_element_size(sinks)) : nullptr;
+
             ggml_tensor * o;
             if (flash_attn) {
                 if (kh->type == GGML_TYPE_F32) {
@@ -752,11 +756,13 @@ ggml_tensor * llama_kv_evict_state::build_attn_compact(
                     vh = ggml_cast(ctx, vh, GGML_TYPE_F16);
                 }
                 o = ggml_flash_attn_ext(ctx, qh, kh, vh, mh, kq_scale, 0.0f, 0.0f); // [dv, g, ng]
+                ggml_flash_attn_ext_add_sinks(o, sh);
                 ggml_prec_set_acc(o, GGML_PREC_F32);
             } else {
                 ggml_tensor * kq = ggml_mul_mat(ctx, kh, qh); // [nk, ng, g]
                 ggml_prec_set_acc(kq, GGML_PREC_F32);
                 kq = ggml_soft_max_ext(ctx, kq, mh, kq_scale, 0.0f);
+                ggml_soft_max_add_sinks(kq, sh);
                 o = ggml_mul_mat(ctx, vh, kq);                              // [dv, ng, g]
                 o = ggml_cont(ctx, ggml_permute(ctx, o, 0, 2, 1, 3));       // [dv, g, ng]
             }

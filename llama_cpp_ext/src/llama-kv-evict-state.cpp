@@ -814,8 +814,8 @@ llm_graph_input_kv_evict * llama_kv_evict_build_input(
 
 ggml_tensor * llama_kv_evict_build_attn(
         llm_graph_input_kv_evict * evict, ggml_context * ctx, ggml_cgraph * gf, const llama_kv_cache_context * mctx,
-        ggml_tensor * q, ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * kq_mask, float kq_scale, int32_t il,
-        const std::function<ggml_tensor * (ggml_tensor * kq_mask)> & build_attn_mha) {
+        ggml_tensor * q, ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * kq_mask, ggml_tensor * sinks,
+        float kq_scale, int32_t il, const std::function<ggml_tensor * (ggml_tensor * kq_mask)> & build_attn_mha) {
     if (evict == nullptr || !evict->state->has_layer(il)) {
         return build_attn_mha(kq_mask);
     }
@@ -834,7 +834,7 @@ ggml_tensor * llama_kv_evict_build_attn(
 
     // the tokens of compacted sequences are attended in their per-head pools, the others as usual
     ggml_tensor * cur_main = evict->has_main ? build_attn_mha(kq_mask) : nullptr;
-    return evict->state->build_attn_compact(ctx, gf, *evict, cur_main, q, k_cur, v_cur, il, kq_scale);
+    return evict->state->build_attn_compact(ctx, gf, *evict, cur_main, q, k_cur, v_cur, sinks, il, kq_scale);
 }
 
 //

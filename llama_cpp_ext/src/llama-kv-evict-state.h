@@ -98,9 +98,10 @@ public:
     // earlier layer, whose pools it attends as they are after that layer stored the ubatch); cur_main [n_embd_head_v*n_head, n_tokens] is the usual
     // attention output for the other tokens (nullptr when every token is compacted); returns
     // [n_embd_head_v*n_head, n_tokens] like build_attn_mha
+    // sinks: the layer's attention sinks [n_head] F32 (nullptr: none), one logit per query head joining the softmax
     ggml_tensor * build_attn_compact(ggml_context * ctx, ggml_cgraph * gf, llm_graph_input_kv_evict & inp,
-            ggml_tensor * cur_main, ggml_tensor * q_cur, ggml_tensor * k_cur, ggml_tensor * v_cur, int32_t il,
-            float kq_scale);
+            ggml_tensor * cur_main, ggml_tensor * q_cur, ggml_tensor * k_cur, ggml_tensor * v_cur,
+            ggml_tensor * sinks, int32_t il, float kq_scale);
 
     ~llama_kv_evict_state();
 
@@ -302,8 +303,9 @@ llm_graph_input_kv_evict * llama_kv_evict_build_input(
 // of q [d, n_head, n_tokens] are captured and the layer's evicted entries masked (MASK mode; mctx: the cache
 // context of the layer, for its first stream); in COMPACT mode the tokens of compacted sequences are attended in
 // their per-head pools (k_cur/v_cur: the ubatch's keys and values), next to the usual attention for the other
-// tokens or instead of it. Returns [n_embd_head_v*n_head, n_tokens] like build_attn_mha.
+// tokens or instead of it (sinks: the layer's attention sinks, nullptr when none). Returns
+// [n_embd_head_v*n_head, n_tokens] like build_attn_mha.
 ggml_tensor * llama_kv_evict_build_attn(
         llm_graph_input_kv_evict * evict, ggml_context * ctx, ggml_cgraph * gf, const llama_kv_cache_context * mctx,
-        ggml_tensor * q, ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * kq_mask, float kq_scale, int32_t il,
-        const std::function<ggml_tensor * (ggml_tensor * kq_mask)> & build_attn_mha);
+        ggml_tensor * q, ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * kq_mask, ggml_tensor * sinks,
+        float kq_scale, int32_t il, const std::function<ggml_tensor * (ggml_tensor * kq_mask)> & build_attn_mha);
