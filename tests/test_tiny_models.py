@@ -14,7 +14,8 @@ from audiokv_edge.testing.tiny_models import TINY_PAIRS, AudioProjectorSpec, Tex
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED_PAIRS = {"qwen2-qwen2a", "llama-ultravox", "qwen3-qwen2a", "gemma3-qwen2a", "gemma4-gemma4a",
-                  "qwen2-qwen2.5o", "llama-voxtral", "llama-glma", "gemma2-meralion", "qwen2-musicflamingo"}
+                  "qwen2-qwen2.5o", "llama-voxtral", "llama-glma", "gemma2-meralion", "qwen2-musicflamingo",
+                  "qwen3moe-qwen3a"}
 
 
 def _reader(path):
@@ -56,7 +57,8 @@ def test_pair_layout(tmp_path, name):
     assert tuple(int(x) for x in tensors["token_embd.weight"].shape) == (pair.text.n_embd, n_vocab)
     q_dim = pair.text.n_head * pair.text.layer_head_dim(0)
     assert tuple(int(x) for x in tensors["blk.0.attn_q.weight"].shape) == (pair.text.n_embd, q_dim)
-    assert ("blk.0.attn_q_norm.weight" in tensors) == (arch in ("qwen3", "gemma3", "gemma4"))
+    assert ("blk.0.attn_q_norm.weight" in tensors) == (arch in ("qwen3", "qwen3moe", "gemma3", "gemma4"))
+    assert ("blk.0.ffn_gate_exps.weight" in tensors) == (arch == "qwen3moe")
     assert ("blk.0.attn_q.bias" in tensors) == (arch == "qwen2")
     assert ("output.weight" in tensors) == (arch != "gemma2")  # gemma2 ties its head to token_embd
     if arch.startswith("gemma"):

@@ -166,7 +166,7 @@ GEMMA4 = ChatFamily(
 
 
 #: Text architectures :func:`write_text_model` writes.
-TEXT_ARCHS = ("qwen2", "qwen3", "llama", "gemma2", "gemma3", "gemma4")
+TEXT_ARCHS = ("qwen2", "qwen3", "qwen3moe", "llama", "gemma2", "gemma3", "gemma4")
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,9 @@ class TextModelSpec:
         gemma4: head size of the SWA layers (``head_dim`` is the full-attention layers'; E2B: 256 / 512).
     n_embd_per_layer : int
         gemma4: width of the per-layer token embeddings (E2B: 256).
+    n_expert, n_expert_used : int
+        qwen3moe: experts per layer and experts each token uses (Qwen3-Omni-30B-A3B: 128 / 8); each expert's FFN
+        width is ``n_ff``.
     """
 
     arch: str
@@ -213,6 +216,8 @@ class TextModelSpec:
     n_kv_shared: int = 0
     head_dim_swa: int = 0
     n_embd_per_layer: int = 0
+    n_expert: int = 0
+    n_expert_used: int = 0
 
     def __post_init__(self) -> None:
         if self.arch not in TEXT_ARCHS:
@@ -224,6 +229,8 @@ class TextModelSpec:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_head_kv ({self.n_head_kv})")
         if self.arch in ("qwen2", "llama") and self.n_head * self.head_dim != self.n_embd:
             raise ValueError(f"{self.arch} needs n_head * head_dim == n_embd")
+        if self.arch == "qwen3moe" and not 1 <= self.n_expert_used <= self.n_expert:
+            raise ValueError("qwen3moe needs 1 <= n_expert_used <= n_expert")
         if self.arch in ("gemma2", "gemma3", "gemma4") and self.sliding_window < 1:
             raise ValueError(f"{self.arch} needs sliding_window >= 1")
         if self.arch == "gemma4":
@@ -350,6 +357,11 @@ TINY_PAIRS: dict[str, TinyPair] = {
         TinyPair(
             TextModelSpec("gemma3", GEMMA, n_head=4, n_head_kv=1, head_dim=32, sliding_window=64),
             AudioProjectorSpec("qwen2a"),
+        ),
+        TinyPair(
+            TextModelSpec("qwen3moe", CHATML, n_head=4, n_head_kv=1, head_dim=32, rope_freq_base=1000000.0,
+                          n_ff=32, n_expert=4, n_expert_used=2),
+            AudioProjectorSpec("qwen3a"),
         ),
         TinyPair(GEMMA4_E2B_LIKE, AudioProjectorSpec("gemma4a", n_mel=128, n_conv=8)),
         TinyPair(
@@ -496,11 +508,17 @@ def _text_block_layout(spec: TextModelSpec) -> list[tuple]:
     if arch == "qwen2":
         layout += [("attn_q.bias", "normal", (hq * dh,), 0.02), ("attn_k.bias", "normal", (hkv * dh,), 0.02),
                    ("attn_v.bias", "normal", (hkv * dh,), 0.02)]
-    if arch in ("qwen3", "gemma3"):
+    if arch in ("qwen3", "qwen3moe", "gemma3"):
         layout += [("attn_q_norm.weight", "ones", (dh,), None), ("attn_k_norm.weight", "ones", (dh,), None)]
     layout.append(("attn_output.weight", "matrix", (hq * dh, d), f32))
     if arch in ("gemma2", "gemma3"):
         layout.append(("post_attention_norm.weight", "ones", (d,), None))
+    if arch == "qwen3moe":  # router + stacked experts (src/models/qwen3moe.cpp)
+        f, e = spec.n_ff, spec.n_expert
+        layout += [("ffn_norm.weight", "ones", (d,), None), ("ffn_gate_inp.weight", "matrix", (d, e), f32),
+                   ("ffn_gate_exps.weight", "matrix", (d, f, e), f32), ("ffn_down_exps.weight", "matrix", (f, d, e), f32),
+                   ("ffn_up_exps.weight", "matrix", (d, f, e), f32)]
+        return layout
     layout += [("ffn_norm.weight", "ones", (d,), None), ("ffn_gate.weight", "matrix", (d, spec.n_ff), f32),
                ("ffn_up.weight", "matrix", (d, spec.n_ff), f32), ("ffn_down.weight", "matrix", (spec.n_ff, d), f32)]
     if arch in ("gemma2", "gemma3"):
@@ -582,6 +600,10 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
         w.add_sliding_window(spec.sliding_window)
         w.add_sliding_window_pattern(2)  # layers 0, 2, ... SWA; 1, 3, ... full attention
         w.add_rope_freq_base_swa(10000.0)
+    if arch == "qwen3moe":
+        w.add_expert_count(spec.n_expert)
+        w.add_expert_used_count(spec.n_expert_used)
+        w.add_expert_feed_forward_length(spec.n_ff)
     if arch == "gemma2":
         w.add_attn_logit_softcapping(50.0)
         w.add_final_logit_softcapping(30.0)
