@@ -85,11 +85,16 @@ SUPPORTED = ["gemma4", "qwen3moe", "granite", "granitemoe", "lfm2", "granitehybr
 @pytest.mark.parametrize("arch", SUPPORTED)
 def test_compact_equals_mask_oracle(family_models, arch, flash_attn, type_kv):
     """COMPACT == MASK oracle over 32 greedy tokens (plans keeping every token in some head, so that the oracle's
-    cells stay in position order: tests/test_evict_compact.py, docs/per-head-eviction.md section 6)."""
+    cells stay in position order: tests/test_evict_compact.py, docs/per-head-eviction.md section 6): the same
+    tokens, logits within 1e-3 with flash attention (measured: bitwise equal) and 5e-3 without it. Without flash
+    attention the pools' softmax and V products sum the kept entries without the oracle's masked cells between
+    them, so the float sums group differently: measured 2e-6 (llama, f32) to 3.5e-4 (llama, f16) on the archs of
+    test_evict_compact.py, and up to 4e-4 (f32) / 4e-3 (f16) on gemma4 with or without shared layers (its attention
+    scale is 1 on RMS-normed q and k, sharp softmaxes); a layer attending the wrong entries differs by 1 - 5."""
     toks, yc, ym = run_pair(family_models[arch], 0, flash_attn, type_kv=type_kv, hold_all=True)
     diff = float(np.max(np.abs(yc - ym)))
     print(f"{arch} fa={flash_attn} type={type_kv}: max abs logit diff over 32 tokens {diff:.2e}")
-    assert diff < (1e-3 if flash_attn else 1e-4)
+    assert diff < (1e-3 if flash_attn else 5e-3)
     np.testing.assert_array_equal(np.argmax(yc, axis=1), np.argmax(ym, axis=1))
 
 

@@ -7,6 +7,7 @@
 #include "llama-kv-cache.h"
 #include "llama-kv-cache-iswa.h"
 #include "llama-memory-hybrid.h"
+#include "llama-memory-hybrid-iswa.h"
 #include "llama-model.h"
 
 #include <algorithm>
@@ -856,8 +857,10 @@ static llama_kv_cache * llama_kv_evict_find_cache(llama_context * ctx, std::stri
     if (auto * hybrid = dynamic_cast<llama_memory_hybrid *>(mem)) {
         return hybrid->get_mem_attn(); // the attention layers; the recurrent / conv state is left alone
     }
-    msg = "the context's memory is recurrent (or a hybrid other than attention + recurrent): per-head eviction "
-          "needs a KV cache";
+    if (auto * hybrid = dynamic_cast<llama_memory_hybrid_iswa *>(mem)) {
+        return hybrid->get_mem_attn()->get_base(); // its full-attention layers; SWA and recurrent ones untouched
+    }
+    msg = "the context's memory is recurrent: per-head eviction needs a KV cache";
     return nullptr;
 }
 
@@ -915,6 +918,8 @@ uint32_t llama_kv_evict_graph_nodes(const llama_memory_i * mem) {
             kv = iswa->get_base();
         } else if (const auto * hybrid = dynamic_cast<const llama_memory_hybrid *>(mem)) {
             kv = hybrid->get_mem_attn();
+        } else if (const auto * hybrid_iswa = dynamic_cast<const llama_memory_hybrid_iswa *>(mem)) {
+            kv = hybrid_iswa->get_mem_attn()->get_base();
         }
     }
     if (kv == nullptr || kv->get_evict() == nullptr) {
