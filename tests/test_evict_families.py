@@ -35,6 +35,7 @@ from evict_fixtures import (  # the shared harness of the eviction tests (tests/
     GGML_TYPE_F16, GGML_TYPE_F32, GGML_TYPE_Q8_0, Runner, drop_positions, enable, evict_lib, greedy, prompt,
 )
 from test_evict_compact import ragged_plan, run_pair, stats
+from test_lfm2_hybrid import without_sliding_window
 
 pytestmark = pytest.mark.native
 
@@ -75,6 +76,10 @@ def family_models(tmp_path_factory):
     for name, file in LLAMA_TEST_MODELS.items():
         paths[name] = directory / file
         assert paths[name].is_file(), sorted(p.name for p in directory.iterdir())
+    # LFM2 as published (full-attention layers: llama_memory_hybrid) and with sliding-window attention layers
+    # (llama_memory_hybrid_iswa, test-llama-archs' default): the latter has no full-attention layer to evict
+    paths["lfm2-swa"] = paths["lfm2"]
+    paths["lfm2"] = without_sliding_window(paths["lfm2-swa"], directory / "lfm2-full-attention.gguf")
     return paths
 
 
@@ -191,6 +196,7 @@ print(json.dumps(out))
 REFUSED = {  # model -> (modes refused, reason in the logged error)
     "gemma2": ({"compact"}, "attention logit soft-capping"),
     "mamba": ({"mask", "compact"}, "memory is recurrent"),
+    "lfm2-swa": ({"mask", "compact"}, "has no layer"),  # only SWA attention layers: each keeps its window
 }
 
 

@@ -1,8 +1,9 @@
 """Hybrid memory (LFM2: short-convolution recurrent layers + attention layers): per-head eviction evicts the
 attention layers' KV and leaves the recurrent / conv state alone.
 
-The model is a random-weight LFM2 written by llama.cpp's own test-llama-archs (``-o DIR`` saves its test models);
-llama.cpp gives it a hybrid memory (llama_memory_hybrid), whose attention cache llama_kv_evict_init takes
+The model is a random-weight LFM2 written by llama.cpp's own test-llama-archs (``-o DIR`` saves its test models),
+its attention layers made full-attention as in LFM2-Audio (``without_sliding_window``); llama.cpp gives it a hybrid
+memory (llama_memory_hybrid), whose attention cache llama_kv_evict_init takes
 (docs/model-families.md). The compacted cache equals the MASK-mode oracle over 32 greedy tokens
 (tests/test_evict_families.py); here: both modes initialise on the hybrid context, which then decodes and evicts,
 and the runner runs AudioKV on it (once and --stream) to the keep ratio.
@@ -68,6 +69,18 @@ print(json.dumps(out))
 """
 
 
+def without_sliding_window(src: Path, dst: Path, arch: str = "lfm2") -> Path:
+    """Copy of llama.cpp's test model ``src`` whose attention layers are full-attention, as in LFM2-1.2B and
+    LFM2-Audio: test-llama-archs sets ``<arch>.attention.sliding_window`` for every architecture, which makes all of
+    LFM2's attention layers SWA (src/models/lfm2.cpp); the key is renamed in place (same length: the file layout is
+    unchanged) to one llama.cpp does not read."""
+    key = f"{arch}.attention.sliding_window".encode()
+    data = src.read_bytes()
+    assert data.count(key) == 1, f"{src} has no single {key!r}"
+    dst.write_bytes(data.replace(key, f"{arch}.attention.sliding_unused".encode()))
+    return dst
+
+
 @pytest.fixture(scope="module")
 def lfm2(tmp_path_factory):
     """(model, mmproj): llama.cpp's random LFM2 test model and a random qwen2a projector of its width."""
@@ -75,8 +88,7 @@ def lfm2(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("lfm2")
     run_program("test-llama-archs", "-a", "^lfm2$", "-s", "1", "-o", str(directory))
-    model = directory / "lfm2-dense.gguf"
-    assert model.is_file(), sorted(p.name for p in directory.iterdir())
+    model = without_sliding_window(directory / "lfm2-dense.gguf", directory / "lfm2-full-attention.gguf")
     header = GGUFHeader(model)
     assert header.scalar("general.architecture", (GGUFValueType.STRING,)) == "lfm2"
     width = header.scalar("lfm2.embedding_length", (GGUFValueType.UINT32,))

@@ -61,7 +61,7 @@ std::unique_ptr<llama_kv_evict_state> llama_kv_evict_state::create(
     const auto layer_ids = kv.get_layer_ids();
     if (layer_ids.empty()) {
         err = LLAMA_KV_EVICT_ERR_UNSUPPORTED;
-        msg = "the KV cache has no layer";
+        msg = "the KV cache has no layer to evict (sliding-window layers keep their window)";
         return nullptr;
     }
 
