@@ -8,9 +8,9 @@ plan's budgets + headroom + one main-cache cell of memory. Refused families must
 
 - gemma4 (tiny, E2B layout: ``tiny_models.GEMMA4_E2B_LIKE`` with head size 64 so that a q8_0 K cache is
   Hadamard-rotated): the last layers share the KV of the last full-attention layer before them. A shared layer
-  attends the entries its source layer keeps (its mask in MASK mode, its pools in COMPACT mode); a plan identical
-  for all heads equals ``llama_memory_seq_rm`` of the same tokens in both modes (which removes them from the shared
-  layers too);
+  attends the entries its source layer keeps (its mask in MASK mode, its pools in COMPACT mode), so the two modes
+  agree (bitwise with flash attention; measured once against the earlier MASK mode, which left the shared layers
+  unmasked: 1.29 max abs logit difference over the same 32 tokens, docs/model-families.md);
 - qwen3moe, granite, granitemoe (llama.cpp's random test models from test-llama-archs): plain KV caches;
 - mimo2 (MiMo-V2, the text model of MiMo audio; test-llama-archs, MoE, iSWA): attention sinks in the
   full-attention layers, one logit per query head joining the softmax of the per-head pools too;
@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from evict_fixtures import (  # the shared harness of the eviction tests (tests/evict_fixtures.py)
-    GGML_TYPE_F16, GGML_TYPE_F32, GGML_TYPE_Q8_0, Runner, drop_positions, enable, evict_lib, greedy, prompt,
+    GGML_TYPE_F16, GGML_TYPE_Q8_0, Runner, enable, evict_lib, prompt,
 )
 from test_evict_compact import ragged_plan, run_pair, stats
 from test_lfm2_hybrid import without_sliding_window
@@ -101,44 +101,6 @@ def test_compact_equals_mask_oracle(family_models, arch, flash_attn, type_kv):
     print(f"{arch} fa={flash_attn} type={type_kv}: max abs logit diff over 32 tokens {diff:.2e}")
     assert diff < (1e-3 if flash_attn else 5e-3)
     np.testing.assert_array_equal(np.argmax(yc, axis=1), np.argmax(ym, axis=1))
-
-
-@pytest.mark.parametrize("mode", [MASK, COMPACT], ids=["mask", "compact"])
-@pytest.mark.parametrize("flash_attn", [True, False], ids=["fa", "nofa"])
-def test_gemma4_shared_layers_follow_seq_rm(family_models, mode, flash_attn):
-    """A plan dropping the same tokens from every (layer, KV head) == llama_memory_seq_rm of those tokens, which
-    removes them from the layers sharing the KV too: so the shared layers see exactly what their source keeps.
-    32 greedy tokens; without flash attention < 1e-4 and the same tokens; with it < 1e-2 (seq_rm leaves holes that
-    the new tokens fill, so the two caches hold the cells in different orders: docs/per-head-eviction.md, 6)."""
-    path = family_models["gemma4"]
-    dropped = list(range(3, 40, 3))
-    e = Runner(path, flash_attn=flash_attn, type_kv=GGML_TYPE_F32)
-    r = Runner(path, flash_attn=flash_attn, type_kv=GGML_TYPE_F32)
-    try:
-        assert enable(e, drop_positions(dropped), mode=mode, n_headroom=4) == 0
-        toks = prompt(48, 7, e.n_vocab)
-        le, lr = e.decode(toks), r.decode(toks)
-        np.testing.assert_array_equal(le, lr)
-        assert evict_lib().llama_kv_evict_seq(e.ctx, 0) == 0
-        for p in dropped:
-            r.seq_rm(0, p, p + 1)
-        te, ye = greedy(e, le, 32)
-        _, yr = greedy(r, lr, 32, forced=te)
-        diff = float(np.max(np.abs(ye - yr)))
-        print(f"gemma4 mode={mode} fa={flash_attn}: eviction vs seq_rm, max abs logit diff {diff:.2e}")
-        assert diff < (1e-2 if flash_attn else 1e-4)
-        if not flash_attn:
-            np.testing.assert_array_equal(np.argmax(ye, axis=1), np.argmax(yr, axis=1))
-        # and the eviction did change something: the cache without eviction gives other logits
-        f = Runner(path, flash_attn=flash_attn, type_kv=GGML_TYPE_F32)
-        try:
-            _, yf = greedy(f, f.decode(toks), 32, forced=te)
-        finally:
-            f.close()
-        assert float(np.max(np.abs(ye - yf))) > 1e-3
-    finally:
-        e.close()
-        r.close()
 
 
 def test_gemma4_memory_is_the_sum_of_budgets(family_models):

@@ -50,8 +50,6 @@ std::unique_ptr<llama_kv_evict_state> llama_kv_evict_state::create(
             return nullptr;
         }
     }
-    st->type_v    = kv.type_v();
-
     if (hparams.is_mla()) {
         err = LLAMA_KV_EVICT_ERR_UNSUPPORTED;
         msg = "MLA attention (compressed KV) is not supported";
@@ -64,6 +62,7 @@ std::unique_ptr<llama_kv_evict_state> llama_kv_evict_state::create(
         msg = "the KV cache has no layer to evict (sliding-window layers keep their window)";
         return nullptr;
     }
+    st->type_v = kv.type_v(); // of layer 0: needs a layer
 
     for (const uint32_t il : layer_ids) {
         ggml_tensor * k = kv.get_k_storage(il);
