@@ -10,6 +10,14 @@ not from our code:
   So exactly 30 s gives TWO chunks (the second one silent), 29.9 s one.
 - qwen3a: floor(n / 160) + 1 frames, cut into 800-frame (8 s) windows, each padded to whole 100-frame (1 s) chunks,
   13 tokens per chunk.
+- The other Whisper-family projectors, per 3000-frame chunk: qwen2.5o (Qwen2.5-Omni's legacy name, loaded as qwen2a)
+  and musicflamingo 750 (conv stride 2, average pool 2); glma 3000 / 2 / stack + 2 (stacked frames between a
+  begin and an end embedding); meralion align(3000, stack) / stack / 2.
+- gemma4a: no padding to 30 s; the samples are cut into 30 s pieces, each giving (len + 160 - 321) // 160 + 1 mel
+  frames (semicausal framing, window 320 + 1, hop 160), and two stride-2 / pad-1 convolutions keep
+  ((frames - 1) // 2 + 1 - 1) // 2 + 1 tokens of them (750 per full 30 s piece, 25 per second).
+- voxtral (stack 4) is refused before anything is encoded: this libmtmd announces 187 tokens per chunk and its
+  graph produces 188 (``session.stacked_projector_problem``); the probe must exit with that one-line reason.
 
 Tokenization only (nothing is encoded), in a subprocess so that a native abort fails the test instead of pytest.
 """
@@ -23,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from audiokv_edge.runtime.session import stacked_projector_problem
 from audiokv_edge.testing.tiny_models import TINY_PAIRS, write_tiny_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,8 +64,16 @@ def expected_audio_tokens(projector: str, n_samples: int, stack_factor: int = 0)
             window = min(800, frames - offset)
             total += -(-window // 100) * 13
         return total
+    if projector == "gemma4a":
+        total = 0
+        for offset in range(0, n_samples, 30 * RATE):
+            frames = (min(30 * RATE, n_samples - offset) + 160 - 321) // 160 + 1
+            total += ((frames - 1) // 2 + 1 - 1) // 2 + 1
+        return total
     chunks = (n_samples // 160 + 3000 + 1) // 3000
-    per_chunk = {"qwen2a": 750, "ultravox": 3000 // max(stack_factor, 1) // 2}[projector]
+    s = max(stack_factor, 1)
+    per_chunk = {"qwen2a": 750, "qwen2.5o": 750, "musicflamingo": 750, "ultravox": 3000 // s // 2,
+                 "glma": 3000 // 2 // s + 2, "meralion": -(-3000 // s) * s // s // 2}[projector]
     return chunks * per_chunk
 
 
@@ -66,6 +83,8 @@ def test_expected_table_matches_the_notes():
     assert [expected_audio_tokens("ultravox", int(round(s * RATE)), 8) for s in SECONDS] == [187, 187, 374, 374, 2057]
     assert [expected_audio_tokens("ultravox", int(round(s * RATE)), 4) for s in SECONDS] == [375, 375, 750, 750, 4125]
     assert [expected_audio_tokens("qwen3a", int(round(s * RATE))) for s in SECONDS] == [26, 390, 403, 416, 3913]
+    assert [expected_audio_tokens("gemma4a", int(round(s * RATE))) for s in SECONDS] == [25, 748, 750, 775, 7500]
+    assert [expected_audio_tokens("glma", int(round(s * RATE)), 4) for s in SECONDS] == [377, 377, 754, 754, 4147]
 
 
 def _projector_pairs() -> list[str]:
@@ -84,9 +103,13 @@ def test_audio_token_counts(tmp_path, name):
     model, mmproj = write_tiny_pair(tmp_path, name)
     proc = subprocess.run([sys.executable, "-c", PROBE, str(model), str(mmproj), *map(str, SECONDS)],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
+    audio = TINY_PAIRS[name].audio
+    problem = stacked_projector_problem(audio.projector, audio.stack_factor)
+    if problem:  # refused with its reason before libmtmd could abort
+        assert proc.returncode == 1 and problem in proc.stderr and "Aborted" not in proc.stderr, proc.stderr[-3000:]
+        return
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
-    audio = TINY_PAIRS[name].audio
     for sec in SECONDS:
         n = int(round(sec * RATE))
         assert counts[str(sec)] == expected_audio_tokens(audio.projector, n, audio.stack_factor), (name, sec, counts)

@@ -4,8 +4,8 @@ Greedy output of an enabled Llama == the Session's eviction machinery on the sam
 LlamaModel + one context + KVEvictor after the prompt + llama.cpp's greedy sampler, as a Session drives it),
 for flash attention on / off, f32 / f16 / q8_0 caches, offload_kqv off, a GQA and an iSWA model, several methods;
 ``method="full"`` == a plain Llama. The statistics report the KV bytes kept vs full. A repeated prompt is decoded from
-an empty cache again (no prefix reuse of an evicted cache) and llama.cpp logs no refused removal. A recurrent / hybrid
-model (LFM2), an unpatched libllama and misuse give one clear error each.
+an empty cache again (no prefix reuse of an evicted cache) and llama.cpp logs no refused removal. A recurrent model
+(Mamba), an unpatched libllama and misuse give one clear error each.
 
 Each probe runs in a child process so that a native abort fails the test instead of killing pytest.
 """
@@ -275,7 +275,7 @@ except EvictionError as exc:
     print("ERROR", exc)
 """
 
-HYBRID = r"""
+RECURRENT = r"""
 import sys
 from audiokv_edge.native import libs
 llama_cpp = libs.load_llama_cpp()
@@ -329,16 +329,18 @@ def test_an_unpatched_libllama_is_named(models):
 
 
 @pytest.mark.native
-def test_a_hybrid_model_cannot_evict(tmp_path):
+def test_a_recurrent_model_cannot_evict(tmp_path):
+    """A recurrent memory (Mamba) has no KV cache to evict (a hybrid one such as LFM2's evicts its attention layers:
+    tests/test_lfm2_hybrid.py)."""
     from test_llama_cpp_own_tests import run_program
 
-    run_program("test-llama-archs", "-a", "^lfm2$", "-s", "1", "-o", str(tmp_path))
-    model = tmp_path / "lfm2-dense.gguf"
+    run_program("test-llama-archs", "-a", "^mamba$", "-s", "1", "-o", str(tmp_path))
+    model = tmp_path / "mamba-dense.gguf"
     assert model.is_file(), sorted(p.name for p in tmp_path.iterdir())
-    proc = run_probe(HYBRID, str(model))
+    proc = run_probe(RECURRENT, str(model))
     assert proc.returncode == 0, proc.stderr[-3000:]
     error = next(line for line in proc.stdout.splitlines() if line.startswith("ERROR "))
     assert "per-head eviction cannot run on" in error and "LLAMA_KV_EVICT_ERR_UNSUPPORTED" in error, error
-    assert "recurrent or hybrid" in error, error
+    assert "memory is recurrent" in error, error
     text = next(line for line in proc.stdout.splitlines() if line.startswith("TEXT "))
     assert text.endswith(" True"), text

@@ -13,7 +13,9 @@ import pytest
 from audiokv_edge.testing.tiny_models import TINY_PAIRS, AudioProjectorSpec, TextModelSpec, CHATML, train_bpe, write_tiny_pair
 
 REPO = Path(__file__).resolve().parents[1]
-REQUIRED_PAIRS = {"qwen2-qwen2a", "llama-ultravox", "qwen3-qwen2a", "gemma3-qwen2a"}
+REQUIRED_PAIRS = {"qwen2-qwen2a", "llama-ultravox", "qwen3-qwen2a", "gemma3-qwen2a", "gemma4-gemma4a",
+                  "qwen2-qwen2.5o", "llama-voxtral", "llama-glma", "gemma2-meralion", "qwen2-musicflamingo",
+                  "qwen3moe-qwen3a"}
 
 
 def _reader(path):
@@ -53,12 +55,20 @@ def test_pair_layout(tmp_path, name):
     n_vocab = len(r.fields["tokenizer.ggml.tokens"].data)
     # ggml order (ne0 first) is the reverse of numpy's
     assert tuple(int(x) for x in tensors["token_embd.weight"].shape) == (pair.text.n_embd, n_vocab)
-    q_dim = pair.text.n_head * pair.text.head_dim
+    q_dim = pair.text.n_head * pair.text.layer_head_dim(0)
     assert tuple(int(x) for x in tensors["blk.0.attn_q.weight"].shape) == (pair.text.n_embd, q_dim)
-    assert ("blk.0.attn_q_norm.weight" in tensors) == (arch in ("qwen3", "gemma3"))
+    assert ("blk.0.attn_q_norm.weight" in tensors) == (arch in ("qwen3", "qwen3moe", "gemma3", "gemma4"))
+    assert ("blk.0.ffn_gate_exps.weight" in tensors) == (arch == "qwen3moe")
     assert ("blk.0.attn_q.bias" in tensors) == (arch == "qwen2")
-    if arch == "gemma3":
-        assert _field(r, "gemma3.attention.sliding_window") == pair.text.sliding_window
+    assert ("output.weight" in tensors) == (arch != "gemma2")  # gemma2 ties its head to token_embd
+    if arch.startswith("gemma"):
+        assert _field(r, f"{arch}.attention.sliding_window") == pair.text.sliding_window
+    if arch == "gemma4":  # the last n_kv_shared layers read an earlier layer's KV: no K/V of their own
+        shared = pair.text.n_kv_shared
+        assert shared > 0 and _field(r, "gemma4.attention.shared_kv_layers") == shared
+        for il in range(pair.text.n_layer):
+            assert (f"blk.{il}.attn_k.weight" in tensors) == (il < pair.text.n_layer - shared)
+            assert f"blk.{il}.inp_gate.weight" in tensors
     for t in r.tensors:
         assert np.all(np.isfinite(np.asarray(t.data, dtype=np.float32))), t.name
 
@@ -70,12 +80,16 @@ def test_pair_layout(tmp_path, name):
     if pair.audio.projector == "qwen3a":
         assert atensors["a.conv2d.1.weight"].tensor_type.name == "F16"
         assert int(atensors["a.conv_out.weight"].shape[0]) == pair.audio.n_mel // 8 * pair.audio.n_conv
+    elif pair.audio.projector == "gemma4a":
+        assert atensors["a.conv1d.0.weight"].tensor_type.name == "F16"
+        assert "a.blk.0.conv_dw.weight" in atensors and "a.blk.0.attn_k_rel.weight" in atensors
     else:
         assert atensors["a.conv1d.1.weight"].tensor_type.name == "F16"
         assert tuple(int(x) for x in atensors["a.conv1d.1.bias"].shape) == (1, pair.audio.n_embd)
         assert int(atensors["a.position_embd.weight"].shape[1]) >= 1500
     assert "a.blk.0.attn_k.bias" not in atensors  # Whisper has no K bias; whisper-enc.cpp asserts it
-    out = atensors["mm.a.fc.weight" if pair.audio.projector == "qwen2a" else "mm.a.mlp.2.weight"]
+    out = atensors[{"qwen2a": "mm.a.fc.weight", "qwen2.5o": "mm.a.fc.weight", "meralion": "mm.a.mlp.3.weight",
+                    "gemma4a": "mm.a.input_projection.weight"}.get(pair.audio.projector, "mm.a.mlp.2.weight")]
     assert int(out.shape[1]) == pair.text.n_embd  # projector output feeds the LLM's embedding
 
 

@@ -61,7 +61,7 @@ class EvictionError(RuntimeError):
 
 
 class EvictionUnsupportedError(EvictionError):
-    """llama.cpp refuses per-head eviction on this context: its memory (recurrent or hybrid), backend or mode
+    """llama.cpp refuses per-head eviction on this context: its memory (recurrent), backend or mode
     (llama.cpp logs the reason)."""
 
 
@@ -272,7 +272,7 @@ class KVEvictor:
     Raises
     ------
     EvictionUnsupportedError
-        llama.cpp refuses eviction on the context (e.g. a recurrent or hybrid memory); the message names the status.
+        llama.cpp refuses eviction on the context (e.g. a recurrent memory); the message names the status.
     EvictionError
         This libllama or libaudiokv lacks the eviction API, or libaudiokv cannot plan for the model.
 

@@ -304,8 +304,8 @@ def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroo
         Bad options; eviction already enabled on this Llama; a draft model (speculative decoding rewinds the cache)
         or a prompt cache is set.
     EvictionUnsupportedError
-        llama.cpp cannot evict on this Llama's context (recurrent or hybrid memory such as Mamba or LFM2, ...); the
-        message gives llama.cpp's reason.
+        llama.cpp cannot evict on this Llama's context (a recurrent memory such as Mamba, attention soft-capping,
+        ...); the message gives llama.cpp's reason.
     EvictionError
         The loaded libllama is not this project's (no per-head eviction API), or libaudiokv cannot plan for the model
         (e.g. a malformed stored head profile).

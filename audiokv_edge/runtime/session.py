@@ -296,10 +296,18 @@ def find_mmproj(model_path: str | pathlib.Path, mmproj: str | pathlib.Path | Non
     if not meta.get("clip.has_audio_encoder"):
         raise SessionError(f"{found} has no audio encoder (clip.has_audio_encoder is not set)")
     projector = meta.get("clip.projector_type") or meta.get("clip.audio.projector_type") or ""
-    problem = stacked_projector_problem(projector, int(meta.get("clip.audio.projector.stack_factor") or 0))
+    problem = (UNENCODABLE_PROJECTORS.get(projector, "")
+               or stacked_projector_problem(projector, int(meta.get("clip.audio.projector.stack_factor") or 0)))
     if problem:
         raise SessionError(f"{found}: {problem}")
     return found
+
+
+#: Audio projector types this llama.cpp's libmtmd names but cannot encode, with the reason (clip.cpp has no audio
+#: graph for them; mtmd_init_from_file fails with "unexpected audio projector type").
+UNENCODABLE_PROJECTORS = {
+    "gemma3na": "gemma3na (Gemma 3n's audio encoder) has no audio graph in this llama.cpp's libmtmd; not supported",
+}
 
 
 def stacked_projector_problem(projector: str, stack_factor: int) -> str:

@@ -140,6 +140,48 @@ GEMMA = ChatFamily(
     ),
 )
 
+#: Mistral (Voxtral's text model): [INST] turns and libmtmd's voxtral audio marker.
+MISTRAL = ChatFamily(
+    name="mistral",
+    specials=("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[BEGIN_AUDIO]"),
+    bos="<s>",
+    eos="</s>",
+    eot=None,
+    add_bos=True,
+    pre="default",
+    template=(
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'user' %}{{ '[INST]' + message['content'] + '[/INST]' }}"
+        "{% else %}{{ message['content'] + eos_token }}{% endif %}"
+        "{% endfor %}"
+    ),
+)
+
+#: Gemma 4: turn markers ``<|turn>`` / ``<turn|>`` and the audio markers libmtmd puts around gemma4a embeddings.
+GEMMA4 = ChatFamily(
+    name="gemma4",
+    specials=("<pad>", "<eos>", "<bos>", "<|turn>", "<turn|>", "<|audio>", "<audio|>"),
+    bos="<bos>",
+    eos="<eos>",
+    eot="<turn|>",
+    add_bos=True,
+    pre="default",
+    template=(
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+        "{% endif %}"
+        "{{ '<|turn>' + role + '\\n' + message['content'] | trim + '<turn|>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|turn>model\\n' }}{% endif %}"
+    ),
+)
+
+
+#: Text architectures :func:`write_text_model` writes.
+TEXT_ARCHS = ("qwen2", "qwen3", "qwen3moe", "llama", "gemma2", "gemma3", "gemma4")
+
 
 @dataclass(frozen=True)
 class TextModelSpec:
@@ -148,7 +190,7 @@ class TextModelSpec:
     Parameters
     ----------
     arch : str
-        llama.cpp architecture: ``"qwen2"``, ``"qwen3"``, ``"llama"`` or ``"gemma3"``.
+        llama.cpp architecture, one of :data:`TEXT_ARCHS` (gemma2: attention logit soft-capping 50, tied output).
     family : ChatFamily
         Tokenizer and chat template.
     n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff : int
@@ -158,7 +200,19 @@ class TextModelSpec:
     rope_freq_base : float
         RoPE base.
     sliding_window : int
-        gemma3 only: window of the SWA layers (tokens); every second layer is SWA.
+        gemma3 / gemma4: window of the SWA layers (tokens). gemma3: every second layer is SWA.
+    swa_period : int
+        gemma4: the last layer of every ``swa_period`` layers is full attention, the others SWA (E2B / E4B: 5).
+    n_kv_shared : int
+        gemma4: the last ``n_kv_shared`` layers have no K/V of their own and read the cache of the last full /
+        SWA layer before them (``attention.shared_kv_layers``; E2B: 20 of 35).
+    head_dim_swa : int
+        gemma4: head size of the SWA layers (``head_dim`` is the full-attention layers'; E2B: 256 / 512).
+    n_embd_per_layer : int
+        gemma4: width of the per-layer token embeddings (E2B: 256).
+    n_expert, n_expert_used : int
+        qwen3moe: experts per layer and experts each token uses (Qwen3-Omni-30B-A3B: 128 / 8); each expert's FFN
+        width is ``n_ff``.
     n_vocab : int
         Vocabulary size; 0: the tiny BPE vocabulary alone, larger: padded with unused tokens to this size.
     weights : str
@@ -181,9 +235,15 @@ class TextModelSpec:
     n_vocab: int = 0
     weights: str = "f32"
     tied_output: bool = False
+    swa_period: int = 0
+    n_kv_shared: int = 0
+    head_dim_swa: int = 0
+    n_embd_per_layer: int = 0
+    n_expert: int = 0
+    n_expert_used: int = 0
 
     def __post_init__(self) -> None:
-        if self.arch not in ("qwen2", "qwen3", "llama", "gemma3"):
+        if self.arch not in TEXT_ARCHS:
             raise ValueError(f"unsupported tiny text architecture {self.arch!r}")
         for name in ("n_embd", "n_layer", "n_head", "n_head_kv", "head_dim", "n_ff", "n_ctx_train"):
             if getattr(self, name) < 1:
@@ -197,8 +257,44 @@ class TextModelSpec:
         if self.weights == "q4_0" and any(n % Q4_0_BLOCK for n in (self.n_embd, self.n_ff,
                                                                    self.n_head * self.head_dim)):
             raise ValueError(f"q4_0 weights need n_embd, n_ff and n_head * head_dim divisible by {Q4_0_BLOCK}")
-        if self.arch == "gemma3" and self.sliding_window < 1:
-            raise ValueError("gemma3 needs sliding_window >= 1")
+        if self.arch == "qwen3moe" and not 1 <= self.n_expert_used <= self.n_expert:
+            raise ValueError("qwen3moe needs 1 <= n_expert_used <= n_expert")
+        if self.arch in ("gemma2", "gemma3", "gemma4") and self.sliding_window < 1:
+            raise ValueError(f"{self.arch} needs sliding_window >= 1")
+        if self.arch == "gemma4":
+            if self.swa_period < 2 or self.head_dim_swa < 1 or self.n_embd_per_layer < 1:
+                raise ValueError("gemma4 needs swa_period >= 2, head_dim_swa >= 1 and n_embd_per_layer >= 1")
+            n_kv = self.n_layer - self.n_kv_shared
+            if self.n_kv_shared and (n_kv < 2 or self.is_swa(n_kv - 1) or not self.is_swa(n_kv - 2)):
+                # llama.cpp's rule: a shared layer reads layer n_kv - 1 (full) or n_kv - 2 (SWA)
+                raise ValueError("gemma4 shared KV layers need a full-attention layer last and an SWA layer "
+                                 "second-to-last among the layers with their own KV")
+
+    def is_swa(self, il: int) -> bool:
+        """Whether layer ``il`` is a sliding-window layer (gemma2 / gemma3: even layers; gemma4: all but the last of each
+        ``swa_period``; other archs: none)."""
+        if self.arch in ("gemma2", "gemma3"):
+            return il % 2 == 0
+        if self.arch == "gemma4":
+            return il % self.swa_period < self.swa_period - 1
+        return False
+
+    def has_kv(self, il: int) -> bool:
+        """Whether layer ``il`` stores its own K/V (gemma4: not the last ``n_kv_shared`` layers)."""
+        return il < self.n_layer - self.n_kv_shared
+
+    def layer_head_dim(self, il: int) -> int:
+        """Head size of layer ``il`` (gemma4's SWA layers have their own)."""
+        return self.head_dim_swa if self.arch == "gemma4" and self.is_swa(il) else self.head_dim
+
+
+#: ``clip.projector_type`` values :func:`write_audio_projector` writes.
+AUDIO_PROJECTORS = ("qwen2a", "qwen2.5o", "qwen3a", "ultravox", "voxtral", "glma", "meralion", "musicflamingo",
+                    "gemma4a")
+#: Projectors that stack encoder frames (``clip.audio.projector.stack_factor`` required).
+STACKING_PROJECTORS = ("ultravox", "voxtral", "glma", "meralion")
+#: Projectors whose encoder is Whisper's (``models/whisper-enc.cpp``).
+WHISPER_PROJECTORS = ("qwen2a", "qwen2.5o", "ultravox", "voxtral", "glma", "meralion", "musicflamingo")
 
 
 @dataclass(frozen=True)
@@ -208,8 +304,11 @@ class AudioProjectorSpec:
     Parameters
     ----------
     projector : str
-        ``clip.projector_type``: ``"qwen2a"`` (Qwen2-Audio / Qwen2.5-Omni), ``"qwen3a"`` (Qwen3-Omni / Qwen3-ASR:
-        conv2d stem on 100-frame chunks, 13 tokens per second), ``"ultravox"`` or ``"voxtral"``.
+        ``clip.projector_type``: ``"qwen2a"`` (Qwen2-Audio), ``"qwen2.5o"`` (Qwen2.5-Omni's legacy name, loaded as
+        qwen2a), ``"qwen3a"`` (Qwen3-Omni / Qwen3-ASR: conv2d stem on 100-frame chunks, 13 tokens per second),
+        ``"ultravox"``, ``"voxtral"``, ``"glma"`` (GLM-ASR: stacked frames between learned begin / end embeddings),
+        ``"meralion"`` (MERaLiON: stacked frames, GLU adaptor), ``"musicflamingo"`` (Music Flamingo: Whisper with
+        average pool) or ``"gemma4a"`` (Gemma 4's conformer: two stride-2 conv2d, chunked local attention).
     n_embd, n_layer, n_head, n_ff : int
         Encoder sizes.
     n_mel : int
@@ -219,7 +318,7 @@ class AudioProjectorSpec:
     n_hidden : int
         Hidden width of the ultravox / voxtral / qwen3a projector MLP.
     n_conv : int
-        qwen3a only: channels of the conv2d stem.
+        qwen3a / gemma4a: channels of the conv2d stem.
     weights : str
         Type of the encoder and projector matrices: ``"f32"`` or ``"f16"`` (conv kernels are always F16).
     """
@@ -236,9 +335,9 @@ class AudioProjectorSpec:
     weights: str = "f32"
 
     def __post_init__(self) -> None:
-        if self.projector not in ("qwen2a", "qwen3a", "ultravox", "voxtral"):
+        if self.projector not in AUDIO_PROJECTORS:
             raise ValueError(f"unsupported tiny audio projector {self.projector!r}")
-        if self.projector in ("ultravox", "voxtral") and self.stack_factor < 1:
+        if self.projector in STACKING_PROJECTORS and self.stack_factor < 1:
             raise ValueError(f"{self.projector} needs stack_factor >= 1")
         if self.n_embd % self.n_head:
             raise ValueError("audio n_embd must be a multiple of n_head")
@@ -246,6 +345,14 @@ class AudioProjectorSpec:
             raise ValueError("qwen3a needs n_mel divisible by 8 (three stride-2 convolutions)")
         if self.weights not in AUDIO_WEIGHT_TYPES:
             raise ValueError(f"audio weights must be f32 or f16, got {self.weights!r}")
+
+
+#: A Gemma 4 E2B-shaped tiny text model: SWA layers with a full-attention layer closing each period, the last layers
+#: sharing the KV of the last full / SWA layer with their own (E2B: 35 layers, period 5, 20 shared), a larger head
+#: size for the full-attention layers, per-layer embeddings.
+GEMMA4_E2B_LIKE = TextModelSpec("gemma4", GEMMA4, n_embd=64, n_layer=8, n_head=4, n_head_kv=2, head_dim=64,
+                                head_dim_swa=32, sliding_window=16, swa_period=2, n_kv_shared=4,
+                                n_embd_per_layer=16)
 
 
 @dataclass(frozen=True)
@@ -283,6 +390,26 @@ TINY_PAIRS: dict[str, TinyPair] = {
         TinyPair(
             TextModelSpec("gemma3", GEMMA, n_head=4, n_head_kv=1, head_dim=32, sliding_window=64),
             AudioProjectorSpec("qwen2a"),
+        ),
+        TinyPair(
+            TextModelSpec("qwen3moe", CHATML, n_head=4, n_head_kv=1, head_dim=32, rope_freq_base=1000000.0,
+                          n_ff=32, n_expert=4, n_expert_used=2),
+            AudioProjectorSpec("qwen3a"),
+        ),
+        TinyPair(GEMMA4_E2B_LIKE, AudioProjectorSpec("gemma4a", n_mel=128, n_conv=8)),
+        TinyPair(
+            TextModelSpec("qwen2", CHATML, rope_freq_base=1000000.0), AudioProjectorSpec("qwen2.5o"),
+        ),
+        TinyPair(
+            TextModelSpec("llama", MISTRAL, rope_freq_base=1000000.0), AudioProjectorSpec("voxtral", stack_factor=4),
+        ),
+        TinyPair(TextModelSpec("llama", LLAMA3, rope_freq_base=500000.0), AudioProjectorSpec("glma", stack_factor=4)),
+        TinyPair(
+            TextModelSpec("gemma2", GEMMA, n_head=4, n_head_kv=2, head_dim=32, sliding_window=64),
+            AudioProjectorSpec("meralion", stack_factor=3),
+        ),
+        TinyPair(
+            TextModelSpec("qwen2", CHATML, rope_freq_base=1000000.0), AudioProjectorSpec("musicflamingo"),
         ),
     )
 }
@@ -440,14 +567,18 @@ class _TensorSink:
             ``"q4_0"``), ``"normal"`` (arg: standard deviation) or ``"ones"`` (arg unused).
         """
         for il in range(n_layer):
-            for suffix, kind, ne, arg in layout:
-                name = f"{prefix}{il}.{suffix}"
-                if kind == "matrix":
-                    self.matrix(name, ne, dtype=arg)
-                elif kind == "normal":
-                    self.normal(name, ne, arg)
-                else:
-                    self.ones(name, ne)
+            self.layer(f"{prefix}{il}.", layout)
+
+    def layer(self, prefix: str, layout: list[tuple]) -> None:
+        """Write the tensors of one layer, named ``prefix + suffix`` (``layout`` as in :meth:`blocks`)."""
+        for suffix, kind, ne, arg in layout:
+            name = prefix + suffix
+            if kind == "matrix":
+                self.matrix(name, ne, dtype=arg)
+            elif kind == "normal":
+                self.normal(name, ne, arg)
+            else:
+                self.ones(name, ne)
 
     def write_file(self, progress=None) -> None:
         """Write the header, metadata and every tensor (made now, one at a time), and close the writer.
@@ -488,15 +619,40 @@ def _text_block_layout(spec: TextModelSpec) -> list[tuple]:
     if arch == "qwen2":
         layout += [("attn_q.bias", "normal", (hq * dh,), 0.02), ("attn_k.bias", "normal", (hkv * dh,), 0.02),
                    ("attn_v.bias", "normal", (hkv * dh,), 0.02)]
-    if arch in ("qwen3", "gemma3"):
+    if arch in ("qwen3", "qwen3moe", "gemma3"):
         layout += [("attn_q_norm.weight", "ones", (dh,), None), ("attn_k_norm.weight", "ones", (dh,), None)]
     layout.append(("attn_output.weight", "matrix", (hq * dh, d), f32))
-    if arch == "gemma3":
+    if arch in ("gemma2", "gemma3"):
         layout.append(("post_attention_norm.weight", "ones", (d,), None))
+    if arch == "qwen3moe":  # router + stacked experts (src/models/qwen3moe.cpp)
+        f, e = spec.n_ff, spec.n_expert
+        layout += [("ffn_norm.weight", "ones", (d,), None), ("ffn_gate_inp.weight", "matrix", (d, e), f32),
+                   ("ffn_gate_exps.weight", "matrix", (d, f, e), f32), ("ffn_down_exps.weight", "matrix", (f, d, e), f32),
+                   ("ffn_up_exps.weight", "matrix", (d, f, e), f32)]
+        return layout
     layout += [("ffn_norm.weight", "ones", (d,), None), ("ffn_gate.weight", "matrix", (d, spec.n_ff), f32),
                ("ffn_up.weight", "matrix", (d, spec.n_ff), f32), ("ffn_down.weight", "matrix", (spec.n_ff, d), f32)]
-    if arch == "gemma3":
+    if arch in ("gemma2", "gemma3"):
         layout.append(("post_ffw_norm.weight", "ones", (d,), None))
+    return layout
+
+
+def _gemma4_layer_layout(spec: TextModelSpec, il: int) -> list[tuple]:
+    """Tensors of gemma4 layer ``il`` (``src/models/gemma4.cpp``): the head size depends on the layer type, a layer
+    sharing another layer's KV has no K/V projections, and every layer has its per-layer-embedding block."""
+    d, hq, hkv, f32 = spec.n_embd, spec.n_head, spec.n_head_kv, np.float32
+    dh = spec.layer_head_dim(il)
+    layout = [("attn_norm.weight", "ones", (d,), None), ("attn_q.weight", "matrix", (d, hq * dh), f32)]
+    if spec.has_kv(il):
+        layout += [("attn_k.weight", "matrix", (d, hkv * dh), f32), ("attn_v.weight", "matrix", (d, hkv * dh), f32)]
+    layout += [("attn_output.weight", "matrix", (hq * dh, d), f32), ("attn_q_norm.weight", "ones", (dh,), None)]
+    if spec.has_kv(il):
+        layout.append(("attn_k_norm.weight", "ones", (dh,), None))
+    layout += [("post_attention_norm.weight", "ones", (d,), None), ("ffn_norm.weight", "ones", (d,), None),
+               ("ffn_gate.weight", "matrix", (d, spec.n_ff), f32), ("ffn_up.weight", "matrix", (d, spec.n_ff), f32),
+               ("ffn_down.weight", "matrix", (spec.n_ff, d), f32), ("post_ffw_norm.weight", "ones", (d,), None),
+               ("inp_gate.weight", "matrix", (d, spec.n_embd_per_layer), f32),
+               ("proj.weight", "matrix", (spec.n_embd_per_layer, d), f32), ("post_norm.weight", "ones", (d,), None)]
     return layout
 
 
@@ -558,10 +714,28 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(spec.rope_freq_base)
     w.add_vocab_size(n_vocab)
-    if arch == "gemma3":
+    if arch in ("gemma2", "gemma3"):
         w.add_sliding_window(spec.sliding_window)
         w.add_sliding_window_pattern(2)  # layers 0, 2, ... SWA; 1, 3, ... full attention
         w.add_rope_freq_base_swa(10000.0)
+    if arch == "qwen3moe":
+        w.add_expert_count(spec.n_expert)
+        w.add_expert_used_count(spec.n_expert_used)
+        w.add_expert_feed_forward_length(spec.n_ff)
+    if arch == "gemma2":
+        w.add_attn_logit_softcapping(50.0)
+        w.add_final_logit_softcapping(30.0)
+    if arch == "gemma4":
+        w.add_sliding_window(spec.sliding_window)
+        w.add_sliding_window_pattern([spec.is_swa(il) for il in range(spec.n_layer)])
+        w.add_rope_freq_base_swa(10000.0)
+        w.add_key_length_swa(spec.head_dim_swa)
+        w.add_value_length_swa(spec.head_dim_swa)
+        w.add_rope_dimension_count(spec.head_dim)
+        w.add_rope_dimension_count_swa(spec.head_dim_swa)
+        w.add_shared_kv_layers(spec.n_kv_shared)
+        w.add_embedding_length_per_layer_input(spec.n_embd_per_layer)
+        w.add_final_logit_softcapping(30.0)
 
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(fam.pre)
@@ -580,14 +754,15 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
     t = _TensorSink(w, seed)
     d = spec.n_embd
     if spec.weights == "f32":
-        t.normal("token_embd.weight", (d, n_vocab), 1.0 / np.sqrt(d) if arch != "gemma3" else 0.05)
+        t.normal("token_embd.weight", (d, n_vocab), 1.0 / np.sqrt(d) if not arch.startswith("gemma") else 0.05)
     else:
         t.matrix("token_embd.weight", (d, n_vocab), dtype=spec.weights)
     t.ones("output_norm.weight", (d,))
+    tied = spec.tied_output or arch == "gemma2"  # gemma2 ties its output head to token_embd (llama.cpp loads none)
     if spec.weights != "f32":
-        if not spec.tied_output:
+        if not tied:
             t.matrix("output.weight", (d, n_vocab), dtype=spec.weights)
-    elif not spec.tied_output:
+    elif not tied:
         # untied output head whose rows for non-printable byte tokens and for specials other than end-of-turn are
         # zero: greedy decoding then emits printable (if meaningless) text and may stop, as a chat model would
         def head() -> np.ndarray:
@@ -600,8 +775,48 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
             return rows.astype(np.float32)
 
         t.array("output.weight", head, (n_vocab, d), np.float32)
-    t.blocks("blk.", spec.n_layer, _text_block_layout(spec))
+    if arch == "gemma4":
+        n_pl = spec.n_embd_per_layer * spec.n_layer
+        t.normal("per_layer_token_embd.weight", (n_pl, n_vocab), 0.05)
+        t.matrix("per_layer_model_proj.weight", (d, n_pl))
+        t.ones("per_layer_proj_norm.weight", (spec.n_embd_per_layer,))
+        t.ones("rope_freqs.weight", (spec.head_dim // 2,))  # proportional RoPE of the full-attention layers
+        for il in range(spec.n_layer):
+            t.layer(f"blk.{il}.", _gemma4_layer_layout(spec, il))
+    else:
+        t.blocks("blk.", spec.n_layer, _text_block_layout(spec))
     t.write_file(progress)
+
+
+def _write_gemma4a(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text: int) -> None:
+    """Gemma 4's audio conformer (``models/gemma4a.cpp``, tensors of ``clip.cpp`` PROJECTOR_TYPE_GEMMA4A): two
+    3x3 stride-2 conv2d with channel norms, an input projection, conformer blocks (half-step FFN, local attention
+    with relative positions, depthwise conv module, half-step FFN), the output projection and the embedder."""
+    d, f, c, f32 = spec.n_embd, spec.n_ff, spec.n_conv, np.float32
+    t.matrix("a.conv1d.0.weight", (3, 3, 1, c), dtype=np.float16)
+    t.normal("a.conv1d.0.bias", (c,), 0.02)
+    t.ones("a.conv1d.0.norm.weight", (c,))
+    t.matrix("a.conv1d.1.weight", (3, 3, c, c), dtype=np.float16)
+    t.normal("a.conv1d.1.bias", (c,), 0.02)
+    t.ones("a.conv1d.1.norm.weight", (c,))
+    freq = ((spec.n_mel - 1) // 2) // 2 + 1  # two stride-2, pad-1 convolutions over the mel bins
+    t.matrix("a.input_projection.weight", (c * freq, d))
+    t.blocks("a.blk.", spec.n_layer, [
+        ("ffn_norm.weight", "ones", (d,), None), ("ffn_up.weight", "matrix", (d, f), f32),
+        ("ffn_down.weight", "matrix", (f, d), f32), ("ffn_post_norm.weight", "ones", (d,), None),
+        ("attn_pre_norm.weight", "ones", (d,), None), ("attn_q.weight", "matrix", (d, d), f32),
+        ("attn_k.weight", "matrix", (d, d), f32), ("attn_v.weight", "matrix", (d, d), f32),
+        ("attn_out.weight", "matrix", (d, d), f32), ("per_dim_scale.weight", "ones", (d // spec.n_head,), None),
+        ("attn_k_rel.weight", "matrix", (d, d), f32), ("attn_post_norm.weight", "ones", (d,), None),
+        ("norm_conv.weight", "ones", (d,), None), ("conv_pw1.weight", "matrix", (d, 2 * d), f32),
+        ("conv_dw.weight", "matrix", (5, d), f32), ("conv_norm.weight", "ones", (d,), None),
+        ("conv_pw2.weight", "matrix", (d, d), f32), ("ffn_norm_1.weight", "ones", (d,), None),
+        ("ffn_up_1.weight", "matrix", (d, f), f32), ("ffn_down_1.weight", "matrix", (f, d), f32),
+        ("ffn_post_norm_1.weight", "ones", (d,), None), ("ln2.weight", "ones", (d,), None),
+    ])
+    t.matrix("a.pre_encode.out.weight", (d, spec.n_hidden))
+    t.ones("mm.a.soft_emb_norm.weight", (spec.n_hidden,))
+    t.matrix("mm.a.input_projection.weight", (spec.n_hidden, n_embd_text))
 
 
 def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_embd_text: int, seed: int = 0,
@@ -642,6 +857,10 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
 
     t = _TensorSink(w, seed)
     d, mat = spec.n_embd, AUDIO_WEIGHT_TYPES[spec.weights]  # mat: the projector matrices' type
+    if spec.projector == "gemma4a":
+        _write_gemma4a(t, spec, n_embd_text)
+        t.write_file(progress)
+        return
     if spec.projector == "qwen3a":  # models/qwen3a.cpp: 3 x conv2d(3x3, stride 2) on [100 frames, n_mel] chunks
         c = spec.n_conv
         t.matrix("a.conv2d.1.weight", (3, 3, 1, c), dtype=np.float16)
@@ -661,9 +880,31 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
     t.blocks("a.blk.", spec.n_layer, _audio_block_layout(spec))
     t.ones("a.post_ln.weight", (d,))
     t.normal("a.post_ln.bias", (d,), 0.02)
-    if spec.projector == "qwen2a":
+    if spec.projector in ("qwen2a", "qwen2.5o"):
         t.matrix("mm.a.fc.weight", (d, n_embd_text), dtype=mat)
         t.normal("mm.a.fc.bias", (n_embd_text,), 0.02)
+    elif spec.projector == "glma":  # norm, stack, GELU MLP, between learned begin / end embeddings
+        h, ds = spec.n_hidden, d * spec.stack_factor
+        t.ones("mm.a.norm_pre.weight", (d,))
+        t.normal("mm.a.norm_pre.bias", (d,), 0.02)
+        t.matrix("mm.a.mlp.1.weight", (ds, h))
+        t.normal("mm.a.mlp.1.bias", (h,), 0.02)
+        t.matrix("mm.a.mlp.2.weight", (h, n_embd_text))
+        t.normal("mm.a.mlp.2.bias", (n_embd_text,), 0.02)
+        t.normal("v.boi", (n_embd_text, 1), 0.05)
+        t.normal("v.eoi", (n_embd_text, 1), 0.05)
+    elif spec.projector == "meralion":  # stack, norm, linear + SiLU, GLU, out
+        h, ds = spec.n_hidden, d * spec.stack_factor
+        t.ones("mm.a.norm_pre.weight", (ds,))
+        t.normal("mm.a.norm_pre.bias", (ds,), 0.02)
+        for i, (n_in, n_out) in enumerate(((ds, h), (h, h), (h, h), (h, n_embd_text))):
+            t.matrix(f"mm.a.mlp.{i}.weight", (n_in, n_out))
+            t.normal(f"mm.a.mlp.{i}.bias", (n_out,), 0.02)
+    elif spec.projector == "musicflamingo":
+        t.matrix("mm.a.mlp.1.weight", (d, spec.n_hidden))
+        t.normal("mm.a.mlp.1.bias", (spec.n_hidden,), 0.02)
+        t.matrix("mm.a.mlp.2.weight", (spec.n_hidden, n_embd_text))
+        t.normal("mm.a.mlp.2.bias", (n_embd_text,), 0.02)
     elif spec.projector == "qwen3a":
         t.matrix("mm.a.mlp.1.weight", (d, spec.n_hidden), dtype=mat)
         t.normal("mm.a.mlp.1.bias", (spec.n_hidden,), 0.02)

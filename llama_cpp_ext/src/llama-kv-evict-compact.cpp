@@ -544,6 +544,8 @@ void llama_kv_evict_state::build_compact_inputs(
 
         gr.st_off.assign(n_layer, 0);
         gr.base.assign(n_layer, {});
+        gr.k_st.assign(n_layer, nullptr);
+        gr.v_st.assign(n_layer, nullptr);
         gr.base_max = 0;
         for (size_t l = 0; l < n_layer; ++l) {
             gr.st_off[l] = n_rows;
@@ -661,9 +663,12 @@ void llama_kv_evict_state::set_compact_inputs(llm_graph_input_kv_evict & inp, co
 
 ggml_tensor * llama_kv_evict_state::build_attn_compact(
         ggml_context * ctx, ggml_cgraph * gf, llm_graph_input_kv_evict & inp, ggml_tensor * cur_main,
-        ggml_tensor * q_cur, ggml_tensor * k_cur, ggml_tensor * v_cur, int32_t il, float kq_scale) {
-    const size_t l  = layer_index.at(il);
+        ggml_tensor * q_cur, ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * sinks, int32_t il,
+        float kq_scale) {
+    const size_t l  = layer_index.at(source_layer(il));
     const auto & li = layers[l];
+
+    const bool shared = k_cur == nullptr; // the K/V and pools of layer li.il, stored by it earlier in the graph
 
     const int64_t n   = inp.n_tokens;
     const int64_t nh  = li.n_head;
@@ -676,10 +681,10 @@ ggml_tensor * llama_kv_evict_state::build_attn_compact(
     GGML_ASSERT(!inp.groups.empty());
     GGML_ASSERT((cur_main != nullptr) == inp.has_main);
 
-    if (!ggml_is_contiguous(k_cur)) {
+    if (!shared && !ggml_is_contiguous(k_cur)) {
         k_cur = ggml_cont(ctx, k_cur);
     }
-    if (!ggml_is_contiguous(v_cur)) {
+    if (!shared && !ggml_is_contiguous(v_cur)) {
         v_cur = ggml_cont(ctx, v_cur);
     }
     if (inp.out_idxs && !ggml_is_contiguous(q_cur)) {
@@ -694,7 +699,7 @@ ggml_tensor * llama_kv_evict_state::build_attn_compact(
         outs.push_back(cur_main);
     }
 
-    for (const auto & gr : inp.groups) {
+    for (auto & gr : inp.groups) {
         const auto &  pl = seqs[gr.seq_id].layers[l];
         const int64_t ng = (int64_t) gr.tokens.size();
 
@@ -704,19 +709,31 @@ ggml_tensor * llama_kv_evict_state::build_attn_compact(
         ggml_tensor * vg = v_cur;
         if (gr.tok_idxs) {
             qg = ggml_reshape_3d(ctx, ggml_get_rows(ctx, ggml_reshape_2d(ctx, q_cur, d*nh,   n), gr.tok_idxs), d,  nh,  ng);
+        }
+        if (gr.tok_idxs && !shared) {
             kg = ggml_reshape_3d(ctx, ggml_get_rows(ctx, ggml_reshape_2d(ctx, k_cur, d*hkv,  n), gr.tok_idxs), d,  hkv, ng);
             vg = ggml_reshape_3d(ctx, ggml_get_rows(ctx, ggml_reshape_2d(ctx, v_cur, dv*hkv, n), gr.tok_idxs), dv, hkv, ng);
         }
 
-        // store the new rows: row t*hkv + h goes to off[h] + base[h] + t of the sequence's pools
+        // store the new rows: row t*hkv + h goes to off[h] + base[h] + t of the sequence's pools (a layer sharing
+        // the KV reads the pools as the owning layer left them: its stored tensors keep the graph order)
         ggml_tensor * idx = ggml_view_1d(ctx, inp.st_idxs, ng*hkv, gr.st_off[l]*ggml_element_size(inp.st_idxs));
 
-        ggml_tensor * k_st = ggml_set_rows(ctx, pl.k, ggml_reshape_2d(ctx, kg, d,  hkv*ng), idx);
-        ggml_build_forward_expand(gf, k_st);
-        ggml_tensor * v_st = nullptr;
-        if (!pl.v_trans) {
+        ggml_tensor * k_st = gr.k_st[l];
+        ggml_tensor * v_st = gr.v_st[l];
+        if (shared) {
+            GGML_ASSERT(k_st != nullptr && "a layer sharing KV is built after the layer owning it");
+        } else {
+            k_st = ggml_set_rows(ctx, pl.k, ggml_reshape_2d(ctx, kg, d,  hkv*ng), idx);
+            ggml_build_forward_expand(gf, k_st);
+            gr.k_st[l] = k_st;
+        }
+        if (shared) {
+            // nothing to store
+        } else if (!pl.v_trans) {
             v_st = ggml_set_rows(ctx, pl.v, ggml_reshape_2d(ctx, vg, dv, hkv*ng), idx);
             ggml_build_forward_expand(gf, v_st);
+            gr.v_st[l] = v_st;
         } else {
             // V^T: the group's [dv, ng] block of head h goes to columns off[h] + base[h] .. of the pool's dv rows;
             // expanded into the graph before the attention below reads the pool (graph order, as llama.cpp's
@@ -747,6 +764,9 @@ ggml_tensor * llama_kv_evict_state::build_attn_compact(
             ggml_tensor * qh = ggml_view_3d(ctx, qg, d, g, ng, qg->nb[1], qg->nb[2], h*g*qg->nb[1]);
             qh = ggml_permute(ctx, qh, 0, 2, 1, 3); // [d, ng, g]
 
+            // the sinks of the KV head's g query heads (the kernels index the sinks by the op's head)
+            ggml_tensor * sh = sinks ? ggml_view_1d(ctx, sinks, g, h*g*ggml_element_size(sinks)) : nullptr;
+
             ggml_tensor * o;
             if (flash_attn) {
                 if (kh->type == GGML_TYPE_F32) {
@@ -756,11 +776,13 @@ ggml_tensor * llama_kv_evict_state::build_attn_compact(
                     vh = ggml_cast(ctx, vh, GGML_TYPE_F16);
                 }
                 o = ggml_flash_attn_ext(ctx, qh, kh, vh, mh, kq_scale, 0.0f, 0.0f); // [dv, g, ng]
+                ggml_flash_attn_ext_add_sinks(o, sh);
                 ggml_prec_set_acc(o, GGML_PREC_F32);
             } else {
                 ggml_tensor * kq = ggml_mul_mat(ctx, kh, qh); // [nk, ng, g]
                 ggml_prec_set_acc(kq, GGML_PREC_F32);
                 kq = ggml_soft_max_ext(ctx, kq, mh, kq_scale, 0.0f);
+                ggml_soft_max_add_sinks(kq, sh);
                 o = ggml_mul_mat(ctx, vh, kq);                              // [dv, ng, g]
                 o = ggml_cont(ctx, ggml_permute(ctx, o, 0, 2, 1, 3));       // [dv, g, ng]
             }

@@ -6,12 +6,15 @@
 #include "llama-hparams.h"
 #include "llama-kv-cache.h"
 #include "llama-kv-cache-iswa.h"
+#include "llama-memory-hybrid.h"
+#include "llama-memory-hybrid-iswa.h"
 #include "llama-model.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 
 //
 // llama_kv_evict_state
@@ -39,14 +42,14 @@ std::unique_ptr<llama_kv_evict_state> llama_kv_evict_state::create(
     st->flash_attn = flash_attn;
 
     if (params.mode == LLAMA_KV_EVICT_MODE_COMPACT) {
-        if (hparams.attn_soft_cap || hparams.use_alibi || hparams.n_layer_kv_from_start >= 0) {
+        if (hparams.attn_soft_cap || hparams.use_alibi) {
             err = LLAMA_KV_EVICT_ERR_UNSUPPORTED;
-            msg = "COMPACT mode does not support attention soft-capping, ALiBi or layers sharing another layer's KV";
+            msg = std::string("COMPACT mode does not support ") +
+                  (hparams.attn_soft_cap ? "attention logit soft-capping" : "ALiBi") +
+                  " (the per-head pool attention has no soft-cap / bias term)";
             return nullptr;
         }
     }
-    st->type_v    = kv.type_v();
-
     if (hparams.is_mla()) {
         err = LLAMA_KV_EVICT_ERR_UNSUPPORTED;
         msg = "MLA attention (compressed KV) is not supported";
@@ -56,9 +59,10 @@ std::unique_ptr<llama_kv_evict_state> llama_kv_evict_state::create(
     const auto layer_ids = kv.get_layer_ids();
     if (layer_ids.empty()) {
         err = LLAMA_KV_EVICT_ERR_UNSUPPORTED;
-        msg = "the KV cache has no layer";
+        msg = "the KV cache has no layer to evict (sliding-window layers keep their window)";
         return nullptr;
     }
+    st->type_v = kv.type_v(); // of layer 0: needs a layer
 
     for (const uint32_t il : layer_ids) {
         ggml_tensor * k = kv.get_k_storage(il);
@@ -109,6 +113,36 @@ std::unique_ptr<llama_kv_evict_state> llama_kv_evict_state::create(
         st->layers.push_back(std::move(li));
     }
 
+    // layers without K/V of their own (Gemma 3n / 4: the last layers read the cache of the last full-attention
+    // layer before them): they attend the entries their source layer keeps (its mask, its pools)
+    for (uint32_t il = 0; il < hparams.n_layer(); ++il) {
+        if (hparams.has_kv(il) || hparams.is_swa(il) || st->layer_index.count((int32_t) il)) {
+            continue;
+        }
+        ggml_tensor * k = nullptr;
+        try {
+            k = kv.get_k_storage((int32_t) il);
+        } catch (const std::out_of_range &) {
+            k = nullptr;
+        }
+        const layer_info * src = nullptr;
+        for (const auto & li : st->layers) {
+            if (li.k == k) {
+                src = &li;
+            }
+        }
+        if (src == nullptr || (int32_t) hparams.n_head(il) != src->n_head ||
+                (int32_t) hparams.n_head_kv(il) != src->n_head_kv ||
+                (int32_t) hparams.n_embd_head_k(il) != src->n_embd_head_k ||
+                (int32_t) hparams.n_embd_head_v(il) != src->n_embd_head_v) {
+            err = LLAMA_KV_EVICT_ERR_UNSUPPORTED;
+            msg = "layer " + std::to_string(il) + " shares KV with another layer whose cache or head layout it "
+                  "does not match";
+            return nullptr;
+        }
+        st->shared_index[(int32_t) il] = st->layer_index.at(src->il);
+    }
+
     const bool mask_mode = params.mode == LLAMA_KV_EVICT_MODE_MASK;
     const int64_t n_rows = (int64_t) n_seq_max * params.n_window + 1;
 
@@ -142,8 +176,8 @@ std::unique_ptr<llama_kv_evict_state> llama_kv_evict_state::create(
     }
     ggml_backend_buffer_clear(st->buf.get(), 0);
 
-    LLAMA_LOG_INFO("%s: per-head eviction: %zu layers, window %d, mode %s, %.2f MiB\n", __func__,
-            st->layers.size(), params.n_window, mask_mode ? "mask" : "compact",
+    LLAMA_LOG_INFO("%s: per-head eviction: %zu layers (+ %zu sharing their KV), window %d, mode %s, %.2f MiB\n",
+            __func__, st->layers.size(), st->shared_index.size(), params.n_window, mask_mode ? "mask" : "compact",
             ggml_backend_buffer_get_size(st->buf.get())/1024.0/1024.0);
 
     st->rings.assign(n_seq_max, std::vector<ring_slot>(params.n_window));
@@ -171,11 +205,19 @@ uint32_t llama_kv_evict_state::graph_nodes() const {
     for (const auto & li : layers) {
         n += 2*(16 + n_group*(24 + 16*(uint32_t) li.n_head_kv));
     }
+    for (const auto & sh : shared_index) {
+        n += 2*(16 + n_group*(24 + 16*(uint32_t) layers[sh.second].n_head_kv));
+    }
     return n;
 }
 
 bool llama_kv_evict_state::has_layer(int32_t il) const {
-    return layer_index.count(il) != 0;
+    return layer_index.count(il) != 0 || shared_index.count(il) != 0;
+}
+
+int32_t llama_kv_evict_state::source_layer(int32_t il) const {
+    const auto it = shared_index.find(il);
+    return it == shared_index.end() ? il : layers[it->second].il;
 }
 
 ggml_tensor * llama_kv_evict_state::build_capture(
@@ -201,7 +243,7 @@ ggml_tensor * llama_kv_evict_state::build_layer_mask(ggml_context * ctx, ggml_te
         return kq_mask;
     }
 
-    const auto & li = layers[layer_index.at(il)];
+    const auto & li = layers[layer_index.at(source_layer(il))];
 
     GGML_ASSERT(kq_mask->ne[2] == li.n_head);
     GGML_ASSERT(kq_mask->type == li.bias->type);
@@ -772,14 +814,18 @@ llm_graph_input_kv_evict * llama_kv_evict_build_input(
 
 ggml_tensor * llama_kv_evict_build_attn(
         llm_graph_input_kv_evict * evict, ggml_context * ctx, ggml_cgraph * gf, const llama_kv_cache_context * mctx,
-        ggml_tensor * q, ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * kq_mask, float kq_scale, int32_t il,
-        const std::function<ggml_tensor * (ggml_tensor * kq_mask)> & build_attn_mha) {
+        ggml_tensor * q, ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * kq_mask, ggml_tensor * sinks,
+        float kq_scale, int32_t il, const std::function<ggml_tensor * (ggml_tensor * kq_mask)> & build_attn_mha) {
     if (evict == nullptr || !evict->state->has_layer(il)) {
         return build_attn_mha(kq_mask);
     }
+    GGML_ASSERT((k_cur == nullptr) == (v_cur == nullptr));
 
-    // capture the window queries, mask the evicted entries of this layer
-    ggml_build_forward_expand(gf, evict->state->build_capture(ctx, q, evict->q_idxs, il, kq_scale));
+    // capture the window queries (the layer owning the K/V: its queries score its entries), mask the entries
+    // evicted from this layer's K/V (a layer sharing another layer's KV: that layer's mask)
+    if (k_cur != nullptr) {
+        ggml_build_forward_expand(gf, evict->state->build_capture(ctx, q, evict->q_idxs, il, kq_scale));
+    }
     kq_mask = evict->state->build_layer_mask(ctx, kq_mask, il, mctx->get_s0());
 
     if (!evict->compact) {
@@ -788,7 +834,7 @@ ggml_tensor * llama_kv_evict_build_attn(
 
     // the tokens of compacted sequences are attended in their per-head pools, the others as usual
     ggml_tensor * cur_main = evict->has_main ? build_attn_mha(kq_mask) : nullptr;
-    return evict->state->build_attn_compact(ctx, gf, *evict, cur_main, q, k_cur, v_cur, il, kq_scale);
+    return evict->state->build_attn_compact(ctx, gf, *evict, cur_main, q, k_cur, v_cur, sinks, il, kq_scale);
 }
 
 //
@@ -807,7 +853,13 @@ static llama_kv_cache * llama_kv_evict_find_cache(llama_context * ctx, std::stri
     if (auto * iswa = dynamic_cast<llama_kv_cache_iswa *>(mem)) {
         return iswa->get_base(); // the full-attention layers; SWA layers keep their window
     }
-    msg = "the context's memory is recurrent or hybrid: per-head eviction needs a plain or iSWA KV cache";
+    if (auto * hybrid = dynamic_cast<llama_memory_hybrid *>(mem)) {
+        return hybrid->get_mem_attn(); // the attention layers; the recurrent / conv state is left alone
+    }
+    if (auto * hybrid = dynamic_cast<llama_memory_hybrid_iswa *>(mem)) {
+        return hybrid->get_mem_attn()->get_base(); // its full-attention layers; SWA and recurrent ones untouched
+    }
+    msg = "the context's memory is recurrent: per-head eviction needs a KV cache";
     return nullptr;
 }
 
@@ -863,6 +915,10 @@ uint32_t llama_kv_evict_graph_nodes(const llama_memory_i * mem) {
     if (kv == nullptr) {
         if (const auto * iswa = dynamic_cast<const llama_kv_cache_iswa *>(mem)) {
             kv = iswa->get_base();
+        } else if (const auto * hybrid = dynamic_cast<const llama_memory_hybrid *>(mem)) {
+            kv = hybrid->get_mem_attn();
+        } else if (const auto * hybrid_iswa = dynamic_cast<const llama_memory_hybrid_iswa *>(mem)) {
+            kv = hybrid_iswa->get_mem_attn()->get_base();
         }
     }
     if (kv == nullptr || kv->get_evict() == nullptr) {

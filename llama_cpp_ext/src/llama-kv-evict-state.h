@@ -36,7 +36,10 @@ public:
     // number of heads the shared KQ mask must have (1 unless MASK mode)
     uint32_t mask_n_head() const;
 
+    // layer il is evictable: it owns K/V in this cache, or (shared) reads those of an evictable layer
     bool has_layer(int32_t il) const;
+    // the evictable layer whose K/V layer il attends (il itself unless il shares another layer's KV)
+    int32_t source_layer(int32_t il) const;
 
     // upper bound of the graph tensors the eviction adds per graph (see llama_kv_evict_graph_nodes)
     uint32_t graph_nodes() const;
@@ -91,12 +94,14 @@ public:
     void set_compact_inputs(llm_graph_input_kv_evict & inp, const llama_ubatch & ubatch);
 
     // graph: store k_cur/v_cur [d, n_head_kv, n_tokens] of the compacted sequences' tokens into their pools and
-    // attend over them, one op per KV head and sequence; cur_main [n_embd_head_v*n_head, n_tokens] is the usual
+    // attend over them, one op per KV head and sequence (k_cur/v_cur nullptr: layer il shares the KV of an
+    // earlier layer, whose pools it attends as they are after that layer stored the ubatch); cur_main [n_embd_head_v*n_head, n_tokens] is the usual
     // attention output for the other tokens (nullptr when every token is compacted); returns
     // [n_embd_head_v*n_head, n_tokens] like build_attn_mha
+    // sinks: the layer's attention sinks [n_head] F32 (nullptr: none), one logit per query head joining the softmax
     ggml_tensor * build_attn_compact(ggml_context * ctx, ggml_cgraph * gf, llm_graph_input_kv_evict & inp,
-            ggml_tensor * cur_main, ggml_tensor * q_cur, ggml_tensor * k_cur, ggml_tensor * v_cur, int32_t il,
-            float kq_scale);
+            ggml_tensor * cur_main, ggml_tensor * q_cur, ggml_tensor * k_cur, ggml_tensor * v_cur,
+            ggml_tensor * sinks, int32_t il, float kq_scale);
 
     ~llama_kv_evict_state();
 
@@ -176,7 +181,8 @@ private:
     ggml_type type_v    = GGML_TYPE_F16;
 
     std::vector<layer_info> layers;
-    std::unordered_map<int32_t, size_t> layer_index; // model layer -> layers[]
+    std::unordered_map<int32_t, size_t> layer_index; // model layer -> layers[] (layers owning K/V)
+    std::unordered_map<int32_t, size_t> shared_index; // model layer reading another layer's K/V -> layers[] of it
 
     ggml_context_ptr        ctx;
     ggml_backend_buffer_ptr buf;
@@ -267,6 +273,8 @@ public:
         ggml_tensor         * tok_idxs = nullptr; // I32 [n]: the same indices (nullptr when the group is the ubatch)
         std::vector<int64_t>              st_off;   // [n_layer] first row of (layer, group) in st_idxs
         std::vector<std::vector<int64_t>> base;     // [n_layer][n_head_kv] rows in use when the graph was built
+        std::vector<ggml_tensor *>        k_st, v_st; // [n_layer] the pools after storing the group's rows (set
+                                                      //   by the layer owning them, read by the layers sharing them)
         int64_t                           base_max = 0; // the largest base over layers and heads
         int64_t                           mask_off = 0; // element offset of the group's mask in masks
     };
@@ -298,8 +306,9 @@ llm_graph_input_kv_evict * llama_kv_evict_build_input(
 // of q [d, n_head, n_tokens] are captured and the layer's evicted entries masked (MASK mode; mctx: the cache
 // context of the layer, for its first stream); in COMPACT mode the tokens of compacted sequences are attended in
 // their per-head pools (k_cur/v_cur: the ubatch's keys and values), next to the usual attention for the other
-// tokens or instead of it. Returns [n_embd_head_v*n_head, n_tokens] like build_attn_mha.
+// tokens or instead of it (sinks: the layer's attention sinks, nullptr when none). Returns
+// [n_embd_head_v*n_head, n_tokens] like build_attn_mha.
 ggml_tensor * llama_kv_evict_build_attn(
         llm_graph_input_kv_evict * evict, ggml_context * ctx, ggml_cgraph * gf, const llama_kv_cache_context * mctx,
-        ggml_tensor * q, ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * kq_mask, float kq_scale, int32_t il,
-        const std::function<ggml_tensor * (ggml_tensor * kq_mask)> & build_attn_mha);
+        ggml_tensor * q, ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * kq_mask, ggml_tensor * sinks,
+        float kq_scale, int32_t il, const std::function<ggml_tensor * (ggml_tensor * kq_mask)> & build_attn_mha);

@@ -1,0 +1,142 @@
+"""Hybrid memory (LFM2: short-convolution recurrent layers + attention layers): per-head eviction evicts the
+attention layers' KV and leaves the recurrent / conv state alone.
+
+The model is a random-weight LFM2 written by llama.cpp's own test-llama-archs (``-o DIR`` saves its test models),
+its attention layers made full-attention as in LFM2-Audio (``without_sliding_window``); llama.cpp gives it a hybrid
+memory (llama_memory_hybrid), whose attention cache llama_kv_evict_init takes
+(docs/model-families.md). The compacted cache equals the MASK-mode oracle over 32 greedy tokens
+(tests/test_evict_families.py); here: both modes initialise on the hybrid context, which then decodes and evicts,
+and the runner runs AudioKV on it (once and --stream) to the keep ratio.
+The C-level check runs in a child process so that its log callback cannot leak into other tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from audiokv_edge.profile.gguf_header import GGUFHeader, GGUFValueType
+from audiokv_edge.testing.tiny_models import AudioProjectorSpec, write_audio_projector
+
+pytestmark = pytest.mark.native
+
+REPO = Path(__file__).resolve().parent.parent
+JFK = REPO / "audiokv_edge" / "data" / "jfk.wav"
+
+# Child: load the LFM2 model, initialise both eviction modes (one context each), decode, evict.
+INIT_PROBE = r"""
+import ctypes, json, sys
+from audiokv_edge.native import llama_kv_evict as E
+from audiokv_edge.runtime.llama import ContextParams, LlamaModel, init_llama_cpp
+llama = init_llama_cpp()
+logged = []
+log_cb = llama.llama_log_callback(lambda level, text, data: logged.append((int(level), (text or b"").decode())))
+llama.llama_log_set(log_cb, ctypes.c_void_p())
+llm = LlamaModel(sys.argv[1])
+lib = E.load_library()
+out = {}
+seen = []
+def plan(seq_id, layers, uniform):
+    seen.append([lv.il for lv in layers])
+    for lv in layers:
+        for h in range(lv.n_head_kv):
+            lv.set_keep(h, list(range(0, len(lv.pos[h]), 2)) + ([len(lv.pos[h]) - 1] if len(lv.pos[h]) % 2 == 0 else []))
+    return 0
+callback = E.make_callback(plan)
+for name, mode in (("mask", E.LLAMA_KV_EVICT_MODE_MASK), ("compact", E.LLAMA_KV_EVICT_MODE_COMPACT)):
+    ctx = llm.new_context(ContextParams(n_ctx=128, flash_attn=None))
+    params = lib.llama_kv_evict_default_params()
+    params.mode = mode
+    params.callback = callback
+    del logged[:]
+    rc = lib.llama_kv_evict_init(ctx, params)
+    tokens = (llama.llama_token * 16)(*range(1, 17))
+    decode_rc = llama.llama_decode(ctx, llama.llama_batch_get_one(tokens, 16))
+    evict_rc = lib.llama_kv_evict_seq(ctx, 0)
+    st = E.llama_kv_evict_stats()
+    lib.llama_kv_evict_get_stats(ctx, 0, ctypes.byref(st))
+    nxt = (llama.llama_token * 1)(5)
+    out[name] = {"rc": rc, "decode_rc": decode_rc, "evict_rc": evict_rc, "layers": seen[-1] if seen else [],
+                 "entries": st.n_entries, "entries_full": st.n_entries_full,
+                 "next_rc": llama.llama_decode(ctx, llama.llama_batch_get_one(nxt, 1)),
+                 "errors": [t for lv, t in logged if lv == 4]}
+print(json.dumps(out))
+"""
+
+
+def without_sliding_window(src: Path, dst: Path, arch: str = "lfm2") -> Path:
+    """Copy of llama.cpp's test model ``src`` whose attention layers are full-attention, as in LFM2-1.2B and
+    LFM2-Audio: test-llama-archs sets ``<arch>.attention.sliding_window`` for every architecture, which makes all of
+    LFM2's attention layers SWA (src/models/lfm2.cpp); the key is renamed in place (same length: the file layout is
+    unchanged) to one llama.cpp does not read."""
+    name = f"{arch}.attention.sliding_window".encode()
+    key = len(name).to_bytes(8, "little") + name  # a GGUF key: uint64 length, then the bytes (not ..._pattern)
+    data = src.read_bytes()
+    assert data.count(key) == 1, f"{src} has no single {name!r}"
+    dst.write_bytes(data.replace(key, len(name).to_bytes(8, "little") + f"{arch}.attention.sliding_unused".encode()))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def lfm2(tmp_path_factory):
+    """(model, mmproj): llama.cpp's random LFM2 test model and a random qwen2a projector of its width."""
+    from test_llama_cpp_own_tests import run_program
+
+    directory = tmp_path_factory.mktemp("lfm2")
+    run_program("test-llama-archs", "-a", "^lfm2$", "-s", "1", "-o", str(directory))
+    model = without_sliding_window(directory / "lfm2-dense.gguf", directory / "lfm2-full-attention.gguf")
+    header = GGUFHeader(model)
+    assert header.scalar("general.architecture", (GGUFValueType.STRING,)) == "lfm2"
+    width = header.scalar("lfm2.embedding_length", (GGUFValueType.UINT32,))
+    mmproj = directory / "mmproj-qwen2a.gguf"
+    write_audio_projector(mmproj, AudioProjectorSpec("qwen2a"), n_embd_text=int(width))
+    return model, mmproj
+
+
+def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=timeout)
+
+
+def test_evict_init_takes_the_attention_layers(lfm2):
+    model, _ = lfm2
+    proc = run("-c", INIT_PROBE, str(model))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for mode in ("mask", "compact"):
+        r = out[mode]
+        assert r["rc"] == 0 and r["decode_rc"] == 0 and r["evict_rc"] == 0 and r["next_rc"] == 0, r
+        assert r["errors"] == [], r
+        # llama.cpp's test LFM2 has one attention layer of two (layer 1 is the short-convolution one)
+        assert r["layers"] == [0], r
+        # the plan keeps the same 9 of the 16 tokens in each of the 2 KV heads: the 7 others leave the sequence
+        assert r["entries"] == 18 and r["entries_full"] == 18, r
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["once", "stream"])
+def test_runner_evicts_the_attention_layers(lfm2, stream):
+    model, mmproj = lfm2
+    extra = ["--stream"] if stream else []
+    proc = run("-m", "audiokv_edge.run", str(model), str(JFK), "--mmproj", str(mmproj), "--method", "audiokv",
+               "--keep", "0.4", "--ctx", "1024", "--max-tokens", "2", "--threads", "1", "--json", "--quiet", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["audio_tokens"] == 750
+    ratio = record["kv_bytes_kept"] / record["kv_bytes_full"]
+    assert abs(ratio - 0.4) <= 0.05 * 0.4, ratio
+
+
+def test_runner_full_cache_works(lfm2):
+    model, mmproj = lfm2
+    proc = run("-m", "audiokv_edge.run", str(model), str(JFK), "--mmproj", str(mmproj), "--method", "full",
+               "--ctx", "1024", "--max-tokens", "2", "--threads", "1", "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["audio_tokens"] == 750 and record["kv_bytes_kept"] == record["kv_bytes_full"] > 0
