@@ -12,6 +12,10 @@
 #include <cmath>
 #include <cstdio>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 // keep ratio when neither the request, the command line nor (method audiokv) the model's stored defaults set one
 static constexpr double KV_EVICT_DEFAULT_KEEP = 0.4;
 
@@ -21,6 +25,22 @@ std::string kv_evict_tool::method_names() {
         names += (m > 0 ? ", " : "") + std::string(audiokv_method_name(m));
     }
     return names;
+}
+
+// A server with eviction holds a small, fixed KV cache, but each audio request allocates and frees large transient
+// buffers (decoded samples, mel windows, embeddings: tens of MB). glibc raises its mmap threshold after such a free
+// (up to 32 MiB), so the next ones come from the heap, where fragmentation keeps them resident: the process grew by
+// ~1.6 MB per request in the load test (scripts/load_test_server.py). A fixed 1 MiB threshold sends them back to the
+// system when freed (the same test: +9 KiB per request). Elsewhere the system allocator is left as it is.
+static void return_large_blocks_to_the_system() {
+#if defined(__GLIBC__)
+    static bool done = false;
+    if (!done && mallopt(M_MMAP_THRESHOLD, 1 << 20) == 1) {
+        LOG_INF("%s: per-head KV eviction: blocks of 1 MiB and more are returned to the system when freed "
+                "(glibc M_MMAP_THRESHOLD)\n", __func__);
+    }
+    done = true;
+#endif
 }
 
 void kv_evict_tool::keep_kv_in_host_memory(bool & no_kv_offload) {
@@ -50,6 +70,8 @@ std::unique_ptr<kv_evict_tool> kv_evict_tool::init(llama_context * ctx, const kv
         err = "per-head KV eviction needs a context and a method";
         return nullptr;
     }
+
+    return_large_blocks_to_the_system();
 
     std::unique_ptr<kv_evict_tool> t(new kv_evict_tool());
     t->ctx       = ctx;
