@@ -21,6 +21,10 @@ import sys
 
 PROG = "audiokv-serve"
 SERVER = "llama-server"
+#: glibc: allocations of 1 MiB and more are mmap'd and go back to the system when freed. Each audio request allocates
+#: and frees tens of MB (samples, mel windows, embeddings); with glibc's default, growing threshold they come from
+#: the heap and its fragmentation kept the server growing by ~1.6 MB per request (scripts/load_test_server.py).
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
 
 
 def server_command(argv: list[str]) -> list[str]:
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         command = server_command(argv)
-        env = library_path_env()
+        env = {**ALLOCATOR_ENV, **library_path_env()}  # a value the caller set wins
     except FileNotFoundError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, NativeLibraryNotFoundError) else 2

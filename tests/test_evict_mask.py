@@ -174,7 +174,6 @@ def _write_head_swapped(path, spec, seed):
     The swapped model computes the same function; evicting from KV head 0 of the original must therefore equal
     evicting the same entries from KV head 1 of the swapped model.
     """
-    import gguf
     from audiokv_edge.testing import tiny_models as tm
 
     g = spec.n_head // spec.n_head_kv
@@ -186,23 +185,27 @@ def _write_head_swapped(path, spec, seed):
     def rows(perm):
         return np.concatenate([np.arange(h * dh, (h + 1) * dh) for h in perm])
 
-    class Swapped(gguf.GGUFWriter):
-        def add_tensor(self, name, tensor, *args, **kwargs):
-            kind = name.split(".")[-2] if name.startswith("blk.") else ""
-            if kind == "attn_q":
-                tensor = tensor[rows(q_perm)]
-            elif kind in ("attn_k", "attn_v"):
-                tensor = tensor[rows(kv_perm)]
-            elif kind == "attn_output":
-                tensor = tensor[:, rows(q_perm)]
-            return super().add_tensor(name, np.ascontiguousarray(tensor), *args, **kwargs)
+    def permuted(name, make):
+        kind = name.split(".")[-2] if name.startswith("blk.") else ""
+        if kind == "attn_q":
+            return lambda: np.ascontiguousarray(make()[rows(q_perm)])
+        if kind in ("attn_k", "attn_v"):
+            return lambda: np.ascontiguousarray(make()[rows(kv_perm)])
+        if kind == "attn_output":
+            return lambda: np.ascontiguousarray(make()[:, rows(q_perm)])
+        return make
 
-    original = gguf.GGUFWriter
-    gguf.GGUFWriter = Swapped
+    # the writer makes each tensor when it is written (tiny_models._TensorSink): permute what the makers return
+    original = tm._TensorSink._add
+
+    def add(self, name, shape, dtype, maker, raw_dtype=None):
+        return original(self, name, shape, dtype, permuted(name, maker), raw_dtype=raw_dtype)
+
+    tm._TensorSink._add = add
     try:
         tm.write_text_model(path, spec, seed=seed)
     finally:
-        gguf.GGUFWriter = original
+        tm._TensorSink._add = original
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
