@@ -352,8 +352,12 @@ def run(args, work: Path) -> int:
                "-c", str(args.slots * args.ctx_per_slot), "-t", str(args.threads), "--host", "127.0.0.1",
                "--port", str(port)]
     report = header("load_test_server", native_lib_dir=lib_dir(), modules=("matplotlib",))
-    # the C allocator's settings shape what the server keeps between requests (glibc: MALLOC_*, GLIBC_TUNABLES)
-    allocator_env = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"}
+    # the C allocator's settings shape what the server keeps between requests (glibc: MALLOC_*, GLIBC_TUNABLES):
+    # those the server starts with (audiokv_edge.serve adds its fixed mmap threshold unless the caller set one)
+    from audiokv_edge.serve import ALLOCATOR_ENV
+
+    allocator_env = {**ALLOCATOR_ENV, **{k: v for k, v in os.environ.items()
+                                         if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"}}
     report.update({"server_command": command, "allocator_env": allocator_env, "slots": args.slots,
                    "requests": n_requests,
                    "audio_seconds": {"min": min(seconds), "max": max(seconds), "total": round(sum(seconds), 1)},
