@@ -136,19 +136,25 @@ def test_compact_quantized_and_f16_caches(models, arch, type_kv):
     assert np.all(np.argmax(yc, axis=1) == np.argmax(ym, axis=1))
 
 
-def test_compact_memory_is_the_sum_of_budgets(models):
-    """Bytes of KV storage in use after compaction == plan's budgets + the stated headroom (+ 1 main cell)."""
-    headroom = 16
+def compact_400_tokens(model_path, headroom):
+    """400 prompt tokens in an f16 cache, one COMPACT eviction by a ragged keep-0.4 plan: (plan record, stats
+    before, stats after)."""
     fn, record = ragged_plan(5, keep=0.4)
-    r = Runner(models["llama"], n_ctx=512, type_kv=GGML_TYPE_F16)
+    r = Runner(model_path, n_ctx=512, type_kv=GGML_TYPE_F16)
     try:
         assert enable(r, fn, mode=COMPACT, n_headroom=headroom) == 0
         r.decode(prompt(400, 2, r.n_vocab))
         before = stats(r)
         assert evict_lib().llama_kv_evict_seq(r.ctx, 0) == 0
-        after = stats(r)
+        return record, before, stats(r)
     finally:
         r.close()
+
+
+def test_compact_memory_is_the_sum_of_budgets(models):
+    """Bytes of KV storage in use after compaction == plan's budgets + the stated headroom (+ 1 main cell)."""
+    headroom = 16
+    record, before, after = compact_400_tokens(models["llama"], headroom)
     n_layer, n_head_kv, d = 4, 2, 32
     row = 2 * d * 2  # one K row + one V row of one head, f16
     budget_rows = sum(record["budgets"][0])

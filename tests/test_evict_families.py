@@ -31,10 +31,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evict_fixtures import (  # the shared harness of the eviction tests (tests/evict_fixtures.py)
-    GGML_TYPE_F16, GGML_TYPE_Q8_0, Runner, enable, evict_lib, prompt,
-)
-from test_evict_compact import ragged_plan, run_pair, stats
+from evict_fixtures import GGML_TYPE_F16, GGML_TYPE_Q8_0  # the shared harness of the eviction tests
+from test_evict_compact import compact_400_tokens, run_pair
 from test_lfm2_hybrid import without_sliding_window
 
 pytestmark = pytest.mark.native
@@ -108,16 +106,7 @@ def test_gemma4_memory_is_the_sum_of_budgets(family_models):
     main-cache cell (the layers sharing the KV add nothing)."""
     spec = gemma4_spec()
     headroom = 16
-    fn, record = ragged_plan(5, keep=0.4)
-    r = Runner(family_models["gemma4"], n_ctx=512, type_kv=GGML_TYPE_F16)
-    try:
-        assert enable(r, fn, mode=COMPACT, n_headroom=headroom) == 0
-        r.decode(prompt(400, 2, r.n_vocab))
-        before = stats(r)
-        assert evict_lib().llama_kv_evict_seq(r.ctx, 0) == 0
-        after = stats(r)
-    finally:
-        r.close()
+    record, before, after = compact_400_tokens(family_models["gemma4"], headroom)
     own_full = [il for il in range(spec.n_layer) if spec.has_kv(il) and not spec.is_swa(il)]
     assert len(record["budgets"][0]) == len(own_full) * spec.n_head_kv  # the callback sees the owning layers only
     row = 2 * spec.head_dim * 2  # one K row + one V row of one head, f16
