@@ -54,13 +54,21 @@ class TrainConfig:
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = DEFAULT_TARGETS
     seed: int = 0
+    # Long-form phase: from this share of the LLM steps on, whole recordings are transcribed more often, so that
+    # the model keeps transcribing past its first window (cropped spans and short clips teach it to stop early).
+    long_form_from: float = 0.45
+    long_form_long_share: float = 0.35   # steps that pick a multi-window recording
+    long_form_crop_share: float = 0.2
+    long_form_transcribe_share: float = 0.75
 
     def __post_init__(self) -> None:
         for f in ("ctc_steps", "llm_steps", "ctc_batch", "llm_accum", "checkpoint_every", "lora_rank"):
             if getattr(self, f) < 0 or (f not in ("ctc_steps", "llm_steps", "lora_rank") and getattr(self, f) == 0):
                 raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
-        if not 0.0 <= self.full_window_share <= 1.0:
-            raise ValueError(f"full_window_share must be in [0, 1], got {self.full_window_share}")
+        for f in ("full_window_share", "crop_share", "long_form_from", "long_form_long_share", "long_form_crop_share",
+                  "long_form_transcribe_share"):
+            if not 0.0 <= getattr(self, f) <= 1.0:
+                raise ValueError(f"{f} must be in [0, 1], got {getattr(self, f)}")
 
 
 @dataclasses.dataclass
@@ -240,8 +248,17 @@ class Trainer:
         return ids
 
     # -------------------------------------------------------------- LLM stage
+    def in_long_form_phase(self) -> bool:
+        return self.state["stage"] == "llm" and self.state["step"] >= self.cfg.long_form_from * self.cfg.llm_steps
+
     def llm_step(self, rng: random.Random, recs: list[dict]) -> tuple[float, int]:
-        rec = rng.choice(recs)
+        late = self.in_long_form_phase()
+        long_recs = [r for r in recs if r["kind"] == "long"] if late else []
+        if long_recs and rng.random() < self.cfg.long_form_long_share:
+            rec = rng.choice(long_recs)
+        else:
+            rec = rng.choice(recs)
+        crop_share = self.cfg.long_form_crop_share if late else self.cfg.crop_share
         sentences, spans = rec["sentences"], rec.get("spans")
         states = self._feats(rec)                                                  # [W, 1500, d]
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -249,13 +266,14 @@ class Trainer:
         per_s = TOKENS_PER_WINDOW / 30.0
         if rec["kind"] == "short" and rng.random() >= self.cfg.full_window_share:
             audio = audio[:min(audio.shape[0], int(math.ceil((rec["seconds"] + 1.0) * per_s)))]
-        elif spans and len(spans) > 1 and rng.random() < self.cfg.crop_share:
+        elif spans and len(spans) > 1 and rng.random() < crop_share:
             i = rng.randrange(len(spans))
             j = min(len(spans), i + rng.randint(1, 4))
             lo = max(0, int(spans[i][0] * per_s) - 2)
             hi = min(audio.shape[0], int(math.ceil(spans[j - 1][1] * per_s)) + 2)
             audio, sentences = audio[lo:hi], sentences[i:j]
-        kind, prompt, answer = tasks.sample_task(sentences, rng, rng.choice(recs)["sentences"])
+        kind, prompt, answer = tasks.sample_task(sentences, rng, rng.choice(recs)["sentences"],
+                                                 transcribe_share=self.cfg.long_form_transcribe_share if late else 0.55)
         layout = self.layouts(prompt)
         target = self._ids(answer) + [self.eos_id]
         dt = self.llm.embed.dtype
