@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "needs to hold one 30 s chunk (one block) with its text and the answer")
     p.add_argument("-n", "--max-tokens", type=_positive_int(1), default=128,
                    help="most tokens generated (default 128)")
+    p.add_argument("--dry-multiplier", type=float, default=0.0, metavar="X",
+                   help="llama.cpp's DRY repetition penalty before the greedy pick, as llama-cli's --dry-multiplier "
+                   "(0, default: plain greedy); 0.8 stops a small model from looping over a long transcript")
     p.add_argument("-t", "--threads", type=_positive_int(1), default=None, help="CPU threads (default min(4, CPUs))")
     p.add_argument("-c", "--ctx", type=_positive_int(16), default=8192, help="context size in tokens (default 8192)")
     p.add_argument("--kv-type", choices=list(KV_TYPES), default=None, help="KV-cache type of K and V (default f16)")
@@ -275,7 +278,7 @@ def session_config(args: argparse.Namespace):
     return SessionConfig(method=args.method, keep=args.keep, kv_budget=args.kv_budget, stream=args.stream,
                          max_tokens=args.max_tokens, threads=args.threads or 0, ctx=args.ctx, kv_type=kv_type(args),
                          flash_attn=flash_attn(args), sss_scope=args.sss_scope,
-                         text_block=args.text_block or DEFAULT_TEXT_BLOCK)
+                         text_block=args.text_block or DEFAULT_TEXT_BLOCK, dry_multiplier=args.dry_multiplier)
 
 
 def cache_dir() -> pathlib.Path:

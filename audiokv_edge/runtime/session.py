@@ -89,6 +89,10 @@ KV_TYPES = ("f16", "q8_0")
 #: Where AudioKV's Spectral Score Smoothing runs (``SessionConfig.sss_scope``): over every token, or within the audio
 #: tokens only (each audio chunk's positions its own run, text tokens keep their raw scores; docs/semantics.md).
 SSS_SCOPES = ("all", "audio")
+#: llama.cpp's DRY penalty settings beside ``SessionConfig.dry_multiplier`` (llama-cli's defaults for the base; a
+#: repeat of up to 4 tokens is free, so that a transcript's own short repeats are not penalised).
+DRY_BASE = 1.75
+DRY_ALLOWED_LENGTH = 4
 
 
 
@@ -141,6 +145,12 @@ class SessionConfig:
         smoothed at all (the raw window scores, as audiokv with ``sss_alpha = 0``).
     text_block : int
         With ``stream``: document tokens decoded between two evictions of a text prompt (>= 1, default 512).
+    dry_multiplier : float
+        llama.cpp's DRY ("don't repeat yourself") penalty before the greedy pick, as llama-cli's
+        ``--dry-multiplier``: a token that would extend a sequence already generated longer than
+        ``DRY_ALLOWED_LENGTH`` tokens loses ``dry_multiplier * 1.75 ** (length - DRY_ALLOWED_LENGTH)`` logits.
+        0 (default): plain greedy decoding, llama.cpp's own output. It stops a small model from looping over a
+        long transcript; it changes nothing else about eviction.
     """
 
     method: str = "audiokv"
@@ -155,8 +165,12 @@ class SessionConfig:
     flash_attn: bool = False
     sss_scope: str = "all"
     text_block: int = DEFAULT_TEXT_BLOCK
+    dry_multiplier: float = 0.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.dry_multiplier, bool) or not isinstance(self.dry_multiplier, (int, float)) \
+                or not 0.0 <= self.dry_multiplier <= 100.0:
+            raise ValueError(f"dry_multiplier must be a number in [0, 100], got {self.dry_multiplier!r}")
         check_method_and_keep(self.method, self.keep)
         object.__setattr__(self, "kv_budget", check_kv_budget(self.kv_budget, self.method))
         for name, low in (("max_tokens", 1), ("threads", 0), ("ctx", 16), ("batch", 1), ("text_block", 1)):
@@ -534,11 +548,23 @@ class Session(HandleOwner):
             if self.sample_rate <= 0:
                 raise SessionError(f"{self.mmproj_path} reports audio sample rate {self.sample_rate}")
             self.marker = mt.mtmd_default_marker().decode()
-        self._sampler = lc.llama_sampler_init_greedy()
+        self._sampler = self._new_sampler()
         self.geometry = self._kv_geometry()
         self._formatter = self._chat_formatter()
         if cfg.method != "full":
             self._init_eviction()
+
+    def _new_sampler(self):
+        """Greedy decoding, behind llama.cpp's DRY penalty when ``dry_multiplier`` > 0."""
+        lc = self._lc
+        if self.config.dry_multiplier <= 0.0:
+            return lc.llama_sampler_init_greedy()
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        breakers = (ctypes.c_char_p * 1)(b"\n")
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dry(
+            self._vocab, float(self.config.dry_multiplier), DRY_BASE, DRY_ALLOWED_LENGTH, self.config.ctx, breakers, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        return chain
 
     def _apply_profile_defaults(self) -> None:
         """Read the model's stored AudioKV defaults (once, header and metadata only) and resolve the keep ratio.
