@@ -16,6 +16,12 @@ not from our code:
 - gemma4a: no padding to 30 s; the samples are cut into 30 s pieces, each giving (len + 160 - 321) // 160 + 1 mel
   frames (semicausal framing, window 320 + 1, hop 160), and two stride-2 / pad-1 convolutions keep
   ((frames - 1) // 2 + 1 - 1) // 2 + 1 tokens of them (750 per full 30 s piece, 25 per second).
+- lfm2a (LFM2-Audio's FastConformer): the whole clip is one mel (centre padding by n_fft / 2 = 256 on both
+  sides: floor(n / 160) + 1 frames, no 30 s padding or chunks), and three stride-2 steps keep
+  ceil(ceil(ceil(frames / 2) / 2) / 2) tokens of them (12.5 per second).
+- granite_speech: one mel of the whole clip (reflect padding by 256: floor(n / 160) + 1 frames), cut to an even
+  count and stacked in pairs; the Q-Former turns each 15-frame window (the last one padded) into 15 / 5 = 3
+  queries (10 tokens per second).
 - voxtral (stack 4) is refused before anything is encoded: this libmtmd announces 187 tokens per chunk and its
   graph produces 188 (``session.stacked_projector_problem``); the probe must exit with that one-line reason.
 
@@ -70,6 +76,14 @@ def expected_audio_tokens(projector: str, n_samples: int, stack_factor: int = 0)
             frames = (min(30 * RATE, n_samples - offset) + 160 - 321) // 160 + 1
             total += ((frames - 1) // 2 + 1 - 1) // 2 + 1
         return total
+    if projector == "lfm2a":
+        tokens = n_samples // 160 + 1
+        for _ in range(3):
+            tokens = (tokens + 1) // 2
+        return tokens
+    if projector == "granite_speech":
+        stacked = (n_samples // 160 + 1) // 2
+        return -(-stacked // 15) * (15 // 5)
     chunks = (n_samples // 160 + 3000 + 1) // 3000
     s = max(stack_factor, 1)
     per_chunk = {"qwen2a": 750, "qwen2.5o": 750, "musicflamingo": 750, "ultravox": 3000 // s // 2,
@@ -85,6 +99,9 @@ def test_expected_table_matches_the_notes():
     assert [expected_audio_tokens("qwen3a", int(round(s * RATE))) for s in SECONDS] == [26, 390, 403, 416, 3913]
     assert [expected_audio_tokens("gemma4a", int(round(s * RATE))) for s in SECONDS] == [25, 748, 750, 775, 7500]
     assert [expected_audio_tokens("glma", int(round(s * RATE)), 4) for s in SECONDS] == [377, 377, 754, 754, 4147]
+    assert [expected_audio_tokens("lfm2a", int(round(s * RATE))) for s in SECONDS] == [13, 374, 376, 388, 3751]
+    assert [expected_audio_tokens("granite_speech", int(round(s * RATE))) for s in SECONDS] == [12, 300, 300, 312,
+                                                                                                 3000]
 
 
 def _projector_pairs() -> list[str]:

@@ -16,6 +16,8 @@ plan's budgets + headroom + one main-cache cell of memory. Refused families must
   full-attention layers, one logit per query head joining the softmax of the per-head pools too;
 - lfm2, granitehybrid (test-llama-archs): hybrid memory, whose attention layers are evicted, the recurrent / conv
   state left alone (tests/test_lfm2_hybrid.py runs the runner on LFM2);
+- lfm2-audio, granite-speech: the text models of the tiny pairs ``lfm2-lfm2a`` (LFM2 as published: short-convolution
+  layers first, so layer 0 has no KV) and ``granite-granite_speech`` (Granite 3.3's multipliers);
 - refused: gemma2 (attention logit soft-capping, COMPACT only: MASK works), mamba (recurrent memory, no KV cache).
 The C-level refusal checks run in a child process so that their log callback cannot leak into other tests.
 """
@@ -69,6 +71,11 @@ def family_models(tmp_path_factory):
     paths = {"gemma4": directory / "gemma4.gguf", "gemma2": directory / "gemma2.gguf"}
     tm.write_text_model(paths["gemma4"], gemma4_spec(), seed=3)
     tm.write_text_model(paths["gemma2"], tm.TINY_PAIRS["gemma2-meralion"].text, seed=3)
+    # the text models of the tiny LFM2-Audio and Granite Speech pairs (published layouts: LFM2's first layers are
+    # short convolutions, Granite's embedding / residual / attention / logit multipliers)
+    for name, pair in (("lfm2-audio", "lfm2-lfm2a"), ("granite-speech", "granite-granite_speech")):
+        paths[name] = directory / f"{name}.gguf"
+        tm.write_text_model(paths[name], tm.TINY_PAIRS[pair].text, seed=3)
     for arch in ("qwen3moe", "granite", "granitehybrid", "lfm2", "mamba", "mimo2"):
         run_program("test-llama-archs", "-a", f"^{arch}$", "-s", "1", "-o", str(directory))
     for name, file in LLAMA_TEST_MODELS.items():
@@ -81,7 +88,8 @@ def family_models(tmp_path_factory):
     return paths
 
 
-SUPPORTED = ["gemma4", "qwen3moe", "granite", "granitemoe", "lfm2", "granitehybrid", "mimo2"]
+SUPPORTED = ["gemma4", "qwen3moe", "granite", "granitemoe", "lfm2", "granitehybrid", "mimo2", "lfm2-audio",
+             "granite-speech"]
 
 
 @pytest.mark.parametrize(("flash_attn", "type_kv"), CACHES, ids=CACHE_IDS)
