@@ -337,7 +337,7 @@ class TextModelSpec:
 
 #: ``clip.projector_type`` values :func:`write_audio_projector` writes.
 AUDIO_PROJECTORS = ("qwen2a", "qwen2.5o", "qwen3a", "ultravox", "voxtral", "glma", "meralion", "musicflamingo",
-                    "lfm2a", "granite_speech",
+                    "lfm2a", "granite_speech", "mimo_audio",
                     "gemma4a")
 #: Projectors that stack encoder frames (``clip.audio.projector.stack_factor`` required).
 STACKING_PROJECTORS = ("ultravox", "voxtral", "glma", "meralion")
@@ -359,7 +359,10 @@ class AudioProjectorSpec:
         average pool), ``"gemma4a"`` (Gemma 4's conformer: two stride-2 conv2d, chunked local attention),
         ``"lfm2a"`` (LFM2-Audio's FastConformer, ``models/conformer.cpp``: three stride-2 conv2d, relative-position
         attention over the whole clip, an MLP adapter) or ``"granite_speech"`` (Granite Speech: conformer with
-        block-local Shaw attention and a CTC branch, then a windowed Q-Former, ``models/granite-speech.cpp``).
+        block-local Shaw attention and a CTC branch, then a windowed Q-Former, ``models/granite-speech.cpp``) or
+        ``"mimo_audio"`` (MiMo-Audio's tokenizer + connector, ``models/mimo-audio.cpp``: 24 kHz mel, a causal
+        transformer with full / windowed layers, residual vector quantization, the code embeddings summed, a local
+        transformer over groups of frames, an MLP on each flattened group).
     n_embd, n_layer, n_head, n_ff : int
         Encoder sizes.
     n_mel : int
@@ -374,6 +377,11 @@ class AudioProjectorSpec:
         granite_speech (published values as defaults): frames per attention block, depthwise kernel, relative
         position range, Q-Former window (frames) and its downsampling (queries = window / downsample), Q-Former heads,
         CTC vocabulary.
+    rvq_bins, local_layers, local_group, attn_window : int
+        mimo_audio: codebook entries per quantizer, the local
+        transformer's layers, frames per group (MiMo-V2.5: 4) and the windowed layers' look-back (frames).
+    rvq_quantizers : int
+        mimo_audio: residual quantizers (MiMo-Audio: 8).
     weights : str
         Type of the encoder and projector matrices: ``"f32"`` or ``"f16"`` (conv kernels are always F16).
     """
@@ -394,6 +402,11 @@ class AudioProjectorSpec:
     proj_downsample: int = 5
     proj_n_head: int = 4
     n_ctc: int = 32
+    rvq_bins: int = 16
+    rvq_quantizers: int = 2
+    local_layers: int = 1
+    local_group: int = 4
+    attn_window: int = 50
     weights: str = "f32"
 
     def __post_init__(self) -> None:
@@ -403,6 +416,8 @@ class AudioProjectorSpec:
             raise ValueError(f"{self.projector} needs stack_factor >= 1")
         if self.n_embd % self.n_head:
             raise ValueError("audio n_embd must be a multiple of n_head")
+        if self.projector == "mimo_audio" and self.n_layer < 3:
+            raise ValueError("mimo_audio needs n_layer >= 3 (models/mimo-audio.cpp adds layer 3's output back)")
         if self.projector == "qwen3a" and self.n_mel % 8:
             raise ValueError("qwen3a needs n_mel divisible by 8 (three stride-2 convolutions)")
         if self.weights not in AUDIO_WEIGHT_TYPES:
@@ -1036,6 +1051,39 @@ def _write_granite_speech(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text:
     t.normal("a.proj_linear.bias", (n_embd_text,), 0.02)
 
 
+def _write_mimo_audio(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text: int) -> None:
+    """MiMo-Audio's tokenizer encoder and MiMo-V2.5's audio connector (``models/mimo-audio.cpp``, tensors of
+    ``clip.cpp`` PROJECTOR_TYPE_MIMO_AUDIO): two conv1d (stride 1, 2), transformer layers (RoPE, causal: full or
+    windowed, a skip from layer 3), post norm, a stride-2 downsampling conv + norm, the residual-VQ codebooks and the
+    code embeddings, the local transformer (RMS norms, SiLU-gated FFN) and the two-matrix projection."""
+    d, f, h, f16 = spec.n_embd, spec.n_ff, spec.n_hidden, np.float16
+    mat = AUDIO_WEIGHT_TYPES[spec.weights]
+    t.matrix("a.conv1d.1.weight", (3, spec.n_mel, d), dtype=f16)
+    t.normal("a.conv1d.1.bias", (1, d), 0.02)
+    t.matrix("a.conv1d.2.weight", (3, d, d), dtype=f16)
+    t.normal("a.conv1d.2.bias", (1, d), 0.02)
+    t.blocks("a.blk.", spec.n_layer, _audio_block_layout(spec))
+    t.ones("a.post_ln.weight", (d,))
+    t.normal("a.post_ln.bias", (d,), 0.02)
+    t.matrix("a.downsample.conv.weight", (2, d, d), dtype=f16)
+    t.ones("a.downsample.norm.weight", (d,))
+    t.normal("a.downsample.norm.bias", (d,), 0.02)
+    t.normal("a.rvq.codebook.weight", (d, spec.rvq_bins, spec.rvq_quantizers), 1.0)
+    t.normal("mm.a.code_embd.weight", (d, spec.rvq_bins, spec.rvq_quantizers), 0.1)
+    for il in range(spec.local_layers):
+        t.layer(f"mm.a.local_blk.{il}.", [
+            ("attn_q.weight", "matrix", (d, d), mat), ("attn_q.bias", "normal", (d,), 0.02),
+            ("attn_k.weight", "matrix", (d, d), mat), ("attn_k.bias", "normal", (d,), 0.02),
+            ("attn_v.weight", "matrix", (d, d), mat), ("attn_v.bias", "normal", (d,), 0.02),
+            ("attn_out.weight", "matrix", (d, d), mat), ("ffn_gate.weight", "matrix", (d, f), mat),
+            ("ffn_up.weight", "matrix", (d, f), mat), ("ffn_down.weight", "matrix", (f, d), mat),
+            ("ln1.weight", "ones", (d,), None), ("ln2.weight", "ones", (d,), None),
+        ])
+    t.ones("mm.a.local_norm.weight", (d,))
+    t.matrix("mm.a.mlp.1.weight", (d * spec.local_group, h), dtype=mat)
+    t.matrix("mm.a.mlp.2.weight", (h, n_embd_text), dtype=mat)
+
+
 def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_embd_text: int, seed: int = 0,
                           progress=None) -> None:
     """Write a random-weight audio-projector GGUF (libmtmd ``clip`` file; conv kernels F16, the matrices
@@ -1078,10 +1126,19 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
         w.add_uint32("clip.audio.projector.window_size", spec.proj_window)
         w.add_uint32("clip.audio.projector.downsample_rate", spec.proj_downsample)
         w.add_uint32("clip.audio.projector.head_count", spec.proj_n_head)
+    if spec.projector == "mimo_audio":
+        w.add_uint32("clip.audio.rvq.num_quantizers", spec.rvq_quantizers)
+        w.add_array("clip.audio.rvq.codebook_size", [spec.rvq_bins] * spec.rvq_quantizers)
+        w.add_uint32("clip.audio.window_size", spec.attn_window)
+        # full attention in the last layer, windowed in the others (as the tokenizer's pattern ends)
+        w.add_array("clip.audio.wa_pattern_mode", [0] * (spec.n_layer - 1) + [-1])
+        w.add_uint32("clip.audio.local_block_count", spec.local_layers)
+        w.add_uint32("clip.audio.local_group_size", spec.local_group)
 
     t = _TensorSink(w, seed)
     d, mat = spec.n_embd, AUDIO_WEIGHT_TYPES[spec.weights]  # mat: the projector matrices' type
-    own_writer = {"gemma4a": _write_gemma4a, "lfm2a": _write_lfm2a, "granite_speech": _write_granite_speech}
+    own_writer = {"gemma4a": _write_gemma4a, "lfm2a": _write_lfm2a, "granite_speech": _write_granite_speech,
+                  "mimo_audio": _write_mimo_audio}
     if spec.projector in own_writer:
         own_writer[spec.projector](t, spec, n_embd_text)
         t.write_file(progress)
