@@ -215,7 +215,16 @@ GRANITE = ChatFamily(
 
 
 #: Text architectures :func:`write_text_model` writes.
-TEXT_ARCHS = ("qwen2", "qwen3", "qwen3moe", "llama", "gemma2", "gemma3", "gemma4", "lfm2", "granite")
+TEXT_ARCHS = ("qwen2", "qwen3", "qwen3moe", "llama", "gemma2", "gemma3", "gemma4", "gemma3n", "lfm2", "granite")
+
+#: gemma3n constants of the vendored llama.cpp (``src/models/gemma3n.cpp``, ``llama-hparams.h``), not read from the
+#: GGUF: the first 20 layers own K/V (the others share them), SWA period 5, AltUp with 4 inputs, LAuReL rank 64,
+#: 256-wide per-layer embeddings.
+GEMMA3N_KV_LAYERS = 20
+GEMMA3N_SWA_PERIOD = 5
+GEMMA3N_ALTUP = 4
+GEMMA3N_LAUREL_RANK = 64
+GEMMA3N_PER_LAYER = 256
 
 
 @dataclass(frozen=True)
@@ -303,7 +312,10 @@ class TextModelSpec:
             raise ValueError("qwen3moe needs 1 <= n_expert_used <= n_expert")
         if self.arch == "lfm2" and (not self.attn_layers or not set(self.attn_layers) <= set(range(self.n_layer))):
             raise ValueError("lfm2 needs attn_layers: a non-empty set of layer indices")
-        if self.arch in ("gemma2", "gemma3", "gemma4") and self.sliding_window < 1:
+        if self.arch == "gemma3n" and self.n_layer - self.n_kv_shared != GEMMA3N_KV_LAYERS:
+            raise ValueError(f"gemma3n needs n_layer - n_kv_shared == {GEMMA3N_KV_LAYERS} (llama.cpp fixes the "
+                             "layers owning K/V)")
+        if self.arch in ("gemma2", "gemma3", "gemma4", "gemma3n") and self.sliding_window < 1:
             raise ValueError(f"{self.arch} needs sliding_window >= 1")
         if self.arch == "gemma4":
             if self.swa_period < 2 or self.head_dim_swa < 1 or self.n_embd_per_layer < 1:
@@ -321,6 +333,8 @@ class TextModelSpec:
             return il % 2 == 0
         if self.arch == "gemma4":
             return il % self.swa_period < self.swa_period - 1
+        if self.arch == "gemma3n":
+            return il % GEMMA3N_SWA_PERIOD < GEMMA3N_SWA_PERIOD - 1
         return False
 
     def has_kv(self, il: int) -> bool:
@@ -423,6 +437,11 @@ class AudioProjectorSpec:
         if self.weights not in AUDIO_WEIGHT_TYPES:
             raise ValueError(f"audio weights must be f32 or f16, got {self.weights!r}")
 
+
+#: A Gemma 3n-shaped tiny text model (E2B: 30 layers, the last 10 sharing KV): the 20 layers llama.cpp gives their
+#: own K/V, then 5 sharing it (4 SWA layers reading layer 18, one full-attention layer reading layer 19).
+GEMMA3N_LIKE = TextModelSpec("gemma3n", GEMMA, n_embd=64, n_layer=25, n_head=4, n_head_kv=2, head_dim=32,
+                             sliding_window=16, n_kv_shared=5)
 
 #: A Gemma 4 E2B-shaped tiny text model: SWA layers with a full-attention layer closing each period, the last layers
 #: sharing the KV of the last full / SWA layer with their own (E2B: 35 layers, period 5, 20 shared), a larger head
@@ -726,6 +745,28 @@ def _text_block_layout(spec: TextModelSpec) -> list[tuple]:
     return layout
 
 
+def _gemma3n_layer_layout(spec: TextModelSpec) -> list[tuple]:
+    """Tensors of a gemma3n layer (``src/models/gemma3n.cpp``): every layer has K/V projections (the layers sharing
+    another layer's KV do not use theirs), post norms, the per-layer-embedding block, AltUp and LAuReL."""
+    d, dh, hq, hkv, f32, a = spec.n_embd, spec.head_dim, spec.n_head, spec.n_head_kv, np.float32, GEMMA3N_ALTUP
+    return [
+        ("attn_norm.weight", "ones", (d,), None), ("attn_q.weight", "matrix", (d, hq * dh), f32),
+        ("attn_k.weight", "matrix", (d, hkv * dh), f32), ("attn_v.weight", "matrix", (d, hkv * dh), f32),
+        ("attn_output.weight", "matrix", (hq * dh, d), f32), ("attn_q_norm.weight", "ones", (dh,), None),
+        ("attn_k_norm.weight", "ones", (dh,), None), ("post_attention_norm.weight", "ones", (d,), None),
+        ("ffn_norm.weight", "ones", (d,), None), ("ffn_gate.weight", "matrix", (d, spec.n_ff), f32),
+        ("ffn_up.weight", "matrix", (d, spec.n_ff), f32), ("ffn_down.weight", "matrix", (spec.n_ff, d), f32),
+        ("post_ffw_norm.weight", "ones", (d,), None),
+        ("inp_gate.weight", "matrix", (d, GEMMA3N_PER_LAYER), f32),
+        ("proj.weight", "matrix", (GEMMA3N_PER_LAYER, d), f32), ("post_norm.weight", "ones", (d,), None),
+        ("altup_correct_coef.weight", "normal", (a, a), 0.1), ("altup_correct_scale.weight", "ones", (d,), None),
+        ("altup_predict_coef.weight", "normal", (a, a * a), 0.1), ("altup_router.weight", "matrix", (d, a), f32),
+        ("altup_router_norm.weight", "ones", (d,), None),
+        ("laurel_l.weight", "matrix", (d, GEMMA3N_LAUREL_RANK), f32),
+        ("laurel_r.weight", "matrix", (GEMMA3N_LAUREL_RANK, d), f32), ("laurel_post_norm.weight", "ones", (d,), None),
+    ]
+
+
 def _lfm2_layer_layout(spec: TextModelSpec, il: int) -> list[tuple]:
     """Tensors of lfm2 layer ``il`` (``src/models/lfm2.cpp``): an attention layer (q / k norms) or a gated short
     convolution (in_proj to 3 x n_embd, a depthwise kernel of ``shortconv_l_cache`` taps, out_proj), then the FFN."""
@@ -848,6 +889,12 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
         w.add_shared_kv_layers(spec.n_kv_shared)
         w.add_embedding_length_per_layer_input(spec.n_embd_per_layer)
         w.add_final_logit_softcapping(30.0)
+    if arch == "gemma3n":  # the SWA period (5) and the KV-owning layers (20) are fixed in llama.cpp
+        w.add_sliding_window(spec.sliding_window)
+        w.add_rope_freq_base_swa(10000.0)
+        w.add_shared_kv_layers(spec.n_kv_shared)
+        w.add_embedding_length_per_layer_input(GEMMA3N_PER_LAYER)
+        w.add_final_logit_softcapping(30.0)
     if arch == "granite":  # Granite 3.3's multipliers (src/models/granite.cpp reads all four)
         w.add_embedding_scale(12.0)
         w.add_residual_scale(0.22)
@@ -876,7 +923,7 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
         t.matrix("token_embd.weight", (d, n_vocab), dtype=spec.weights)
     t.ones("token_embd_norm.weight" if arch == "lfm2" else "output_norm.weight", (d,))  # lfm2: llama.cpp's name
     # gemma2 and lfm2 tie their output head to token_embd (llama.cpp loads none)
-    tied = spec.tied_output or arch in ("gemma2", "lfm2")
+    tied = spec.tied_output or arch in ("gemma2", "gemma3n", "lfm2")
     if spec.weights != "f32":
         if not tied:
             t.matrix("output.weight", (d, n_vocab), dtype=spec.weights)
@@ -901,6 +948,14 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
         t.ones("rope_freqs.weight", (spec.head_dim // 2,))  # proportional RoPE of the full-attention layers
         for il in range(spec.n_layer):
             t.layer(f"blk.{il}.", _gemma4_layer_layout(spec, il))
+    elif arch == "gemma3n":
+        n_pl, a = GEMMA3N_PER_LAYER * spec.n_layer, GEMMA3N_ALTUP
+        t.matrix("altup_proj.weight", (d, d, a - 1))
+        t.matrix("altup_unembd_proj.weight", (d, d, a - 1))
+        t.normal("per_layer_token_embd.weight", (n_pl, n_vocab), 0.05)
+        t.matrix("per_layer_model_proj.weight", (d, n_pl))
+        t.ones("per_layer_proj_norm.weight", (GEMMA3N_PER_LAYER,))
+        t.blocks("blk.", spec.n_layer, _gemma3n_layer_layout(spec))
     elif arch == "lfm2":
         for il in range(spec.n_layer):
             t.layer(f"blk.{il}.", _lfm2_layer_layout(spec, il))
