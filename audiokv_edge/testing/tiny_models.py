@@ -1091,7 +1091,8 @@ def _write_granite_speech(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text:
         t.layer(f"a.proj_blk.{il}.", [
             *[(f"{part}.{kind}", "matrix" if kind == "weight" else "normal", (d, d) if kind == "weight" else (d,),
                mat if kind == "weight" else 0.02)
-              for part in ("self_attn_q", "self_attn_k", "self_attn_v", "self_attn_out") for kind in ("weight", "bias")],
+              for part in ("self_attn_q", "self_attn_k", "self_attn_v", "self_attn_out")
+              for kind in ("weight", "bias")],
             ("self_attn_norm.weight", "ones", (d,), None), ("self_attn_norm.bias", "normal", (d,), 0.02),
             *[(f"{part}.{kind}", "matrix" if kind == "weight" else "normal", (d, d) if kind == "weight" else (d,),
                mat if kind == "weight" else 0.02)
