@@ -87,6 +87,7 @@ def run(args) -> int:
             if bar is not None:
                 bar.close()
         shape = (cap.n_layer, cap.n_head, cap.n_head_kv)
+        kv_source, attention_layers = cap.kv_source, cap.attention_layers
         proj_type = cap.proj_type
         mmproj_name = os.path.basename(str(cap.mmproj_path))
     n_timed = sum(c["timed"] for c in clips)
@@ -96,13 +97,15 @@ def run(args) -> int:
                         f"word timings: {n_timed} from .words.json, {len(clips) - n_timed} uniform"),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "tool_version": f"audiokv-edge {__version__} convert/profile_heads.py",
-        "method": f"hit ratio, top-{args.top_k}, mean over {acc.n_steps} decode steps, GQA sum, normalised",
+        "method": (f"hit ratio, top-{args.top_k}, mean over {acc.n_steps} decode steps, GQA sum"
+                   + (f", {len(kv_source)} shared-KV layers folded into their source layers" if kv_source else "")
+                   + ", normalised"),
         "model": os.path.basename(args.model),
         "mmproj": f"{mmproj_name} ({proj_type})",
     }
     if args.lora:
         source["lora"] = os.path.basename(args.lora)
-    profile = profile_from_hits(acc, shape[2], source)
+    profile = profile_from_hits(acc, shape[2], source, kv_source, attention_layers)
     details = {"query_head_scores": acc.head_scores().tolist(), "n_steps": acc.n_steps, "top_k": args.top_k,
                "n_layer": shape[0], "n_head": shape[1], "n_head_kv": shape[2],
                "seconds": round(time.perf_counter() - t0, 2), "clips": clips}

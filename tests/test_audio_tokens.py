@@ -16,6 +16,16 @@ not from our code:
 - gemma4a: no padding to 30 s; the samples are cut into 30 s pieces, each giving (len + 160 - 321) // 160 + 1 mel
   frames (semicausal framing, window 320 + 1, hop 160), and two stride-2 / pad-1 convolutions keep
   ((frames - 1) // 2 + 1 - 1) // 2 + 1 tokens of them (750 per full 30 s piece, 25 per second).
+- lfm2a (LFM2-Audio's FastConformer): the whole clip is one mel (centre padding by n_fft / 2 = 256 on both
+  sides: floor(n / 160) + 1 frames, no 30 s padding or chunks), and three stride-2 steps keep
+  ceil(ceil(ceil(frames / 2) / 2) / 2) tokens of them (12.5 per second).
+- granite_speech: one mel of the whole clip (reflect padding by 256: floor(n / 160) + 1 frames), cut to an even
+  count and stacked in pairs; the Q-Former turns each 15-frame window (the last one padded) into 15 / 5 = 3
+  queries (10 tokens per second).
+- mimo_audio (MiMo-Audio's tokenizer, 24 kHz): one mel of the whole clip (reflect padding by n_fft / 2 = 480:
+  floor(n / 240) + 1 frames at hop 240), a stride-2 conv ((f - 1) // 2 + 1), the stride-2 kernel-2 downsampling
+  ((f - 2) // 2 + 1), groups of 4 frames (the last padded) -> one token each (6.25 per second). Its text model
+  (mimo2, MoE + iSWA + sinks) has no tiny writer: a qwen2 text model of the same width stands in.
 - voxtral (stack 4) is refused before anything is encoded: this libmtmd announces 187 tokens per chunk and its
   graph produces 188 (``session.stacked_projector_problem``); the probe must exit with that one-line reason.
 
@@ -32,7 +42,8 @@ from pathlib import Path
 import pytest
 
 from audiokv_edge.runtime.session import stacked_projector_problem
-from audiokv_edge.testing.tiny_models import TINY_PAIRS, write_tiny_pair
+from audiokv_edge.testing.tiny_models import (TINY_PAIRS, AudioProjectorSpec, write_audio_projector, write_text_model,
+                                              write_tiny_pair)
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS = (1.0, 29.9, 30.0, 31.0, 300.0)
@@ -45,18 +56,27 @@ from audiokv_edge.runtime.session import Session, SessionConfig
 model, mmproj, *secs = sys.argv[1:]
 counts = {}
 with Session(model, mmproj, SessionConfig(method="full", ctx=256, threads=2)) as s:
-    assert s.sample_rate == 16000, s.sample_rate
+    rate = s.sample_rate  # the projector's own rate: no resampling
     rng = np.random.default_rng(0)
     for sec in secs:
-        n = int(round(float(sec) * 16000))
+        n = int(round(float(sec) * rate))
         audio = (0.1 * rng.standard_normal(n)).astype(np.float32)
-        counts[sec] = s.count_audio_tokens(audio, sample_rate=16000)
-print(json.dumps(counts))
+        counts[sec] = s.count_audio_tokens(audio, sample_rate=rate)
+print(json.dumps({"rate": rate, "counts": counts}))
 """
 
 
+#: Sample rate of each projector's preprocessor (mtmd resamples nothing: the session does).
+RATES = {"mimo_audio": 24000}
+
+
 def expected_audio_tokens(projector: str, n_samples: int, stack_factor: int = 0) -> int:
-    """Audio tokens for ``n_samples`` at 16 kHz, from the projector's spec."""
+    """Audio tokens for ``n_samples`` at the projector's rate (:data:`RATES`, else 16 kHz), from its spec."""
+    if projector == "mimo_audio":
+        frames = n_samples // 240 + 1
+        frames = (frames - 1) // 2 + 1
+        frames = (frames - 2) // 2 + 1
+        return -(-frames // 4)
     if projector == "qwen3a":
         frames = n_samples // 160 + 1
         total = 0
@@ -70,6 +90,14 @@ def expected_audio_tokens(projector: str, n_samples: int, stack_factor: int = 0)
             frames = (min(30 * RATE, n_samples - offset) + 160 - 321) // 160 + 1
             total += ((frames - 1) // 2 + 1 - 1) // 2 + 1
         return total
+    if projector == "lfm2a":
+        tokens = n_samples // 160 + 1
+        for _ in range(3):
+            tokens = (tokens + 1) // 2
+        return tokens
+    if projector == "granite_speech":
+        stacked = (n_samples // 160 + 1) // 2
+        return -(-stacked // 15) * (15 // 5)
     chunks = (n_samples // 160 + 3000 + 1) // 3000
     s = max(stack_factor, 1)
     per_chunk = {"qwen2a": 750, "qwen2.5o": 750, "musicflamingo": 750, "ultravox": 3000 // s // 2,
@@ -85,6 +113,10 @@ def test_expected_table_matches_the_notes():
     assert [expected_audio_tokens("qwen3a", int(round(s * RATE))) for s in SECONDS] == [26, 390, 403, 416, 3913]
     assert [expected_audio_tokens("gemma4a", int(round(s * RATE))) for s in SECONDS] == [25, 748, 750, 775, 7500]
     assert [expected_audio_tokens("glma", int(round(s * RATE)), 4) for s in SECONDS] == [377, 377, 754, 754, 4147]
+    assert [expected_audio_tokens("lfm2a", int(round(s * RATE))) for s in SECONDS] == [13, 374, 376, 388, 3751]
+    assert [expected_audio_tokens("mimo_audio", int(round(s * 24000))) for s in SECONDS] == [7, 187, 188, 194, 1875]
+    assert [expected_audio_tokens("granite_speech", int(round(s * RATE))) for s in SECONDS] == [12, 300, 300, 312,
+                                                                                                 3000]
 
 
 def _projector_pairs() -> list[str]:
@@ -97,19 +129,35 @@ def _projector_pairs() -> list[str]:
     return names
 
 
+#: Projectors without a tiny pair, each with the tiny pair whose text model stands in for its own.
+STANDALONE_PROJECTORS = {"mimo_audio": (AudioProjectorSpec("mimo_audio", n_layer=3), "qwen2-qwen2a")}
+
+
+def _write_case(directory: Path, name: str):
+    """(model, mmproj, audio spec) of a tiny pair or a standalone projector with its stand-in text model."""
+    if name not in STANDALONE_PROJECTORS:
+        return (*write_tiny_pair(directory, name), TINY_PAIRS[name].audio)
+    audio, stand_in = STANDALONE_PROJECTORS[name]
+    model, mmproj = directory / "model.gguf", directory / "mmproj.gguf"
+    write_text_model(model, TINY_PAIRS[stand_in].text)
+    write_audio_projector(mmproj, audio, TINY_PAIRS[stand_in].text.n_embd)
+    return model, mmproj, audio
+
+
 @pytest.mark.native
-@pytest.mark.parametrize("name", _projector_pairs())
+@pytest.mark.parametrize("name", _projector_pairs() + sorted(STANDALONE_PROJECTORS))
 def test_audio_token_counts(tmp_path, name):
-    model, mmproj = write_tiny_pair(tmp_path, name)
+    model, mmproj, audio = _write_case(tmp_path, name)
     proc = subprocess.run([sys.executable, "-c", PROBE, str(model), str(mmproj), *map(str, SECONDS)],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
-    audio = TINY_PAIRS[name].audio
     problem = stacked_projector_problem(audio.projector, audio.stack_factor)
     if problem:  # refused with its reason before libmtmd could abort
         assert proc.returncode == 1 and problem in proc.stderr and "Aborted" not in proc.stderr, proc.stderr[-3000:]
         return
     assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    rate, counts = out["rate"], out["counts"]
+    assert rate == RATES.get(audio.projector, RATE)
     for sec in SECONDS:
-        n = int(round(sec * RATE))
+        n = int(round(sec * rate))
         assert counts[str(sec)] == expected_audio_tokens(audio.projector, n, audio.stack_factor), (name, sec, counts)

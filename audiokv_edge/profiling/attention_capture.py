@@ -76,6 +76,42 @@ def projector_type(mmproj: str) -> str:
     return ""
 
 
+_INTS = (GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16, GGUFValueType.UINT32,
+         GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64)
+
+#: Architectures whose last layers read an earlier layer's K/V (llama.cpp ``src/llama-model.cpp``, the ``reuse``
+#: callback for LLM_ARCH_GEMMA3N / LLM_ARCH_GEMMA4): layer il >= n_kv reads n_kv - 2 (SWA) or n_kv - 1 (full).
+#: gemma3n: n_kv fixed at 20 and SWA period 5 (``src/models/gemma3n.cpp``); gemma4: n_kv = block_count -
+#: shared_kv_layers, SWA per layer from ``sliding_window_pattern``.
+_SHARED_KV_ARCHS = ("gemma3n", "gemma4")
+
+
+def attention_layout(model: str, n_layer: int) -> tuple[list[int], dict[int, int]]:
+    """The layers that attend (those whose ``head_count_kv`` entry is not 0: LFM2's short convolutions do not) and,
+    for the layers that read another layer's K/V, that layer: ``(attention layers, {shared layer: source layer})``.
+    """
+    try:
+        h = GGUFHeader(model)
+        arch = h.scalar("general.architecture", (GGUFValueType.STRING,)) or ""
+        kv = h.array(f"{arch}.attention.head_count_kv", _INTS) if f"{arch}.attention.head_count_kv" in h.entries \
+            and h.entries[f"{arch}.attention.head_count_kv"].type == GGUFValueType.ARRAY else None
+        attention = [il for il in range(n_layer) if kv is None or int(kv[il]) > 0]
+        sources: dict[int, int] = {}
+        if arch in _SHARED_KV_ARCHS:
+            if arch == "gemma3n":
+                n_kv = 20
+                period = h.scalar(f"{arch}.attention.sliding_window_pattern", _INTS) or 5
+                swa = [il % period < period - 1 for il in range(n_layer)]
+            else:
+                n_kv = n_layer - int(h.scalar(f"{arch}.attention.shared_kv_layers", _INTS) or 0)
+                pattern = h.array(f"{arch}.attention.sliding_window_pattern", (GGUFValueType.BOOL,))
+                swa = [bool(v) for v in pattern] if pattern is not None else [False] * n_layer
+            sources = {il: n_kv - (2 if swa[il] else 1) for il in range(n_kv, n_layer)}
+    except GGUFFormatError as exc:
+        raise CaptureError(str(exc)) from None
+    return attention, sources
+
+
 def token_words(pieces: list[str], words: list[str]) -> np.ndarray:
     """Word index of every token, from the token texts and the transcript words.
 
@@ -174,6 +210,7 @@ class TeacherForcedAttention:
             self._llm = m = LlamaModel(self.model_path, lora=self.lora_path)
             self._model, self._vocab = m.model, m.vocab
             self.n_layer, self.n_head, self.n_head_kv = m.n_layer, m.n_head, m.n_head_kv
+            self.attention_layers, self.kv_source = attention_layout(self.model_path, self.n_layer)
             self._ctx = m.new_context(ContextParams(
                 n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
                 flash_attn=False,                               # kq_soft_max exists only without it
@@ -242,6 +279,21 @@ class TeacherForcedAttention:
                 chunk = mt.mtmd_input_chunks_get(chunks, i)
                 n_tok = int(mt.mtmd_input_chunk_get_n_tokens(chunk))
                 is_audio = mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_AUDIO
+                if i == n_chunks - 1 and not is_audio:
+                    # the last prompt token is held back: capture_rows decodes it first, so that its row (which
+                    # emits the transcript's first token) is captured, without removing it from the cache
+                    # afterwards (a recurrent or hybrid memory cannot drop its last position)
+                    n = ctypes.c_size_t(0)
+                    toks = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                    if n.value:
+                        last_token = int(toks[n.value - 1])
+                    for s in range(0, int(n.value) - 1, self.n_batch):
+                        part = [int(toks[j]) for j in range(s, min(s + self.n_batch, int(n.value) - 1))]
+                        arr = (lc.llama_token * len(part))(*part)
+                        if lc.llama_decode(self._ctx, lc.llama_batch_get_one(arr, len(part))) != 0:
+                            raise CaptureError(f"evaluating prompt chunk {i + 1}/{n_chunks} failed")
+                    n_past += int(n.value)  # including the held-back token
+                    continue
                 if is_audio:
                     if a0 < 0:
                         a0 = n_past
@@ -305,9 +357,7 @@ class TeacherForcedAttention:
         if n_past + len(tokens) > self.n_ctx:
             raise CaptureError(f"{item.audio_path}: prompt ({n_past}) + transcript ({len(tokens)}) exceed the "
                                f"context ({self.n_ctx}); use a larger --ctx")
-        # re-decode the last prompt token so that its row (which emits t_0) is captured too
-        if not lc.llama_memory_seq_rm(lc.llama_get_memory(self._ctx), 0, n_past - 1, -1):
-            raise CaptureError("cannot remove the last prompt token from the cache")
+        # the last prompt token (held back by _eval_prompt) is decoded first: its row emits t_0
         forced = [last_token] + tokens[:-1]
         self._captured = {}
         self._capture_failed = False
@@ -321,7 +371,7 @@ class TeacherForcedAttention:
                     raise CaptureError(f"llama_decode failed on the transcript (code {rc})")
         finally:
             self._capturing = False
-        if self._capture_failed or sorted(self._captured) != list(range(self.n_layer)):
+        if self._capture_failed or sorted(self._captured) != self.attention_layers:
             raise CaptureError(f"attention rows were not captured for every layer (got {sorted(self._captured)}); "
                                "is flash attention forced on?")
         n_kv = max(a.shape[2] for parts in self._captured.values() for a in parts)
@@ -333,7 +383,7 @@ class TeacherForcedAttention:
                 r += a.shape[0]
             if r != len(forced):
                 raise CaptureError(f"layer {il}: captured {r} rows for {len(forced)} tokens")
-        sums = rows.sum(axis=-1, dtype=np.float64)
+        sums = rows[:, self.attention_layers].sum(axis=-1, dtype=np.float64)  # layers without attention: 0
         if not np.all(np.abs(sums - 1.0) < _ROW_SUM_TOL):
             raise CaptureError(f"captured attention rows do not sum to 1 (min {sums.min():.4f}, max {sums.max():.4f})")
         for j in range(len(forced)):

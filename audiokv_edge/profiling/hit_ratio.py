@@ -186,12 +186,31 @@ def reduce_gqa(scores: np.ndarray, n_head_kv: int) -> np.ndarray:
     return scores.reshape(n_layer, n_head_kv, n_head // n_head_kv).sum(axis=2)
 
 
-def profile_from_hits(acc: HitRatioAccumulator, n_head_kv: int, source: dict) -> HeadProfile:
-    """HeadProfile S_hat = S / sum(S) from accumulated hit ratios (S summed per KV head).
+def fold_shared_layers(scores: np.ndarray, kv_source: dict[int, int]) -> np.ndarray:
+    """Per-layer scores with each layer that reads another layer's K/V added into that layer's row (its own row
+    0): the eviction keeps one set of entries per K/V-owning layer, which its readers all attend."""
+    out = np.array(scores, dtype=np.float64, copy=True)
+    for il, src in sorted(kv_source.items()):
+        out[src] += out[il]
+        out[il] = 0.0
+    return out
+
+
+def profile_from_hits(acc: HitRatioAccumulator, n_head_kv: int, source: dict,
+                      kv_source: dict[int, int] | None = None,
+                      attention_layers: list[int] | None = None) -> HeadProfile:
+    """HeadProfile S_hat = S / sum(S) from accumulated hit ratios (S summed per KV head; the layers of
+    ``kv_source`` folded into the layer whose K/V they read, :func:`fold_shared_layers`; the layers not in
+    ``attention_layers`` (default: all), which have no attention rows, scored 0).
 
     Raises ValueError if no head ever hit (all-zero scores carry no information).
     """
-    s = reduce_gqa(acc.head_scores(), n_head_kv)
+    scores = np.array(acc.head_scores(), dtype=np.float64)
+    if attention_layers is not None:
+        idle = np.ones(scores.shape[0], dtype=bool)
+        idle[list(attention_layers)] = False
+        scores[idle] = 0.0  # their all-zero rows would rank arbitrary cells into the top-k
+    s = reduce_gqa(fold_shared_layers(scores, kv_source or {}), n_head_kv)
     total = s.sum()
     if not total > 0:
         raise ValueError(f"no head's top-{acc.top_k} ever fell inside the word spans ({acc.n_steps} steps)")

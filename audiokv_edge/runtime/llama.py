@@ -139,7 +139,9 @@ class LlamaModel:
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.n_layer = int(lc.llama_model_n_layer(self.model))
         self.n_head = int(lc.llama_model_n_head(self.model))
-        self.n_head_kv = int(lc.llama_model_n_head_kv(self.model))
+        # llama_model_n_head_kv is layer 0's count: 0 when that layer has no attention (LFM2's short-convolution
+        # layers come first), then the attention layers' count from the per-layer array
+        self.n_head_kv = int(lc.llama_model_n_head_kv(self.model)) or self._attention_head_count_kv()
         self.n_embd = int(lc.llama_model_n_embd(self.model))
         self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
 
@@ -223,6 +225,16 @@ class LlamaModel:
         return mctx
 
     # ------------------------------------------------------------------ vocabulary and prompt
+    def _attention_head_count_kv(self) -> int:
+        """The attention layers' KV-head count of the per-layer ``<arch>.attention.head_count_kv`` array (llama.cpp
+        exposes no array metadata; read from the GGUF header), 0 when it cannot be read."""
+        from audiokv_edge.profile.gguf_keys import GGUFProfileError, model_shape, open_gguf
+
+        try:
+            return model_shape(open_gguf(self.path)).n_head_kv
+        except GGUFProfileError:
+            return 0
+
     def meta(self, key: str) -> str | None:
         """A GGUF metadata value of the model as text, None when absent."""
         buf = ctypes.create_string_buffer(256)

@@ -178,9 +178,53 @@ GEMMA4 = ChatFamily(
     ),
 )
 
+#: LFM2 (LFM2-Audio's text model): ChatML turns after a ``<|startoftext|>`` BOS.
+LFM2 = ChatFamily(
+    name="lfm2",
+    specials=("<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+    bos="<|startoftext|>",
+    eos="<|im_end|>",
+    eot="<|im_end|>",
+    add_bos=True,
+    pre="lfm2",
+    template=(
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    ),
+)
+
+#: Granite (Granite Speech's text model): role markers and ``<|end_of_text|>``.
+GRANITE = ChatFamily(
+    name="granite",
+    specials=("<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|pad|>"),
+    bos="<|end_of_text|>",
+    eos="<|end_of_text|>",
+    eot=None,
+    add_bos=False,
+    pre="refact",
+    template=(
+        "{% for message in messages %}"
+        "{{ '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + message['content'] + '<|end_of_text|>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_of_role|>assistant<|end_of_role|>' }}{% endif %}"
+    ),
+)
+
 
 #: Text architectures :func:`write_text_model` writes.
-TEXT_ARCHS = ("qwen2", "qwen3", "qwen3moe", "llama", "gemma2", "gemma3", "gemma4")
+TEXT_ARCHS = ("qwen2", "qwen3", "qwen3moe", "llama", "gemma2", "gemma3", "gemma4", "gemma3n", "lfm2", "granite")
+
+#: gemma3n constants of the vendored llama.cpp (``src/models/gemma3n.cpp``, ``llama-hparams.h``), not read from the
+#: GGUF: the first 20 layers own K/V (the others share them), SWA period 5, AltUp with 4 inputs, LAuReL rank 64,
+#: 256-wide per-layer embeddings.
+GEMMA3N_KV_LAYERS = 20
+GEMMA3N_SWA_PERIOD = 5
+GEMMA3N_ALTUP = 4
+GEMMA3N_LAUREL_RANK = 64
+GEMMA3N_PER_LAYER = 256
 
 
 @dataclass(frozen=True)
@@ -213,6 +257,11 @@ class TextModelSpec:
     n_expert, n_expert_used : int
         qwen3moe: experts per layer and experts each token uses (Qwen3-Omni-30B-A3B: 128 / 8); each expert's FFN
         width is ``n_ff``.
+    attn_layers : tuple of int
+        lfm2: the attention layers (``head_count_kv`` > 0); the others are gated short-convolution layers
+        (LFM2-1.2B: 6 of 16).
+    shortconv_l_cache : int
+        lfm2: kernel length of the short convolutions (``shortconv.l_cache``; LFM2: 3).
     n_vocab : int
         Vocabulary size; 0: the tiny BPE vocabulary alone, larger: padded with unused tokens to this size.
     weights : str
@@ -241,6 +290,8 @@ class TextModelSpec:
     n_embd_per_layer: int = 0
     n_expert: int = 0
     n_expert_used: int = 0
+    attn_layers: tuple[int, ...] = ()
+    shortconv_l_cache: int = 3
 
     def __post_init__(self) -> None:
         if self.arch not in TEXT_ARCHS:
@@ -250,7 +301,7 @@ class TextModelSpec:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_head % self.n_head_kv:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_head_kv ({self.n_head_kv})")
-        if self.arch == "qwen2" and self.n_head * self.head_dim != self.n_embd:
+        if self.arch in ("qwen2", "lfm2") and self.n_head * self.head_dim != self.n_embd:
             raise ValueError(f"{self.arch} needs n_head * head_dim == n_embd")
         if self.weights not in WEIGHT_TYPES:
             raise ValueError(f"weights must be one of {', '.join(WEIGHT_TYPES)}, got {self.weights!r}")
@@ -259,7 +310,12 @@ class TextModelSpec:
             raise ValueError(f"q4_0 weights need n_embd, n_ff and n_head * head_dim divisible by {Q4_0_BLOCK}")
         if self.arch == "qwen3moe" and not 1 <= self.n_expert_used <= self.n_expert:
             raise ValueError("qwen3moe needs 1 <= n_expert_used <= n_expert")
-        if self.arch in ("gemma2", "gemma3", "gemma4") and self.sliding_window < 1:
+        if self.arch == "lfm2" and (not self.attn_layers or not set(self.attn_layers) <= set(range(self.n_layer))):
+            raise ValueError("lfm2 needs attn_layers: a non-empty set of layer indices")
+        if self.arch == "gemma3n" and self.n_layer - self.n_kv_shared != GEMMA3N_KV_LAYERS:
+            raise ValueError(f"gemma3n needs n_layer - n_kv_shared == {GEMMA3N_KV_LAYERS} (llama.cpp fixes the "
+                             "layers owning K/V)")
+        if self.arch in ("gemma2", "gemma3", "gemma4", "gemma3n") and self.sliding_window < 1:
             raise ValueError(f"{self.arch} needs sliding_window >= 1")
         if self.arch == "gemma4":
             if self.swa_period < 2 or self.head_dim_swa < 1 or self.n_embd_per_layer < 1:
@@ -277,10 +333,15 @@ class TextModelSpec:
             return il % 2 == 0
         if self.arch == "gemma4":
             return il % self.swa_period < self.swa_period - 1
+        if self.arch == "gemma3n":
+            return il % GEMMA3N_SWA_PERIOD < GEMMA3N_SWA_PERIOD - 1
         return False
 
     def has_kv(self, il: int) -> bool:
-        """Whether layer ``il`` stores its own K/V (gemma4: not the last ``n_kv_shared`` layers)."""
+        """Whether layer ``il`` stores its own K/V (gemma4: not the last ``n_kv_shared`` layers; lfm2: its attention
+        layers only)."""
+        if self.arch == "lfm2":
+            return il in self.attn_layers
         return il < self.n_layer - self.n_kv_shared
 
     def layer_head_dim(self, il: int) -> int:
@@ -290,6 +351,7 @@ class TextModelSpec:
 
 #: ``clip.projector_type`` values :func:`write_audio_projector` writes.
 AUDIO_PROJECTORS = ("qwen2a", "qwen2.5o", "qwen3a", "ultravox", "voxtral", "glma", "meralion", "musicflamingo",
+                    "lfm2a", "granite_speech", "mimo_audio",
                     "gemma4a")
 #: Projectors that stack encoder frames (``clip.audio.projector.stack_factor`` required).
 STACKING_PROJECTORS = ("ultravox", "voxtral", "glma", "meralion")
@@ -308,7 +370,13 @@ class AudioProjectorSpec:
         qwen2a), ``"qwen3a"`` (Qwen3-Omni / Qwen3-ASR: conv2d stem on 100-frame chunks, 13 tokens per second),
         ``"ultravox"``, ``"voxtral"``, ``"glma"`` (GLM-ASR: stacked frames between learned begin / end embeddings),
         ``"meralion"`` (MERaLiON: stacked frames, GLU adaptor), ``"musicflamingo"`` (Music Flamingo: Whisper with
-        average pool) or ``"gemma4a"`` (Gemma 4's conformer: two stride-2 conv2d, chunked local attention).
+        average pool), ``"gemma4a"`` (Gemma 4's conformer: two stride-2 conv2d, chunked local attention),
+        ``"lfm2a"`` (LFM2-Audio's FastConformer, ``models/conformer.cpp``: three stride-2 conv2d, relative-position
+        attention over the whole clip, an MLP adapter) or ``"granite_speech"`` (Granite Speech: conformer with
+        block-local Shaw attention and a CTC branch, then a windowed Q-Former, ``models/granite-speech.cpp``) or
+        ``"mimo_audio"`` (MiMo-Audio's tokenizer + connector, ``models/mimo-audio.cpp``: 24 kHz mel, a causal
+        transformer with full / windowed layers, residual vector quantization, the code embeddings summed, a local
+        transformer over groups of frames, an MLP on each flattened group).
     n_embd, n_layer, n_head, n_ff : int
         Encoder sizes.
     n_mel : int
@@ -318,7 +386,16 @@ class AudioProjectorSpec:
     n_hidden : int
         Hidden width of the ultravox / voxtral / qwen3a projector MLP.
     n_conv : int
-        qwen3a / gemma4a: channels of the conv2d stem.
+        qwen3a / gemma4a / lfm2a: channels of the conv2d stem.
+    context_size, conv_kernel, max_pos_emb, proj_window, proj_downsample, proj_n_head, n_ctc : int
+        granite_speech (published values as defaults): frames per attention block, depthwise kernel, relative
+        position range, Q-Former window (frames) and its downsampling (queries = window / downsample), Q-Former heads,
+        CTC vocabulary.
+    rvq_bins, local_layers, local_group, attn_window : int
+        mimo_audio: codebook entries per quantizer, the local
+        transformer's layers, frames per group (MiMo-V2.5: 4) and the windowed layers' look-back (frames).
+    rvq_quantizers : int
+        mimo_audio: residual quantizers (MiMo-Audio: 8).
     weights : str
         Type of the encoder and projector matrices: ``"f32"`` or ``"f16"`` (conv kernels are always F16).
     """
@@ -332,6 +409,18 @@ class AudioProjectorSpec:
     stack_factor: int = 0
     n_hidden: int = 64
     n_conv: int = 8
+    context_size: int = 200
+    conv_kernel: int = 15
+    max_pos_emb: int = 512
+    proj_window: int = 15
+    proj_downsample: int = 5
+    proj_n_head: int = 4
+    n_ctc: int = 32
+    rvq_bins: int = 16
+    rvq_quantizers: int = 2
+    local_layers: int = 1
+    local_group: int = 4
+    attn_window: int = 50
     weights: str = "f32"
 
     def __post_init__(self) -> None:
@@ -341,11 +430,18 @@ class AudioProjectorSpec:
             raise ValueError(f"{self.projector} needs stack_factor >= 1")
         if self.n_embd % self.n_head:
             raise ValueError("audio n_embd must be a multiple of n_head")
+        if self.projector == "mimo_audio" and self.n_layer < 3:
+            raise ValueError("mimo_audio needs n_layer >= 3 (models/mimo-audio.cpp adds layer 3's output back)")
         if self.projector == "qwen3a" and self.n_mel % 8:
             raise ValueError("qwen3a needs n_mel divisible by 8 (three stride-2 convolutions)")
         if self.weights not in AUDIO_WEIGHT_TYPES:
             raise ValueError(f"audio weights must be f32 or f16, got {self.weights!r}")
 
+
+#: A Gemma 3n-shaped tiny text model (E2B: 30 layers, the last 10 sharing KV): the 20 layers llama.cpp gives their
+#: own K/V, then 5 sharing it (4 SWA layers reading layer 18, one full-attention layer reading layer 19).
+GEMMA3N_LIKE = TextModelSpec("gemma3n", GEMMA, n_embd=64, n_layer=25, n_head=4, n_head_kv=2, head_dim=32,
+                             sliding_window=16, n_kv_shared=5)
 
 #: A Gemma 4 E2B-shaped tiny text model: SWA layers with a full-attention layer closing each period, the last layers
 #: sharing the KV of the last full / SWA layer with their own (E2B: 35 layers, period 5, 20 shared), a larger head
@@ -410,6 +506,18 @@ TINY_PAIRS: dict[str, TinyPair] = {
         ),
         TinyPair(
             TextModelSpec("qwen2", CHATML, rope_freq_base=1000000.0), AudioProjectorSpec("musicflamingo"),
+        ),
+        # LFM2-Audio (LFM2-1.2B: 16 layers, attention at 2, 5, 8, 10, 12, 14; the rest short convolutions). Text
+        # head size 32 here and for granite: a q8_0 KV cache needs whole 32-value blocks per head
+        TinyPair(
+            TextModelSpec("lfm2", LFM2, n_embd=128, n_layer=6, n_head=4, n_head_kv=2, head_dim=32,
+                          rope_freq_base=1000000.0, attn_layers=(2, 5)),
+            AudioProjectorSpec("lfm2a", n_mel=128, n_conv=8),
+        ),
+        # Granite Speech 3.3 (text: granite; audio: 160 inputs = two stacked 80-bin mel frames)
+        TinyPair(
+            TextModelSpec("granite", GRANITE, n_head=4, n_head_kv=2, head_dim=32, rope_freq_base=10000000.0),
+            AudioProjectorSpec("granite_speech", n_mel=160),
         ),
     )
 }
@@ -637,6 +745,47 @@ def _text_block_layout(spec: TextModelSpec) -> list[tuple]:
     return layout
 
 
+def _gemma3n_layer_layout(spec: TextModelSpec) -> list[tuple]:
+    """Tensors of a gemma3n layer (``src/models/gemma3n.cpp``): every layer has K/V projections (the layers sharing
+    another layer's KV do not use theirs), post norms, the per-layer-embedding block, AltUp and LAuReL."""
+    d, dh, hq, hkv, f32, a = spec.n_embd, spec.head_dim, spec.n_head, spec.n_head_kv, np.float32, GEMMA3N_ALTUP
+    return [
+        ("attn_norm.weight", "ones", (d,), None), ("attn_q.weight", "matrix", (d, hq * dh), f32),
+        ("attn_k.weight", "matrix", (d, hkv * dh), f32), ("attn_v.weight", "matrix", (d, hkv * dh), f32),
+        ("attn_output.weight", "matrix", (hq * dh, d), f32), ("attn_q_norm.weight", "ones", (dh,), None),
+        ("attn_k_norm.weight", "ones", (dh,), None), ("post_attention_norm.weight", "ones", (d,), None),
+        ("ffn_norm.weight", "ones", (d,), None), ("ffn_gate.weight", "matrix", (d, spec.n_ff), f32),
+        ("ffn_up.weight", "matrix", (d, spec.n_ff), f32), ("ffn_down.weight", "matrix", (spec.n_ff, d), f32),
+        ("post_ffw_norm.weight", "ones", (d,), None),
+        ("inp_gate.weight", "matrix", (d, GEMMA3N_PER_LAYER), f32),
+        ("proj.weight", "matrix", (GEMMA3N_PER_LAYER, d), f32), ("post_norm.weight", "ones", (d,), None),
+        ("altup_correct_coef.weight", "normal", (a, a), 0.1), ("altup_correct_scale.weight", "ones", (d,), None),
+        ("altup_predict_coef.weight", "normal", (a, a * a), 0.1), ("altup_router.weight", "matrix", (d, a), f32),
+        ("altup_router_norm.weight", "ones", (d,), None),
+        ("laurel_l.weight", "matrix", (d, GEMMA3N_LAUREL_RANK), f32),
+        ("laurel_r.weight", "matrix", (GEMMA3N_LAUREL_RANK, d), f32), ("laurel_post_norm.weight", "ones", (d,), None),
+    ]
+
+
+def _lfm2_layer_layout(spec: TextModelSpec, il: int) -> list[tuple]:
+    """Tensors of lfm2 layer ``il`` (``src/models/lfm2.cpp``): an attention layer (q / k norms) or a gated short
+    convolution (in_proj to 3 x n_embd, a depthwise kernel of ``shortconv_l_cache`` taps, out_proj), then the FFN."""
+    d, dh, hq, hkv = spec.n_embd, spec.head_dim, spec.n_head, spec.n_head_kv
+    f32 = np.float32 if spec.weights == "f32" else spec.weights
+    layout = [("attn_norm.weight", "ones", (d,), None)]
+    if spec.has_kv(il):
+        layout += [("attn_q.weight", "matrix", (d, hq * dh), f32), ("attn_k.weight", "matrix", (d, hkv * dh), f32),
+                   ("attn_v.weight", "matrix", (d, hkv * dh), f32), ("attn_output.weight", "matrix", (hq * dh, d), f32),
+                   ("attn_q_norm.weight", "ones", (dh,), None), ("attn_k_norm.weight", "ones", (dh,), None)]
+    else:
+        layout += [("shortconv.conv.weight", "matrix", (spec.shortconv_l_cache, d), np.float32),
+                   ("shortconv.in_proj.weight", "matrix", (d, 3 * d), f32),
+                   ("shortconv.out_proj.weight", "matrix", (d, d), f32)]
+    layout += [("ffn_norm.weight", "ones", (d,), None), ("ffn_gate.weight", "matrix", (d, spec.n_ff), f32),
+               ("ffn_up.weight", "matrix", (d, spec.n_ff), f32), ("ffn_down.weight", "matrix", (spec.n_ff, d), f32)]
+    return layout
+
+
 def _gemma4_layer_layout(spec: TextModelSpec, il: int) -> list[tuple]:
     """Tensors of gemma4 layer ``il`` (``src/models/gemma4.cpp``): the head size depends on the layer type, a layer
     sharing another layer's KV has no K/V projections, and every layer has its per-layer-embedding block."""
@@ -708,7 +857,11 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
     w.add_block_count(spec.n_layer)
     w.add_feed_forward_length(spec.n_ff)
     w.add_head_count(spec.n_head)
-    w.add_head_count_kv(spec.n_head_kv)
+    if arch == "lfm2":  # per layer: 0 marks a short-convolution layer (llama.cpp's is_recr)
+        w.add_head_count_kv([spec.n_head_kv if spec.has_kv(il) else 0 for il in range(spec.n_layer)])
+        w.add_shortconv_l_cache(spec.shortconv_l_cache)
+    else:
+        w.add_head_count_kv(spec.n_head_kv)
     w.add_key_length(spec.head_dim)
     w.add_value_length(spec.head_dim)
     w.add_layer_norm_rms_eps(1e-6)
@@ -736,6 +889,17 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
         w.add_shared_kv_layers(spec.n_kv_shared)
         w.add_embedding_length_per_layer_input(spec.n_embd_per_layer)
         w.add_final_logit_softcapping(30.0)
+    if arch == "gemma3n":  # the SWA period (5) and the KV-owning layers (20) are fixed in llama.cpp
+        w.add_sliding_window(spec.sliding_window)
+        w.add_rope_freq_base_swa(10000.0)
+        w.add_shared_kv_layers(spec.n_kv_shared)
+        w.add_embedding_length_per_layer_input(GEMMA3N_PER_LAYER)
+        w.add_final_logit_softcapping(30.0)
+    if arch == "granite":  # Granite 3.3's multipliers (src/models/granite.cpp reads all four)
+        w.add_embedding_scale(12.0)
+        w.add_residual_scale(0.22)
+        w.add_attention_scale(1.0 / spec.head_dim)
+        w.add_logit_scale(8.0)
 
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(fam.pre)
@@ -757,8 +921,9 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
         t.normal("token_embd.weight", (d, n_vocab), 1.0 / np.sqrt(d) if not arch.startswith("gemma") else 0.05)
     else:
         t.matrix("token_embd.weight", (d, n_vocab), dtype=spec.weights)
-    t.ones("output_norm.weight", (d,))
-    tied = spec.tied_output or arch == "gemma2"  # gemma2 ties its output head to token_embd (llama.cpp loads none)
+    t.ones("token_embd_norm.weight" if arch == "lfm2" else "output_norm.weight", (d,))  # lfm2: llama.cpp's name
+    # gemma2 and lfm2 tie their output head to token_embd (llama.cpp loads none)
+    tied = spec.tied_output or arch in ("gemma2", "gemma3n", "lfm2")
     if spec.weights != "f32":
         if not tied:
             t.matrix("output.weight", (d, n_vocab), dtype=spec.weights)
@@ -783,6 +948,17 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
         t.ones("rope_freqs.weight", (spec.head_dim // 2,))  # proportional RoPE of the full-attention layers
         for il in range(spec.n_layer):
             t.layer(f"blk.{il}.", _gemma4_layer_layout(spec, il))
+    elif arch == "gemma3n":
+        n_pl, a = GEMMA3N_PER_LAYER * spec.n_layer, GEMMA3N_ALTUP
+        t.matrix("altup_proj.weight", (d, d, a - 1))
+        t.matrix("altup_unembd_proj.weight", (d, d, a - 1))
+        t.normal("per_layer_token_embd.weight", (n_pl, n_vocab), 0.05)
+        t.matrix("per_layer_model_proj.weight", (d, n_pl))
+        t.ones("per_layer_proj_norm.weight", (GEMMA3N_PER_LAYER,))
+        t.blocks("blk.", spec.n_layer, _gemma3n_layer_layout(spec))
+    elif arch == "lfm2":
+        for il in range(spec.n_layer):
+            t.layer(f"blk.{il}.", _lfm2_layer_layout(spec, il))
     else:
         t.blocks("blk.", spec.n_layer, _text_block_layout(spec))
     t.write_file(progress)
@@ -817,6 +993,151 @@ def _write_gemma4a(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text: int) -
     t.matrix("a.pre_encode.out.weight", (d, spec.n_hidden))
     t.ones("mm.a.soft_emb_norm.weight", (spec.n_hidden,))
     t.matrix("mm.a.input_projection.weight", (spec.n_hidden, n_embd_text))
+
+
+#: Width of the sinusoidal relative-position input that ``models/conformer.cpp`` feeds every lfm2a layer's
+#: ``linear_pos`` (clip.cpp fixes it at 512 whatever the encoder's width).
+LFM2A_POS_WIDTH = 512
+
+
+def _stride2(n: int, times: int) -> int:
+    """Length after ``times`` 3-tap, stride-2, pad-1 convolutions."""
+    for _ in range(times):
+        n = (n - 1) // 2 + 1
+    return n
+
+
+def _write_lfm2a(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text: int) -> None:
+    """LFM2-Audio's FastConformer (``models/conformer.cpp``, tensors of ``clip.cpp`` PROJECTOR_TYPE_LFM2A): conv2d,
+    depthwise + pointwise conv2d twice (three stride-2 steps), the output projection; conformer blocks (half-step
+    FFN, relative-position attention with u / v biases, GLU + depthwise conv module, half-step FFN); a layer-norm +
+    GELU MLP adapter. Conv kernels F32 as the converter writes them (ggml_ssm_conv needs F32)."""
+    d, f, c, h, f32 = spec.n_embd, spec.n_ff, spec.n_conv, spec.n_hidden, np.float32
+    mat = AUDIO_WEIGHT_TYPES[spec.weights]
+    for i, ne in ((0, (3, 3, 1, c)), (2, (3, 3, 1, c)), (3, (1, 1, c, c)), (5, (3, 3, 1, c)), (6, (1, 1, c, c))):
+        t.matrix(f"a.conv1d.{i}.weight", ne, dtype=f32)
+        t.normal(f"a.conv1d.{i}.bias", (1, 1, c), 0.02)
+    t.matrix("a.pre_encode.out.weight", (c * _stride2(spec.n_mel, 3), d), dtype=mat)
+    t.normal("a.pre_encode.out.bias", (d,), 0.02)
+    # the converter maps LFM2-Audio's output-codebook embedding here; the graph only asserts >= frames / 2 rows
+    t.normal("a.position_embd.weight", (n_embd_text, WHISPER_POSITIONS), 0.05)
+    dh = d // spec.n_head
+    t.blocks("a.blk.", spec.n_layer, [
+        ("ffn_norm.weight", "ones", (d,), None), ("ffn_norm.bias", "normal", (d,), 0.02),
+        ("ffn_up.weight", "matrix", (d, f), mat), ("ffn_up.bias", "normal", (f,), 0.02),
+        ("ffn_down.weight", "matrix", (f, d), mat), ("ffn_down.bias", "normal", (d,), 0.02),
+        ("ln1.weight", "ones", (d,), None), ("ln1.bias", "normal", (d,), 0.02),
+        ("attn_q.weight", "matrix", (d, d), mat), ("attn_q.bias", "normal", (d,), 0.02),
+        ("attn_k.weight", "matrix", (d, d), mat), ("attn_k.bias", "normal", (d,), 0.02),
+        ("attn_v.weight", "matrix", (d, d), mat), ("attn_v.bias", "normal", (d,), 0.02),
+        ("attn_out.weight", "matrix", (d, d), mat), ("attn_out.bias", "normal", (d,), 0.02),
+        ("pos_bias_u", "normal", (dh, spec.n_head), 0.02), ("pos_bias_v", "normal", (dh, spec.n_head), 0.02),
+        ("linear_pos.weight", "matrix", (LFM2A_POS_WIDTH, d), mat),
+        ("norm_conv.weight", "ones", (d,), None), ("norm_conv.bias", "normal", (d,), 0.02),
+        ("conv_pw1.weight", "matrix", (d, 2 * d), mat), ("conv_pw1.bias", "normal", (2 * d,), 0.02),
+        ("conv_dw.weight", "matrix", (9, d), f32), ("conv_dw.bias", "normal", (d,), 0.02),
+        ("conv_norm.weight", "ones", (d,), None), ("conv_norm.bias", "normal", (d,), 0.02),
+        ("conv_pw2.weight", "matrix", (d, d), mat), ("conv_pw2.bias", "normal", (d,), 0.02),
+        ("ffn_norm_1.weight", "ones", (d,), None), ("ffn_norm_1.bias", "normal", (d,), 0.02),
+        ("ffn_up_1.weight", "matrix", (d, f), mat), ("ffn_up_1.bias", "normal", (f,), 0.02),
+        ("ffn_down_1.weight", "matrix", (f, d), mat), ("ffn_down_1.bias", "normal", (d,), 0.02),
+        ("ln2.weight", "ones", (d,), None), ("ln2.bias", "normal", (d,), 0.02),
+    ])
+    t.ones("mm.a.mlp.0.weight", (d,))
+    t.normal("mm.a.mlp.0.bias", (d,), 0.02)
+    t.matrix("mm.a.mlp.1.weight", (d, h), dtype=mat)
+    t.normal("mm.a.mlp.1.bias", (h,), 0.02)
+    t.matrix("mm.a.mlp.3.weight", (h, n_embd_text), dtype=mat)
+    t.normal("mm.a.mlp.3.bias", (n_embd_text,), 0.02)
+
+
+def _write_granite_speech(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text: int) -> None:
+    """Granite Speech's encoder and projector (``models/granite-speech.cpp``, tensors of ``clip.cpp``
+    PROJECTOR_TYPE_GRANITE_SPEECH): input projection of the two stacked mel frames; conformer blocks (half-step FFN,
+    block-local attention with Shaw relative positions, GLU + depthwise conv with folded batch norm, half-step FFN)
+    with a CTC branch after the middle block; a two-block Q-Former (learned queries, self- and cross-attention over
+    each window of frames) and the linear projection to the text model."""
+    d, f, h, f32 = spec.n_embd, spec.n_ff, spec.n_hidden, np.float32
+    mat = AUDIO_WEIGHT_TYPES[spec.weights]
+    dh = d // spec.n_head
+    t.matrix("a.input_projection.weight", (spec.n_mel, d), dtype=mat)
+    t.normal("a.input_projection.bias", (d,), 0.02)
+    t.blocks("a.blk.", spec.n_layer, [
+        ("attn_q.weight", "matrix", (d, d), mat), ("attn_k.weight", "matrix", (d, d), mat),
+        ("attn_v.weight", "matrix", (d, d), mat), ("attn_out.weight", "matrix", (d, d), mat),
+        ("attn_out.bias", "normal", (d,), 0.02), ("ln1.weight", "ones", (d,), None), ("ln1.bias", "normal", (d,), 0.02),
+        ("ln2.weight", "ones", (d,), None), ("ln2.bias", "normal", (d,), 0.02),
+        ("ffn_up.weight", "matrix", (d, f), mat), ("ffn_up.bias", "normal", (f,), 0.02),
+        ("ffn_down.weight", "matrix", (f, d), mat), ("ffn_down.bias", "normal", (d,), 0.02),
+        ("attn_rel_pos_emb", "normal", (dh, 2 * spec.max_pos_emb + 1), 0.02),
+        ("ffn_norm.weight", "ones", (d,), None), ("ffn_norm.bias", "normal", (d,), 0.02),
+        ("ffn_norm_1.weight", "ones", (d,), None), ("ffn_norm_1.bias", "normal", (d,), 0.02),
+        ("ffn_up_1.weight", "matrix", (d, f), mat), ("ffn_up_1.bias", "normal", (f,), 0.02),
+        ("ffn_down_1.weight", "matrix", (f, d), mat), ("ffn_down_1.bias", "normal", (d,), 0.02),
+        ("norm_conv.weight", "ones", (d,), None), ("norm_conv.bias", "normal", (d,), 0.02),
+        ("conv_norm.weight", "ones", (d,), None), ("conv_norm.bias", "normal", (d,), 0.02),
+        ("conv_dw.weight", "matrix", (spec.conv_kernel, d), f32),
+        ("conv_pw1.weight", "matrix", (d, 2 * d), mat), ("conv_pw1.bias", "normal", (2 * d,), 0.02),
+        ("conv_pw2.weight", "matrix", (d, d), mat), ("conv_pw2.bias", "normal", (d,), 0.02),
+    ])
+    t.matrix("a.enc_ctc_out.weight", (d, spec.n_ctc), dtype=mat)
+    t.normal("a.enc_ctc_out.bias", (spec.n_ctc,), 0.02)
+    t.matrix("a.enc_ctc_out_mid.weight", (spec.n_ctc, d), dtype=mat)
+    t.normal("a.enc_ctc_out_mid.bias", (d,), 0.02)
+    t.normal("a.proj_query", (d, spec.proj_window // spec.proj_downsample), 0.5)
+    t.ones("a.proj_norm.weight", (d,))
+    t.normal("a.proj_norm.bias", (d,), 0.02)
+    for il in range(2):  # clip.cpp loads two Q-Former blocks
+        t.layer(f"a.proj_blk.{il}.", [
+            *[(f"{part}.{kind}", "matrix" if kind == "weight" else "normal", (d, d) if kind == "weight" else (d,),
+               mat if kind == "weight" else 0.02)
+              for part in ("self_attn_q", "self_attn_k", "self_attn_v", "self_attn_out")
+              for kind in ("weight", "bias")],
+            ("self_attn_norm.weight", "ones", (d,), None), ("self_attn_norm.bias", "normal", (d,), 0.02),
+            *[(f"{part}.{kind}", "matrix" if kind == "weight" else "normal", (d, d) if kind == "weight" else (d,),
+               mat if kind == "weight" else 0.02)
+              for part in ("cross_attn_q", "cross_attn_k", "cross_attn_v", "cross_attn_out")
+              for kind in ("weight", "bias")],
+            ("cross_attn_norm.weight", "ones", (d,), None), ("cross_attn_norm.bias", "normal", (d,), 0.02),
+            ("ffn_up.weight", "matrix", (d, h), mat), ("ffn_up.bias", "normal", (h,), 0.02),
+            ("ffn_down.weight", "matrix", (h, d), mat), ("ffn_down.bias", "normal", (d,), 0.02),
+            ("ffn_norm.weight", "ones", (d,), None), ("ffn_norm.bias", "normal", (d,), 0.02),
+        ])
+    t.matrix("a.proj_linear.weight", (d, n_embd_text), dtype=mat)
+    t.normal("a.proj_linear.bias", (n_embd_text,), 0.02)
+
+
+def _write_mimo_audio(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text: int) -> None:
+    """MiMo-Audio's tokenizer encoder and MiMo-V2.5's audio connector (``models/mimo-audio.cpp``, tensors of
+    ``clip.cpp`` PROJECTOR_TYPE_MIMO_AUDIO): two conv1d (stride 1, 2), transformer layers (RoPE, causal: full or
+    windowed, a skip from layer 3), post norm, a stride-2 downsampling conv + norm, the residual-VQ codebooks and the
+    code embeddings, the local transformer (RMS norms, SiLU-gated FFN) and the two-matrix projection."""
+    d, f, h, f16 = spec.n_embd, spec.n_ff, spec.n_hidden, np.float16
+    mat = AUDIO_WEIGHT_TYPES[spec.weights]
+    t.matrix("a.conv1d.1.weight", (3, spec.n_mel, d), dtype=f16)
+    t.normal("a.conv1d.1.bias", (1, d), 0.02)
+    t.matrix("a.conv1d.2.weight", (3, d, d), dtype=f16)
+    t.normal("a.conv1d.2.bias", (1, d), 0.02)
+    t.blocks("a.blk.", spec.n_layer, _audio_block_layout(spec))
+    t.ones("a.post_ln.weight", (d,))
+    t.normal("a.post_ln.bias", (d,), 0.02)
+    t.matrix("a.downsample.conv.weight", (2, d, d), dtype=f16)
+    t.ones("a.downsample.norm.weight", (d,))
+    t.normal("a.downsample.norm.bias", (d,), 0.02)
+    t.normal("a.rvq.codebook.weight", (d, spec.rvq_bins, spec.rvq_quantizers), 1.0)
+    t.normal("mm.a.code_embd.weight", (d, spec.rvq_bins, spec.rvq_quantizers), 0.1)
+    for il in range(spec.local_layers):
+        t.layer(f"mm.a.local_blk.{il}.", [
+            ("attn_q.weight", "matrix", (d, d), mat), ("attn_q.bias", "normal", (d,), 0.02),
+            ("attn_k.weight", "matrix", (d, d), mat), ("attn_k.bias", "normal", (d,), 0.02),
+            ("attn_v.weight", "matrix", (d, d), mat), ("attn_v.bias", "normal", (d,), 0.02),
+            ("attn_out.weight", "matrix", (d, d), mat), ("ffn_gate.weight", "matrix", (d, f), mat),
+            ("ffn_up.weight", "matrix", (d, f), mat), ("ffn_down.weight", "matrix", (f, d), mat),
+            ("ln1.weight", "ones", (d,), None), ("ln2.weight", "ones", (d,), None),
+        ])
+    t.ones("mm.a.local_norm.weight", (d,))
+    t.matrix("mm.a.mlp.1.weight", (d * spec.local_group, h), dtype=mat)
+    t.matrix("mm.a.mlp.2.weight", (h, n_embd_text), dtype=mat)
 
 
 def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_embd_text: int, seed: int = 0,
@@ -854,11 +1175,28 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
     w.add_uint32("clip.audio.num_mel_bins", spec.n_mel)
     if spec.stack_factor:
         w.add_uint32("clip.audio.projector.stack_factor", spec.stack_factor)
+    if spec.projector == "granite_speech":
+        w.add_uint32("clip.audio.chunk_size", spec.context_size)
+        w.add_uint32("clip.audio.conv_kernel_size", spec.conv_kernel)
+        w.add_uint32("clip.audio.max_pos_emb", spec.max_pos_emb)
+        w.add_uint32("clip.audio.projector.window_size", spec.proj_window)
+        w.add_uint32("clip.audio.projector.downsample_rate", spec.proj_downsample)
+        w.add_uint32("clip.audio.projector.head_count", spec.proj_n_head)
+    if spec.projector == "mimo_audio":
+        w.add_uint32("clip.audio.rvq.num_quantizers", spec.rvq_quantizers)
+        w.add_array("clip.audio.rvq.codebook_size", [spec.rvq_bins] * spec.rvq_quantizers)
+        w.add_uint32("clip.audio.window_size", spec.attn_window)
+        # full attention in the last layer, windowed in the others (as the tokenizer's pattern ends)
+        w.add_array("clip.audio.wa_pattern_mode", [0] * (spec.n_layer - 1) + [-1])
+        w.add_uint32("clip.audio.local_block_count", spec.local_layers)
+        w.add_uint32("clip.audio.local_group_size", spec.local_group)
 
     t = _TensorSink(w, seed)
     d, mat = spec.n_embd, AUDIO_WEIGHT_TYPES[spec.weights]  # mat: the projector matrices' type
-    if spec.projector == "gemma4a":
-        _write_gemma4a(t, spec, n_embd_text)
+    own_writer = {"gemma4a": _write_gemma4a, "lfm2a": _write_lfm2a, "granite_speech": _write_granite_speech,
+                  "mimo_audio": _write_mimo_audio}
+    if spec.projector in own_writer:
+        own_writer[spec.projector](t, spec, n_embd_text)
         t.write_file(progress)
         return
     if spec.projector == "qwen3a":  # models/qwen3a.cpp: 3 x conv2d(3x3, stride 2) on [100 frames, n_mel] chunks

@@ -1,0 +1,98 @@
+"""convert/profile_heads.py on the audio families beyond Whisper + a plain KV cache (docs/model-families.md), then
+convert/add_profile.py storing the profile in the text model's GGUF.
+
+- lfm2-lfm2a (LFM2-Audio): the short-convolution layers have no attention rows; their profile rows are 0 and the
+  attention layers hold the whole profile (the last prompt token is held back, not removed from the cache
+  afterwards: a hybrid memory cannot drop its last position);
+- granite-granite_speech (Granite Speech): a plain KV cache, every layer scored;
+- gemma4-gemma4a (Gemma 4): the layers reading another layer's K/V are folded into that layer (llama.cpp's reuse
+  rule, ``attention_capture.attention_layout``); their rows are 0, the sliding-window layers see no audio (0 too).
+The profile has the model's [block_count, head_count_kv] shape, sums to 1, and reads back bit-exactly from the
+GGUF add_profile writes. One calibration clip each, to stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audiokv_edge.profile import gguf_keys as gp
+from audiokv_edge.profiling.attention_capture import attention_layout
+from audiokv_edge.profiling.hit_ratio import fold_shared_layers
+from audiokv_edge.testing.tiny_models import TINY_PAIRS, write_tiny_pair
+
+pytestmark = pytest.mark.native
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILE_HEADS = REPO / "convert" / "profile_heads.py"
+ADD_PROFILE = REPO / "convert" / "add_profile.py"
+MAKE_CALIB = REPO / "scripts" / "make_calibration_set.py"
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory):
+    out = tmp_path_factory.mktemp("calib")
+    res = subprocess.run([sys.executable, str(MAKE_CALIB), "--out", str(out), "--clips", "1",
+                          "--sentences-per-clip", "2"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_attention_layout_of_the_tiny_layouts(tmp_path):
+    """LFM2: attention layers only; gemma4 (E2B layout, period 2, 4 of 8 shared): SWA readers -> layer 2, full
+    readers -> layer 3, as tiny_models' spec (and llama.cpp) say."""
+    for name in ("lfm2-lfm2a", "gemma4-gemma4a", "granite-granite_speech"):
+        spec = TINY_PAIRS[name].text
+        model, _ = write_tiny_pair(tmp_path, name)
+        layers, sources = attention_layout(str(model), spec.n_layer)
+        owning = [il for il in range(spec.n_layer) if spec.has_kv(il)]
+        if spec.arch == "lfm2":
+            assert layers == owning == list(spec.attn_layers) and sources == {}
+        elif spec.arch == "gemma4":
+            assert layers == list(range(spec.n_layer))
+            n_kv = len(owning)
+            assert sources == {il: n_kv - (2 if spec.is_swa(il) else 1) for il in range(n_kv, spec.n_layer)}
+            assert all(spec.is_swa(il) == spec.is_swa(src) for il, src in sources.items())
+        else:
+            assert layers == owning == list(range(spec.n_layer)) and sources == {}
+
+
+def test_fold_adds_readers_into_their_source():
+    scores = np.arange(12, dtype=np.float64).reshape(6, 2)
+    folded = fold_shared_layers(scores, {4: 2, 5: 3})
+    np.testing.assert_array_equal(folded[2], scores[2] + scores[4])
+    np.testing.assert_array_equal(folded[3], scores[3] + scores[5])
+    assert not folded[4:].any() and folded.sum() == scores.sum()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lfm2-lfm2a", "granite-granite_speech", "gemma4-gemma4a"])
+def test_profile_and_add_profile(tmp_path, calib, name):
+    spec = TINY_PAIRS[name].text
+    model, mmproj = write_tiny_pair(tmp_path, name)
+    pj, out = tmp_path / "profile.json", tmp_path / "model-profiled.gguf"
+    res = subprocess.run([sys.executable, str(PROFILE_HEADS), str(model), "--mmproj", str(mmproj), "--calib",
+                          str(calib), "-o", str(pj), "--threads", "2", "--no-progress"],
+                         capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    meta = json.loads(pj.read_text())
+    shape = gp.model_shape(gp.open_gguf(model))
+    assert (meta["n_layer"], meta["n_head_kv"]) == (shape.n_layer, shape.n_head_kv) == (spec.n_layer, spec.n_head_kv)
+    scores = np.array(meta["scores"])
+    assert scores.shape == (spec.n_layer, spec.n_head_kv)
+    assert scores.sum() == pytest.approx(1.0) and np.all(scores >= 0)
+    evictable = [il for il in range(spec.n_layer) if spec.has_kv(il) and not spec.is_swa(il)]
+    assert scores[evictable].sum() == pytest.approx(1.0)   # no share outside the layers the eviction sees
+    if spec.arch == "gemma4":
+        assert "4 shared-KV layers folded" in meta["source"]["method"]
+
+    res = subprocess.run([sys.executable, str(ADD_PROFILE), str(model), str(pj), "-o", str(out), "--no-progress",
+                          "-q"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stored, _ = gp.read_stored(out)
+    np.testing.assert_array_equal(stored.scores, scores.astype(np.float32).astype(np.float64))
