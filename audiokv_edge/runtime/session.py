@@ -13,7 +13,9 @@ A :class:`Session` loads the model and its projector once and answers many audio
 Pipeline: audio file -> mono float32 at the projector's rate (:mod:`audiokv_edge.runtime.audio`) -> the model's own chat
 template (from its GGUF, rendered with llama-cpp-python's Jinja support) with mtmd's media marker where the user
 content starts -> ``mtmd_tokenize`` (text chunks + one chunk per 30 s audio window) -> each chunk encoded and
-decoded into the KV cache -> greedy decoding.
+decoded into the KV cache -> greedy decoding. With a Whisper-family projector (qwen2a, ultravox, voxtral ...) the
+audio is read block by block and tokenized one 30 s mel window at a time, when the prefill reaches it, with the same
+chunks as the whole recording (:mod:`audiokv_edge.runtime.prompt_chunks`): memory does not grow with its length.
 
 Text (:meth:`Session.answer_text`, no projector needed): the document and the question in one user turn
 (:mod:`audiokv_edge.runtime.text_document`: document first, or the question first) -> the chat template -> one
