@@ -13,7 +13,9 @@ A :class:`Session` loads the model and its projector once and answers many audio
 Pipeline: audio file -> mono float32 at the projector's rate (:mod:`audiokv_edge.runtime.audio`) -> the model's own chat
 template (from its GGUF, rendered with llama-cpp-python's Jinja support) with mtmd's media marker where the user
 content starts -> ``mtmd_tokenize`` (text chunks + one chunk per 30 s audio window) -> each chunk encoded and
-decoded into the KV cache -> greedy decoding.
+decoded into the KV cache -> greedy decoding. With a Whisper-family projector (qwen2a, ultravox, voxtral ...) the
+audio is read block by block and tokenized one 30 s mel window at a time, when the prefill reaches it, with the same
+chunks as the whole recording (:mod:`audiokv_edge.runtime.prompt_chunks`): memory does not grow with its length.
 
 Text (:meth:`Session.answer_text`, no projector needed): the document and the question in one user turn
 (:mod:`audiokv_edge.runtime.text_document`: document first, or the question first) -> the chat template -> one
@@ -52,7 +54,8 @@ import numpy as np
 
 from audiokv_edge.native.libs import HandleOwner
 from audiokv_edge.profile.gguf_header import GGUF_MAGIC
-from audiokv_edge.runtime.audio import AudioClip, clip_from_array, load_audio
+from audiokv_edge.runtime.audio import AudioClip, AudioError, clip_from_array, load_audio
+from audiokv_edge.runtime.audio_stream import AudioFile, clip_blocks
 from audiokv_edge.runtime.interrupt import Interrupted, StopFlag
 from audiokv_edge.runtime.kv_eviction import (
     DEFAULT_KEEP,
@@ -222,6 +225,7 @@ class _PromptInfo:
     document_tokens: int = 0
     prompt_tokens: int = 0
     n_pos: int = 0
+    audio_seconds: float = 0.0
     audio_chunk_ids: list = field(default_factory=list)
     chunk_tokens: list = field(default_factory=list)  # tokens (= main-cache cells) of each chunk
     chunk_pos: list = field(default_factory=list)  # positions of each chunk
@@ -469,6 +473,8 @@ class Session(HandleOwner):
         #: Projector's audio sample rate (Hz); None in a text-only session.
         self.sample_rate: int | None = None
         self.marker: str | None = None
+        #: Whether the projector's audio is tokenized one 30 s mel window at a time (memory independent of its length).
+        self._windowed_audio = False
         self.model_path = check_gguf(model, "model")
         self.mmproj_path = _projector_path(self.model_path, mmproj, audio)
         self.lora_path = None if lora is None else check_gguf(lora, "LoRA adapter")
@@ -548,6 +554,10 @@ class Session(HandleOwner):
             if self.sample_rate <= 0:
                 raise SessionError(f"{self.mmproj_path} reports audio sample rate {self.sample_rate}")
             self.marker = mt.mtmd_default_marker().decode()
+            from audiokv_edge.native import mtmd_window
+
+            # a Whisper-family projector on our libmtmd: long audio is read and tokenized one 30 s window at a time
+            self._windowed_audio = mtmd_window.supports_windows(self._mctx)
         self._sampler = self._new_sampler()
         self.geometry = self._kv_geometry()
         self._formatter = self._chat_formatter()
@@ -640,7 +650,9 @@ class Session(HandleOwner):
                                f"--mmproj FILE (Session(..., mmproj=FILE)) or put an mmproj*.gguf beside the model")
 
     # ------------------------------------------------------------------ answering audio
-    def _clip(self, audio, sample_rate: int | None) -> AudioClip:
+    def _clip(self, audio, sample_rate: int | None) -> "AudioClip | AudioFile":
+        """The audio of a prompt: a clip in memory, or a file read block by block (window by window tokenization),
+        else read whole."""
         self._require_audio()
         if isinstance(audio, AudioClip):
             if audio.sample_rate != self.sample_rate:
@@ -650,6 +662,8 @@ class Session(HandleOwner):
             if sample_rate is None:
                 raise ValueError("sample_rate is required with an audio array")
             return clip_from_array(audio, sample_rate, self.sample_rate)
+        if self._windowed_audio:
+            return AudioFile(audio, self.sample_rate)
         return load_audio(audio, self.sample_rate)
 
     def answer(self, audio, prompt: str = DEFAULT_PROMPT, *, sample_rate: int | None = None,
@@ -691,43 +705,75 @@ class Session(HandleOwner):
         self.stop.raise_if_requested("audio")
         return self._generate_audio(clip, prompt, progress)
 
-    def _tokenize(self, clip: AudioClip, prompt: str):
+    def _tokenize(self, clip: "AudioClip | AudioFile", prompt: str, *, mel: bool = True):
+        """The prompt's chunks (:mod:`audiokv_edge.runtime.prompt_chunks`) and their :class:`_PromptInfo`.
+
+        A Whisper-family projector tokenizes the audio one 30 s mel window at a time: the recording is read twice
+        (its log-mel maximum, then each window as the prefill reaches it). ``mel=False``: only the token counts are
+        wanted (the recording is read once, for its length).
+        """
+        from audiokv_edge.runtime import prompt_chunks
+
         mt = self._mtmd
-        try:
-            chunks = self._llm.tokenize_audio_prompt(self._mctx, self.render_prompt(prompt), clip.samples)
-        except LlamaError as exc:
-            raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
-        info = _PromptInfo(unit="audio chunk")
-        info.chunks = int(mt.mtmd_input_chunks_size(chunks))
-        for i in range(info.chunks):
-            chunk = mt.mtmd_input_chunks_get(chunks, i)
-            n = int(mt.mtmd_input_chunk_get_n_tokens(chunk))
+        rendered = self.render_prompt(prompt)
+
+        def tokenize(samples):
+            try:
+                return self._llm.tokenize_audio_prompt(self._mctx, rendered, samples)
+            except LlamaError as exc:
+                raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
+
+        if self._windowed_audio:
+            def blocks():
+                return clip.blocks() if isinstance(clip, AudioFile) else clip_blocks(clip)
+
+            try:
+                if mel:
+                    top, n_windows, n_samples = prompt_chunks.scan_windows(
+                        self._mctx, blocks(), lambda: self.stop.raise_if_requested("audio"))
+                else:
+                    top = 0.0  # any clamp gives the same token counts
+                    n_windows, n_samples = prompt_chunks.count_windows(blocks())
+                if n_windows == 0:
+                    raise AudioError(f"{getattr(clip, 'path', '') or 'audio'}: audio has no samples (zero length)")
+                chunks = prompt_chunks.WindowedPrompt(mt, self._mctx, tokenize, blocks(), top, n_windows)
+            except ValueError as exc:
+                if isinstance(exc, AudioError):
+                    raise
+                raise SessionError(str(exc)) from None
+            seconds = n_samples / float(self.sample_rate)
+        else:
+            chunks = prompt_chunks.WholePrompt(mt, tokenize(clip.samples))
+            seconds = clip.seconds
+        info = _PromptInfo(unit="audio chunk", audio_seconds=seconds)
+        info.chunks = len(chunks.layout)
+        for i, (is_audio, n, n_pos) in enumerate(chunks.layout):
             info.prompt_tokens += n
             info.chunk_tokens.append(n)
-            info.chunk_pos.append(int(mt.mtmd_input_chunk_get_n_pos(chunk)))
-            if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_AUDIO:
+            info.chunk_pos.append(n_pos)
+            if is_audio:
                 info.audio_tokens += n
                 info.audio_chunk_ids.append(i)
         info.n_pos = sum(info.chunk_pos)
         info.evict_after = [i for i in info.audio_chunk_ids if i != info.chunks - 1]
-        info.what = f"{clip.seconds:.1f} s of audio -> {info.audio_tokens} audio tokens"
+        info.what = f"{seconds:.1f} s of audio -> {info.audio_tokens} audio tokens"
         return chunks, info
 
     def count_audio_tokens(self, audio, *, sample_rate: int | None = None) -> int:
         """Audio tokens mtmd would place in the prompt for ``audio`` (tokenization only, nothing encoded)."""
-        chunks, info = self._tokenize(self._clip(audio, sample_rate), DEFAULT_PROMPT)
-        self._mtmd.mtmd_input_chunks_free(chunks)
+        chunks, info = self._tokenize(self._clip(audio, sample_rate), DEFAULT_PROMPT, mel=False)
+        chunks.free()
         return info.audio_tokens
 
     def audio_chunk_tokens(self) -> int:
         """Most tokens mtmd gives one audio chunk (30 s of audio; tokenization only, nothing encoded)."""
         self._require_audio()
         clip = clip_from_array(np.zeros(30 * self.sample_rate, np.float32), self.sample_rate, self.sample_rate)
-        chunks, info = self._tokenize(clip, DEFAULT_PROMPT)
-        self._mtmd.mtmd_input_chunks_free(chunks)
+        chunks, info = self._tokenize(clip, DEFAULT_PROMPT, mel=False)
+        chunks.free()
         return max((info.chunk_tokens[i] for i in info.audio_chunk_ids), default=0)
 
-    def _generate_audio(self, clip: AudioClip, prompt: str, progress) -> Iterator[str]:
+    def _generate_audio(self, clip: "AudioClip | AudioFile", prompt: str, progress) -> Iterator[str]:
         mt = self._mtmd
         self._begin_answer()
         t0 = time.perf_counter()
@@ -735,7 +781,10 @@ class Session(HandleOwner):
             chunks, info = self._tokenize(clip, prompt)
 
         def evaluate(i: int, n_past: int) -> int:
-            chunk = mt.mtmd_input_chunks_get(chunks, i)
+            try:
+                chunk = chunks.get(i)  # a long recording's next mel window is tokenized here
+            except ValueError as exc:
+                raise SessionError(str(exc)) from None
             new_n_past = self._lc.llama_pos(n_past)  # in/out: text chunks add to it, media chunks set it
             rc = mt.mtmd_helper_eval_chunk_single(self._mctx, self._ctx, chunk, n_past, 0, self.config.batch,
                                                   i == info.chunks - 1, ctypes.byref(new_n_past))
@@ -748,9 +797,9 @@ class Session(HandleOwner):
             self.stop.raise_if_requested("audio")
             prefilled = self._prefill(info, evaluate, progress)
         finally:
-            mt.mtmd_input_chunks_free(chunks)
+            chunks.free()
         yield from self._answer_after(prefilled, info, t0, [{"role": "user", "content": self._audio_content(prompt)}],
-                                      audio_seconds=clip.seconds)
+                                      audio_seconds=info.audio_seconds)
 
     # ------------------------------------------------------------------ answering text
     def answer_text(self, document, prompt: str = DEFAULT_TEXT_PROMPT, *, question_first: bool = False,

@@ -67,7 +67,20 @@ class KVGeometry:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (bytes; ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process (bytes).
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this program's own memory. ``ru_maxrss`` is not:
+    it carries over ``execve`` the high-water mark of the process image before it (a child started by a Python
+    process that once held 500 MiB reports at least 500 MiB); it stays the fallback (KiB on Linux, bytes on macOS).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
