@@ -85,7 +85,8 @@ def model_variant(model: pathlib.Path, variant: str, work: pathlib.Path) -> path
 
 
 def run_items(cfg: EvalConfig, model: pathlib.Path, mmproj: pathlib.Path, items: list[dict], done: set, sink,
-              max_tokens: int, ctx: int, questions: bool, lora: pathlib.Path | None = None) -> None:
+              max_tokens: int, ctx: int, questions: bool, lora: pathlib.Path | None = None,
+              dry_multiplier: float = 0.0) -> None:
     import jiwer
 
     from audiokv_edge.demo_model import corpus, tasks
@@ -96,7 +97,7 @@ def run_items(cfg: EvalConfig, model: pathlib.Path, mmproj: pathlib.Path, items:
     if not todo:
         return
     scfg = SessionConfig(method=cfg.method, keep=None if cfg.method == "full" else cfg.keep, stream=cfg.stream,
-                         max_tokens=max_tokens, ctx=ctx, sss_scope=cfg.sss_scope)
+                         max_tokens=max_tokens, ctx=ctx, sss_scope=cfg.sss_scope, dry_multiplier=dry_multiplier)
     with Session(model, mmproj=mmproj, config=scfg, lora=lora) as s:
         for it, t in todo:
             prompt = t["question"] if t else tasks.TRANSCRIBE
@@ -257,6 +258,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-questions", action="store_true")
     ap.add_argument("--max-tokens", type=int, default=1200)
     ap.add_argument("--ctx", type=int, default=6144)
+    ap.add_argument("--dry-multiplier", type=float, default=0.0,
+                    help="llama.cpp's DRY repetition penalty for every config (as the runner's; default 0: greedy)")
     ap.add_argument("--smoke", action="store_true", help="short subset: one 60 s passage per voice, full + snapkv + "
                     "audiokv at keep 0.4, no questions")
     args = ap.parse_args(argv)
@@ -302,7 +305,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for cfg in tqdm(cfgs, desc="configurations", unit="cfg"):
         run_items(cfg, model_variant(args.model, cfg.variant, work), args.mmproj, items, done, sink,
-                  args.max_tokens, args.ctx, not args.no_questions, args.lora)
+                  args.max_tokens, args.ctx, not args.no_questions, args.lora, args.dry_multiplier)
     summary = summarise(results)
     title = f"{args.model.name} + {args.mmproj.name}: quality vs KV keep ratio"
     write_plot(summary, args.out / f"{name}.png", title)

@@ -158,16 +158,16 @@ def test_training_layout_equals_mtmd_tokenization(smollm2, random_mmproj):
     text = LlamaText(smollm2)
     layout = text.layout(tasks.TRANSCRIBE)
     with Session(smollm2, mmproj=random_mmproj[0], config=SessionConfig(method="full", ctx=1024)) as s:
-        chunks, info = s._tokenize(s._clip(np.zeros(16000, np.float32), 16000), tasks.TRANSCRIBE)
+        prompt, info = s._tokenize(s._clip(np.zeros(16000, np.float32), 16000), tasks.TRANSCRIBE)
         mt = s._mtmd
         pieces = []
         for i in range(info.chunks):
-            c = mt.mtmd_input_chunks_get(chunks, i)
+            c = prompt.get(i)
             if mt.mtmd_input_chunk_get_type(c) == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
                 n = ctypes.c_size_t()
                 ids = mt.mtmd_input_chunk_get_tokens_text(c, ctypes.byref(n))
                 pieces.append([ids[j] for j in range(n.value)])
-        mt.mtmd_input_chunks_free(chunks)
+        prompt.free()
     text.close()
     assert info.audio_tokens == 375
     assert pieces == [layout.prefix, layout.suffix]
