@@ -52,6 +52,27 @@ def pass_key(n_filler: int, depth: float, seed: int) -> int:
     return random.Random(f"{seed}:{n_filler}:{depth}").randint(10000, 99999)
 
 
+#: The names of the keys of a multi-key document (multikey_document) and its question, asked about one of them.
+KEY_NAMES = ("red", "green", "blue")
+MULTIKEY_QUESTION = "What is the 5-digit pass key for {name} in the text above? Answer with the number only."
+MULTIKEY_QUESTION_BEFORE = "What is the 5-digit pass key for {name} in the text below? Answer with the number only."
+
+
+def multikey_document(n_filler: int, depths: tuple[float, ...], keys: dict[str, int]) -> str:
+    """``n_filler`` filler paragraphs with one named pass-key sentence per ``keys`` item (in order) at ``depths``."""
+    parts = [FILLER] * n_filler
+    for (name, key), depth in sorted(zip(keys.items(), depths), key=lambda kd: -kd[1]):  # deepest first: indices hold
+        parts.insert(round(depth * n_filler), f"The pass key for {name} is {key}. Remember it. {key} is the pass key "
+                                              f"for {name}. ")
+    return "".join(parts).strip()
+
+
+def multikey_keys(n_filler: int, seed: int) -> dict[str, int]:
+    """Distinct five-digit keys for :data:`KEY_NAMES` (reproducible from the length and the seed)."""
+    rng = random.Random(f"{seed}:{n_filler}:multikey")
+    return dict(zip(KEY_NAMES, rng.sample(range(10000, 100000), len(KEY_NAMES))))
+
+
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
 

@@ -74,6 +74,7 @@ from audiokv_edge.runtime.stats import KV_TYPE_BYTES, AnswerStats, KVGeometry, g
 from audiokv_edge.runtime.text_document import (
     DEFAULT_TEXT_BLOCK,
     DocumentError,
+    DocumentPrompt,
     document_token_span,
     load_document,
     render_document_prompt,
@@ -847,10 +848,13 @@ class Session(HandleOwner):
         text = load_document(document)
         return self._generate_text(text, prompt, question_first, progress)
 
-    def _generate_text(self, document: str, prompt: str, question_first: bool, progress) -> Iterator[str]:
-        self._begin_answer()
-        t0 = time.perf_counter()
-        rendered = render_document_prompt(self._formatter, document, prompt, question_first=question_first)
+    def text_prompt_tokens(self, document: str, prompt: str, *, question_first: bool = False
+                           ) -> tuple[list[int], tuple[int, int], DocumentPrompt]:
+        """The tokens :meth:`answer_text` decodes for ``document`` (the text or a file, as there) and ``prompt``, the
+        document's token span in them and the rendered prompt (``render_document_prompt``)."""
+        self._check_open()
+        rendered = render_document_prompt(self._formatter, load_document(document), prompt,
+                                          question_first=question_first)
         bos = self._llm.bos_text
         add_special = not (bos and rendered.text.startswith(bos))
 
@@ -861,7 +865,12 @@ class Session(HandleOwner):
                 raise SessionError(str(exc)) from None
 
         tokens = tokenize(rendered.text)
-        span = document_token_span(tokenize, rendered, tokens)
+        return tokens, document_token_span(tokenize, rendered, tokens), rendered
+
+    def _generate_text(self, document: str, prompt: str, question_first: bool, progress) -> Iterator[str]:
+        self._begin_answer()
+        t0 = time.perf_counter()
+        tokens, span, rendered = self.text_prompt_tokens(document, prompt, question_first=question_first)
         self.last_document_span = span
         cuts = [0, *stream_boundaries(len(tokens), span, self.config.text_block), len(tokens)]
         info = _PromptInfo(unit="document block")
