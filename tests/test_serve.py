@@ -279,3 +279,20 @@ def test_the_server_gets_a_fixed_mmap_threshold(pair, monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     serve.main([str(model), "--mmproj", str(mmproj)])
     assert handed[-1]["MALLOC_MMAP_THRESHOLD_"] == "65536"
+
+
+def test_the_server_reads_the_weights_into_memory(pair, monkeypatch):
+    """The server loads the model without a mapping (a file truncated meanwhile would kill it with SIGBUS:
+    tests/test_model_file_changed.py); a load mode the caller set is kept."""
+    from audiokv_edge import serve
+
+    model, mmproj = pair
+    handed = []
+    monkeypatch.setattr(serve.os, "execve", lambda path, args, env: handed.append(env))
+    monkeypatch.delenv("LLAMA_ARG_LOAD_MODE", raising=False)
+    monkeypatch.delenv("LLAMA_ARG_LAZY_MODE", raising=False)
+    serve.main([str(model), "--mmproj", str(mmproj)])
+    assert (handed[-1]["LLAMA_ARG_LOAD_MODE"], handed[-1]["LLAMA_ARG_LAZY_MODE"]) == ("none", "off")
+    monkeypatch.setenv("LLAMA_ARG_LOAD_MODE", "mmap")
+    serve.main([str(model), "--mmproj", str(mmproj)])
+    assert handed[-1]["LLAMA_ARG_LOAD_MODE"] == "mmap"

@@ -141,6 +141,12 @@ class SessionConfig:
         smoothed at all (the raw window scores, as audiokv with ``sss_alpha = 0``).
     text_block : int
         With ``stream``: document tokens decoded between two evictions of a text prompt (>= 1, default 512).
+    mmap : bool
+        Keep the text model's weights a memory mapping of its file (llama.cpp's default) instead of reading them
+        into memory (default False). A mapping loads faster and shares the page cache, but the process then dies of
+        SIGBUS when the file is truncated or overwritten in place while the session uses it; read into memory, the
+        session keeps answering with the weights it loaded, whatever happens to the file. Resident memory is the
+        same either way (every weight is read for every token).
     """
 
     method: str = "audiokv"
@@ -155,6 +161,7 @@ class SessionConfig:
     flash_attn: bool = False
     sss_scope: str = "all"
     text_block: int = DEFAULT_TEXT_BLOCK
+    mmap: bool = False
 
     def __post_init__(self) -> None:
         check_method_and_keep(self.method, self.keep)
@@ -492,7 +499,7 @@ class Session(HandleOwner):
         logger.debug("loading %s", self.model_path)
         stop.raise_if_requested("loading")
         try:
-            self._llm = LlamaModel(self.model_path, lora=self.lora_path,
+            self._llm = LlamaModel(self.model_path, lora=self.lora_path, mmap=cfg.mmap,
                                    progress_callback=stop.progress_callback(lc.llama_progress_callback))
         except LlamaError as exc:
             stop.raise_if_requested("loading")  # the load was cancelled
