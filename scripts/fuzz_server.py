@@ -5,7 +5,8 @@ bodies and audio payloads, each of which must get an HTTP response while the ser
 A seeded random mutator, not atheris: the code under test is llama-server's C++ (its HTTP and JSON handling, the
 ``kv_evict`` request field of llama_cpp_ext/, libmtmd's audio decoding), which a Python coverage-guided fuzzer cannot
 see; a structured mutator that knows the request shapes reaches it faster than byte-level guesses. Every input is
-drawn from ``random.Random(seed)``, so a run is reproduced by its seed and count.
+drawn from ``random.Random(seed)``, so a run is reproduced by its seed and count; every run first sends the inputs
+earlier runs found (:func:`regressions`).
 
 Each request starts from a valid one (an OpenAI chat request with a short speech ``input_audio`` wav and a text
 part, with and without ``"kv_evict"``; a ``/completion`` request; ``/tokenize``, ``/detokenize``,
@@ -55,6 +56,22 @@ METHODS = ["full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "audio
 DEEP = "@@deep:"
 ENDPOINTS = ["/v1/chat/completions", "/chat/completions", "/completion", "/v1/completions", "/tokenize",
              "/detokenize", "/apply-template", "/infill", "/v1/embeddings", "/slots", "/props"]
+
+
+def regressions() -> list[tuple[str, bytes, str]]:
+    """What fuzzing found, sent first in every run (docs/fuzzing.md, "Found and fixed"): (endpoint, body, type)."""
+    deep = b"[" * 100000 + b"1" + b"]" * 100000
+    return [
+        # a kv_evict value nested 100,000 deep: its error message dumped it recursively, SIGSEGV (stack overflow)
+        ("/v1/completions", b'{"prompt": "a", "n_predict": 2, "kv_evict": {"method": "adakv", "keep": ' + deep + b"}}",
+         "application/json"),
+        ("/v1/completions", b'{"prompt": "a", "n_predict": 2, "kv_evict": {"stream": {"x": ' + deep + b"}}}",
+         "application/json"),
+        ("/detokenize", b'{"tokens": [18446744073709551616, 2, 3]}', "application/json"),  # was HTTP 500
+        ("/detokenize", b'{"tokens": "x"}', "application/json"),                            # was HTTP 500
+        ("/v1/chat/completions", b'{"messages": [{"content": "x"}]}', "application/json"),  # was HTTP 500
+        ("/v1/chat/completions", b'{"messages": [', "application/json"),                    # was HTTP 500
+    ]
 
 
 class ServerFuzzer:
@@ -260,8 +277,9 @@ def fuzz(args, work: Path) -> dict:
     executions = 0
     with Server(command, port, out / "server.log") as server:
         t0 = time.monotonic()
+        found_before = regressions()
         while time.monotonic() - t0 < args.seconds and (args.runs is None or executions < args.runs):
-            endpoint, raw, content_type = fuzzer.request()
+            endpoint, raw, content_type = found_before.pop(0) if found_before else fuzzer.request()
             status, text = send("127.0.0.1", port, endpoint, raw, content_type, args.timeout)
             executions += 1
             statuses[str(status)] += 1
