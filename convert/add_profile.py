@@ -71,6 +71,15 @@ def _signals_interrupt():
             signal.signal(signum, handler)
 
 
+def _identity(path: str) -> tuple | None:
+    """(inode, modification time) of ``path``; None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def _one_line(exc: BaseException) -> str:
     """The message of ``exc`` without the "[Errno N]" prefix of an OSError."""
     if isinstance(exc, OSError) and exc.strerror:
@@ -85,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    output_before = _identity(args.output)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
         profile, defaults = load_profile_file(args.profile)
@@ -106,7 +116,10 @@ def _main(argv: list[str] | None) -> int:
                 bar.close()
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
-        print(f"add_profile: interrupted ({signal.Signals(signum).name}); nothing written", file=sys.stderr)
+        # the rename is the commit point: a signal right after it leaves the complete, verified copy
+        done = "" if _identity(args.output) == output_before else f" after {args.output} was written"
+        print(f"add_profile: interrupted ({signal.Signals(signum).name}){done or '; nothing written'}",
+              file=sys.stderr)
         return 128 + signum
     except (ValueError, OSError) as exc:
         print(f"add_profile: error: {_one_line(exc)}", file=sys.stderr)

@@ -246,10 +246,17 @@ def test_cli_signal_while_writing(big_files, tmp_path, signame):
             pass
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
-        if proc.returncode != 0:
+        if proc.returncode not in (0, -signum):
             break
+        # too late: the run had finished (0) or was ending, its handlers restored (-signum); the copy is complete
+        assert gp.read_profile(out_dir / "o.gguf") is not None and len(os.listdir(out_dir)) == 1, err
         (out_dir / "o.gguf").unlink()
     assert proc.returncode == 128 + signum, err
-    assert err.strip().splitlines() == [f"add_profile: interrupted ({signame}); nothing written"], err
-    assert os.listdir(out_dir) == []
+    lines = err.strip().splitlines()
+    if lines == [f"add_profile: interrupted ({signame}) after {out_dir / 'o.gguf'} was written"]:
+        # the signal came after the rename (an idle machine): the copy is complete; nothing else is left
+        assert os.listdir(out_dir) == ["o.gguf"] and gp.read_profile(out_dir / "o.gguf") is not None
+    else:
+        assert lines == [f"add_profile: interrupted ({signame}); nothing written"], err
+        assert os.listdir(out_dir) == []
     assert _sha(model) == before
