@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flash-attn", action="store_true", help="use flash attention")
     p.add_argument("-fa", dest="fa", type=_on_off_auto, default=None, metavar="on|off|auto",
                    help="flash attention, as llama.cpp's -fa (auto: the default, off; a q8_0 cache switches it on)")
+    p.add_argument("--mmap", action="store_true",
+                   help="map the model file instead of reading it into memory (faster load, shared page cache; the "
+                        "run dies of SIGBUS if the file is truncated or overwritten in place meanwhile)")
     p.add_argument("--json", action="store_true", help="print one JSON object (text + statistics) on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no statistics on stderr")
     p.add_argument("-v", "--verbose", action="store_true", help="debug log, including llama.cpp's own")
@@ -278,7 +281,8 @@ def session_config(args: argparse.Namespace):
     return SessionConfig(method=args.method, keep=args.keep, kv_budget=args.kv_budget, stream=args.stream,
                          max_tokens=args.max_tokens, threads=args.threads or 0, ctx=args.ctx, kv_type=kv_type(args),
                          flash_attn=flash_attn(args), sss_scope=args.sss_scope,
-                         text_block=args.text_block or DEFAULT_TEXT_BLOCK, dry_multiplier=args.dry_multiplier)
+                         text_block=args.text_block or DEFAULT_TEXT_BLOCK, dry_multiplier=args.dry_multiplier,
+                         mmap=args.mmap)
 
 
 def cache_dir() -> pathlib.Path:

@@ -25,6 +25,11 @@ SERVER = "llama-server"
 #: and frees tens of MB (samples, mel windows, embeddings); with glibc's default, growing threshold they come from
 #: the heap and its fragmentation kept the server growing by ~1.6 MB per request (scripts/load_test_server.py).
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+#: The weights read into memory instead of mapped (llama.cpp's ``--load-mode none --lazy-mode off``): with a mapping,
+#: a model file truncated or overwritten in place while the server runs kills it with SIGBUS at the next request;
+#: read, the server keeps answering with the model it loaded (as the runner, ``SessionConfig.mmap``). ``-lm mmap``
+#: on the command line or the variables set by the caller win.
+LOAD_ENV = {"LLAMA_ARG_LOAD_MODE": "none", "LLAMA_ARG_LAZY_MODE": "off"}
 
 
 def server_command(argv: list[str]) -> list[str]:
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         command = server_command(argv)
-        env = {**ALLOCATOR_ENV, **library_path_env()}  # a value the caller set wins
+        env = {**ALLOCATOR_ENV, **LOAD_ENV, **library_path_env()}  # a value the caller set wins
     except FileNotFoundError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, NativeLibraryNotFoundError) else 2

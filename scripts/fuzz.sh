@@ -8,6 +8,8 @@
 #     profile_file   a head profile side file (.json / .npz)
 #     audio          the audio loader, any bytes as .wav / .flac / .ogg / .mp3
 #     demo_weights   the demo model's LoRA / projector weight checks (npz)
+#   HTTP (a seeded request mutator, scripts/fuzz_server.py; only when named: it starts a llama-server):
+#     server         python -m audiokv_edge.serve: random / malformed JSON bodies and audio payloads
 # Usage: bash scripts/fuzz.sh [-t SECONDS_PER_TARGET | -r RUNS_PER_TARGET] [-o OUT_DIR] [TARGET ...]
 #   (default: 60 s per target, every target; -r: that many inputs each instead, the smoke run of the tests)
 # Corpora: libaudiokv/fuzz/corpus/<target> and tests/data/fuzz/<target> (committed seeds made from the project's
@@ -70,6 +72,25 @@ for target in "${targets[@]}"; do
         build_c "$target"
         seeds="$lib/fuzz/corpus/$target"
         cmd=("$out/bin/fuzz_$target")
+    elif [ "$target" = server ]; then
+        start=$(date +%s.%N)
+        rc=0
+        server_budget=(--seconds "$seconds")
+        [ -n "$runs" ] && server_budget=(--seconds 86400 --runs "$runs")
+        "$python" "$repo/scripts/fuzz_server.py" "${server_budget[@]}" --out "$dir" >"$dir/fuzz.log" 2>&1 || rc=$?
+        end=$(date +%s.%N)
+        execs=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["executions"])' "$dir/summary.json" \
+            2>/dev/null || echo 0)
+        crashes=$(find "$dir/findings" -name "finding-*" 2>/dev/null | wc -l)
+        wall=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+        printf "%s\t%s\t%s\t%s\t%s\n" "$target" "$execs" "$wall" "$crashes" "$rc" >> "$summary"
+        printf "fuzz: %-13s %9s executions in %6s s, exit %s, %s findings (%s)\n" "$target" "$execs" "$wall" "$rc" \
+            "$crashes" "$dir/fuzz.log"
+        if [ "$rc" -ne 0 ] || [ "$crashes" -ne 0 ]; then
+            failed=1
+            tail -n 30 "$dir/fuzz.log" >&2
+        fi
+        continue
     elif [[ " ${py_targets[*]} " == *" $target "* ]]; then
         seeds="$repo/tests/data/fuzz/$target"
         cmd=("$python" "$repo/scripts/fuzz_python.py" "$target")

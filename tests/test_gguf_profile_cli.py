@@ -176,3 +176,87 @@ def test_cli_read_only_existing_destination(files, tmp_path):
     res = _run(model, pj, "-o", out)
     _assert_clean_error(res, "read-only")
     assert out.read_bytes() == b"keep me"
+
+
+# --- a full disk, and a signal while writing --------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MiB tmpfs (Linux, root): writing a larger copy there fails with ENOSPC part-way."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if not sys.platform.startswith("linux"):
+        pytest.skip("mounting a tmpfs needs Linux")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"mounting a 2 MiB tmpfs is not permitted here: {res.stderr.strip() or res.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.fixture
+def big_files(tmp_path):
+    """A 6.3 MB model (3 layers x 1024 x 1024 f16) and a matching profile."""
+    model = tmp_path / "big.gguf"
+    write_tiny_gguf(model, n_embd=1024)
+    pj = tmp_path / "profile.json"
+    save_profile_file(pj, HeadProfile(np.arange(6.0).reshape(3, 2), source={"calibration": "cli-test"}))
+    return model, pj
+
+
+def test_cli_full_disk(big_files, small_tmpfs):
+    """ENOSPC part-way through the copy: one line that names the output and the sizes, exit 2, no file left on the
+    full file system (not the temporary one either), the input unchanged."""
+    model, pj = big_files
+    before = _sha(model)
+    res = _run(model, pj, "-o", small_tmpfs / "out.gguf")
+    _assert_clean_error(res, f"not enough space for {small_tmpfs / 'out.gguf'}")
+    assert "needs about 6.3 MB" in res.stderr and "No space left on device" in res.stderr, res.stderr
+    assert os.listdir(small_tmpfs) == []
+    assert _sha(model) == before
+    assert os.statvfs(small_tmpfs).f_bfree == os.statvfs(small_tmpfs).f_blocks  # the space is given back
+
+
+def _default_signals() -> None:
+    """In the child: SIGINT / SIGTERM / SIGHUP at their defaults (a background test run inherits SIGINT ignored)."""
+    import signal
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_cli_signal_while_writing(big_files, tmp_path, signame):
+    """The signal is sent as soon as the temporary output exists: the run ends with one line, status 128 + the
+    signal, no output and no temporary file, the input unchanged. (Before SIGTERM / SIGHUP were handled, they ended
+    Python at once and left the partial temporary file behind.)"""
+    import signal
+    signum = getattr(signal, signame)
+    model, pj = big_files
+    before = _sha(model)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for _attempt in range(3):  # the copy and its check take > 0.3 s here; a child that finishes first is retried
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), str(model), str(pj), "-o", str(out_dir / "o.gguf"),
+                                 "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=REPO, preexec_fn=_default_signals)
+        while proc.poll() is None and not any(n.endswith(".tmp") for n in os.listdir(out_dir)):
+            pass
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode not in (0, -signum):
+            break
+        # too late: the run had finished (0) or was ending, its handlers restored (-signum); the copy is complete
+        assert gp.read_profile(out_dir / "o.gguf") is not None and len(os.listdir(out_dir)) == 1, err
+        (out_dir / "o.gguf").unlink()
+    assert proc.returncode == 128 + signum, err
+    lines = err.strip().splitlines()
+    if lines == [f"add_profile: interrupted ({signame}) after {out_dir / 'o.gguf'} was written"]:
+        # the signal came after the rename (an idle machine): the copy is complete; nothing else is left
+        assert os.listdir(out_dir) == ["o.gguf"] and gp.read_profile(out_dir / "o.gguf") is not None
+    else:
+        assert lines == [f"add_profile: interrupted ({signame}); nothing written"], err
+        assert os.listdir(out_dir) == []
+    assert _sha(model) == before

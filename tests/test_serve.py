@@ -208,6 +208,27 @@ def test_server_keeps_the_kv_cache_in_host_memory(server_run):
 
 
 @pytest.mark.native
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+def test_server_does_not_map_the_model_file(server, pair):
+    """The server read the weights into memory (audiokv_edge.serve's LLAMA_ARG_LOAD_MODE=none): no mapping of the
+    model file, so a file cut meanwhile cannot kill it with SIGBUS (tests/test_model_file_changed.py)."""
+    model = str(pair[0])
+    pids = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).count(model)]
+    assert pids, "no process with the model on its command line"
+    for pid in pids:
+        maps = (Path("/proc") / pid / "maps").read_text()
+        assert model not in maps, [line for line in maps.splitlines() if model in line][:3]
+    assert str(pair[1]) in " ".join(_cmdline(Path("/proc") / pids[0]))  # the server itself, with its projector
+
+
+def _cmdline(proc_dir: Path) -> list[str]:
+    try:
+        return (proc_dir / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+@pytest.mark.native
 def test_parallel_slots_evict_their_own_sequence(server):
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         futures = [pool.submit(_chat, server, {"keep": keep}) for keep in (0.3, 0.6)]
@@ -279,3 +300,20 @@ def test_the_server_gets_a_fixed_mmap_threshold(pair, monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     serve.main([str(model), "--mmproj", str(mmproj)])
     assert handed[-1]["MALLOC_MMAP_THRESHOLD_"] == "65536"
+
+
+def test_the_server_reads_the_weights_into_memory(pair, monkeypatch):
+    """The server loads the model without a mapping (a file truncated meanwhile would kill it with SIGBUS:
+    tests/test_model_file_changed.py); a load mode the caller set is kept."""
+    from audiokv_edge import serve
+
+    model, mmproj = pair
+    handed = []
+    monkeypatch.setattr(serve.os, "execve", lambda path, args, env: handed.append(env))
+    monkeypatch.delenv("LLAMA_ARG_LOAD_MODE", raising=False)
+    monkeypatch.delenv("LLAMA_ARG_LAZY_MODE", raising=False)
+    serve.main([str(model), "--mmproj", str(mmproj)])
+    assert (handed[-1]["LLAMA_ARG_LOAD_MODE"], handed[-1]["LLAMA_ARG_LAZY_MODE"]) == ("none", "off")
+    monkeypatch.setenv("LLAMA_ARG_LOAD_MODE", "mmap")
+    serve.main([str(model), "--mmproj", str(mmproj)])
+    assert handed[-1]["LLAMA_ARG_LOAD_MODE"] == "mmap"

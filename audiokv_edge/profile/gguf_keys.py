@@ -15,6 +15,7 @@ back) and only then renamed over the destination. The input is opened read-only.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import logging
 import os
@@ -333,6 +334,23 @@ def _same_path(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+#: Write errors that mean "the file system is full" (ENOSPC), "over quota" (EDQUOT), "over the file size limit" (EFBIG).
+_NO_SPACE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name))
+
+
+def _free_bytes(directory: str) -> int | None:
+    """Bytes an unprivileged writer may still use on the file system of ``directory``; None where unknown."""
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
 def _hash_range(path: str, offset: int, length: int, *, out=None, progress: Callable[[int], None] | None = None,
                 stop_short: bool = False) -> str:
     """SHA-256 of ``length`` bytes of ``path`` from ``offset``, read in chunks; each chunk is also written to ``out``
@@ -447,6 +465,7 @@ def write_profile(src: str | os.PathLike, profile: HeadProfile, dst: str | os.Pa
     new_kv = profile_kv_bytes(stored, defaults, e)
 
     dst_dir = os.path.dirname(os.path.abspath(dst))
+    free_before = _free_bytes(dst_dir)
     try:
         fd, tmp = tempfile.mkstemp(dir=dst_dir, prefix="." + os.path.basename(dst) + ".", suffix=".tmp")
     except OSError as exc:
@@ -466,11 +485,16 @@ def write_profile(src: str | os.PathLike, profile: HeadProfile, dst: str | os.Pa
         os.chmod(tmp, 0o666 & ~_current_umask())
         _verify(tmp, header, src_hash, stored, defaults, dst)
         os.replace(tmp, dst)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS:
+            needed = header.size + sum(map(len, new_kv))
+            free = "unknown" if free_before is None else _mb(free_before)
+            raise OSError(exc.errno, f"not enough space for {dst}: the copy needs about {_mb(needed)}, "
+                                     f"{free} was free ({exc.strerror}); nothing written") from None
         raise
     logger.info("wrote %s: head profile %d x %d (%s)", dst, stored.n_layer, stored.n_head_kv,
                 stored.source.get("calibration"))

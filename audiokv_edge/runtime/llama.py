@@ -107,6 +107,11 @@ class LlamaModel:
     progress_callback : llama_progress_callback, optional
         Called by the model loader; returning false cancels the load (a :class:`LlamaError`). The caller keeps it
         alive.
+    mmap : bool
+        Map the file (llama.cpp's default load mode, True): the weights stay a mapping of the file (fast load, page cache
+        shared between processes and reclaimable), and a file truncated while the model is in use ends the process
+        with SIGBUS at the next weight read beyond the new end. False reads them into memory: the loaded model no
+        longer depends on the file.
 
     Raises
     ------
@@ -115,7 +120,7 @@ class LlamaModel:
     """
 
     def __init__(self, path: str | pathlib.Path, lora: str | pathlib.Path | None = None, *,
-                 progress_callback=None) -> None:
+                 progress_callback=None, mmap: bool = True) -> None:
         self.path = pathlib.Path(path)
         self.lora_path = None if lora is None else pathlib.Path(lora)
         self.adapter = None
@@ -125,6 +130,9 @@ class LlamaModel:
         self.model = None
         self.lc = lc = init_llama_cpp()
         mp = lc.llama_model_default_params()
+        if not mmap:  # the weights read into memory, none read from the file later (no lazy tensors)
+            mp.load_mode = lc.LLAMA_LOAD_MODE_NONE
+            mp.lazy_mode = lc.LLAMA_LAZY_MODE_OFF
         if progress_callback is not None:
             mp.progress_callback = progress_callback
             mp.progress_callback_user_data = None

@@ -155,6 +155,12 @@ class SessionConfig:
         ``DRY_ALLOWED_LENGTH`` tokens loses ``dry_multiplier * 1.75 ** (length - DRY_ALLOWED_LENGTH)`` logits.
         0 (default): plain greedy decoding, llama.cpp's own output. It stops a small model from looping over a
         long transcript; it changes nothing else about eviction.
+    mmap : bool
+        Keep the text model's weights a memory mapping of its file (llama.cpp's default) instead of reading them
+        into memory (default False). A mapping loads faster and shares the page cache, but the process then dies of
+        SIGBUS when the file is truncated or overwritten in place while the session uses it; read into memory, the
+        session keeps answering with the weights it loaded, whatever happens to the file. Resident memory is the
+        same either way (every weight is read for every token).
     """
 
     method: str = "audiokv"
@@ -170,6 +176,7 @@ class SessionConfig:
     sss_scope: str = "all"
     text_block: int = DEFAULT_TEXT_BLOCK
     dry_multiplier: float = 0.0
+    mmap: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.dry_multiplier, bool) or not isinstance(self.dry_multiplier, (int, float)) \
@@ -513,7 +520,7 @@ class Session(HandleOwner):
         logger.debug("loading %s", self.model_path)
         stop.raise_if_requested("loading")
         try:
-            self._llm = LlamaModel(self.model_path, lora=self.lora_path,
+            self._llm = LlamaModel(self.model_path, lora=self.lora_path, mmap=cfg.mmap,
                                    progress_callback=stop.progress_callback(lc.llama_progress_callback))
         except LlamaError as exc:
             stop.raise_if_requested("loading")  # the load was cancelled

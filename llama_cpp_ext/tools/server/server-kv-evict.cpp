@@ -56,6 +56,16 @@ bool server_kv_evict_init(common_params & params, llama_context * ctx, bool has_
     return true;
 }
 
+// a request value for an error message: a scalar as JSON (at most 80 characters), an array or an object by its kind
+// only (dump() recurses once per nesting level: a value nested 100,000 deep overflows the HTTP thread's stack)
+static std::string describe(const common_json & val) {
+    if (val.is_array() || val.is_object()) {
+        return val.is_array() ? "an array" : "an object";
+    }
+    std::string text = val.dump();
+    return text.size() > 80 ? text.substr(0, 77) + "..." : text;
+}
+
 kv_evict_request server_kv_evict_request(const common_json & data, const common_params & params) {
     kv_evict_request req;
     if (!data.contains("kv_evict")) {
@@ -81,12 +91,12 @@ kv_evict_request server_kv_evict_request(const common_json & data, const common_
         } else if (key == "keep") {
             const double keep = val.is_number() ? val.get<double>() : NAN;
             if (!(keep > 0.0 && keep <= 1.0)) {
-                throw std::invalid_argument("\"kv_evict.keep\" must be a number in (0, 1], got " + val.dump());
+                throw std::invalid_argument("\"kv_evict.keep\" must be a number in (0, 1], got " + describe(val));
             }
             req.keep = (float) keep;
         } else if (key == "stream") {
             if (!val.is_boolean()) {
-                throw std::invalid_argument("\"kv_evict.stream\" must be true or false, got " + val.dump());
+                throw std::invalid_argument("\"kv_evict.stream\" must be true or false, got " + describe(val));
             }
             req.stream = val.get<bool>() ? 1 : 0;
         } else {
