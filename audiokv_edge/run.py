@@ -463,9 +463,22 @@ class SignalStop:
         os._exit(self.report(signum))
 
 
+def silence_native_stderr() -> None:
+    """``--quiet``: what native code writes to file descriptor 2 (libmpg123's notes while an mp3 is decoded block by
+    block, ...) goes to the null device; Python's ``sys.stderr`` keeps the real one for error lines."""
+    sys.stderr.flush()
+    kept = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    sys.stderr = os.fdopen(kept, "w", buffering=1, errors="backslashreplace")
+
+
 def _run(args: argparse.Namespace, stop) -> int:
     from audiokv_edge.runtime.session import Session
 
+    if args.quiet:
+        silence_native_stderr()
     inputs = _inputs(args)
     config = session_config(args)
     text = not inputs["audio"]

@@ -82,7 +82,8 @@ def test_script_on_tiny_model(tmp_path):
         assert r["status"] == "ok" and r["exit_code"] == 0 and r["ctx"] == 1792, r
         assert r["runner"]["audio_tokens"] == 1500 and r["runner"]["eviction_applied"] is True
         assert abs(r["runner"]["kv_bytes_kept"] / r["runner"]["kv_bytes_full"] - kept) < 0.02
-        assert r["child_maxrss_bytes"] >= r["runner"]["peak_rss_bytes"] > 0 and r["wall_s"] > 0
+        # the kernel's ru_maxrss of the reaped child vs the runner's own VmHWM: the same peak, within 1%
+        assert r["child_maxrss_bytes"] >= 0.99 * r["runner"]["peak_rss_bytes"] > 0 and r["wall_s"] > 0
         assert r["kv_bytes_main_cache"] > r["runner"]["kv_bytes_full"]  # 1792 cells for 1500 + text positions
     streamed = runs["audiokv+stream"]
     assert streamed["ctx"] == 1024
