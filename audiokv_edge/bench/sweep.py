@@ -60,14 +60,9 @@ def current_rss() -> int | None:
 def anonymous_rss() -> int | None:
     """Resident anonymous memory of this process in bytes (Linux /proc RssAnon: what the kernel cannot drop, unlike
     the pages of a memory-mapped model file), None elsewhere."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    from audiokv_edge.runtime.stats import proc_status_bytes
+
+    return proc_status_bytes("RssAnon")
 
 
 def peak_rss() -> int:

@@ -66,6 +66,18 @@ class KVGeometry:
         return int(round(kept_entries * self.bytes_per_head_token()))
 
 
+def proc_status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status (``VmHWM``, ``RssAnon``, ...) in bytes; None where it cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process (bytes).
 
@@ -74,13 +86,9 @@ def peak_rss_bytes() -> int:
     process that once held 500 MiB reports at least 500 MiB); it stays the fallback (KiB on Linux, bytes on macOS).
     """
     if sys.platform.startswith("linux"):
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            pass
+        hwm = proc_status_bytes("VmHWM")
+        if hwm is not None:
+            return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
