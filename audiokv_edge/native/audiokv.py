@@ -14,6 +14,8 @@ import os
 import pathlib
 import threading
 
+from audiokv_edge.native.ctypes_binding import declare
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -248,10 +250,7 @@ def load_library() -> ctypes.CDLL:
             from audiokv_edge.native import audiokv_ggml
 
             optional = [d for d in audiokv_ggml.DECLARATIONS if hasattr(lib, d[0])]
-            for name, restype, argtypes in _DECLARATIONS + optional:
-                fn = getattr(lib, name)
-                fn.restype = restype
-                fn.argtypes = argtypes
+            declare(lib, _DECLARATIONS + optional)
             lib.audiokv_log_set(_log_callback, None)  # library messages go to Python logging
             logger.debug("loaded libaudiokv from %s", path)
             _lib = lib

@@ -9,14 +9,12 @@ stands as a comment above each binding.
 from __future__ import annotations
 
 import ctypes
-import threading
 
 from audiokv_edge.native import audiokv
+from audiokv_edge.native.ctypes_binding import LazyBinding
 from audiokv_edge.native.llama_kv_evict import llama_kv_evict_callback, llama_kv_evict_info
 
 __all__ = ["AdapterMissingError", "load_adapter", "c_callback"]
-
-_BIND_LOCK = threading.Lock()
 
 
 class AdapterMissingError(RuntimeError):
@@ -52,6 +50,10 @@ _ADAPTER_DECLARATIONS = [
 ]
 
 
+_BINDING = LazyBinding(_ADAPTER_DECLARATIONS, "audiokv_llama_evictor_new", AdapterMissingError,
+                       "it was built without llama.cpp; build the combined build (bash scripts/setup.sh)")
+
+
 def load_adapter() -> ctypes.CDLL:
     """libaudiokv (:func:`audiokv_edge.native.audiokv.load_library`) with the ``audiokv_llama_*`` functions bound.
 
@@ -60,18 +62,7 @@ def load_adapter() -> ctypes.CDLL:
     AdapterMissingError
         When libaudiokv was built without llama.cpp (standalone build): rebuild the combined build.
     """
-    lib = audiokv.load_library()
-    with _BIND_LOCK:
-        if not hasattr(lib, "audiokv_llama_evictor_new"):
-            raise AdapterMissingError(
-                f"{getattr(lib, '_name', lib)} has no audiokv_llama_evictor_new: it was built without llama.cpp; "
-                "build the combined build (bash scripts/setup.sh)")
-        if lib.audiokv_llama_evictor_new.restype is not ctypes.c_void_p:
-            for name, restype, argtypes in _ADAPTER_DECLARATIONS:
-                fn = getattr(lib, name)
-                fn.restype = restype
-                fn.argtypes = argtypes
-    return lib
+    return _BINDING.bind(audiokv.load_library())
 
 
 def c_callback(lib: ctypes.CDLL) -> llama_kv_evict_callback:

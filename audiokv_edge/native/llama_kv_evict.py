@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from gguf import GGMLQuantizationType
+
+from audiokv_edge.native.ctypes_binding import WITHOUT_PATCHES, LazyBinding
 
 logger = logging.getLogger(__name__)
 
@@ -140,27 +141,23 @@ class EvictApiMissingError(RuntimeError):
     """The loaded libllama lacks the eviction API (an unpatched build)."""
 
 
-_BIND_LOCK = threading.Lock()
-_BOUND: dict[int, ctypes.CDLL] = {}
-
-
-def _bind(lib: ctypes.CDLL) -> None:
+# (name, restype, argtypes): the declarations of include/llama-kv-evict.h
+_DECLARATIONS = [
     # struct llama_kv_evict_params llama_kv_evict_default_params(void);
-    lib.llama_kv_evict_default_params.argtypes = []
-    lib.llama_kv_evict_default_params.restype = llama_kv_evict_params
+    ("llama_kv_evict_default_params", llama_kv_evict_params, []),
     # int32_t llama_kv_evict_init(struct llama_context * ctx, struct llama_kv_evict_params params);
-    lib.llama_kv_evict_init.argtypes = [ctypes.c_void_p, llama_kv_evict_params]
-    lib.llama_kv_evict_init.restype = ctypes.c_int32
+    ("llama_kv_evict_init", ctypes.c_int32, [ctypes.c_void_p, llama_kv_evict_params]),
     # int32_t llama_kv_evict_seq(struct llama_context * ctx, llama_seq_id seq_id);
-    lib.llama_kv_evict_seq.argtypes = [ctypes.c_void_p, llama_seq_id]
-    lib.llama_kv_evict_seq.restype = ctypes.c_int32
+    ("llama_kv_evict_seq", ctypes.c_int32, [ctypes.c_void_p, llama_seq_id]),
     # int32_t llama_kv_evict_get_stats(struct llama_context * ctx, llama_seq_id seq_id,
     #                                  struct llama_kv_evict_stats * out);
-    lib.llama_kv_evict_get_stats.argtypes = [ctypes.c_void_p, llama_seq_id, ctypes.POINTER(llama_kv_evict_stats)]
-    lib.llama_kv_evict_get_stats.restype = ctypes.c_int32
+    ("llama_kv_evict_get_stats", ctypes.c_int32, [ctypes.c_void_p, llama_seq_id,
+                                                  ctypes.POINTER(llama_kv_evict_stats)]),
     # const char * llama_kv_evict_status_str(int32_t status);
-    lib.llama_kv_evict_status_str.argtypes = [ctypes.c_int32]
-    lib.llama_kv_evict_status_str.restype = ctypes.c_char_p
+    ("llama_kv_evict_status_str", ctypes.c_char_p, [ctypes.c_int32]),
+]
+
+_BINDING = LazyBinding(_DECLARATIONS, "llama_kv_evict_init", EvictApiMissingError, WITHOUT_PATCHES)
 
 
 def load_library(lib: ctypes.CDLL | None = None) -> ctypes.CDLL:
@@ -186,17 +183,7 @@ def load_library(lib: ctypes.CDLL | None = None) -> ctypes.CDLL:
         from audiokv_edge.native import libs as native_libs
 
         lib = native_libs.load_llama_cpp().llama_cpp._lib
-    with _BIND_LOCK:
-        if id(lib) not in _BOUND:
-            try:
-                lib.llama_kv_evict_init  # noqa: B018 - probe for the symbol
-            except AttributeError as exc:
-                raise EvictApiMissingError(
-                    f"{getattr(lib, '_name', lib)} has no llama_kv_evict_init: it was built without "
-                    "the patches of patches/ (run scripts/setup.sh)") from exc
-            _bind(lib)
-            _BOUND[id(lib)] = lib
-    return lib
+    return _BINDING.bind(lib)
 
 
 def status_name(lib: ctypes.CDLL, status: int) -> str:

@@ -9,7 +9,8 @@ Nothing is loaded at import time. The C declaration stands as a comment above ea
 from __future__ import annotations
 
 import ctypes
-import threading
+
+from audiokv_edge.native.ctypes_binding import WITHOUT_PATCHES, LazyBinding
 
 __all__ = ["MTMD_WINDOW_OK", "MTMD_WINDOW_UNSUPPORTED", "MTMD_WINDOW_BAD_ARGS", "MtmdWindowApiMissingError",
            "load_library", "supports_windows", "log_mel_max", "set_window"]
@@ -19,23 +20,22 @@ MTMD_WINDOW_OK = 0
 MTMD_WINDOW_UNSUPPORTED = 1
 MTMD_WINDOW_BAD_ARGS = 2
 
-_BIND_LOCK = threading.Lock()
-_BOUND: dict[int, ctypes.CDLL] = {}
-
 
 class MtmdWindowApiMissingError(RuntimeError):
     """libmtmd was built without patches/0009-mtmd-audio-window.patch."""
 
 
-def _bind(lib: ctypes.CDLL) -> None:
+# (name, restype, argtypes): the declarations of the window API in tools/mtmd/mtmd.h
+_DECLARATIONS = [
     # int32_t mtmd_audio_set_window(mtmd_context * ctx, float log_mel_max, int64_t first_frame, int64_t n_frames);
-    lib.mtmd_audio_set_window.argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_int64, ctypes.c_int64]
-    lib.mtmd_audio_set_window.restype = ctypes.c_int32
+    ("mtmd_audio_set_window", ctypes.c_int32, [ctypes.c_void_p, ctypes.c_float, ctypes.c_int64, ctypes.c_int64]),
     # int32_t mtmd_audio_log_mel_max(mtmd_context * ctx, const float * samples, size_t n_samples,
     #                                int64_t first_frame, int64_t n_frames, float * out_max);
-    lib.mtmd_audio_log_mel_max.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t,
-                                           ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_float)]
-    lib.mtmd_audio_log_mel_max.restype = ctypes.c_int32
+    ("mtmd_audio_log_mel_max", ctypes.c_int32, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t,
+                                                ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_float)]),
+]
+
+_BINDING = LazyBinding(_DECLARATIONS, "mtmd_audio_set_window", MtmdWindowApiMissingError, WITHOUT_PATCHES)
 
 
 def load_library(lib: ctypes.CDLL | None = None) -> ctypes.CDLL:
@@ -50,17 +50,7 @@ def load_library(lib: ctypes.CDLL | None = None) -> ctypes.CDLL:
         from audiokv_edge.native import libs as native_libs
 
         lib = native_libs.load_mtmd_cpp()._libmtmd
-    with _BIND_LOCK:
-        if id(lib) not in _BOUND:
-            try:
-                lib.mtmd_audio_set_window  # noqa: B018 - probe for the symbol
-            except AttributeError as exc:
-                raise MtmdWindowApiMissingError(
-                    f"{getattr(lib, '_name', lib)} has no mtmd_audio_set_window: it was built without "
-                    "the patches of patches/ (run scripts/setup.sh)") from exc
-            _bind(lib)
-            _BOUND[id(lib)] = lib
-    return lib
+    return _BINDING.bind(lib)
 
 
 def set_window(mctx, log_mel_max: float, first_frame: int, n_frames: int, lib: ctypes.CDLL | None = None) -> int:
