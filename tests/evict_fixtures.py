@@ -1,11 +1,17 @@
 """Shared harness of the per-head eviction tests (tests/test_evict_mask.py, tests/test_evict_compact.py): tiny
 random-weight models of real architectures written once per test module, one llama_context per :class:`Runner`
 driven through the llama_cpp low-level bindings, the eviction API bound by audiokv_edge.native.llama_kv_evict, plan
-functions and greedy decoding of one or two sequences."""
+functions and greedy decoding of one or two sequences; and the start of a child process that initialises eviction in
+both modes (:data:`INIT_PROBE_PREAMBLE`, :func:`run_python`: tests/test_evict_families.py,
+tests/test_lfm2_hybrid.py)."""
 
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +21,8 @@ from gguf import GGMLQuantizationType
 GGML_TYPE_F32 = int(GGMLQuantizationType.F32)
 GGML_TYPE_F16 = int(GGMLQuantizationType.F16)
 GGML_TYPE_Q8_0 = int(GGMLQuantizationType.Q8_0)
+
+REPO = Path(__file__).resolve().parent.parent
 
 def _specs():
     from audiokv_edge.testing import tiny_models as tm
@@ -224,3 +232,43 @@ def greedy_both(runners, first, steps, lead=None, extra=(), interleave=True):
             for s in (0, 1):
                 out[r][s].append(last[r][s])
     return toks, {r: {s: np.stack(v) for s, v in d.items()} for r, d in out.items()}
+
+
+#: Start of a child script (``python -c``, model path in ``sys.argv[1]``): llama.cpp's log lines go to ``logged``,
+#: ``llm`` is the model, ``lib`` the eviction API, ``out`` the dict to print as JSON; ``init_each_mode(callback)``
+#: yields ``(mode name, fresh context, llama_kv_evict_init status)`` for MASK then COMPACT (``logged`` emptied before
+#: each init), ``decode(ctx, tokens)`` decodes a list of tokens, ``errors()`` is the logged error lines.
+#: A child process, so that its log callback cannot leak into other tests.
+INIT_PROBE_PREAMBLE = r"""
+import ctypes, json, sys
+from audiokv_edge.native import llama_kv_evict as E
+from audiokv_edge.runtime.llama import ContextParams, LlamaModel, init_llama_cpp
+llama = init_llama_cpp()
+logged = []
+log_cb = llama.llama_log_callback(lambda level, text, data: logged.append((int(level), (text or b"").decode())))
+llama.llama_log_set(log_cb, ctypes.c_void_p())
+llm = LlamaModel(sys.argv[1])
+lib = E.load_library()
+out = {}
+def init_each_mode(callback):
+    for name, mode in (("mask", E.LLAMA_KV_EVICT_MODE_MASK), ("compact", E.LLAMA_KV_EVICT_MODE_COMPACT)):
+        ctx = llm.new_context(ContextParams(n_ctx=128, flash_attn=None))
+        params = lib.llama_kv_evict_default_params()
+        params.mode = mode
+        params.callback = callback
+        del logged[:]
+        yield name, ctx, lib.llama_kv_evict_init(ctx, params)
+def decode(ctx, tokens):
+    batch = (llama.llama_token * len(tokens))(*tokens)
+    return llama.llama_decode(ctx, llama.llama_batch_get_one(batch, len(tokens)))
+def errors():
+    return [t for lv, t in logged if lv == 4]
+"""
+
+
+def run_python(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python *args`` in a child process at the repository root, with this checkout first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=timeout)

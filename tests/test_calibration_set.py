@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +10,7 @@ import soundfile as sf
 
 from audiokv_edge.profiling.calibration_set import load_calibration_dir
 from audiokv_edge.profiling.synthetic_speech import SynthesisError, align_words, synthesize
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.profile_fixtures import write_calibration_set
 
 
 def test_align_words_exact_with_replaced_and_inserted_phones():
@@ -59,10 +55,7 @@ def test_flite_refuses_numbers():
 
 
 def test_generator_script_and_loader(tmp_path):
-    out = tmp_path / "calib"
-    res = subprocess.run([sys.executable, str(REPO / "scripts" / "make_calibration_set.py"), "--out", str(out),
-                          "--clips", "2", "--sentences-per-clip", "2"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
+    out = write_calibration_set(tmp_path / "calib", clips=2)
     items = load_calibration_dir(str(out))
     assert len(items) == 2 and all(it.timed for it in items)
     for it in items:

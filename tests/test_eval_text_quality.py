@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from audiokv_edge.runtime.cache_replay import compare_logprobs
+from tests.text_fixtures import FILLER, text_model  # noqa: F401 - text_model is a fixture
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "eval_text_quality.py"
-FILLER = "The New York Times. Men walk on moon. Astronauts land on plain, collect rocks, plant flag. "
 
 
 def _passkey():
@@ -28,16 +28,6 @@ def _passkey():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-@pytest.fixture(scope="module")
-def text_model(tmp_path_factory) -> Path:
-    from audiokv_edge.testing import tiny_models as tm
-
-    path = tmp_path_factory.mktemp("text_only") / "model.gguf"
-    tm.write_text_model(path, tm.TextModelSpec("qwen2", tm.CHATML, n_embd=128, n_head=4, n_head_kv=2, head_dim=32),
-                        seed=5)
-    return path
 
 
 def _log_softmax(x):

@@ -27,21 +27,21 @@ The C-level refusal checks run in a child process so that their log callback can
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from evict_fixtures import GGML_TYPE_F16, GGML_TYPE_Q8_0  # the shared harness of the eviction tests
+from evict_fixtures import (  # the shared harness of the eviction tests (tests/evict_fixtures.py)
+    GGML_TYPE_F16,
+    GGML_TYPE_Q8_0,
+    INIT_PROBE_PREAMBLE,
+    run_python,
+)
 from test_evict_compact import compact_400_tokens, run_pair
 from test_lfm2_hybrid import without_sliding_window
 
 pytestmark = pytest.mark.native
 
-REPO = Path(__file__).resolve().parent.parent
 MASK, COMPACT = 0, 1
 
 #: Caches of the oracle matrix: (flash attention, K/V type); llama.cpp needs flash attention for a quantized V.
@@ -140,28 +140,10 @@ def test_shared_kv_memory_is_the_sum_of_budgets(family_models, arch):
 
 
 # Child: load the model, try both eviction modes, then check that the context still decodes.
-INIT_PROBE = r"""
-import ctypes, json, sys
-from audiokv_edge.native import llama_kv_evict as E
-from audiokv_edge.runtime.llama import ContextParams, LlamaModel, init_llama_cpp
-llama = init_llama_cpp()
-logged = []
-log_cb = llama.llama_log_callback(lambda level, text, data: logged.append((int(level), (text or b"").decode())))
-llama.llama_log_set(log_cb, ctypes.c_void_p())
-llm = LlamaModel(sys.argv[1])
-lib = E.load_library()
-out = {}
+INIT_PROBE = INIT_PROBE_PREAMBLE + r"""
 callback = E.make_callback(lambda seq_id, layers, uniform: 0)
-for name, mode in (("mask", E.LLAMA_KV_EVICT_MODE_MASK), ("compact", E.LLAMA_KV_EVICT_MODE_COMPACT)):
-    ctx = llm.new_context(ContextParams(n_ctx=128, flash_attn=None))
-    params = lib.llama_kv_evict_default_params()
-    params.mode = mode
-    params.callback = callback
-    del logged[:]
-    rc = lib.llama_kv_evict_init(ctx, params)
-    tokens = (llama.llama_token * 8)(*range(1, 9))
-    out[name] = {"rc": rc, "errors": [t for lv, t in logged if lv == 4],
-                 "decode_rc": llama.llama_decode(ctx, llama.llama_batch_get_one(tokens, 8))}
+for name, ctx, rc in init_each_mode(callback):
+    out[name] = {"rc": rc, "errors": errors(), "decode_rc": decode(ctx, list(range(1, 9)))}
 print(json.dumps(out))
 """
 
@@ -176,10 +158,7 @@ REFUSED = {  # model -> (modes refused, reason in the logged error)
 def test_refused_with_one_logged_reason(family_models, name):
     from audiokv_edge.native import llama_kv_evict as E
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", INIT_PROBE, str(family_models[name])], capture_output=True,
-                          text=True, cwd=REPO, env=env, timeout=300)
+    proc = run_python("-c", INIT_PROBE, str(family_models[name]))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     modes, reason = REFUSED[name]

@@ -20,6 +20,7 @@ import soundfile as sf
 
 from audiokv_edge.runtime.interrupt import STAGES, Interrupted, StopFlag
 from audiokv_edge.testing.tiny_models import write_tiny_pair
+from tests.text_fixtures import FILLER, text_model  # noqa: F401 - text_model is a fixture
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "audiokv_edge" / "data"
@@ -366,19 +367,6 @@ with Session(model, config=cfg) as s:
     out["follow_up_then"] = both()
 print(json.dumps(out))
 """
-
-
-@pytest.fixture(scope="module")
-def text_model(tmp_path_factory):
-    from audiokv_edge.testing import tiny_models as tm
-
-    path = tmp_path_factory.mktemp("interrupt_text") / "model.gguf"
-    tm.write_text_model(path, tm.TextModelSpec("qwen2", tm.CHATML, n_embd=128, n_head=4, n_head_kv=2, head_dim=32),
-                        seed=5)
-    return path
-
-
-FILLER = "The New York Times. Men walk on moon. Astronauts land on plain, collect rocks, plant flag. "
 
 
 @pytest.mark.native

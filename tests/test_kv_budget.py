@@ -17,7 +17,7 @@ import pytest
 
 from audiokv_edge.runtime.kv_eviction import budget_keep
 from audiokv_edge.runtime.session import SessionConfig
-from tests.test_text_input import FILLER, text_model  # noqa: F401 - text_model is a fixture
+from tests.text_fixtures import FILLER, text_model  # noqa: F401 - text_model is a fixture
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "audiokv_edge" / "data"

@@ -13,15 +13,13 @@ The C-level check runs in a child process so that its log callback cannot leak i
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from audiokv_edge.profile.gguf_header import GGUFHeader, GGUFValueType
 from audiokv_edge.testing.tiny_models import AudioProjectorSpec, write_audio_projector
+from evict_fixtures import INIT_PROBE_PREAMBLE, run_python  # the shared harness of the eviction tests
 
 pytestmark = pytest.mark.native
 
@@ -29,17 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 JFK = REPO / "audiokv_edge" / "data" / "jfk.wav"
 
 # Child: load the LFM2 model, initialise both eviction modes (one context each), decode, evict.
-INIT_PROBE = r"""
-import ctypes, json, sys
-from audiokv_edge.native import llama_kv_evict as E
-from audiokv_edge.runtime.llama import ContextParams, LlamaModel, init_llama_cpp
-llama = init_llama_cpp()
-logged = []
-log_cb = llama.llama_log_callback(lambda level, text, data: logged.append((int(level), (text or b"").decode())))
-llama.llama_log_set(log_cb, ctypes.c_void_p())
-llm = LlamaModel(sys.argv[1])
-lib = E.load_library()
-out = {}
+INIT_PROBE = INIT_PROBE_PREAMBLE + r"""
 seen = []
 def plan(seq_id, layers, uniform):
     seen.append([lv.il for lv in layers])
@@ -48,23 +36,15 @@ def plan(seq_id, layers, uniform):
             lv.set_keep(h, list(range(0, len(lv.pos[h]), 2)) + ([len(lv.pos[h]) - 1] if len(lv.pos[h]) % 2 == 0 else []))
     return 0
 callback = E.make_callback(plan)
-for name, mode in (("mask", E.LLAMA_KV_EVICT_MODE_MASK), ("compact", E.LLAMA_KV_EVICT_MODE_COMPACT)):
-    ctx = llm.new_context(ContextParams(n_ctx=128, flash_attn=None))
-    params = lib.llama_kv_evict_default_params()
-    params.mode = mode
-    params.callback = callback
-    del logged[:]
-    rc = lib.llama_kv_evict_init(ctx, params)
-    tokens = (llama.llama_token * 16)(*range(1, 17))
-    decode_rc = llama.llama_decode(ctx, llama.llama_batch_get_one(tokens, 16))
+for name, ctx, rc in init_each_mode(callback):
+    decode_rc = decode(ctx, list(range(1, 17)))
     evict_rc = lib.llama_kv_evict_seq(ctx, 0)
     st = E.llama_kv_evict_stats()
     lib.llama_kv_evict_get_stats(ctx, 0, ctypes.byref(st))
-    nxt = (llama.llama_token * 1)(5)
     out[name] = {"rc": rc, "decode_rc": decode_rc, "evict_rc": evict_rc, "layers": seen[-1] if seen else [],
                  "entries": st.n_entries, "entries_full": st.n_entries_full,
-                 "next_rc": llama.llama_decode(ctx, llama.llama_batch_get_one(nxt, 1)),
-                 "errors": [t for lv, t in logged if lv == 4]}
+                 "next_rc": decode(ctx, [5]),
+                 "errors": errors()}
 print(json.dumps(out))
 """
 
@@ -98,16 +78,9 @@ def lfm2(tmp_path_factory):
     return model, mmproj
 
 
-def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=timeout)
-
-
 def test_evict_init_takes_the_attention_layers(lfm2):
     model, _ = lfm2
-    proc = run("-c", INIT_PROBE, str(model))
+    proc = run_python("-c", INIT_PROBE, str(model))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for mode in ("mask", "compact"):
@@ -124,8 +97,9 @@ def test_evict_init_takes_the_attention_layers(lfm2):
 def test_runner_evicts_the_attention_layers(lfm2, stream):
     model, mmproj = lfm2
     extra = ["--stream"] if stream else []
-    proc = run("-m", "audiokv_edge.run", str(model), str(JFK), "--mmproj", str(mmproj), "--method", "audiokv",
-               "--keep", "0.4", "--ctx", "1024", "--max-tokens", "2", "--threads", "1", "--json", "--quiet", *extra)
+    proc = run_python("-m", "audiokv_edge.run", str(model), str(JFK), "--mmproj", str(mmproj), "--method", "audiokv",
+                      "--keep", "0.4", "--ctx", "1024", "--max-tokens", "2", "--threads", "1", "--json", "--quiet",
+                      *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert record["audio_tokens"] == 750
@@ -135,8 +109,8 @@ def test_runner_evicts_the_attention_layers(lfm2, stream):
 
 def test_runner_full_cache_works(lfm2):
     model, mmproj = lfm2
-    proc = run("-m", "audiokv_edge.run", str(model), str(JFK), "--mmproj", str(mmproj), "--method", "full",
-               "--ctx", "1024", "--max-tokens", "2", "--threads", "1", "--json", "--quiet")
+    proc = run_python("-m", "audiokv_edge.run", str(model), str(JFK), "--mmproj", str(mmproj), "--method", "full",
+                      "--ctx", "1024", "--max-tokens", "2", "--threads", "1", "--json", "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert record["audio_tokens"] == 750 and record["kv_bytes_kept"] == record["kv_bytes_full"] > 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,22 +24,14 @@ from audiokv_edge.profile import gguf_keys as gp
 from audiokv_edge.profiling.attention_capture import attention_layout
 from audiokv_edge.profiling.hit_ratio import fold_shared_layers
 from audiokv_edge.testing.tiny_models import TINY_PAIRS, write_tiny_pair
+from tests.profile_fixtures import REPO, calibration_set_fixture, run_profile_heads
 
 pytestmark = pytest.mark.native
 
-REPO = Path(__file__).resolve().parent.parent
-PROFILE_HEADS = REPO / "convert" / "profile_heads.py"
 ADD_PROFILE = REPO / "convert" / "add_profile.py"
-MAKE_CALIB = REPO / "scripts" / "make_calibration_set.py"
 
 
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory):
-    out = tmp_path_factory.mktemp("calib")
-    res = subprocess.run([sys.executable, str(MAKE_CALIB), "--out", str(out), "--clips", "1",
-                          "--sentences-per-clip", "2"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    return out
+calib = calibration_set_fixture(clips=1)
 
 
 def test_attention_layout_of_the_tiny_layouts(tmp_path):
@@ -76,9 +67,7 @@ def test_profile_and_add_profile(tmp_path, calib, name):
     spec = TINY_PAIRS[name].text
     model, mmproj = write_tiny_pair(tmp_path, name)
     pj, out = tmp_path / "profile.json", tmp_path / "model-profiled.gguf"
-    res = subprocess.run([sys.executable, str(PROFILE_HEADS), str(model), "--mmproj", str(mmproj), "--calib",
-                          str(calib), "-o", str(pj), "--threads", "2", "--no-progress"],
-                         capture_output=True, text=True, timeout=900, cwd=REPO)
+    res = run_profile_heads(model, "--mmproj", mmproj, "--calib", calib, "-o", pj, "--threads", "2", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     meta = json.loads(pj.read_text())
     shape = gp.model_shape(gp.open_gguf(model))

@@ -4,9 +4,6 @@ model pair: profile -> GGUF -> read back -> AudioKV keep plans use the stored bu
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +11,7 @@ import pytest
 from audiokv_edge.profile import gguf_keys as gp
 from audiokv_edge.profiling.attention_capture import CaptureError, projector_type, token_words
 from audiokv_edge.testing.tiny_models import write_tiny_pair
-
-REPO = Path(__file__).resolve().parent.parent
-PROFILE_HEADS = REPO / "convert" / "profile_heads.py"
-MAKE_CALIB = REPO / "scripts" / "make_calibration_set.py"
+from tests.profile_fixtures import calibration_set_fixture, run_profile_heads
 
 
 def test_token_words_bpe_and_punctuation():
@@ -36,26 +30,15 @@ def test_projector_type_of_tiny_pair(tmp_path):
     assert projector_type(str(mmproj)) == "qwen2a"
 
 
-def _run(*args):
-    return subprocess.run([sys.executable, str(PROFILE_HEADS), *map(str, args), "--no-progress"],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
-
-
 def test_cli_missing_calibration_dir(tmp_path):
     model, mmproj = write_tiny_pair(tmp_path, "qwen2-qwen2a")
-    res = _run(model, "--mmproj", mmproj, "--calib", tmp_path / "nope", "-o", tmp_path / "p.json")
+    res = run_profile_heads(model, "--mmproj", mmproj, "--calib", tmp_path / "nope", "-o", tmp_path / "p.json")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [f"profile_heads: error: {tmp_path / 'nope'}: not a directory"]
     assert not (tmp_path / "p.json").exists()
 
 
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory):
-    out = tmp_path_factory.mktemp("calib")
-    res = subprocess.run([sys.executable, str(MAKE_CALIB), "--out", str(out), "--clips", "2",
-                          "--sentences-per-clip", "2"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    return out
+calib = calibration_set_fixture(clips=2)
 
 
 @pytest.mark.native
@@ -67,8 +50,8 @@ def test_end_to_end_profile_write_load_plan(tmp_path, calib):
     model, mmproj = write_tiny_pair(tmp_path, "qwen2-qwen2a")
     pj = tmp_path / "profile.json"
     out = tmp_path / "model-profiled.gguf"
-    res = _run(model, "--mmproj", mmproj, "--calib", calib, "-o", pj, "--gguf-out", out, "--npz",
-               "--threads", "2", "--window", "8")
+    res = run_profile_heads(model, "--mmproj", mmproj, "--calib", calib, "-o", pj, "--gguf-out", out, "--npz",
+                            "--threads", "2", "--window", "8")
     assert res.returncode == 0, res.stderr
     meta = json.loads(pj.read_text())
     shape = gp.model_shape(gp.open_gguf(model))

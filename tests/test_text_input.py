@@ -30,12 +30,9 @@ from audiokv_edge.runtime.text_document import (
     stream_boundaries,
 )
 from tests.test_run_cli import JFK, assert_one_line_error, run_cli
+from tests.text_fixtures import FILLER, text_model  # noqa: F401 - text_model is a fixture
 
 REPO = Path(__file__).resolve().parents[1]
-
-#: The tiny models' filler: words of their BPE corpus, so that a sentence is a few tokens.
-FILLER = "The New York Times. Men walk on moon. Astronauts land on plain, collect rocks, plant flag. "
-
 
 # ---- the document: reading, placement, blocks ------------------------------------------------------------------
 
@@ -169,17 +166,6 @@ def test_runner_text_usage_errors(tmp_path, doc, argv, needles):
 
 
 # ---- a text-only Session on a tiny model ------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def text_model(tmp_path_factory) -> Path:
-    """A tiny random qwen2 text model (ChatML), alone in its folder: no projector."""
-    from audiokv_edge.testing import tiny_models as tm
-
-    path = tmp_path_factory.mktemp("text_only") / "model.gguf"
-    tm.write_text_model(path, tm.TextModelSpec("qwen2", tm.CHATML, n_embd=128, n_head=4, n_head_kv=2, head_dim=32),
-                        seed=5)
-    return path
-
 
 def _probe(code: str, *args: str, timeout: int = 600) -> dict:
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO,
