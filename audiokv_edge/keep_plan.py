@@ -55,6 +55,13 @@ def _audio_mask(mask, n_positions: int) -> np.ndarray:
     return a != 0
 
 
+def _c_params(m: KeepMethod) -> dict:
+    """The parameters libaudiokv is given for method ``m``: the window, and every field that differs from the
+    method's default (the others keep libaudiokv's own defaults, audiokv_default_params)."""
+    defaults = dataclasses.asdict(type(m)())
+    return {key: value for key, value in dataclasses.asdict(m).items() if key == "window" or value != defaults[key]}
+
+
 def _plan_inputs(m: KeepMethod, q_window, keys, keep, profile, accumulated_scores, audio_mask) -> PlanInputs:
     keys = _float_array("keys", keys, 4)
     n_layer, n_head_kv, n_tokens, head_dim = keys.shape
@@ -141,9 +148,7 @@ def plan(method: str | KeepMethod, q_window: np.ndarray | None, keys: np.ndarray
     keep = _check_keep(keep)
     inputs = _plan_inputs(m, q_window, keys, keep, profile, accumulated_scores, audio_mask)
     if backend == "c":
-        defaults = dataclasses.asdict(type(m)())
-        c_params = {key: value for key, value in dataclasses.asdict(m).items()
-                    if key == "window" or value != defaults[key]}
+        c_params = _c_params(m)
         if accumulated_scores is not None:
             c_params["accumulated_scores"] = accumulated_scores
         if inputs.audio_mask is not None:
@@ -309,9 +314,7 @@ def plan_ragged(method: str | KeepMethod, q_window: np.ndarray | None, keys, kee
                                      "to index audio_mask")
         entry_audio = tuple(tuple(audio_mask[np.asarray(pos)] for pos in heads) for heads in positions)
     if backend == "c":
-        defaults = dataclasses.asdict(type(m)())
-        c_params = {key: value for key, value in dataclasses.asdict(m).items()
-                    if key == "window" or value != defaults[key]}
+        c_params = _c_params(m)
         if audio_mask is not None:
             c_params["audio_mask"] = audio_mask
             c_params["positions"] = positions

@@ -12,46 +12,18 @@ numbers. The page cache is not dropped: after the first repeat the input is read
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
-import subprocess
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from bench_common import REPO, header, run_child, write_result  # puts the checkout on sys.path
 
-from audiokv_edge import __version__  # noqa: E402
-from audiokv_edge.profile.gguf_keys import model_shape, open_gguf  # noqa: E402
-from audiokv_edge.profile.head_profile import HeadProfile  # noqa: E402
-from audiokv_edge.profile.side_file import save_profile_file  # noqa: E402
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    mem = None
-    try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        pass
-    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "ram_bytes": mem}
-
-
-def versions() -> dict:
-    import gguf
-    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"python": platform.python_version(), "numpy": np.__version__,
-            "gguf": getattr(gguf, "__version__", "0.19.0"), "audiokv_edge": __version__, "git_commit": commit}
+from audiokv_edge.profile.gguf_keys import model_shape, open_gguf
+from audiokv_edge.profile.head_profile import HeadProfile
+from audiokv_edge.profile.side_file import save_profile_file
 
 
 def synthetic_model(path: str, mib: int) -> None:
@@ -75,18 +47,14 @@ def synthetic_model(path: str, mib: int) -> None:
     w.close()
 
 
-def run_once(cmd: list[str]) -> tuple[float, int, int]:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise SystemExit(f"converter failed ({proc.returncode}): {err.strip()}")
-    rss_kib = usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss // 1024
-    return elapsed, rss_kib * 1024, proc.returncode
+def run_once(cmd: list[str], timeout: float) -> tuple[float, int]:
+    """Wall seconds and peak resident memory (bytes) of the converter run as a child process."""
+    child = run_child(cmd, timeout)
+    if child["timed_out"]:
+        raise SystemExit(f"converter killed after {timeout:g} s")
+    if child["exit_code"] != 0:
+        raise SystemExit(f"converter failed ({child['exit_code']}): {child['stderr'].strip()}")
+    return child["wall_s"], child["child_maxrss_bytes"]
 
 
 def main() -> int:
@@ -96,6 +64,7 @@ def main() -> int:
     src.add_argument("--synthetic-mib", type=int, help="generate a synthetic qwen2-shaped GGUF of this size")
     ap.add_argument("--out-dir", required=True, help="where the profile and the output GGUF go (deleted after)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds one converter run may take")
     ap.add_argument("-o", "--output", required=True, help="result JSON")
     args = ap.parse_args()
 
@@ -111,20 +80,16 @@ def main() -> int:
     pj = os.path.join(args.out_dir, "bench_profile.json")
     save_profile_file(pj, prof)
     out = os.path.join(args.out_dir, "bench_out.gguf")
-    cmd = [sys.executable, os.path.join(REPO, "convert", "add_profile.py"), model, pj, "-o", out, "--no-progress"]
+    cmd = [sys.executable, str(REPO / "convert" / "add_profile.py"), model, pj, "-o", out, "--no-progress"]
     runs = []
     for _ in range(args.repeats):
-        sec, rss, _rc = run_once(cmd)
+        sec, rss = run_once(cmd, args.timeout)
         runs.append({"seconds": round(sec, 3), "peak_rss_bytes": rss})
         os.unlink(out)
     size = os.path.getsize(model)
     result = {
-        "benchmark": "add_profile",
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": " ".join(sys.argv),
+        **header("add_profile", modules=("gguf",)),
         "converter_command": " ".join(cmd),
-        "machine": machine(),
-        "versions": versions(),
         "input": {"path": model, "bytes": size, "synthetic": args.model is None, "arch": shape.arch,
                   "n_layer": shape.n_layer, "n_head_kv": shape.n_head_kv},
         "runs": runs,
@@ -133,9 +98,7 @@ def main() -> int:
         "median_throughput_mb_s": round(size / 1e6 / float(np.median([r["seconds"] for r in runs])), 1),
         "notes": "page cache not dropped; the converter reads the input once and re-reads the output to verify",
     }
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
+    write_result(Path(args.output), result)
     print(json.dumps({k: result[k] for k in ("median_seconds", "max_peak_rss_bytes", "median_throughput_mb_s")}))
     if model.endswith("synthetic.gguf"):
         os.unlink(model)

@@ -28,17 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
-from bench_common import REPO, header, write_result
+from bench_common import REPO, header, run_child, write_result
 
 sys.path.insert(0, str(REPO))
 
@@ -106,39 +102,6 @@ def parse_run(name: str) -> tuple[str, bool]:
         raise argparse.ArgumentTypeError(f"run {name!r}: expected METHOD or METHOD+stream, METHOD one of "
                                          f"{', '.join(METHODS)}")
     return method, suffix == "stream"
-
-
-def run_child(command: list[str], timeout: float) -> dict:
-    """Run ``command``; its exit code, stdout, stderr, wall time and maximum resident set size (bytes).
-
-    The child is reaped with ``os.wait4``, which returns that child's own resource usage (``ru_maxrss``, KiB on
-    Linux, bytes on macOS), unlike ``RUSAGE_CHILDREN``, the maximum over every child waited for so far.
-    """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=REPO, env=env)
-        killed = threading.Event()
-
-        def kill() -> None:
-            killed.set()
-            proc.kill()
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
-    maxrss = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
-    return {"exit_code": proc.returncode, "timed_out": killed.is_set(), "stdout": stdout, "stderr": stderr,
-            "wall_s": wall, "child_maxrss_bytes": int(maxrss)}
 
 
 def classify(child: dict) -> tuple[str, str | None, dict | None]:

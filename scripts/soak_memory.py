@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_common import REPO, header, write_result
-from bench_stream_memory import round_up, run_child, tiled_speech  # noqa: F401 - tiled_speech: tests use it
+from bench_common import REPO, header, run_child, write_result
+from bench_stream_memory import round_up, tiled_speech  # noqa: F401 - tiled_speech: tests use it
 
 sys.path.insert(0, str(REPO))
 
@@ -64,12 +64,10 @@ def write_speech(path: Path, seconds: float) -> None:
 
 def rss_bytes() -> int:
     """This process's resident set size now (``VmRSS``; where there is no /proc, the peak so far)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak if sys.platform == "darwin" else peak * 1024)
+    from audiokv_edge.runtime.stats import current_rss_bytes, maxrss_bytes
+
+    rss = current_rss_bytes()
+    return rss if rss is not None else maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF))
 
 
 def last_half_slope(x: list[float], y: list[float]) -> dict:

@@ -26,19 +26,18 @@ buffers while the file stays mapped: those file pages count in the resident set 
 from __future__ import annotations
 
 import logging
-import os
 import resource
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from audiokv_edge.bench.kv_fill import CacheLayout, load_state, saved_state, synthetic_state
+from audiokv_edge.runtime.stats import current_rss_bytes, maxrss_bytes, proc_status_bytes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FILLS", "SweepConfig", "Sweep", "current_rss", "peak_rss"]
+__all__ = ["FILLS", "SweepConfig", "Sweep", "peak_rss"]
 
 #: How the cache is filled: a real prefill, or a synthetic sequence state.
 FILLS = ("prefill", "synthetic")
@@ -48,27 +47,15 @@ PREFILL_BATCH = 512
 KV_TYPES = {"f16": 1, "q8_0": 8}
 
 
-def current_rss() -> int | None:
-    """Resident set size of this process in bytes (Linux /proc), None elsewhere."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def anonymous_rss() -> int | None:
     """Resident anonymous memory of this process in bytes (Linux /proc RssAnon: what the kernel cannot drop, unlike
     the pages of a memory-mapped model file), None elsewhere."""
-    from audiokv_edge.runtime.stats import proc_status_bytes
-
     return proc_status_bytes("RssAnon")
 
 
 def peak_rss() -> int:
     """Peak resident set size of this process in bytes (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+    return maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF))
 
 
 @dataclass(frozen=True)
@@ -183,9 +170,9 @@ class Sweep:
         from audiokv_edge.runtime.session import route_native_logs
 
         route_native_logs(init_llama_cpp())  # llama.cpp's log to the audiokv_edge.native logger, not stderr
-        rss0, anon0 = current_rss(), anonymous_rss()
+        rss0, anon0 = current_rss_bytes(), anonymous_rss()
         self.model = LlamaModel(self.model_path)
-        self.model_rss = None if rss0 is None else current_rss() - rss0
+        self.model_rss = None if rss0 is None else current_rss_bytes() - rss0
         self.model_anon = None if anon0 is None else anonymous_rss() - anon0
         try:
             for n in self.config.lengths:
@@ -264,7 +251,7 @@ class Sweep:
         probe_tokens = self._tokens(cfg.probe, 2)
         self._say(f"{n} cached: full cache")
 
-        rss_before = current_rss()
+        rss_before = current_rss_bytes()
         full = self.model.new_context(self._params(n + margin))
         # the evicting contexts get N - P tokens and decode the probe (their observation window) on top
         if cfg.fill == "prefill":
@@ -280,7 +267,7 @@ class Sweep:
         full_state = {"ctx": full, "pos": n, "times": []}
         self._alternate([full_state])
         # what the context added, without the copy of the state kept for the evicting contexts
-        full_rss = None if rss_before is None else current_rss() - rss_before - blob.nbytes
+        full_rss = None if rss_before is None else current_rss_bytes() - rss_before - blob.nbytes
         kv_full = n * layout.bytes_per_token()
         common = {"n_cached": n, "fill": cfg.fill, "kv_bytes_full": kv_full,
                   "kv_bytes_per_token": layout.bytes_per_token(), "model_rss_bytes": self.model_rss,
@@ -354,7 +341,7 @@ class Sweep:
         from audiokv_edge.runtime.kv_eviction import KEEP_FROM_CONFIG, KeepChoice, KVEvictor
 
         cfg, llama = self.config, self.model.lc
-        rss_before = current_rss()
+        rss_before = current_rss_bytes()
         ctx = self.model.new_context(self._params(n + margin))
         evictor = KVEvictor(self.model.model, ctx, method=method, keep=KeepChoice(keep, KEEP_FROM_CONFIG),
                             n_threads=cfg.threads, n_ctx=n + margin, n_headroom=cfg.n_decode + 16,
@@ -377,7 +364,7 @@ class Sweep:
                 "decode_tokens_per_cpu_s_full_alongside": full_tps["decode_tokens_per_cpu_s"],
                 "decode_seconds": mine["times"], "decode_seconds_full_alongside": states[0]["times"],
                 "evict_seconds": record.ms / 1e3, "evict_cpu_seconds": evict_cpu,
-                "context_rss_bytes": None if rss_before is None else current_rss() - rss_before,
+                "context_rss_bytes": None if rss_before is None else current_rss_bytes() - rss_before,
                 "peak_rss_bytes": peak_rss(),
             }
             if len(states) > 1:

@@ -25,6 +25,18 @@ def check_sss_params(alpha: float, gamma: float, taper: float = 0.05) -> None:
         raise ValueError(f"SSS gamma must be a number in (0, 1], got {gamma!r}")
 
 
+def _checked_rows(function: str, x: np.ndarray, alpha: float, gamma: float, taper: float) -> np.ndarray:
+    """``x`` as float64 after the checks of every smoothing function (named ``function`` in the errors): the
+    parameters (:func:`check_sss_params`), at least one axis, finite scores."""
+    check_sss_params(alpha, gamma, taper)
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 0:
+        raise ValueError(f"{function} needs an array with at least one axis (the token axis)")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{function} got NaN or infinite scores")
+    return x
+
+
 def taper_width(n: int, taper: float = 0.05) -> int:
     """Cosine taper width D = max(2, ceil(taper * (n // 2 + 1))) for a row of length n; D = 1 (no taper, a hard
     cut after k*) when taper == 0. The paper gives no width: taper = 0.05 is this project's [choice]."""
@@ -92,12 +104,7 @@ def spectral_smooth(x: np.ndarray, alpha: float = 0.5, gamma: float = 0.7, taper
     ValueError
         On alpha, gamma or taper out of range, a 0-d input, or non-finite values.
     """
-    check_sss_params(alpha, gamma, taper)
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 0:
-        raise ValueError("spectral_smooth needs an array with at least one axis (the token axis)")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("spectral_smooth got NaN or infinite scores")
+    x = _checked_rows("spectral_smooth", x, alpha, gamma, taper)
     n = x.shape[-1]
     if alpha == 0 or n <= 1 or x.size == 0:
         return x.copy()
@@ -178,12 +185,7 @@ def smooth_audio_runs(x: np.ndarray, audio: np.ndarray, alpha: float = 0.5, gamm
     ValueError
         Parameters out of range, a 0-d input, non-finite scores, or a mask of another length than the rows.
     """
-    check_sss_params(alpha, gamma, taper)
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 0:
-        raise ValueError("smooth_audio_runs needs an array with at least one axis (the token axis)")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("smooth_audio_runs got NaN or infinite scores")
+    x = _checked_rows("smooth_audio_runs", x, alpha, gamma, taper)
     audio = np.asarray(audio)
     if audio.shape != (x.shape[-1],):
         raise ValueError(f"the audio mask has shape {audio.shape}, the score rows {x.shape[-1]} tokens")

@@ -3,6 +3,7 @@ JSON forms."""
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from dataclasses import asdict, dataclass
@@ -66,6 +67,15 @@ class KVGeometry:
         return int(round(kept_entries * self.bytes_per_head_token()))
 
 
+def current_rss_bytes() -> int | None:
+    """Resident set size of this process now in bytes (Linux /proc/self/statm), None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def proc_status_bytes(field: str) -> int | None:
     """A memory field of /proc/self/status (``VmHWM``, ``RssAnon``, ...) in bytes; None where it cannot be read."""
     try:
@@ -76,6 +86,12 @@ def proc_status_bytes(field: str) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def maxrss_bytes(usage: resource.struct_rusage) -> int:
+    """``ru_maxrss`` of a resource usage (``resource.getrusage``, ``os.wait4``) in bytes: it is in KiB on Linux, in
+    bytes on macOS."""
+    return int(usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024)
 
 
 def peak_rss_bytes() -> int:
@@ -89,8 +105,7 @@ def peak_rss_bytes() -> int:
         hwm = proc_status_bytes("VmHWM")
         if hwm is not None:
             return hwm
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+    return maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF))
 
 
 @dataclass(frozen=True)
