@@ -86,6 +86,10 @@ if [ "$inject" -eq 1 ]; then
     sed -i 's/b\.counts = (int32_t \*) malloc((size_t) L \* (size_t) Hkv \* sizeof(int32_t));/b.counts = (int32_t *) malloc(((size_t) L * (size_t) Hkv - 1) * sizeof(int32_t));/' "$adapter"
     ! grep -qF "$correct" "$adapter" || fail "injecting the bug into $adapter failed"
 fi
+# a build directory configured from another source directory is started afresh (CMake refuses to reuse it)
+if [ -f "$dir/CMakeCache.txt" ] && ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$source_dir" "$dir/CMakeCache.txt"; then
+    rm -rf "$dir" && mkdir -p "$dir"
+fi
 # gcc explicitly: its sanitizer runtimes are the ones preloaded below
 cmake -S "$source_dir" -B "$dir" -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=Debug -DAUDIOKV_SANITIZE=ON \
     -DAUDIOKV_WERROR=ON -DAUDIOKV_BUILD_TESTS=OFF -DAUDIOKV_LLAMA_LIB_DIR="$native_lib" \
