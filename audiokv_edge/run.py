@@ -464,8 +464,8 @@ class SignalStop:
 
 
 def silence_native_stderr() -> None:
-    """``--quiet``: what native code writes to file descriptor 2 (libmpg123's notes while an mp3 is decoded block by
-    block, ...) goes to the null device; Python's ``sys.stderr`` keeps the real one for error lines."""
+    """``--quiet``: what native code writes to file descriptor 2 itself (a decoder's notes on a damaged file, ...)
+    goes to the null device; Python's ``sys.stderr`` keeps the real one for error lines."""
     sys.stderr.flush()
     kept = os.dup(2)
     null = os.open(os.devnull, os.O_WRONLY)

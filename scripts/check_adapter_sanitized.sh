@@ -17,27 +17,49 @@
 #      sanitizer report fatal. (tests/test_profile_eviction.py plans in Python and never loads libaudiokv.);
 #   4. checks from inside that pytest process (/proc/self/maps, a small plugin) that the sanitized libaudiokv was
 #      the one mapped and the unsanitized build/native/lib/libaudiokv.so was not: a run that silently used the
-#      unsanitized library fails.
-# Usage: bash scripts/check_adapter_sanitized.sh [pytest file or node id ...]
+#      unsanitized library fails;
+#   5. runs the runner itself end to end the same way (`python -m audiokv_edge.run`, through a wrapper that makes the
+#      same /proc/self/maps check at exit) on a tiny random-weight pair (audiokv_edge/testing/tiny_models.py):
+#      audio (jfk.wav) with --method audiokv --keep 0.4 --stream, and a text document (--text) the same way; each
+#      must exit 0, report that the eviction ran (--json: "eviction_applied": true) and print no sanitizer report.
+# Must-fail check: `--inject-bug` builds a copy of libaudiokv whose per-head counts array is one entry short
+# (src/llama_evict_adapter.c: b.counts, which audiokv_plan fills for every (layer, KV head)) into
+# build/check_c/adapter-sanitize-injected (from a copy of the sources, adapter-sanitize-injected.src) and runs step 5
+# only: it passes only if AddressSanitizer reports the heap-buffer-overflow (the runner dies of it).
+# Usage: bash scripts/check_adapter_sanitized.sh [--inject-bug] [pytest file or node id ...]
+#        (--runner-only: steps 1, 2 and 5; with pytest arguments, those files instead of the default ones in step 3)
 # Needs the combined build (bash scripts/setup.sh), cmake, and gcc with its sanitizer runtimes (libasan, libubsan:
-# on Debian they come with gcc / build-essential). AUDIOKV_CHECK_JOBS sets the build's parallelism (default 2).
+# on Debian they come with gcc / build-essential). AUDIOKV_CHECK_JOBS sets the build's parallelism (default 2);
+# AUDIOKV_CHECK_BUILD (default build/ of this checkout) is where the combined build and build/llama.cpp-src are,
+# AUDIOKV_CHECK_PYTHON (default .venv/bin/python) the Python that runs the tests.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-native_lib="$repo/build/native/lib"
-llama_src="$repo/build/llama.cpp-src"
+combined="${AUDIOKV_CHECK_BUILD:-$repo/build}"
+native_lib="$combined/native/lib"
+llama_src="$combined/llama.cpp-src"
 dir="$repo/build/check_c/adapter-sanitize"
-python="$repo/.venv/bin/python"
+python="${AUDIOKV_CHECK_PYTHON:-$repo/.venv/bin/python}"
 jobs="${AUDIOKV_CHECK_JOBS:-2}"
-tests=("$@")
+inject=0
+pytest_stage=1
+tests=()
+for arg in "$@"; do
+    case "$arg" in
+        --inject-bug) inject=1; pytest_stage=0 ;;
+        --runner-only) pytest_stage=0 ;;
+        *) tests+=("$arg") ;;
+    esac
+done
 [ ${#tests[@]} -eq 0 ] && tests=(tests/test_evict_callback_c.py tests/test_profile_defaults_runner.py)
+[ "$inject" -eq 1 ] && dir="$dir-injected"
 
 fail() { echo "check_adapter_sanitized: $*" >&2; exit 1; }
 
 [ -f "$native_lib/libllama.so" ] && [ -f "$native_lib/libggml-base.so" ] \
     || fail "no combined build in $native_lib; run bash scripts/setup.sh"
 [ -f "$llama_src/include/llama-kv-evict.h" ] || fail "no patched llama.cpp headers in $llama_src/include"
-[ -x "$python" ] || fail "no venv at $repo/.venv; run bash scripts/setup.sh"
+[ -x "$python" ] || fail "no Python at $python; run bash scripts/setup.sh"
 command -v gcc >/dev/null || fail "gcc not found"
 # gcc prints the bare name when it has no such file
 asan="$(gcc -print-file-name=libasan.so)"
@@ -48,8 +70,28 @@ ubsan="$(gcc -print-file-name=libubsan.so)"
 # -- 1. the sanitized build ------------------------------------------------------------------------------------------
 echo "== check_adapter_sanitized: build =="
 mkdir -p "$dir"
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/audiokv-adapter-sanitize.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+source_dir="$repo/libaudiokv"
+if [ "$inject" -eq 1 ]; then
+    # the must-fail check: one (layer, KV head) short, so audiokv_plan writes 4 bytes past the array
+    # (a copy at a fixed path, modification times kept: a second run recompiles only the changed file)
+    source_dir="$dir.src"
+    rm -rf "$source_dir"
+    cp -pR "$repo/libaudiokv" "$source_dir"
+    rm -rf "$source_dir/build"
+    adapter="$source_dir/src/llama_evict_adapter.c"
+    correct='b.counts = (int32_t *) malloc((size_t) L * (size_t) Hkv * sizeof(int32_t));'
+    grep -qF "$correct" "$adapter" || fail "cannot inject the bug: $adapter has no line '$correct'"
+    sed -i 's/b\.counts = (int32_t \*) malloc((size_t) L \* (size_t) Hkv \* sizeof(int32_t));/b.counts = (int32_t *) malloc(((size_t) L * (size_t) Hkv - 1) * sizeof(int32_t));/' "$adapter"
+    ! grep -qF "$correct" "$adapter" || fail "injecting the bug into $adapter failed"
+fi
+# a build directory configured from another source directory is started afresh (CMake refuses to reuse it)
+if [ -f "$dir/CMakeCache.txt" ] && ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$source_dir" "$dir/CMakeCache.txt"; then
+    rm -rf "$dir" && mkdir -p "$dir"
+fi
 # gcc explicitly: its sanitizer runtimes are the ones preloaded below
-cmake -S "$repo/libaudiokv" -B "$dir" -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=Debug -DAUDIOKV_SANITIZE=ON \
+cmake -S "$source_dir" -B "$dir" -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=Debug -DAUDIOKV_SANITIZE=ON \
     -DAUDIOKV_WERROR=ON -DAUDIOKV_BUILD_TESTS=OFF -DAUDIOKV_LLAMA_LIB_DIR="$native_lib" \
     "-DAUDIOKV_LLAMA_INCLUDE_DIRS=$llama_src/include;$llama_src/ggml/include" >"$dir.configure.log" 2>&1 || {
     cat "$dir.configure.log" >&2; fail "configure failed"; }
@@ -72,8 +114,6 @@ grep -q "__asan_report_load" <<<"$symbols" || fail "$lib has no ASan instrumenta
 grep -q "__ubsan_handle" <<<"$symbols" || fail "$lib has no UBSan instrumentation"
 
 # -- 2. a library directory with the sanitized libaudiokv -----------------------------------------------------------
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/audiokv-adapter-sanitize.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
 mkdir "$tmp/lib" "$tmp/py"
 for f in "$native_lib"/*; do
     name="$(basename "$f")"
@@ -85,13 +125,13 @@ ln -s "$lib" "$tmp/lib/libaudiokv.so"
 
 # -- 3./4. the tests, sanitized, with a probe of what the process mapped ---------------------------------------------
 marker="$tmp/mapped.txt"
-cat >"$tmp/py/audiokv_sanitized_probe.py" <<'EOF'
-"""pytest plugin (scripts/check_adapter_sanitized.sh): at the end of the session, which libaudiokv did we map?"""
+cat >"$tmp/py/audiokv_sanitized_maps.py" <<'PY'
+"""Which libaudiokv this process mapped (scripts/check_adapter_sanitized.sh): one line appended to the marker."""
 import os
 import pathlib
 
 
-def pytest_sessionfinish(session, exitstatus):
+def record() -> bool:
     want = pathlib.Path(os.environ["AUDIOKV_SANITIZED_LIB"]).resolve()
     plain = pathlib.Path(os.environ["AUDIOKV_UNSANITIZED_LIB"]).resolve()
     mapped = set()
@@ -101,42 +141,114 @@ def pytest_sessionfinish(session, exitstatus):
             mapped.add(pathlib.Path(parts[5]))
     asan = any(p.name.startswith("libasan") for p in mapped)
     ok = want in mapped and plain not in mapped and asan
-    pathlib.Path(os.environ["AUDIOKV_SANITIZED_MARKER"]).write_text(
-        f"{'ok' if ok else 'WRONG'} sanitized={want in mapped} unsanitized={plain in mapped} asan={asan}\n")
-    if not ok and session.exitstatus == 0:
-        session.exitstatus = 1
-EOF
+    with open(os.environ["AUDIOKV_SANITIZED_MARKER"], "a") as f:
+        f.write(f"{'ok' if ok else 'WRONG'} sanitized={want in mapped} unsanitized={plain in mapped} asan={asan}\n")
+    return ok
+PY
+cat >"$tmp/py/audiokv_sanitized_probe.py" <<'PY'
+"""pytest plugin (scripts/check_adapter_sanitized.sh): at the end of the session, which libaudiokv did we map?"""
+import audiokv_sanitized_maps
 
-echo "== check_adapter_sanitized: pytest ${tests[*]} =="
+
+def pytest_sessionfinish(session, exitstatus):
+    if not audiokv_sanitized_maps.record() and session.exitstatus == 0:
+        session.exitstatus = 1
+PY
+cat >"$tmp/py/audiokv_sanitized_run.py" <<'PY'
+"""python -m audiokv_edge.run with the /proc/self/maps check at exit (scripts/check_adapter_sanitized.sh)."""
+import atexit
+import runpy
+import sys
+
+import audiokv_sanitized_maps
+
+atexit.register(audiokv_sanitized_maps.record)
+sys.argv[0] = "audiokv-run"
+runpy.run_module("audiokv_edge.run", run_name="__main__", alter_sys=True)
+PY
+
 # detect_leaks=0: CPython (and numpy, llama.cpp's globals) keep memory until exit by design; LeakSanitizer would
 # report those, not libaudiokv. Every other ASan error, and every UBSan report, aborts the process.
-# --capture=sys: pytest captures Python's output only, so what the sanitizers write to file descriptor 2 reaches the
-# log, build/check_c/adapter-sanitize.pytest.log (fd capture would swallow the report of a process that aborts).
-log="$dir.pytest.log"
-status=0
-(cd "$repo" && env \
-    AUDIOKV_EDGE_LIB_DIR="$tmp/lib" \
-    LLAMA_CPP_LIB_PATH="$tmp/lib" MTMD_CPP_LIB="$tmp/lib" \
-    LD_PRELOAD="$asan $ubsan" \
-    ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" \
-    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-    PYTHONPATH="$tmp/py${PYTHONPATH:+:$PYTHONPATH}" \
-    AUDIOKV_SANITIZED_LIB="$lib" AUDIOKV_UNSANITIZED_LIB="$native_lib/libaudiokv.so" \
-    AUDIOKV_SANITIZED_MARKER="$marker" \
-    "$python" -m pytest -q -p no:cacheprovider --capture=sys -p audiokv_sanitized_probe "${tests[@]}") \
-    >"$log" 2>&1 || status=$?
-[ -f "$marker" ] && cat "$marker"
+sanitized() {
+    env AUDIOKV_EDGE_LIB_DIR="$tmp/lib" \
+        LLAMA_CPP_LIB_PATH="$tmp/lib" MTMD_CPP_LIB="$tmp/lib" \
+        LD_PRELOAD="$asan $ubsan" \
+        ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" \
+        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+        PYTHONPATH="$tmp/py:$repo${PYTHONPATH:+:$PYTHONPATH}" \
+        AUDIOKV_SANITIZED_LIB="$lib" AUDIOKV_UNSANITIZED_LIB="$native_lib/libaudiokv.so" \
+        AUDIOKV_SANITIZED_MARKER="$marker" \
+        "$@"
+}
 sanitizer_pattern="ERROR: AddressSanitizer|ERROR: UndefinedBehaviorSanitizer|runtime error:"
-if grep -Eq "$sanitizer_pattern" "$log"; then
-    grep -E -A 40 "$sanitizer_pattern" "$log" >&2
-    grep "SUMMARY:" "$log" >&2 || true
-    fail "ASan/UBSan reported an error (above; whole log: $log); pytest exit $status"
+# a sanitizer report in the log $1 ($2: where) fails the check; with --inject-bug it is what the check waits for
+reported() {
+    grep -Eq "$sanitizer_pattern" "$1" || return 0
+    if [ "$inject" -eq 1 ]; then
+        grep -E -A 12 "$sanitizer_pattern" "$1" | head -n 14
+        grep -q "heap-buffer-overflow" "$1" || fail "--inject-bug: a sanitizer report $2, but not the injected overflow"
+        echo "check_adapter_sanitized: the injected bug was reported ($2; whole log: $1)"
+        exit 0
+    fi
+    grep -E -A 40 "$sanitizer_pattern" "$1" >&2
+    grep "SUMMARY:" "$1" >&2 || true
+    fail "ASan/UBSan reported an error $2 (above; whole log: $1)"
+}
+
+if [ "$pytest_stage" -eq 1 ]; then
+    echo "== check_adapter_sanitized: pytest ${tests[*]} =="
+    # --capture=sys: pytest captures Python's output only, so what the sanitizers write to file descriptor 2 reaches
+    # the log, build/check_c/adapter-sanitize.pytest.log (fd capture would swallow the report of a process that
+    # aborts).
+    log="$dir.pytest.log"
+    : >"$marker"
+    status=0
+    (cd "$repo" && sanitized "$python" -m pytest -q -p no:cacheprovider --capture=sys -p audiokv_sanitized_probe \
+        "${tests[@]}") >"$log" 2>&1 || status=$?
+    cat "$marker"
+    reported "$log" "in pytest (exit $status)"
+    if [ "$status" -ne 0 ]; then
+        tail -n 60 "$log" >&2
+        fail "pytest failed (exit $status) under ASan/UBSan (whole log: $log)"
+    fi
+    tail -n 1 "$log"
+    [ -s "$marker" ] || fail "the probe did not run: cannot tell which libaudiokv was loaded"
+    grep -q "^ok " "$marker" || fail "the sanitized libaudiokv was not the one loaded"
 fi
-if [ "$status" -ne 0 ]; then
-    tail -n 60 "$log" >&2
-    fail "pytest failed (exit $status) under ASan/UBSan (whole log: $log)"
+
+# -- 5. the runner, end to end ---------------------------------------------------------------------------------------
+echo "== check_adapter_sanitized: python -m audiokv_edge.run (tiny pair; audio, text; audiokv keep 0.4 --stream) =="
+pair="$(cd "$repo" && "$python" -c 'import sys
+from audiokv_edge.testing.tiny_models import write_tiny_pair
+print(*write_tiny_pair(sys.argv[1], "qwen2-qwen2a"))' "$tmp/pair")" || fail "cannot write the tiny pair"
+read -r model mmproj <<<"$pair"
+"$python" -c 'import sys
+words = "the quick brown fox jumps over the lazy dog while the pass key is 4721 and the river runs".split()
+open(sys.argv[1], "w").write(" ".join(words[i % len(words)] for i in range(120)) + "\n")' "$tmp/doc.txt"
+common=(--method audiokv --keep 0.4 --stream -n 8 -c 1024 -t 1 --json)
+for name in audio text; do
+    if [ "$name" = audio ]; then
+        args=(-m "$model" -mm "$mmproj" --audio "$repo/audiokv_edge/data/jfk.wav")
+    else
+        args=(-m "$model" --text "$tmp/doc.txt" -p "What is the pass key?" --text-block 128)
+    fi
+    log="$dir.run-$name.log"
+    : >"$marker"
+    status=0
+    (cd "$repo" && sanitized "$python" -m audiokv_sanitized_run "${args[@]}" "${common[@]}") >"$log" 2>&1 || status=$?
+    reported "$log" "in the $name run (exit $status)"
+    if [ "$status" -ne 0 ]; then
+        tail -n 40 "$log" >&2
+        fail "the $name run failed (exit $status) under ASan/UBSan (whole log: $log)"
+    fi
+    grep -q '"eviction_applied": true' "$log" || { tail -n 20 "$log" >&2; fail "the $name run did not evict"; }
+    [ -s "$marker" ] || fail "the $name run's probe did not run: cannot tell which libaudiokv was loaded"
+    echo "$name: $(cat "$marker")"
+    grep -q "^ok " "$marker" || fail "the sanitized libaudiokv was not the one loaded in the $name run"
+done
+[ "$inject" -eq 0 ] || fail "--inject-bug: the injected overflow was NOT reported"
+if [ "$pytest_stage" -eq 1 ]; then
+    echo "check_adapter_sanitized: passed (${tests[*]}; the runner: audio and text)"
+else
+    echo "check_adapter_sanitized: passed (the runner: audio and text)"
 fi
-tail -n 1 "$log"
-[ -f "$marker" ] || fail "the probe did not run: cannot tell which libaudiokv was loaded"
-grep -q "^ok " "$marker" || fail "the sanitized libaudiokv was not the one loaded"
-echo "check_adapter_sanitized: passed (${tests[*]})"

@@ -1,7 +1,10 @@
 """scripts/check_adapter_sanitized.sh: libaudiokv WITH the llama.cpp eviction callback (llama_evict_adapter.c,
 ggml_to_float.c, the C GGUF profile reader) built under AddressSanitizer + UBSan and driven through llama.cpp by
-tests/test_evict_callback_c.py and tests/test_profile_defaults_runner.py; the script also checks that the sanitized
-library was the one loaded. About 15 s on 2 cores (the llama.cpp libraries are reused, not rebuilt)."""
+tests/test_evict_callback_c.py and tests/test_profile_defaults_runner.py, then by the runner itself
+(``python -m audiokv_edge.run`` on a tiny pair: audio and a text document, audiokv keep 0.4 --stream); the script
+also checks that the sanitized library was the one loaded. Must fail: with ``--inject-bug`` it builds a copy of
+libaudiokv with a one-entry heap overflow in the eviction callback and passes only when AddressSanitizer reports it
+from the runner. (The llama.cpp libraries are reused, not rebuilt.)"""
 
 import pathlib
 import shutil
@@ -22,13 +25,26 @@ def _gcc_runtime(name: str) -> pathlib.Path | None:
     return path if path.is_absolute() and path.exists() else None     # gcc echoes the bare name when it has none
 
 
-def test_adapter_under_asan_and_ubsan():
+def _check(*args: str) -> subprocess.CompletedProcess:
     missing = [n for n in ("libasan.so", "libubsan.so") if _gcc_runtime(n) is None]
     if missing:
         pytest.skip(f"gcc's sanitizer runtime {', '.join(missing)} not found (Debian: libasan8 / libubsan1, "
                     "installed with gcc)")
-    result = subprocess.run(["bash", str(REPO / "scripts" / "check_adapter_sanitized.sh")], capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(["bash", str(REPO / "scripts" / "check_adapter_sanitized.sh"), *args],
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
-    assert "ok sanitized=True unsanitized=False asan=True" in result.stdout
-    assert "check_adapter_sanitized: passed" in result.stdout
+    return result
+
+
+def test_adapter_and_runner_under_asan_and_ubsan():
+    out = _check().stdout
+    assert "ok sanitized=True unsanitized=False asan=True" in out
+    for run in ("audio", "text"):
+        assert f"{run}: ok sanitized=True unsanitized=False asan=True" in out
+    assert "check_adapter_sanitized: passed" in out
+
+
+def test_an_injected_overflow_is_reported():
+    out = _check("--inject-bug").stdout
+    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in out
+    assert "check_adapter_sanitized: the injected bug was reported (in the audio run" in out

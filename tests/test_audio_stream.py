@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiokv_edge.runtime.audio import AudioError, load_audio, resample
+from audiokv_edge.runtime.audio import AudioError, load_audio, mix_to_mono, resample
 from audiokv_edge.runtime.audio_stream import StreamingResampler, file_blocks, resampled_length
 from audiokv_edge.runtime.audio_windows import HOP, LEAD, WINDOW_FRAMES, WINDOW_SAMPLES, n_windows, window_buffers
 from tests.audio_cases import BAD_AUDIO_CASES
@@ -106,3 +106,51 @@ def test_window_buffers_cut(n):
         # frame first_frame of the buffer is frame 3000 k of the recording: samples from 480000 k - 200 on
         assert w.start + w.first_frame * HOP - 200 == max(-200, k * WINDOW_SAMPLES - 200)
     assert list(window_buffers([])) == []
+
+
+def _llama_cpp_test_mp3(tmp_dir: Path) -> Path:
+    """llama.cpp's tools/mtmd/test-2.mp3 (17.4 s of narration, 44.1 kHz mono): from the extracted source tree
+    (build/llama.cpp-src of this checkout or of the one AUDIOKV_EDGE_LIB_DIR was built in), else from the cached
+    llama-cpp-python sdist (scripts/fetch_llama_cpp.py); skips when neither is there."""
+    import os
+    import sys
+    import tarfile
+
+    repo = Path(__file__).resolve().parents[1]
+    member = "tools/mtmd/test-2.mp3"
+    trees = [repo / "build" / "llama.cpp-src"]
+    if os.environ.get("AUDIOKV_EDGE_LIB_DIR"):
+        trees.append(Path(os.environ["AUDIOKV_EDGE_LIB_DIR"]).resolve().parents[1] / "llama.cpp-src")
+    for tree in trees:
+        if (tree / member).is_file():
+            return tree / member
+    sys.path.insert(0, str(repo / "scripts"))
+    import fetch_llama_cpp  # a script, not a package module
+
+    sdist = fetch_llama_cpp.cache_dir() / fetch_llama_cpp.SDIST_NAME
+    if not sdist.is_file():
+        pytest.skip(f"llama.cpp's {member}: no build/llama.cpp-src and no cached {sdist.name} (scripts/setup.sh)")
+    out = tmp_dir / "test-2.mp3"
+    with tarfile.open(sdist, "r:gz") as archive:
+        out.write_bytes(archive.extractfile(fetch_llama_cpp.VENDOR_PREFIX + member).read())
+    return out
+
+
+@pytest.fixture(scope="module")
+def mp3_files(tmp_path_factory):
+    return {"jfk.mp3": DATA / "jfk.mp3", "test-2.mp3": _llama_cpp_test_mp3(tmp_path_factory.mktemp("mp3"))}
+
+
+@pytest.mark.parametrize("name", ["jfk.mp3", "test-2.mp3"])
+@pytest.mark.parametrize("block", [1000, 1152, 4096, 65536])
+def test_mp3_blocks_are_the_whole_file_read_and_libmpg123_prints_nothing(mp3_files, name, block, capfd):
+    # soundfile's SoundFile.read seeks after every read, restarting libmpg123, which then printed
+    # "part2_3_length (...) too large for available bit count" notes on fd 2 (jfk.mp3: 2 to 80 of them)
+    path = mp3_files[name]
+    whole, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    capfd.readouterr()
+    blocks = list(file_blocks(path, rate, block_frames=block))  # at the file's own rate: the decoded samples
+    err = capfd.readouterr().err
+    assert err == "", err
+    assert len(blocks) == -(-whole.shape[0] // block)
+    assert np.array_equal(np.concatenate(blocks), mix_to_mono(whole))  # bit-identical

@@ -6,6 +6,15 @@ from block to block, so that reading a recording costs memory independent of its
 order of the float64 sums (the float32 results agree within 1e-6; tests/test_audio_stream.py).
 :func:`file_blocks` and :func:`clip_blocks` yield mono float32 blocks at the encoder's rate, from a file or from a
 clip already in memory.
+
+The blocks are decoded with libsndfile's ``sf_readf_float`` called directly (:func:`_read_frames`):
+``SoundFile.read`` seeks to the position it has just read to after every read (to keep soundfile's read and write
+positions in step), and on an mp3 that seek is an ``mpg123_seek``, which restarts the decoder a few frames back;
+where a frame's bit reservoir reaches further back than that restart, libmpg123 prints "part2_3_length (...) too
+large for available bit count" notes to stderr (the samples stay within 1.2e-7 of the whole-file read's: those
+frames only prime the decoder). Read without those seeks, after one seek to the start as ``soundfile.read`` does,
+an mp3's blocks are the whole-file read's samples exactly, and libmpg123 says nothing (tests/test_audio_stream.py:
+jfk.mp3 and llama.cpp's test-2.mp3, blocks of 1,000 to 65,536 frames).
 """
 
 from __future__ import annotations
@@ -122,6 +131,22 @@ class StreamingResampler:
         return self._outputs(total)
 
 
+def _read_frames(f, out: np.ndarray) -> int:
+    """Decode up to ``len(out)`` frames of the open ``soundfile.SoundFile`` ``f`` into ``out`` (float32, C-ordered
+    ``(frames, channels)``) with libsndfile's ``sf_readf_float``, without ``SoundFile.read``'s seek after the read;
+    returns the frames read (0 at the end). ``SoundFile.read`` where soundfile's cffi handles are not there."""
+    import soundfile
+
+    snd, ffi, handle = getattr(soundfile, "_snd", None), getattr(soundfile, "_ffi", None), getattr(f, "_file", None)
+    if snd is None or ffi is None or handle is None:
+        return f.read(out.shape[0], dtype="float32", always_2d=True, out=out).shape[0]
+    n = int(snd.sf_readf_float(handle, ffi.cast("float *", out.ctypes.data), out.shape[0]))
+    err = int(snd.sf_error(handle))
+    if err:
+        raise RuntimeError(ffi.string(snd.sf_error_number(err)).decode("utf-8", "replace"))
+    return max(n, 0)
+
+
 def file_blocks(path: str | pathlib.Path, target_rate: int, *, max_channels: int = MAX_CHANNELS,
                 block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
     """Mono float32 blocks of an audio file at ``target_rate``, decoded and resampled block by block.
@@ -136,11 +161,14 @@ def file_blocks(path: str | pathlib.Path, target_rate: int, *, max_channels: int
     resampler = StreamingResampler(int(info.samplerate), int(target_rate))
     try:
         with soundfile.SoundFile(str(p)) as f:
+            if f.seekable():
+                f.seek(0)  # what soundfile.read does first: an mp3 then decodes as load_audio's read does
             while True:
-                data = f.read(block_frames, dtype="float32", always_2d=True)
-                if data.shape[0] == 0:
+                data = np.empty((block_frames, f.channels), dtype=np.float32)
+                n = _read_frames(f, data)
+                if n == 0:
                     break
-                mono = mix_to_mono(data)
+                mono = mix_to_mono(data[:n])
                 if not np.all(np.isfinite(mono)):
                     raise AudioError(f"{p}: audio contains NaN or infinite samples")
                 out = resampler.process(mono)

@@ -46,6 +46,7 @@ import ctypes
 import logging
 import os
 import pathlib
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -375,19 +376,30 @@ def _gguf_scalars(path: pathlib.Path, keys: tuple[str, ...]) -> dict:
 
 _LOG_CALLBACK = None
 _GGML_LOG_LEVEL_ERROR = 4  # ggml.h enum ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
-_LAST_NATIVE_ERRORS: collections.deque = collections.deque(maxlen=8)
+# The recent native error lines of each thread: llama.cpp and libmtmd log from the thread that made the call, so a
+# Session answering in one thread never reads the errors of a Session working in another one (lines logged from
+# the library's own worker threads are kept in theirs, and reach no Session).
+_NATIVE_ERRORS = threading.local()
+
+
+def _thread_native_errors() -> collections.deque:
+    """This thread's recent native error lines (the last 8)."""
+    lines = getattr(_NATIVE_ERRORS, "lines", None)
+    if lines is None:
+        lines = _NATIVE_ERRORS.lines = collections.deque(maxlen=8)
+    return lines
 
 
 def route_native_logs(llama_cpp, mtmd_cpp=None) -> None:
     """Send llama.cpp / libmtmd (when loaded) log lines to the ``audiokv_edge.native`` logger (DEBUG); remember
-    errors."""
+    errors, per thread."""
     global _LOG_CALLBACK
     if _LOG_CALLBACK is None:
 
         def _log(level, text, user_data):
             line = (text or b"").decode("utf-8", "replace").rstrip()
             if level == _GGML_LOG_LEVEL_ERROR and line:
-                _LAST_NATIVE_ERRORS.append(line)
+                _thread_native_errors().append(line)
             if line:
                 native_logger.debug("%s", line)
 
@@ -400,10 +412,11 @@ def route_native_logs(llama_cpp, mtmd_cpp=None) -> None:
 
 
 def _native_error(default: str) -> str:
-    """The most telling recent native error line (without llama.cpp's ``function: `` prefixes), else ``default``."""
+    """The most telling recent native error line of this thread (without llama.cpp's ``function: `` prefixes), else
+    ``default``."""
     import re
 
-    for line in reversed(_LAST_NATIVE_ERRORS):
+    for line in reversed(_thread_native_errors()):
         text = line
         while re.match(r"^[A-Za-z_][\w:~]*: ", text):
             text = text.split(": ", 1)[1]
@@ -516,7 +529,7 @@ class Session(HandleOwner):
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
         lc, mt, cfg, stop = self._lc, self._mtmd, self.config, self.stop
-        _LAST_NATIVE_ERRORS.clear()
+        _thread_native_errors().clear()
         logger.debug("loading %s", self.model_path)
         stop.raise_if_requested("loading")
         try:
