@@ -254,6 +254,9 @@ class TextModelSpec:
         gemma4: head size of the SWA layers (``head_dim`` is the full-attention layers'; E2B: 256 / 512).
     n_embd_per_layer : int
         gemma4: width of the per-layer token embeddings (E2B: 256).
+    double_wide_mlp : bool
+        gemma4: the layers sharing another layer's KV have an FFN twice ``n_ff`` wide (``use_double_wide_mlp``;
+        written as a per-layer ``feed_forward_length`` array, as llama.cpp's converter does; E2B: yes).
     n_expert, n_expert_used : int
         qwen3moe: experts per layer and experts each token uses (Qwen3-Omni-30B-A3B: 128 / 8); each expert's FFN
         width is ``n_ff``.
@@ -288,6 +291,7 @@ class TextModelSpec:
     n_kv_shared: int = 0
     head_dim_swa: int = 0
     n_embd_per_layer: int = 0
+    double_wide_mlp: bool = False
     n_expert: int = 0
     n_expert_used: int = 0
     attn_layers: tuple[int, ...] = ()
@@ -347,6 +351,10 @@ class TextModelSpec:
     def layer_head_dim(self, il: int) -> int:
         """Head size of layer ``il`` (gemma4's SWA layers have their own)."""
         return self.head_dim_swa if self.arch == "gemma4" and self.is_swa(il) else self.head_dim
+
+    def layer_n_ff(self, il: int) -> int:
+        """FFN width of layer ``il`` (gemma4 with ``double_wide_mlp``: twice ``n_ff`` in the layers sharing KV)."""
+        return 2 * self.n_ff if self.double_wide_mlp and not self.has_kv(il) else self.n_ff
 
 
 #: ``clip.projector_type`` values :func:`write_audio_projector` writes.
@@ -551,6 +559,18 @@ REAL_SHAPES: dict[str, TinyPair] = {
                       n_ctx_train=131072, rope_freq_base=500000.0, n_vocab=128256, weights="q4_0",
                       tied_output=True),
         AudioProjectorSpec("ultravox", stack_factor=8, n_hidden=4096, **_WHISPER_LARGE)),
+    # Gemma 4 E2B's text model (gemma-4-E2B text_config, docs/model-families.md): 35 layers (llama.cpp's gemma4
+    # loader names 35 layers E2B), width 1536, 8 query heads and 1 KV head, head size 256 in the SWA layers and 512
+    # (global_head_dim) in the full-attention ones, every fifth layer full attention, window 512, the last 20 layers
+    # sharing the KV of layers 13 (SWA) / 14 (full), their FFN twice 6144 wide, 256-wide per-layer embeddings over
+    # the 262,144-token vocabulary, tied output. Its audio conformer's published size is not recorded here: the pair
+    # carries the tiny gemma4a tower (the benchmarks measure the text side and its KV cache).
+    "gemma-4-e2b": TinyPair(
+        TextModelSpec("gemma4", GEMMA4, n_embd=1536, n_layer=35, n_head=8, n_head_kv=1, head_dim=512,
+                      head_dim_swa=256, n_ff=6144, double_wide_mlp=True, sliding_window=512, swa_period=5,
+                      n_kv_shared=20, n_embd_per_layer=256, n_ctx_train=131072, rope_freq_base=1000000.0,
+                      n_vocab=262144, weights="q4_0", tied_output=True),
+        AudioProjectorSpec("gemma4a", n_mel=128, n_conv=8)),
 }
 
 
@@ -647,7 +667,8 @@ class _TensorSink:
                 raise ValueError(f"unknown weight type {dtype!r}")
             rows, blocks = int(np.prod(shape[:-1])), ne[0] // Q4_0_BLOCK
             self._add(name, (rows, blocks * Q4_0_BLOCK_BYTES), np.uint8,
-                      lambda: _random_q4_0(_rng(self.seed, name), rows, blocks, fan_in),
+                      lambda: _RepeatedRows(_random_q4_0(_rng(self.seed, name), min(rows, Q4_0_POOL_ROWS), blocks,
+                                                         fan_in), rows),
                       raw_dtype=gguf.GGMLQuantizationType.Q4_0)
             return
         self._add(name, shape, dtype,
@@ -705,6 +726,25 @@ class _TensorSink:
             if progress is not None:
                 progress(i + 1, len(self.pending))
         w.close()
+
+
+#: Distinct random rows of a Q4_0 matrix; a larger matrix repeats them (a real shape's 2.3 G-value per-layer
+#: embedding is then written at the disk's speed, not the random generator's; what is timed does not depend on the
+#: values).
+Q4_0_POOL_ROWS = 1024
+
+
+class _RepeatedRows:
+    """``n_rows`` rows cycling through ``pool``'s, written straight from the pool (what a GGUF writer calls on a
+    tensor: ``nbytes`` and ``tofile``)."""
+
+    def __init__(self, pool: np.ndarray, n_rows: int) -> None:
+        self.pool, self.n_rows = pool, n_rows
+        self.nbytes = n_rows * pool.shape[1]
+
+    def tofile(self, f) -> None:
+        for start in range(0, self.n_rows, self.pool.shape[0]):
+            self.pool[:min(self.pool.shape[0], self.n_rows - start)].tofile(f)
 
 
 def _random_q4_0(rng: np.random.Generator, rows: int, blocks: int, fan_in: int) -> np.ndarray:
@@ -789,7 +829,8 @@ def _lfm2_layer_layout(spec: TextModelSpec, il: int) -> list[tuple]:
 def _gemma4_layer_layout(spec: TextModelSpec, il: int) -> list[tuple]:
     """Tensors of gemma4 layer ``il`` (``src/models/gemma4.cpp``): the head size depends on the layer type, a layer
     sharing another layer's KV has no K/V projections, and every layer has its per-layer-embedding block."""
-    d, hq, hkv, f32 = spec.n_embd, spec.n_head, spec.n_head_kv, np.float32
+    d, hq, hkv, f = spec.n_embd, spec.n_head, spec.n_head_kv, spec.layer_n_ff(il)
+    f32 = np.float32 if spec.weights == "f32" else spec.weights  # the matrices' type
     dh = spec.layer_head_dim(il)
     layout = [("attn_norm.weight", "ones", (d,), None), ("attn_q.weight", "matrix", (d, hq * dh), f32)]
     if spec.has_kv(il):
@@ -798,8 +839,8 @@ def _gemma4_layer_layout(spec: TextModelSpec, il: int) -> list[tuple]:
     if spec.has_kv(il):
         layout.append(("attn_k_norm.weight", "ones", (dh,), None))
     layout += [("post_attention_norm.weight", "ones", (d,), None), ("ffn_norm.weight", "ones", (d,), None),
-               ("ffn_gate.weight", "matrix", (d, spec.n_ff), f32), ("ffn_up.weight", "matrix", (d, spec.n_ff), f32),
-               ("ffn_down.weight", "matrix", (spec.n_ff, d), f32), ("post_ffw_norm.weight", "ones", (d,), None),
+               ("ffn_gate.weight", "matrix", (d, f), f32), ("ffn_up.weight", "matrix", (d, f), f32),
+               ("ffn_down.weight", "matrix", (f, d), f32), ("post_ffw_norm.weight", "ones", (d,), None),
                ("inp_gate.weight", "matrix", (d, spec.n_embd_per_layer), f32),
                ("proj.weight", "matrix", (spec.n_embd_per_layer, d), f32), ("post_norm.weight", "ones", (d,), None)]
     return layout
@@ -855,7 +896,10 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
     w.add_context_length(spec.n_ctx_train)
     w.add_embedding_length(spec.n_embd)
     w.add_block_count(spec.n_layer)
-    w.add_feed_forward_length(spec.n_ff)
+    if spec.double_wide_mlp:
+        w.add_feed_forward_length([spec.layer_n_ff(il) for il in range(spec.n_layer)])
+    else:
+        w.add_feed_forward_length(spec.n_ff)
     w.add_head_count(spec.n_head)
     if arch == "lfm2":  # per layer: 0 marks a short-convolution layer (llama.cpp's is_recr)
         w.add_head_count_kv([spec.n_head_kv if spec.has_kv(il) else 0 for il in range(spec.n_layer)])
@@ -942,8 +986,11 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
         t.array("output.weight", head, (n_vocab, d), np.float32)
     if arch == "gemma4":
         n_pl = spec.n_embd_per_layer * spec.n_layer
-        t.normal("per_layer_token_embd.weight", (n_pl, n_vocab), 0.05)
-        t.matrix("per_layer_model_proj.weight", (d, n_pl))
+        if spec.weights == "f32":
+            t.normal("per_layer_token_embd.weight", (n_pl, n_vocab), 0.05)
+        else:  # 2.3 G values at E2B's size: written as random blocks
+            t.matrix("per_layer_token_embd.weight", (n_pl, n_vocab), dtype=spec.weights)
+        t.matrix("per_layer_model_proj.weight", (d, n_pl), dtype=np.float32 if spec.weights == "f32" else spec.weights)
         t.ones("per_layer_proj_norm.weight", (spec.n_embd_per_layer,))
         t.ones("rope_freqs.weight", (spec.head_dim // 2,))  # proportional RoPE of the full-attention layers
         for il in range(spec.n_layer):
