@@ -2,7 +2,8 @@
 (the ``llama_kv_cache: size = ... MiB (N cells, L layers ...)`` lines it logs, one per cache) per cell, times the
 positions. Layers without K/V of their own add nothing: LFM2's short convolutions (tiny lfm2-lfm2a: 2 attention
 layers of 6), Gemma 4's layers reading another layer's K/V (tiny gemma4-gemma4a: 4 of 8), whose SWA layers count
-with their own head size. Counting every layer would give 3x (lfm2) and 2.7x (gemma4) the real size."""
+with their own K width and, V being transposed without flash attention, the widest V row. Counting every layer (the
+code before) gave 3x (lfm2) and 2.3x (gemma4) the real size."""
 
 from __future__ import annotations
 

@@ -398,8 +398,8 @@ def _kv_entry_geometry(llm, lc) -> tuple[float, int, float]:
         return layers.head_dim_k[il] * bk + layers.head_dim_v[il] * bv
 
     evictable = layers.full_cache_layers()
-    if not evictable:
-        raise ValueError(f"{llm.model_path}: no layer holds a KV cache that covers every position")
+    if not evictable:  # a recurrent model: no KV cache (an evicting method is refused when the evictor starts)
+        return 0.0, 0, 0.0
     v_trans = int(cp.flash_attn_type) == int(lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
     v_max = max(h * d for h, d in zip(layers.head_count_kv, layers.head_dim_v))  # a transposed V: the widest row
     allocated = sum(layers.head_count_kv[il] * layers.head_dim_k[il] * bk

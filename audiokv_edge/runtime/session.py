@@ -633,8 +633,8 @@ class Session(HandleOwner):
         except ValueError as exc:  # GGUFFormatError included
             raise SessionError(str(exc)) from None
         evictable = layers.full_cache_layers()
-        if not evictable:
-            raise SessionError(f"{self.model_path}: no layer holds a KV cache that covers every position")
+        if not evictable:  # a recurrent model: no KV cache (an evicting method is refused when it starts)
+            return KVGeometry(0, 1, 1, 1, self.config.kv_type)
         first = evictable[0]
         n_kv, dk, dv = layers.head_count_kv[first], layers.head_dim_k[first], layers.head_dim_v[first]
         other = layers.cell_values(v_trans=not self.flash_attn) - len(evictable) * n_kv * (dk + dv)
@@ -1216,7 +1216,7 @@ class Session(HandleOwner):
         generated = len(tokens)
 
         g = self.geometry
-        n_held = prefilled.full_entries // (g.n_layer * g.n_head_kv)  # positions held
+        n_held = prefilled.full_entries // max(1, g.n_layer * g.n_head_kv)  # positions held
         stats = AnswerStats(
             audio_seconds=round(audio_seconds, 6),
             audio_tokens=info.audio_tokens,

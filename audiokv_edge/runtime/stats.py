@@ -31,8 +31,8 @@ class KVGeometry:
     Parameters
     ----------
     n_layer : int
-        Layers whose KV cache is evictable (every layer owning K/V but the sliding-window ones of an iSWA model;
-        :mod:`audiokv_edge.runtime.kv_layers`).
+        Layers whose KV cache is evictable: every layer owning K/V but the sliding-window ones of an iSWA model
+        (:mod:`audiokv_edge.runtime.kv_layers`); 0 for a recurrent model.
     n_head_kv : int
         KV heads per evictable layer.
     head_dim_k, head_dim_v : int
@@ -53,7 +53,9 @@ class KVGeometry:
     other_values: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_head_kv", "head_dim_k", "head_dim_v"):
+        if self.n_layer < 0:  # 0: a recurrent model, no KV cache
+            raise ValueError(f"n_layer must be >= 0, got {self.n_layer}")
+        for name in ("n_head_kv", "head_dim_k", "head_dim_v"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.kv_type not in KV_TYPE_BYTES:
