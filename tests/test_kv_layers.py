@@ -19,17 +19,18 @@ def _write(tmp_path, spec: tm.TextModelSpec):
 
 
 @pytest.mark.parametrize("name", ["lfm2-lfm2a", "gemma4-gemma4a", "granite-granite_speech", "gemma3-qwen2a",
-                                  "gemma2-meralion", "gemma3n"])
+                                  "gemma2-meralion", "gemma3n", "granite4-hybrid"])
 def test_layers_of_the_tiny_layouts(tmp_path, name):
     """LFM2: attention layers only; gemma4 (E2B layout, period 2, 4 of 8 shared): SWA readers -> the last SWA owning
     layer, full readers -> the last full one, as tiny_models' spec (and llama.cpp) say; gemma3n: 20 owning layers."""
-    spec = tm.GEMMA3N_LIKE if name == "gemma3n" else tm.TINY_PAIRS[name].text
+    spec = {"gemma3n": tm.GEMMA3N_LIKE, "granite4-hybrid": tm.GRANITE4_HYBRID_LIKE}.get(name) \
+        or tm.TINY_PAIRS[name].text
     got = kv_layers(_write(tmp_path, spec))
     owning = [il for il in range(spec.n_layer) if spec.has_kv(il)]
     assert got.n_layer == spec.n_layer and got.owning == owning
     assert list(got.swa) == [spec.is_swa(il) for il in range(spec.n_layer)]
     assert list(got.head_dim_k) == [spec.layer_head_dim(il) for il in range(spec.n_layer)] == list(got.head_dim_v)
-    if spec.arch == "lfm2":
+    if spec.arch in ("lfm2", "granitehybrid"):
         assert got.attention == owning == list(spec.attn_layers) and got.sources == {}
     elif spec.arch in ("gemma4", "gemma3n"):
         assert got.attention == list(range(spec.n_layer))

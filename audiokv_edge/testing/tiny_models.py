@@ -215,7 +215,8 @@ GRANITE = ChatFamily(
 
 
 #: Text architectures :func:`write_text_model` writes.
-TEXT_ARCHS = ("qwen2", "qwen3", "qwen3moe", "llama", "gemma2", "gemma3", "gemma4", "gemma3n", "lfm2", "granite")
+TEXT_ARCHS = ("qwen2", "qwen3", "qwen3moe", "llama", "gemma2", "gemma3", "gemma4", "gemma3n", "lfm2", "granite",
+              "granitehybrid")
 
 #: gemma3n constants of the vendored llama.cpp (``src/models/gemma3n.cpp``, ``llama-hparams.h``), not read from the
 #: GGUF: the first 20 layers own K/V (the others share them), SWA period 5, AltUp with 4 inputs, LAuReL rank 64,
@@ -261,8 +262,11 @@ class TextModelSpec:
         qwen3moe: experts per layer and experts each token uses (Qwen3-Omni-30B-A3B: 128 / 8); each expert's FFN
         width is ``n_ff``.
     attn_layers : tuple of int
-        lfm2: the attention layers (``head_count_kv`` > 0); the others are gated short-convolution layers
-        (LFM2-1.2B: 6 of 16).
+        lfm2 / granitehybrid: the attention layers (``head_count_kv`` > 0); the others are gated short-convolution
+        layers (LFM2-1.2B: 6 of 16) / Mamba2 layers (Granite 4.0 H).
+    ssm_state, ssm_heads, ssm_groups, ssm_conv : int
+        granitehybrid: the Mamba2 layers' state size, heads, groups and convolution kernel (the inner width is
+        2 x ``n_embd``, the only expansion llama.cpp loads).
     shortconv_l_cache : int
         lfm2: kernel length of the short convolutions (``shortconv.l_cache``; LFM2: 3).
     n_vocab : int
@@ -296,6 +300,10 @@ class TextModelSpec:
     n_expert_used: int = 0
     attn_layers: tuple[int, ...] = ()
     shortconv_l_cache: int = 3
+    ssm_state: int = 16
+    ssm_heads: int = 4
+    ssm_groups: int = 1
+    ssm_conv: int = 4
 
     def __post_init__(self) -> None:
         if self.arch not in TEXT_ARCHS:
@@ -314,8 +322,11 @@ class TextModelSpec:
             raise ValueError(f"q4_0 weights need n_embd, n_ff and n_head * head_dim divisible by {Q4_0_BLOCK}")
         if self.arch == "qwen3moe" and not 1 <= self.n_expert_used <= self.n_expert:
             raise ValueError("qwen3moe needs 1 <= n_expert_used <= n_expert")
-        if self.arch == "lfm2" and (not self.attn_layers or not set(self.attn_layers) <= set(range(self.n_layer))):
-            raise ValueError("lfm2 needs attn_layers: a non-empty set of layer indices")
+        if self.arch in ("lfm2", "granitehybrid") and (not self.attn_layers
+                                                       or not set(self.attn_layers) <= set(range(self.n_layer))):
+            raise ValueError(f"{self.arch} needs attn_layers: a non-empty set of layer indices")
+        if self.arch == "granitehybrid" and (2 * self.n_embd) % self.ssm_heads:
+            raise ValueError("granitehybrid needs ssm_heads dividing the inner width 2 x n_embd")
         if self.arch == "gemma3n" and self.n_layer - self.n_kv_shared != GEMMA3N_KV_LAYERS:
             raise ValueError(f"gemma3n needs n_layer - n_kv_shared == {GEMMA3N_KV_LAYERS} (llama.cpp fixes the "
                              "layers owning K/V)")
@@ -344,7 +355,7 @@ class TextModelSpec:
     def has_kv(self, il: int) -> bool:
         """Whether layer ``il`` stores its own K/V (gemma4: not the last ``n_kv_shared`` layers; lfm2: its attention
         layers only)."""
-        if self.arch == "lfm2":
+        if self.arch in ("lfm2", "granitehybrid"):
             return il in self.attn_layers
         return il < self.n_layer - self.n_kv_shared
 
@@ -450,6 +461,11 @@ class AudioProjectorSpec:
 #: own K/V, then 5 sharing it (4 SWA layers reading layer 18, one full-attention layer reading layer 19).
 GEMMA3N_LIKE = TextModelSpec("gemma3n", GEMMA, n_embd=64, n_layer=25, n_head=4, n_head_kv=2, head_dim=32,
                              sliding_window=16, n_kv_shared=5)
+
+#: A Granite 4.0 H-shaped tiny text model (granitehybrid): Mamba2 layers with attention layers among them (the
+#: published models have about one attention layer in ten; here 2 of 6, at 2 and 5), Granite's multipliers.
+GRANITE4_HYBRID_LIKE = TextModelSpec("granitehybrid", GRANITE, n_embd=64, n_layer=6, n_head=4, n_head_kv=2,
+                                     head_dim=32, rope_freq_base=10000000.0, attn_layers=(2, 5))
 
 #: A Gemma 4 E2B-shaped tiny text model: SWA layers with a full-attention layer closing each period, the last layers
 #: sharing the KV of the last full / SWA layer with their own (E2B: 35 layers, period 5, 20 shared), a larger head
@@ -826,6 +842,33 @@ def _lfm2_layer_layout(spec: TextModelSpec, il: int) -> list[tuple]:
     return layout
 
 
+def _write_granitehybrid_layer(t: "_TensorSink", spec: TextModelSpec, il: int) -> None:
+    """Tensors of granitehybrid layer ``il`` (``src/models/granite-hybrid.cpp``): a Mamba2 mixer (input projection to
+    z, x, B, C and dt; a depthwise convolution over x, B, C; dt bias, A < 0 and D per head; a grouped RMS norm; the
+    output projection) or an attention layer, then the dense FFN."""
+    d, dh, hq, hkv = spec.n_embd, spec.head_dim, spec.n_head, spec.n_head_kv
+    f32 = np.float32 if spec.weights == "f32" else spec.weights
+    prefix = f"blk.{il}."
+    t.ones(prefix + "attn_norm.weight", (d,))
+    if spec.has_kv(il):
+        t.layer(prefix, [("attn_q.weight", "matrix", (d, hq * dh), f32), ("attn_k.weight", "matrix", (d, hkv * dh), f32),
+                         ("attn_v.weight", "matrix", (d, hkv * dh), f32),
+                         ("attn_output.weight", "matrix", (hq * dh, d), f32)])
+    else:
+        inner, heads, xbc = 2 * d, spec.ssm_heads, 2 * d + 2 * spec.ssm_groups * spec.ssm_state
+        t.matrix(prefix + "ssm_in.weight", (d, inner + xbc + heads), dtype=f32)
+        t.matrix(prefix + "ssm_conv1d.weight", (spec.ssm_conv, xbc))
+        t.normal(prefix + "ssm_conv1d.bias", (xbc,), 0.02)
+        t.normal(prefix + "ssm_dt.bias", (heads,), 0.5)
+        t.array(prefix + "ssm_a", lambda: -np.linspace(0.5, 2.0, heads, dtype=np.float32).reshape(heads, 1),
+                (heads, 1), np.float32)  # A < 0: a decaying state
+        t.ones(prefix + "ssm_d", (1, heads))
+        t.ones(prefix + "ssm_norm.weight", (inner // spec.ssm_groups, spec.ssm_groups))
+        t.matrix(prefix + "ssm_out.weight", (inner, d), dtype=f32)
+    t.layer(prefix, [("ffn_norm.weight", "ones", (d,), None), ("ffn_gate.weight", "matrix", (d, spec.n_ff), f32),
+                     ("ffn_down.weight", "matrix", (spec.n_ff, d), f32), ("ffn_up.weight", "matrix", (d, spec.n_ff), f32)])
+
+
 def _gemma4_layer_layout(spec: TextModelSpec, il: int) -> list[tuple]:
     """Tensors of gemma4 layer ``il`` (``src/models/gemma4.cpp``): the head size depends on the layer type, a layer
     sharing another layer's KV has no K/V projections, and every layer has its per-layer-embedding block."""
@@ -901,9 +944,16 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
     else:
         w.add_feed_forward_length(spec.n_ff)
     w.add_head_count(spec.n_head)
-    if arch == "lfm2":  # per layer: 0 marks a short-convolution layer (llama.cpp's is_recr)
+    if arch in ("lfm2", "granitehybrid"):  # per layer: 0 marks a recurrent layer (llama.cpp's is_recr)
         w.add_head_count_kv([spec.n_head_kv if spec.has_kv(il) else 0 for il in range(spec.n_layer)])
-        w.add_shortconv_l_cache(spec.shortconv_l_cache)
+        if arch == "lfm2":
+            w.add_shortconv_l_cache(spec.shortconv_l_cache)
+        else:  # Mamba2 (src/models/granite-hybrid.cpp)
+            w.add_ssm_conv_kernel(spec.ssm_conv)
+            w.add_ssm_inner_size(2 * spec.n_embd)
+            w.add_ssm_state_size(spec.ssm_state)
+            w.add_ssm_time_step_rank(spec.ssm_heads)
+            w.add_ssm_group_count(spec.ssm_groups)
     else:
         w.add_head_count_kv(spec.n_head_kv)
     w.add_key_length(spec.head_dim)
@@ -939,7 +989,7 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
         w.add_shared_kv_layers(spec.n_kv_shared)
         w.add_embedding_length_per_layer_input(GEMMA3N_PER_LAYER)
         w.add_final_logit_softcapping(30.0)
-    if arch == "granite":  # Granite 3.3's multipliers (src/models/granite.cpp reads all four)
+    if arch in ("granite", "granitehybrid"):  # Granite 3.3's multipliers (src/models/granite.cpp reads all four)
         w.add_embedding_scale(12.0)
         w.add_residual_scale(0.22)
         w.add_attention_scale(1.0 / spec.head_dim)
@@ -1006,6 +1056,9 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
     elif arch == "lfm2":
         for il in range(spec.n_layer):
             t.layer(f"blk.{il}.", _lfm2_layer_layout(spec, il))
+    elif arch == "granitehybrid":
+        for il in range(spec.n_layer):
+            _write_granitehybrid_layer(t, spec, il)
     else:
         t.blocks("blk.", spec.n_layer, _text_block_layout(spec))
     t.write_file(progress)
