@@ -41,11 +41,11 @@ def test_kv_geometry_bytes():
         KVGeometry(4, 2, 16, 16, "q4_0")
     with pytest.raises(ValueError, match="n_head_kv"):
         KVGeometry(4, 0, 16, 16)
-    # Gemma 4 E2B, f16: 3 evictable layers of 1 KV head of 512 + 512, and 12 SWA layers of 256 + 256 held whole
-    e2b = KVGeometry(3, 1, 512, 512, "f16", other_values=12 * 512)
-    assert e2b.full_bytes(100) == 100 * (6144 + 12 * 1024)
-    assert e2b.held_bytes(3 * 40, 100) == 40 * 6144 + 100 * 12 * 1024
-    assert e2b.held_bytes(3 * 100, 100) == e2b.full_bytes(100)
+    # 3 evictable layers of 1 KV head of 512 + 256, V transposed and padded to a 512-wide layer's
+    padded = KVGeometry(3, 1, 512, 256, "f16", other_values=3 * 256)
+    assert padded.full_bytes(100) == 100 * 3 * 1024 * 2
+    assert padded.held_bytes(3 * 40, 100) == 3 * 40 * 768 * 2 + 100 * 3 * 256 * 2
+    assert padded.held_bytes(3 * 100, 100) == padded.full_bytes(100)
     assert KVGeometry(0, 1, 1, 1).full_bytes(100) == 0  # a recurrent model
 
 

@@ -80,13 +80,18 @@ class KVLayers:
         return sum(self.head_count_kv[il] * (self.head_dim_k[il] + self.head_dim_v[il]) for il in layers) \
             * bytes_per_value
 
-    def cell_values(self, v_trans: bool) -> int:
-        """K + V values llama.cpp allocates per cache cell over the layers owning K/V. A transposed V (no flash
-        attention) gets every layer's row as wide as the widest layer's (``n_embd_v_gqa_max``,
-        ``llama_kv_cache``'s constructor): Gemma 4's SWA layers then store V at the full-attention width."""
+    def cell_values(self, layers: list[int], v_trans: bool) -> int:
+        """K + V values llama.cpp allocates per cache cell in ``layers``. A transposed V (no flash attention) gets
+        every layer's row as wide as the widest layer's (``n_embd_v_gqa_max``, ``llama_kv_cache``'s constructor):
+        Gemma 4's SWA layers then store V at the full-attention width."""
         v_max = max(h * d for h, d in zip(self.head_count_kv, self.head_dim_v))
         return sum(self.head_count_kv[il] * self.head_dim_k[il]
-                   + (v_max if v_trans else self.head_count_kv[il] * self.head_dim_v[il]) for il in self.owning)
+                   + (v_max if v_trans else self.head_count_kv[il] * self.head_dim_v[il]) for il in layers)
+
+    def position_cache_layers(self) -> list[int]:
+        """The layers whose cache holds every position, what eviction works on: :meth:`full_cache_layers`, or in a
+        model whose attention layers are all sliding-window (an iSWA-only LFM2) those."""
+        return self.full_cache_layers() or self.owning
 
     def full_cache_layers(self) -> list[int]:
         """The owning layers whose cache holds every position: all of them, or in an iSWA model (a sliding-window
@@ -139,11 +144,15 @@ def kv_layers(model: str, n_layer: int | None = None) -> KVLayers:
     window = int(h.scalar(f"{arch}.attention.sliding_window", _INTS) or 0)
 
     pattern_key = f"{arch}.attention.sliding_window_pattern"
-    if pattern_key in h.entries and h.entries[pattern_key].type == GGUFValueType.ARRAY:
+    if not window:  # no window, no SWA layer, whatever the pattern says
+        swa = (False,) * n_layer
+    elif arch == "lfm2":  # a window makes every attention layer SWA (src/models/lfm2.cpp)
+        swa = tuple(h_kv > 0 for h_kv in head_count_kv)
+    elif pattern_key in h.entries and h.entries[pattern_key].type == GGUFValueType.ARRAY:
         swa = tuple(bool(v) for v in h.array(pattern_key, (GGUFValueType.BOOL,)))
         if len(swa) != n_layer:
             raise ValueError(f"{h.path}: {pattern_key} has {len(swa)} entries for {n_layer} layers")
-    elif arch in _SWA_PERIOD_ARCHS and window:
+    elif arch in _SWA_PERIOD_ARCHS:
         period = int(h.scalar(pattern_key, _INTS) or _SWA_PERIOD_ARCHS[arch])
         swa = tuple(il % period < period - 1 for il in range(n_layer))
     else:

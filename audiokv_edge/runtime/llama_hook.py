@@ -168,7 +168,7 @@ class LlamaEviction:
         self._evictor = evictor
         self._bytes_per_entry = bytes_per_entry
         self._entries_per_position = entries_per_position
-        self._other_bytes_per_position = other_bytes_per_position  # iSWA: the sliding-window layers, not evicted
+        self._other_bytes_per_position = other_bytes_per_position  # V rows padded to the widest layer's
         self._prompt_pending = False
 
     @property
@@ -227,7 +227,7 @@ class LlamaEviction:
                                  self._bytes(record.kept_entries, n_past), record.ms, record.keep))
 
     def _bytes(self, entries: int, n_past: int) -> int:
-        """Bytes of ``entries`` evictable (layer, KV head, token) entries and the other layers' K/V of ``n_past``
+        """Bytes of ``entries`` evictable (layer, KV head, token) entries and the V padding of ``n_past``
         positions."""
         return int(round(entries * self._bytes_per_entry + n_past * self._other_bytes_per_position))
 
@@ -385,9 +385,9 @@ def _keep_kv_in_host_memory(llm, lc) -> None:
 
 def _kv_entry_geometry(llm, lc) -> tuple[float, int, float]:
     """(K + V bytes of one token in one KV head of an evictable layer, (evictable layer, KV head) pairs per
-    position, K + V bytes per position of the other layers owning K/V: an iSWA model's sliding-window layers) of the
-    Llama's model and cache types; the layers from :func:`kv_layers` (LFM2's convolutions and the layers reading
-    another layer's K/V hold none)."""
+    position, bytes per position of V rows padded to the widest layer's) of the Llama's model and cache types; the
+    layers whose cache holds every position, from :func:`kv_layers` (LFM2's convolutions and the layers reading
+    another layer's K/V hold none; an iSWA model's SWA layers are a cache of their own, holding the window)."""
     from audiokv_edge.runtime.kv_layers import kv_layers
 
     layers = kv_layers(llm.model_path, int(lc.llama_model_n_layer(llm.model)))
@@ -397,14 +397,14 @@ def _kv_entry_geometry(llm, lc) -> tuple[float, int, float]:
     def token_bytes(il: int) -> float:  # one KV head of layer il
         return layers.head_dim_k[il] * bk + layers.head_dim_v[il] * bv
 
-    evictable = layers.full_cache_layers()
-    if not evictable:  # a recurrent model: no KV cache (an evicting method is refused when the evictor starts)
+    evictable = layers.position_cache_layers()
+    if not evictable:  # a recurrent model: no KV cache (an evicting method is refused)
         return 0.0, 0, 0.0
     v_trans = int(cp.flash_attn_type) == int(lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
     v_max = max(h * d for h, d in zip(layers.head_count_kv, layers.head_dim_v))  # a transposed V: the widest row
     allocated = sum(layers.head_count_kv[il] * layers.head_dim_k[il] * bk
                     + (v_max if v_trans else layers.head_count_kv[il] * layers.head_dim_v[il]) * bv
-                    for il in layers.owning)
+                    for il in evictable)
     per_position = sum(layers.head_count_kv[il] for il in evictable)
     entry = token_bytes(evictable[0])
     return entry, per_position, allocated - per_position * entry

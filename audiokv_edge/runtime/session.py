@@ -625,19 +625,20 @@ class Session(HandleOwner):
         self.evict_settings = dict(self._evictor.settings, sss_scope=cfg.sss_scope)
 
     def _kv_geometry(self) -> KVGeometry:
-        """The layers holding K/V (:func:`kv_layers`: not LFM2's convolutions, not the layers reading another layer's
-        K/V), their evictable part first."""
+        """The layers whose KV cache holds every position (:func:`kv_layers`: not LFM2's convolutions, not the layers
+        reading another layer's K/V, not an iSWA model's SWA layers, a cache of their own holding the window)."""
         m = self._llm
         try:
             layers = kv_layers(self.model_path, m.n_layer)
         except ValueError as exc:  # GGUFFormatError included
             raise SessionError(str(exc)) from None
-        evictable = layers.full_cache_layers()
-        if not evictable:  # a recurrent model: no KV cache (an evicting method is refused when it starts)
+        evictable = layers.position_cache_layers()
+        if not evictable:  # a recurrent model: no KV cache (an evicting method is refused)
             return KVGeometry(0, 1, 1, 1, self.config.kv_type)
+        allocated = layers.cell_values(evictable, v_trans=not self.flash_attn)
         first = evictable[0]
         n_kv, dk, dv = layers.head_count_kv[first], layers.head_dim_k[first], layers.head_dim_v[first]
-        other = layers.cell_values(v_trans=not self.flash_attn) - len(evictable) * n_kv * (dk + dv)
+        other = allocated - len(evictable) * n_kv * (dk + dv)
         return KVGeometry(len(evictable), n_kv, dk, dv, self.config.kv_type, other)
 
     def _chat_formatter(self):
@@ -1216,7 +1217,6 @@ class Session(HandleOwner):
         generated = len(tokens)
 
         g = self.geometry
-        n_held = prefilled.full_entries // max(1, g.n_layer * g.n_head_kv)  # positions held
         stats = AnswerStats(
             audio_seconds=round(audio_seconds, 6),
             audio_tokens=info.audio_tokens,
@@ -1228,8 +1228,8 @@ class Session(HandleOwner):
             kv_budget=cfg.kv_budget,
             keep_effective=1.0 if self._evictor is None else self._evictor.last_keep,
             eviction_applied=True,
-            kv_bytes_full=g.full_bytes(n_held),
-            kv_bytes_kept=g.held_bytes(prefilled.kept_entries, n_held),
+            kv_bytes_full=g.full_bytes(prefilled.n_past),
+            kv_bytes_kept=g.held_bytes(prefilled.kept_entries, prefilled.n_past),
             prefill_tokens_per_s=info.n_pos / prefill_s if prefill_s > 0 else 0.0,
             decode_tokens_per_s=generated / decode_s if decode_s > 0 and generated else 0.0,
             prefill_s=prefill_s,

@@ -40,9 +40,9 @@ class KVGeometry:
     kv_type : str
         Key of :data:`KV_TYPE_BYTES` (both K and V use it).
     other_values : int
-        K + V values llama.cpp allocates per token besides the evictable entries: the other layers owning K/V (an
-        iSWA model's sliding-window layers, never evicted: a cell per context position too) and, with V transposed,
-        V rows padded to the widest layer's (:meth:`KVLayers.cell_values`).
+        K + V values llama.cpp allocates per token in those layers beyond their heads' own: V rows padded to the
+        widest layer's when V is transposed (:meth:`KVLayers.cell_values`; 0 unless an SWA layer's V is wider). An
+        iSWA model's sliding-window layers are a cache of their own, holding their window, and not counted here.
     """
 
     n_layer: int
@@ -66,12 +66,12 @@ class KVGeometry:
         return (self.head_dim_k + self.head_dim_v) * KV_TYPE_BYTES[self.kv_type]
 
     def bytes_per_token(self) -> float:
-        """K + V bytes of one token over every layer owning K/V: what llama.cpp allocates per cache cell."""
+        """K + V bytes of one token in those layers: what llama.cpp allocates per cell of that cache."""
         return (self.n_layer * self.n_head_kv * (self.head_dim_k + self.head_dim_v) + self.other_values) \
             * KV_TYPE_BYTES[self.kv_type]
 
     def full_bytes(self, n_tokens: int) -> int:
-        """What llama.cpp holds for ``n_tokens`` positions without eviction, over every layer owning K/V."""
+        """What llama.cpp holds for ``n_tokens`` positions without eviction in the evictable layers' cache."""
         return int(round(n_tokens * self.bytes_per_token()))
 
     def kept_bytes(self, kept_entries: int) -> int:
@@ -79,8 +79,8 @@ class KVGeometry:
         return int(round(kept_entries * self.bytes_per_head_token()))
 
     def held_bytes(self, kept_entries: int, n_tokens: int) -> int:
-        """What the cache holds for ``n_tokens`` positions of which ``kept_entries`` evictable entries are kept: those
-        entries plus the other layers' K/V of every position (= :meth:`full_bytes` when nothing is evicted)."""
+        """What the cache holds for ``n_tokens`` positions of which ``kept_entries`` entries are kept: those entries
+        plus the padding of every position (= :meth:`full_bytes` when nothing is evicted)."""
         return int(round(kept_entries * self.bytes_per_head_token()
                          + n_tokens * self.other_values * KV_TYPE_BYTES[self.kv_type]))
 
