@@ -20,8 +20,27 @@ def test_real_shapes_have_the_published_sizes():
     layout = kv_fill.CacheLayout(omni7.n_layer, 512, 512, 8, 8, False)  # q8_0: 34 bytes per 32 elements
     assert layout.bytes_per_token() == 28 * 2 * 16 * 34
     for name, pair in tm.REAL_SHAPES.items():
-        assert pair.text.weights == "q4_0" and pair.audio.weights == "f16", name
-        assert pair.audio.n_layer == 32 and pair.audio.n_embd == 1280, name
+        assert pair.text.weights == "q4_0", name
+        if pair.audio.projector != "gemma4a":  # the Whisper-large towers
+            assert pair.audio.weights == "f16" and pair.audio.n_layer == 32 and pair.audio.n_embd == 1280, name
+
+
+def test_gemma4_e2b_shape_has_the_published_sizes():
+    """gemma-4-E2B's text config: 35 layers of width 1536, 8 heads over 1 KV head, head size 256 (SWA) / 512 (full),
+    4 SWA layers then a full one, window 512, 20 layers sharing KV with FFNs 2 x 6144 wide, 256-wide per-layer
+    embeddings, 262,144 tokens, tied output. Owning K/V: layers 0-14, of them 4, 9, 14 full attention; a cached
+    token takes 3 x (512 + 512) x 2 = 6,144 bytes (f16) in the full-attention layers, the 12 SWA layers hold 512
+    positions."""
+    e2b = tm.REAL_SHAPES["gemma-4-e2b"].text
+    assert (e2b.arch, e2b.n_layer, e2b.n_embd, e2b.n_head, e2b.n_head_kv) == ("gemma4", 35, 1536, 8, 1)
+    assert (e2b.head_dim, e2b.head_dim_swa, e2b.sliding_window, e2b.swa_period) == (512, 256, 512, 5)
+    assert (e2b.n_kv_shared, e2b.n_embd_per_layer, e2b.n_vocab, e2b.tied_output) == (20, 256, 262144, True)
+    assert [il for il in range(35) if not e2b.is_swa(il)] == [4, 9, 14, 19, 24, 29, 34]
+    assert [il for il in range(35) if e2b.has_kv(il)] == list(range(15))
+    assert {e2b.layer_n_ff(il) for il in range(15)} == {6144} and {e2b.layer_n_ff(il) for il in range(15, 35)} \
+        == {12288}
+    full = [il for il in range(15) if not e2b.is_swa(il)]
+    assert sum(e2b.n_head_kv * 2 * e2b.layer_head_dim(il) * 2 for il in full) == 6144
 
 
 def test_random_q4_0_blocks_dequantize_to_the_intended_spread():
@@ -63,11 +82,13 @@ def test_a_q4_0_model_with_a_padded_vocabulary_loads_and_decodes(tmp_path, arch,
 
 @native
 @pytest.mark.parametrize("name, flash_attn, kv_type", [("qwen2-qwen2a", True, 1), ("qwen2-qwen2a", False, 1),
-                                                       ("qwen3-qwen2a", True, 8), ("llama-ultravox", False, 0)])
+                                                       ("qwen3-qwen2a", True, 8), ("llama-ultravox", False, 0),
+                                                       ("gemma4-gemma4a", True, 1), ("gemma4-gemma4a", False, 1)])
 def test_the_synthetic_state_is_what_llama_cpp_saves(tmp_path, name, flash_attn, kv_type):
     """Same size and the same header and cells as the state llama.cpp saves after a real prefill of as many tokens;
     loaded, the sequence holds those positions and saves back byte for byte (V transposed without flash
-    attention)."""
+    attention). gemma4 (iSWA, head sizes 64 / 32, 4 of 8 layers sharing KV): the full-attention layers' cache with
+    every position, then the SWA layers' with the window's."""
     from audiokv_edge.runtime.llama import ContextParams, LlamaModel
 
     model_path, _ = tm.write_tiny_pair(tmp_path, name)
@@ -78,10 +99,15 @@ def test_the_synthetic_state_is_what_llama_cpp_saves(tmp_path, name, flash_attn,
         real_ctx = model.new_context(params)
         model.decode_tokens(real_ctx, list(range(20, 20 + n)), 0, 128)
         real = kv_fill.saved_state(model.lc, real_ctx)
-        width = spec.n_head_kv * spec.head_dim
-        layout = kv_fill.CacheLayout(spec.n_layer, width, width, kv_type, kv_type, not flash_attn)
+        layout = kv_fill.context_layout(model_path, kv_type, not flash_attn)
         blob = kv_fill.synthetic_state(layout, n)
         assert blob.size == real.size
+        if spec.arch == "gemma4":
+            full, window = layout
+            assert (full.n_layer, window.n_layer, window.held(n)) == (2, 2, spec.sliding_window)
+            assert full.widths_k == (2 * 64,) * 2 and window.widths_k == (2 * 32,) * 2
+        else:
+            assert layout.n_layer == spec.n_layer and layout.n_embd_k == spec.n_head_kv * spec.head_dim
         head = 16 + 12 * n + 8  # magic, sequence, streams, cells, per-cell records, v_trans and layer count
         assert np.array_equal(blob[:head], real[:head])
         ctx = model.new_context(params)

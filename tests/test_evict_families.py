@@ -20,6 +20,8 @@ plan's budgets + headroom + one main-cache cell of memory. Refused families must
   state left alone (tests/test_lfm2_hybrid.py runs the runner on LFM2);
 - lfm2-audio, granite-speech: the text models of the tiny pairs ``lfm2-lfm2a`` (LFM2 as published: short-convolution
   layers first, so layer 0 has no KV) and ``granite-granite_speech`` (Granite 3.3's multipliers);
+- granite4-hybrid (``tiny_models.GRANITE4_HYBRID_LIKE``: Granite 4.0 H's layout, Mamba2 layers first, attention at 2
+  and 5, Granite's multipliers): only the attention layers are evicted, the Mamba2 state left alone;
 - refused: gemma2 (attention logit soft-capping, COMPACT only: MASK works), mamba (recurrent memory, no KV cache).
 The C-level refusal checks run in a child process so that their log callback cannot leak into other tests.
 """
@@ -80,6 +82,8 @@ def family_models(tmp_path_factory):
     for name, pair in (("lfm2-audio", "lfm2-lfm2a"), ("granite-speech", "granite-granite_speech")):
         paths[name] = directory / f"{name}.gguf"
         tm.write_text_model(paths[name], tm.TINY_PAIRS[pair].text, seed=3)
+    paths["granite4-hybrid"] = directory / "granite4-hybrid.gguf"
+    tm.write_text_model(paths["granite4-hybrid"], tm.GRANITE4_HYBRID_LIKE, seed=3)
     for arch in ("qwen3moe", "granite", "granitehybrid", "lfm2", "mamba", "mimo2"):
         run_program("test-llama-archs", "-a", f"^{arch}$", "-s", "1", "-o", str(directory))
     for name, file in LLAMA_TEST_MODELS.items():
@@ -96,7 +100,7 @@ def family_models(tmp_path_factory):
 NOFA_TOLERANCE = {"gemma3n": 2e-2}
 
 SUPPORTED = ["gemma4", "gemma3n", "qwen3moe", "granite", "granitemoe", "lfm2", "granitehybrid", "mimo2", "lfm2-audio",
-             "granite-speech"]
+             "granite-speech", "granite4-hybrid"]
 
 
 @pytest.mark.parametrize(("flash_attn", "type_kv"), CACHES, ids=CACHE_IDS)

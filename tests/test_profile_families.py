@@ -6,7 +6,7 @@ convert/add_profile.py storing the profile in the text model's GGUF.
   afterwards: a hybrid memory cannot drop its last position);
 - granite-granite_speech (Granite Speech): a plain KV cache, every layer scored;
 - gemma4-gemma4a (Gemma 4): the layers reading another layer's K/V are folded into that layer (llama.cpp's reuse
-  rule, ``attention_capture.attention_layout``); their rows are 0, the sliding-window layers see no audio (0 too).
+  rule, ``runtime.kv_layers``, tested in test_kv_layers.py); their rows are 0, the sliding-window layers see no audio (0 too).
 The profile has the model's [block_count, head_count_kv] shape, sums to 1, and reads back bit-exactly from the
 GGUF add_profile writes. One calibration clip each, to stay fast.
 """
@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from audiokv_edge.profile import gguf_keys as gp
-from audiokv_edge.profiling.attention_capture import attention_layout
 from audiokv_edge.profiling.hit_ratio import fold_shared_layers
 from audiokv_edge.testing.tiny_models import TINY_PAIRS, write_tiny_pair
 from tests.profile_fixtures import REPO, calibration_set_fixture, run_profile_heads
@@ -32,25 +31,6 @@ ADD_PROFILE = REPO / "convert" / "add_profile.py"
 
 
 calib = calibration_set_fixture(clips=1)
-
-
-def test_attention_layout_of_the_tiny_layouts(tmp_path):
-    """LFM2: attention layers only; gemma4 (E2B layout, period 2, 4 of 8 shared): SWA readers -> layer 2, full
-    readers -> layer 3, as tiny_models' spec (and llama.cpp) say."""
-    for name in ("lfm2-lfm2a", "gemma4-gemma4a", "granite-granite_speech"):
-        spec = TINY_PAIRS[name].text
-        model, _ = write_tiny_pair(tmp_path, name)
-        layers, sources = attention_layout(str(model), spec.n_layer)
-        owning = [il for il in range(spec.n_layer) if spec.has_kv(il)]
-        if spec.arch == "lfm2":
-            assert layers == owning == list(spec.attn_layers) and sources == {}
-        elif spec.arch == "gemma4":
-            assert layers == list(range(spec.n_layer))
-            n_kv = len(owning)
-            assert sources == {il: n_kv - (2 if spec.is_swa(il) else 1) for il in range(n_kv, spec.n_layer)}
-            assert all(spec.is_swa(il) == spec.is_swa(src) for il, src in sources.items())
-        else:
-            assert layers == owning == list(range(spec.n_layer)) and sources == {}
 
 
 def test_fold_adds_readers_into_their_source():

@@ -41,6 +41,12 @@ def test_kv_geometry_bytes():
         KVGeometry(4, 2, 16, 16, "q4_0")
     with pytest.raises(ValueError, match="n_head_kv"):
         KVGeometry(4, 0, 16, 16)
+    # 3 evictable layers of 1 KV head of 512 + 256, V transposed and padded to a 512-wide layer's
+    padded = KVGeometry(3, 1, 512, 256, "f16", other_values=3 * 256)
+    assert padded.full_bytes(100) == 100 * 3 * 1024 * 2
+    assert padded.held_bytes(3 * 40, 100) == 3 * 40 * 768 * 2 + 100 * 3 * 256 * 2
+    assert padded.held_bytes(3 * 100, 100) == padded.full_bytes(100)
+    assert KVGeometry(0, 1, 1, 1).full_bytes(100) == 0  # a recurrent model
 
 
 def test_summary_shows_the_kept_share():

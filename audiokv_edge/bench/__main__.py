@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m audiokv_edge.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("model", nargs="?", type=pathlib.Path, help="a GGUF text model (or --shape, or --smoke)")
     p.add_argument("--shape", help="a real model's shape, written with random weights into --cache-dir: "
-                   "qwen2.5-omni-7b, qwen2.5-omni-3b, voxtral-mini-3b, ultravox-v0.5-llama-3.2-1b")
+                   "qwen2.5-omni-7b, qwen2.5-omni-3b, voxtral-mini-3b, ultravox-v0.5-llama-3.2-1b, gemma-4-e2b")
     p.add_argument("--cache-dir", type=pathlib.Path, help="where --shape models are written "
                    "(default $AUDIOKV_EDGE_CACHE/shapes, ~/.cache/audiokv-edge/shapes)")
     p.add_argument("--methods", default="audiokv,snapkv", help="evicting methods, comma-separated")

@@ -51,6 +51,11 @@ def markdown(result: dict) -> str:
             f"{same_text} | {c['n_cached'] / c['prefill_cpu_seconds']:.3g} | {c['evict_cpu_seconds']:.3f} | "
             f"{100 * c['evict_cpu_share_of_prefill']:.2f}% | {100 * c['evict_share_of_prefill']:.2f}% | "
             f"{_mib(c.get('context_rss_bytes'))} | {_mib(c.get('peak_rss_bytes'))} |")
+    window = {c["kv_bytes_window"] for c in result["cells"] if c.get("kv_bytes_window") is not None}
+    if window:
+        lines += ["", "KV columns: the evictable cache (the full-attention layers owning K/V). The sliding-window "
+                  "layers' cache holds its window in every context alike: "
+                  + ", ".join(f"{b / MIB:,.2f} MiB" for b in sorted(window)) + " (not in the columns)."]
     if result.get("memory_table"):
         lines += ["", memory_markdown(result["memory_table"])]
     return "\n".join(lines) + "\n"

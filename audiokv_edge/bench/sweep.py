@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from audiokv_edge.bench.kv_fill import CacheLayout, load_state, saved_state, synthetic_state
+from audiokv_edge.bench.kv_fill import CacheLayout, context_layout, load_state, saved_state, synthetic_state
 from audiokv_edge.runtime.stats import current_rss_bytes, maxrss_bytes, proc_status_bytes
 
 logger = logging.getLogger(__name__)
@@ -183,13 +183,9 @@ class Sweep:
             self.model.close()
         return self.cells
 
-    def _layout(self) -> CacheLayout:
-        m = self.model
-        arch = m.meta("general.architecture")
-        head_k = int(m.meta(f"{arch}.attention.key_length") or m.n_embd // m.n_head)
-        head_v = int(m.meta(f"{arch}.attention.value_length") or head_k)
-        t = KV_TYPES[self.config.kv_type]
-        return CacheLayout(m.n_layer, m.n_head_kv * head_k, m.n_head_kv * head_v, t, t, not self.config.flash_attn)
+    def _layout(self) -> CacheLayout | tuple[CacheLayout, CacheLayout]:
+        return context_layout(self.model_path, KV_TYPES[self.config.kv_type], not self.config.flash_attn,
+                              self.model.n_layer)
 
     def _params(self, n_ctx: int):
         from audiokv_edge.runtime.llama import ContextParams
@@ -236,7 +232,7 @@ class Sweep:
         return {"decode_tokens_per_s": 1.0 / float(np.median([w for w, _ in times])),
                 "decode_tokens_per_cpu_s": 1.0 / float(np.median([c for _, c in times]))}
 
-    def _fill(self, ctx, layout: CacheLayout, n: int) -> None:
+    def _fill(self, ctx, layout, n: int) -> None:
         """Fill sequence 0 of ``ctx`` with ``n`` tokens: random tokens prefilled, or a synthetic state."""
         if self.config.fill == "prefill":
             self._decode(ctx, self._tokens(n, 1), 0)
@@ -268,10 +264,13 @@ class Sweep:
         self._alternate([full_state])
         # what the context added, without the copy of the state kept for the evicting contexts
         full_rss = None if rss_before is None else current_rss_bytes() - rss_before - blob.nbytes
-        kv_full = n * layout.bytes_per_token()
+        evictable = layout[0] if isinstance(layout, tuple) else layout
+        kv_full = n * evictable.bytes_per_token()
         common = {"n_cached": n, "fill": cfg.fill, "kv_bytes_full": kv_full,
-                  "kv_bytes_per_token": layout.bytes_per_token(), "model_rss_bytes": self.model_rss,
+                  "kv_bytes_per_token": evictable.bytes_per_token(), "model_rss_bytes": self.model_rss,
                   "model_anonymous_rss_bytes": self.model_anon}
+        if isinstance(layout, tuple):  # the sliding-window layers' cache: their window, in every context alike
+            common["kv_bytes_window"] = layout[1].held(n) * layout[1].bytes_per_token()
         full_cell = {"method": "full", "keep": 1.0, "kv_bytes_used": kv_full, "kv_bytes_kept": kv_full,
                      **self._tps(full_state["times"]), "context_rss_bytes": full_rss, "evict_seconds": 0.0,
                      "evict_cpu_seconds": 0.0, "peak_rss_bytes": peak_rss()}
@@ -328,7 +327,7 @@ class Sweep:
         if self.progress is not None:
             self.progress(text)
 
-    def _full_of(self, n: int, layout: CacheLayout) -> dict:
+    def _full_of(self, n: int, layout) -> dict:
         """A never-evicted context holding ``n`` tokens (filled as the full one), for the same-size comparison."""
         cfg = self.config
         ctx = self.model.new_context(self._params(n + (cfg.n_decode + 1) * len(cfg.methods) + 16))

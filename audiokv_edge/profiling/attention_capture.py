@@ -28,6 +28,7 @@ from audiokv_edge.profile.gguf_header import GGUFFormatError, GGUFHeader
 from audiokv_edge.profiling.calibration_set import CalibrationItem
 from audiokv_edge.profiling.hit_ratio import HitRatioAccumulator, word_token_spans
 from audiokv_edge.runtime.audio import load_audio
+from audiokv_edge.runtime.kv_layers import kv_layers
 from audiokv_edge.runtime.llama import (ContextParams, LlamaError, LlamaModel, init_llama_cpp, render_prompt,
                                         render_user_turn)
 from audiokv_edge.runtime.session import DEFAULT_PROMPT, check_gguf, find_mmproj
@@ -78,42 +79,6 @@ def projector_type(mmproj: str) -> str:
     except GGUFFormatError as exc:
         raise CaptureError(str(exc)) from None
     return ""
-
-
-_INTS = (GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16, GGUFValueType.UINT32,
-         GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64)
-
-#: Architectures whose last layers read an earlier layer's K/V (llama.cpp ``src/llama-model.cpp``, the ``reuse``
-#: callback for LLM_ARCH_GEMMA3N / LLM_ARCH_GEMMA4): layer il >= n_kv reads n_kv - 2 (SWA) or n_kv - 1 (full).
-#: gemma3n: n_kv fixed at 20 and SWA period 5 (``src/models/gemma3n.cpp``); gemma4: n_kv = block_count -
-#: shared_kv_layers, SWA per layer from ``sliding_window_pattern``.
-_SHARED_KV_ARCHS = ("gemma3n", "gemma4")
-
-
-def attention_layout(model: str, n_layer: int) -> tuple[list[int], dict[int, int]]:
-    """The layers that attend (those whose ``head_count_kv`` entry is not 0: LFM2's short convolutions do not) and,
-    for the layers that read another layer's K/V, that layer: ``(attention layers, {shared layer: source layer})``.
-    """
-    try:
-        h = GGUFHeader(model)
-        arch = h.scalar("general.architecture", (GGUFValueType.STRING,)) or ""
-        kv = h.array(f"{arch}.attention.head_count_kv", _INTS) if f"{arch}.attention.head_count_kv" in h.entries \
-            and h.entries[f"{arch}.attention.head_count_kv"].type == GGUFValueType.ARRAY else None
-        attention = [il for il in range(n_layer) if kv is None or int(kv[il]) > 0]
-        sources: dict[int, int] = {}
-        if arch in _SHARED_KV_ARCHS:
-            if arch == "gemma3n":
-                n_kv = 20
-                period = h.scalar(f"{arch}.attention.sliding_window_pattern", _INTS) or 5
-                swa = [il % period < period - 1 for il in range(n_layer)]
-            else:
-                n_kv = n_layer - int(h.scalar(f"{arch}.attention.shared_kv_layers", _INTS) or 0)
-                pattern = h.array(f"{arch}.attention.sliding_window_pattern", (GGUFValueType.BOOL,))
-                swa = [bool(v) for v in pattern] if pattern is not None else [False] * n_layer
-            sources = {il: n_kv - (2 if swa[il] else 1) for il in range(n_kv, n_layer)}
-    except GGUFFormatError as exc:
-        raise CaptureError(str(exc)) from None
-    return attention, sources
 
 
 def token_words(pieces: list[str], words: list[str]) -> np.ndarray:
@@ -205,7 +170,11 @@ class _CapturingModel:
             self._llm = m = LlamaModel(self.model_path, lora=self.lora_path)
             self._model, self._vocab = m.model, m.vocab
             self.n_layer, self.n_head, self.n_head_kv = m.n_layer, m.n_head, m.n_head_kv
-            self.attention_layers, self.kv_source = attention_layout(self.model_path, self.n_layer)
+            try:
+                layout = kv_layers(self.model_path, self.n_layer)
+            except ValueError as exc:  # GGUFFormatError included
+                raise CaptureError(str(exc)) from None
+            self.attention_layers, self.kv_source = layout.attention, layout.sources
             self._ctx = m.new_context(ContextParams(
                 n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
                 flash_attn=False,                               # kq_soft_max exists only without it

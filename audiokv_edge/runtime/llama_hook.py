@@ -157,7 +157,7 @@ class LlamaEviction:
     """
 
     def __init__(self, llm, config: EvictionConfig, evictor: KVEvictor | None, keep: float, keep_source: str,
-                 bytes_per_entry: float, entries_per_position: int) -> None:
+                 bytes_per_entry: float, entries_per_position: int, other_bytes_per_position: float = 0.0) -> None:
         self.config = config
         self.keep, self.keep_source = keep, keep_source
         self.settings = dict(evictor.settings) if evictor is not None else None
@@ -168,6 +168,7 @@ class LlamaEviction:
         self._evictor = evictor
         self._bytes_per_entry = bytes_per_entry
         self._entries_per_position = entries_per_position
+        self._other_bytes_per_position = other_bytes_per_position  # V rows padded to the widest layer's
         self._prompt_pending = False
 
     @property
@@ -219,14 +220,16 @@ class LlamaEviction:
     def _after_prompt(self, n_past: int) -> None:
         if self._evictor is None:
             full = self._entries_per_position * n_past
-            self._record(PromptStats(n_past, self._bytes(full), self._bytes(full), 0.0))
+            self._record(PromptStats(n_past, self._bytes(full, n_past), self._bytes(full, n_past), 0.0))
             return
         record = self._evictor.evict(n_past)
-        self._record(PromptStats(n_past, self._bytes(record.full_entries), self._bytes(record.kept_entries),
-                                 record.ms, record.keep))
+        self._record(PromptStats(n_past, self._bytes(record.full_entries, n_past),
+                                 self._bytes(record.kept_entries, n_past), record.ms, record.keep))
 
-    def _bytes(self, entries: int) -> int:
-        return int(round(entries * self._bytes_per_entry))
+    def _bytes(self, entries: int, n_past: int) -> int:
+        """Bytes of ``entries`` evictable (layer, KV head, token) entries and the V padding of ``n_past``
+        positions."""
+        return int(round(entries * self._bytes_per_entry + n_past * self._other_bytes_per_position))
 
     def _record(self, stats: PromptStats) -> None:
         self.last = stats
@@ -325,7 +328,7 @@ def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroo
         _GENERATE = inspect.signature(type(llm).generate)
 
     label = str(pathlib.Path(llm.model_path))
-    entry_bytes, per_position = _kv_entry_geometry(llm, lc)
+    entry_bytes, per_position, other_bytes = _kv_entry_geometry(llm, lc)
     evictor = None
     if config.method == "full":
         keep_value, keep_source = 1.0, KEEP_FULL
@@ -346,7 +349,7 @@ def enable(llm, method: str = "audiokv", keep: float | None = None, *, n_headroo
             raise EvictionUnsupportedError(f"{exc}: {reason}", status=exc.status) from None
         llm.reset()  # nothing decoded before enable() counts: the next prompt starts an empty sequence
 
-    handle = LlamaEviction(llm, config, evictor, keep_value, keep_source, entry_bytes, per_position)
+    handle = LlamaEviction(llm, config, evictor, keep_value, keep_source, entry_bytes, per_position, other_bytes)
 
     def generate(tokens, *args, **kwargs):
         return handle._generate(tokens, args, kwargs)
@@ -380,19 +383,28 @@ def _keep_kv_in_host_memory(llm, lc) -> None:
                 "offloaded layers stay on their device", pathlib.Path(llm.model_path).name)
 
 
-def _kv_entry_geometry(llm, lc) -> tuple[float, int]:
-    """(K + V bytes of one token in one KV head of one layer, (layer, KV head) pairs per position) of the Llama's
-    model and cache types."""
-    model = llm.model
-    n_layer = int(lc.llama_model_n_layer(model))
-    n_head = max(1, int(lc.llama_model_n_head(model)))
-    n_head_kv = int(lc.llama_model_n_head_kv(model))
-    meta = getattr(llm, "metadata", {}) or {}
-    arch = meta.get("general.architecture", "")
-    dk = meta.get(f"{arch}.attention.key_length")
-    dv = meta.get(f"{arch}.attention.value_length")
-    head_dim_k = int(dk) if dk else int(lc.llama_model_n_embd(model)) // n_head
-    head_dim_v = int(dv) if dv else head_dim_k
+def _kv_entry_geometry(llm, lc) -> tuple[float, int, float]:
+    """(K + V bytes of one token in one KV head of an evictable layer, (evictable layer, KV head) pairs per
+    position, bytes per position of V rows padded to the widest layer's) of the Llama's model and cache types; the
+    layers whose cache holds every position, from :func:`kv_layers` (LFM2's convolutions and the layers reading
+    another layer's K/V hold none; an iSWA model's SWA layers are a cache of their own, holding the window)."""
+    from audiokv_edge.runtime.kv_layers import kv_layers
+
+    layers = kv_layers(llm.model_path, int(lc.llama_model_n_layer(llm.model)))
     cp = llm.context_params
-    entry = head_dim_k * _bytes_per_value(int(cp.type_k)) + head_dim_v * _bytes_per_value(int(cp.type_v))
-    return entry, n_layer * n_head_kv
+    bk, bv = _bytes_per_value(int(cp.type_k)), _bytes_per_value(int(cp.type_v))
+
+    def token_bytes(il: int) -> float:  # one KV head of layer il
+        return layers.head_dim_k[il] * bk + layers.head_dim_v[il] * bv
+
+    evictable = layers.position_cache_layers()
+    if not evictable:  # a recurrent model: no KV cache (an evicting method is refused)
+        return 0.0, 0, 0.0
+    v_trans = int(cp.flash_attn_type) == int(lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    v_max = max(h * d for h, d in zip(layers.head_count_kv, layers.head_dim_v))  # a transposed V: the widest row
+    allocated = sum(layers.head_count_kv[il] * layers.head_dim_k[il] * bk
+                    + (v_max if v_trans else layers.head_count_kv[il] * layers.head_dim_v[il]) * bv
+                    for il in evictable)
+    per_position = sum(layers.head_count_kv[il] for il in evictable)
+    entry = token_bytes(evictable[0])
+    return entry, per_position, allocated - per_position * entry

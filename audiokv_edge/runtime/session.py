@@ -70,6 +70,7 @@ from audiokv_edge.runtime.kv_eviction import (
     check_method_and_keep,
     choose_keep,
 )
+from audiokv_edge.runtime.kv_layers import kv_layers
 from audiokv_edge.runtime.llama import ContextParams, LlamaError, LlamaModel, render_follow_up, render_prompt
 from audiokv_edge.runtime.stats import KV_TYPE_BYTES, AnswerStats, KVGeometry, ggml_type, peak_rss_bytes
 from audiokv_edge.runtime.text_document import (
@@ -637,13 +638,21 @@ class Session(HandleOwner):
         self.evict_settings = dict(self._evictor.settings, sss_scope=cfg.sss_scope)
 
     def _kv_geometry(self) -> KVGeometry:
+        """The layers whose KV cache holds every position (:func:`kv_layers`: not LFM2's convolutions, not the layers
+        reading another layer's K/V, not an iSWA model's SWA layers, a cache of their own holding the window)."""
         m = self._llm
-        arch = m.meta("general.architecture") or ""
-        dk = m.meta(f"{arch}.attention.key_length")
-        dv = m.meta(f"{arch}.attention.value_length")
-        head_dim_k = int(dk) if dk else m.n_embd // max(1, m.n_head)
-        head_dim_v = int(dv) if dv else head_dim_k
-        return KVGeometry(m.n_layer, m.n_head_kv, head_dim_k, head_dim_v, self.config.kv_type)
+        try:
+            layers = kv_layers(self.model_path, m.n_layer)
+        except ValueError as exc:  # GGUFFormatError included
+            raise SessionError(str(exc)) from None
+        evictable = layers.position_cache_layers()
+        if not evictable:  # a recurrent model: no KV cache (an evicting method is refused)
+            return KVGeometry(0, 1, 1, 1, self.config.kv_type)
+        allocated = layers.cell_values(evictable, v_trans=not self.flash_attn)
+        first = evictable[0]
+        n_kv, dk, dv = layers.head_count_kv[first], layers.head_dim_k[first], layers.head_dim_v[first]
+        other = allocated - len(evictable) * n_kv * (dk + dv)
+        return KVGeometry(len(evictable), n_kv, dk, dv, self.config.kv_type, other)
 
     def _chat_formatter(self):
         formatter = self._llm.chat_formatter()
@@ -1232,8 +1241,8 @@ class Session(HandleOwner):
             kv_budget=cfg.kv_budget,
             keep_effective=1.0 if self._evictor is None else self._evictor.last_keep,
             eviction_applied=True,
-            kv_bytes_full=g.kept_bytes(prefilled.full_entries),
-            kv_bytes_kept=g.kept_bytes(prefilled.kept_entries),
+            kv_bytes_full=g.full_bytes(prefilled.n_past),
+            kv_bytes_kept=g.held_bytes(prefilled.kept_entries, prefilled.n_past),
             prefill_tokens_per_s=info.n_pos / prefill_s if prefill_s > 0 else 0.0,
             decode_tokens_per_s=generated / decode_s if decode_s > 0 and generated else 0.0,
             prefill_s=prefill_s,

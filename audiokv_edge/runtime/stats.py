@@ -27,18 +27,23 @@ KV_TYPE_BYTES: dict[str, float] = {name: _bytes_per_value(name) for name in ("f3
 
 @dataclass(frozen=True)
 class KVGeometry:
-    """What one cached token costs in every layer.
+    """What one cached token costs in the layers holding K/V.
 
     Parameters
     ----------
     n_layer : int
-        Layers with a KV cache.
+        Layers whose KV cache is evictable: every layer owning K/V but the sliding-window ones of an iSWA model
+        (:mod:`audiokv_edge.runtime.kv_layers`); 0 for a recurrent model.
     n_head_kv : int
-        KV heads per layer.
+        KV heads per evictable layer.
     head_dim_k, head_dim_v : int
-        Key and value head sizes.
+        Key and value head sizes of the evictable layers.
     kv_type : str
         Key of :data:`KV_TYPE_BYTES` (both K and V use it).
+    other_values : int
+        K + V values llama.cpp allocates per token in those layers beyond their heads' own: V rows padded to the
+        widest layer's when V is transposed (:meth:`KVLayers.cell_values`; 0 unless an SWA layer's V is wider). An
+        iSWA model's sliding-window layers are a cache of their own, holding their window, and not counted here.
     """
 
     n_layer: int
@@ -46,9 +51,12 @@ class KVGeometry:
     head_dim_k: int
     head_dim_v: int
     kv_type: str = "f16"
+    other_values: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_head_kv", "head_dim_k", "head_dim_v"):
+        if self.n_layer < 0:  # 0: a recurrent model, no KV cache
+            raise ValueError(f"n_layer must be >= 0, got {self.n_layer}")
+        for name in ("n_head_kv", "head_dim_k", "head_dim_v"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.kv_type not in KV_TYPE_BYTES:
@@ -58,13 +66,24 @@ class KVGeometry:
         """K + V bytes of one token in one KV head of one layer."""
         return (self.head_dim_k + self.head_dim_v) * KV_TYPE_BYTES[self.kv_type]
 
+    def bytes_per_token(self) -> float:
+        """K + V bytes of one token in those layers: what llama.cpp allocates per cell of that cache."""
+        return (self.n_layer * self.n_head_kv * (self.head_dim_k + self.head_dim_v) + self.other_values) \
+            * KV_TYPE_BYTES[self.kv_type]
+
     def full_bytes(self, n_tokens: int) -> int:
-        """n_layer * n_tokens * (n_embd_k_gqa + n_embd_v_gqa) * type size: what llama.cpp holds for n_tokens."""
-        return int(round(self.n_layer * self.n_head_kv * n_tokens * self.bytes_per_head_token()))
+        """What llama.cpp holds for ``n_tokens`` positions without eviction in the evictable layers' cache."""
+        return int(round(n_tokens * self.bytes_per_token()))
 
     def kept_bytes(self, kept_entries: int) -> int:
-        """Bytes of ``kept_entries`` (layer, KV head, token) cache entries."""
+        """Bytes of ``kept_entries`` (evictable layer, KV head, token) cache entries."""
         return int(round(kept_entries * self.bytes_per_head_token()))
+
+    def held_bytes(self, kept_entries: int, n_tokens: int) -> int:
+        """What the cache holds for ``n_tokens`` positions of which ``kept_entries`` entries are kept: those entries
+        plus the padding of every position (= :meth:`full_bytes` when nothing is evicted)."""
+        return int(round(kept_entries * self.bytes_per_head_token()
+                         + n_tokens * self.other_values * KV_TYPE_BYTES[self.kv_type]))
 
 
 def current_rss_bytes() -> int | None:

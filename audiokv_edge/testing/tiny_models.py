@@ -215,7 +215,8 @@ GRANITE = ChatFamily(
 
 
 #: Text architectures :func:`write_text_model` writes.
-TEXT_ARCHS = ("qwen2", "qwen3", "qwen3moe", "llama", "gemma2", "gemma3", "gemma4", "gemma3n", "lfm2", "granite")
+TEXT_ARCHS = ("qwen2", "qwen3", "qwen3moe", "llama", "gemma2", "gemma3", "gemma4", "gemma3n", "lfm2", "granite",
+              "granitehybrid")
 
 #: gemma3n constants of the vendored llama.cpp (``src/models/gemma3n.cpp``, ``llama-hparams.h``), not read from the
 #: GGUF: the first 20 layers own K/V (the others share them), SWA period 5, AltUp with 4 inputs, LAuReL rank 64,
@@ -254,12 +255,18 @@ class TextModelSpec:
         gemma4: head size of the SWA layers (``head_dim`` is the full-attention layers'; E2B: 256 / 512).
     n_embd_per_layer : int
         gemma4: width of the per-layer token embeddings (E2B: 256).
+    double_wide_mlp : bool
+        gemma4: the layers sharing another layer's KV have an FFN twice ``n_ff`` wide (``use_double_wide_mlp``;
+        written as a per-layer ``feed_forward_length`` array, as llama.cpp's converter does; E2B: yes).
     n_expert, n_expert_used : int
         qwen3moe: experts per layer and experts each token uses (Qwen3-Omni-30B-A3B: 128 / 8); each expert's FFN
         width is ``n_ff``.
     attn_layers : tuple of int
-        lfm2: the attention layers (``head_count_kv`` > 0); the others are gated short-convolution layers
-        (LFM2-1.2B: 6 of 16).
+        lfm2 / granitehybrid: the attention layers (``head_count_kv`` > 0); the others are gated short-convolution
+        layers (LFM2-1.2B: 6 of 16) / Mamba2 layers (Granite 4.0 H).
+    ssm_state, ssm_heads, ssm_groups, ssm_conv : int
+        granitehybrid: the Mamba2 layers' state size, heads, groups and convolution kernel (the inner width is
+        2 x ``n_embd``, the only expansion llama.cpp loads).
     shortconv_l_cache : int
         lfm2: kernel length of the short convolutions (``shortconv.l_cache``; LFM2: 3).
     n_vocab : int
@@ -288,10 +295,15 @@ class TextModelSpec:
     n_kv_shared: int = 0
     head_dim_swa: int = 0
     n_embd_per_layer: int = 0
+    double_wide_mlp: bool = False
     n_expert: int = 0
     n_expert_used: int = 0
     attn_layers: tuple[int, ...] = ()
     shortconv_l_cache: int = 3
+    ssm_state: int = 16
+    ssm_heads: int = 4
+    ssm_groups: int = 1
+    ssm_conv: int = 4
 
     def __post_init__(self) -> None:
         if self.arch not in TEXT_ARCHS:
@@ -310,8 +322,11 @@ class TextModelSpec:
             raise ValueError(f"q4_0 weights need n_embd, n_ff and n_head * head_dim divisible by {Q4_0_BLOCK}")
         if self.arch == "qwen3moe" and not 1 <= self.n_expert_used <= self.n_expert:
             raise ValueError("qwen3moe needs 1 <= n_expert_used <= n_expert")
-        if self.arch == "lfm2" and (not self.attn_layers or not set(self.attn_layers) <= set(range(self.n_layer))):
-            raise ValueError("lfm2 needs attn_layers: a non-empty set of layer indices")
+        if self.arch in ("lfm2", "granitehybrid") and (not self.attn_layers
+                                                       or not set(self.attn_layers) <= set(range(self.n_layer))):
+            raise ValueError(f"{self.arch} needs attn_layers: a non-empty set of layer indices")
+        if self.arch == "granitehybrid" and (2 * self.n_embd) % self.ssm_heads:
+            raise ValueError("granitehybrid needs ssm_heads dividing the inner width 2 x n_embd")
         if self.arch == "gemma3n" and self.n_layer - self.n_kv_shared != GEMMA3N_KV_LAYERS:
             raise ValueError(f"gemma3n needs n_layer - n_kv_shared == {GEMMA3N_KV_LAYERS} (llama.cpp fixes the "
                              "layers owning K/V)")
@@ -340,13 +355,17 @@ class TextModelSpec:
     def has_kv(self, il: int) -> bool:
         """Whether layer ``il`` stores its own K/V (gemma4: not the last ``n_kv_shared`` layers; lfm2: its attention
         layers only)."""
-        if self.arch == "lfm2":
+        if self.arch in ("lfm2", "granitehybrid"):
             return il in self.attn_layers
         return il < self.n_layer - self.n_kv_shared
 
     def layer_head_dim(self, il: int) -> int:
         """Head size of layer ``il`` (gemma4's SWA layers have their own)."""
         return self.head_dim_swa if self.arch == "gemma4" and self.is_swa(il) else self.head_dim
+
+    def layer_n_ff(self, il: int) -> int:
+        """FFN width of layer ``il`` (gemma4 with ``double_wide_mlp``: twice ``n_ff`` in the layers sharing KV)."""
+        return 2 * self.n_ff if self.double_wide_mlp and not self.has_kv(il) else self.n_ff
 
 
 #: ``clip.projector_type`` values :func:`write_audio_projector` writes.
@@ -442,6 +461,11 @@ class AudioProjectorSpec:
 #: own K/V, then 5 sharing it (4 SWA layers reading layer 18, one full-attention layer reading layer 19).
 GEMMA3N_LIKE = TextModelSpec("gemma3n", GEMMA, n_embd=64, n_layer=25, n_head=4, n_head_kv=2, head_dim=32,
                              sliding_window=16, n_kv_shared=5)
+
+#: A Granite 4.0 H-shaped tiny text model (granitehybrid): Mamba2 layers with attention layers among them (the
+#: published models have about one attention layer in ten; here 2 of 6, at 2 and 5), Granite's multipliers.
+GRANITE4_HYBRID_LIKE = TextModelSpec("granitehybrid", GRANITE, n_embd=64, n_layer=6, n_head=4, n_head_kv=2,
+                                     head_dim=32, rope_freq_base=10000000.0, attn_layers=(2, 5))
 
 #: A Gemma 4 E2B-shaped tiny text model: SWA layers with a full-attention layer closing each period, the last layers
 #: sharing the KV of the last full / SWA layer with their own (E2B: 35 layers, period 5, 20 shared), a larger head
@@ -551,6 +575,18 @@ REAL_SHAPES: dict[str, TinyPair] = {
                       n_ctx_train=131072, rope_freq_base=500000.0, n_vocab=128256, weights="q4_0",
                       tied_output=True),
         AudioProjectorSpec("ultravox", stack_factor=8, n_hidden=4096, **_WHISPER_LARGE)),
+    # Gemma 4 E2B's text model (gemma-4-E2B text_config, docs/model-families.md): 35 layers (llama.cpp's gemma4
+    # loader names 35 layers E2B), width 1536, 8 query heads and 1 KV head, head size 256 in the SWA layers and 512
+    # (global_head_dim) in the full-attention ones, every fifth layer full attention, window 512, the last 20 layers
+    # sharing the KV of layers 13 (SWA) / 14 (full), their FFN twice 6144 wide, 256-wide per-layer embeddings over
+    # the 262,144-token vocabulary, tied output. Its audio conformer's published size is not recorded here: the pair
+    # carries the tiny gemma4a tower (the benchmarks measure the text side and its KV cache).
+    "gemma-4-e2b": TinyPair(
+        TextModelSpec("gemma4", GEMMA4, n_embd=1536, n_layer=35, n_head=8, n_head_kv=1, head_dim=512,
+                      head_dim_swa=256, n_ff=6144, double_wide_mlp=True, sliding_window=512, swa_period=5,
+                      n_kv_shared=20, n_embd_per_layer=256, n_ctx_train=131072, rope_freq_base=1000000.0,
+                      n_vocab=262144, weights="q4_0", tied_output=True),
+        AudioProjectorSpec("gemma4a", n_mel=128, n_conv=8)),
 }
 
 
@@ -647,7 +683,8 @@ class _TensorSink:
                 raise ValueError(f"unknown weight type {dtype!r}")
             rows, blocks = int(np.prod(shape[:-1])), ne[0] // Q4_0_BLOCK
             self._add(name, (rows, blocks * Q4_0_BLOCK_BYTES), np.uint8,
-                      lambda: _random_q4_0(_rng(self.seed, name), rows, blocks, fan_in),
+                      lambda: _RepeatedRows(_random_q4_0(_rng(self.seed, name), min(rows, Q4_0_POOL_ROWS), blocks,
+                                                         fan_in), rows),
                       raw_dtype=gguf.GGMLQuantizationType.Q4_0)
             return
         self._add(name, shape, dtype,
@@ -705,6 +742,25 @@ class _TensorSink:
             if progress is not None:
                 progress(i + 1, len(self.pending))
         w.close()
+
+
+#: Distinct random rows of a Q4_0 matrix; a larger matrix repeats them (a real shape's 2.3 G-value per-layer
+#: embedding is then written at the disk's speed, not the random generator's; what is timed does not depend on the
+#: values).
+Q4_0_POOL_ROWS = 1024
+
+
+class _RepeatedRows:
+    """``n_rows`` rows cycling through ``pool``'s, written straight from the pool (what a GGUF writer calls on a
+    tensor: ``nbytes`` and ``tofile``)."""
+
+    def __init__(self, pool: np.ndarray, n_rows: int) -> None:
+        self.pool, self.n_rows = pool, n_rows
+        self.nbytes = n_rows * pool.shape[1]
+
+    def tofile(self, f) -> None:
+        for start in range(0, self.n_rows, self.pool.shape[0]):
+            self.pool[:min(self.pool.shape[0], self.n_rows - start)].tofile(f)
 
 
 def _random_q4_0(rng: np.random.Generator, rows: int, blocks: int, fan_in: int) -> np.ndarray:
@@ -786,10 +842,38 @@ def _lfm2_layer_layout(spec: TextModelSpec, il: int) -> list[tuple]:
     return layout
 
 
+def _write_granitehybrid_layer(t: "_TensorSink", spec: TextModelSpec, il: int) -> None:
+    """Tensors of granitehybrid layer ``il`` (``src/models/granite-hybrid.cpp``): a Mamba2 mixer (input projection to
+    z, x, B, C and dt; a depthwise convolution over x, B, C; dt bias, A < 0 and D per head; a grouped RMS norm; the
+    output projection) or an attention layer, then the dense FFN."""
+    d, dh, hq, hkv = spec.n_embd, spec.head_dim, spec.n_head, spec.n_head_kv
+    f32 = np.float32 if spec.weights == "f32" else spec.weights
+    prefix = f"blk.{il}."
+    t.ones(prefix + "attn_norm.weight", (d,))
+    if spec.has_kv(il):
+        t.layer(prefix, [("attn_q.weight", "matrix", (d, hq * dh), f32), ("attn_k.weight", "matrix", (d, hkv * dh), f32),
+                         ("attn_v.weight", "matrix", (d, hkv * dh), f32),
+                         ("attn_output.weight", "matrix", (hq * dh, d), f32)])
+    else:
+        inner, heads, xbc = 2 * d, spec.ssm_heads, 2 * d + 2 * spec.ssm_groups * spec.ssm_state
+        t.matrix(prefix + "ssm_in.weight", (d, inner + xbc + heads), dtype=f32)
+        t.matrix(prefix + "ssm_conv1d.weight", (spec.ssm_conv, xbc))
+        t.normal(prefix + "ssm_conv1d.bias", (xbc,), 0.02)
+        t.normal(prefix + "ssm_dt.bias", (heads,), 0.5)
+        t.array(prefix + "ssm_a", lambda: -np.linspace(0.5, 2.0, heads, dtype=np.float32).reshape(heads, 1),
+                (heads, 1), np.float32)  # A < 0: a decaying state
+        t.ones(prefix + "ssm_d", (1, heads))
+        t.ones(prefix + "ssm_norm.weight", (inner // spec.ssm_groups, spec.ssm_groups))
+        t.matrix(prefix + "ssm_out.weight", (inner, d), dtype=f32)
+    t.layer(prefix, [("ffn_norm.weight", "ones", (d,), None), ("ffn_gate.weight", "matrix", (d, spec.n_ff), f32),
+                     ("ffn_down.weight", "matrix", (spec.n_ff, d), f32), ("ffn_up.weight", "matrix", (d, spec.n_ff), f32)])
+
+
 def _gemma4_layer_layout(spec: TextModelSpec, il: int) -> list[tuple]:
     """Tensors of gemma4 layer ``il`` (``src/models/gemma4.cpp``): the head size depends on the layer type, a layer
     sharing another layer's KV has no K/V projections, and every layer has its per-layer-embedding block."""
-    d, hq, hkv, f32 = spec.n_embd, spec.n_head, spec.n_head_kv, np.float32
+    d, hq, hkv, f = spec.n_embd, spec.n_head, spec.n_head_kv, spec.layer_n_ff(il)
+    f32 = np.float32 if spec.weights == "f32" else spec.weights  # the matrices' type
     dh = spec.layer_head_dim(il)
     layout = [("attn_norm.weight", "ones", (d,), None), ("attn_q.weight", "matrix", (d, hq * dh), f32)]
     if spec.has_kv(il):
@@ -798,8 +882,8 @@ def _gemma4_layer_layout(spec: TextModelSpec, il: int) -> list[tuple]:
     if spec.has_kv(il):
         layout.append(("attn_k_norm.weight", "ones", (dh,), None))
     layout += [("post_attention_norm.weight", "ones", (d,), None), ("ffn_norm.weight", "ones", (d,), None),
-               ("ffn_gate.weight", "matrix", (d, spec.n_ff), f32), ("ffn_up.weight", "matrix", (d, spec.n_ff), f32),
-               ("ffn_down.weight", "matrix", (spec.n_ff, d), f32), ("post_ffw_norm.weight", "ones", (d,), None),
+               ("ffn_gate.weight", "matrix", (d, f), f32), ("ffn_up.weight", "matrix", (d, f), f32),
+               ("ffn_down.weight", "matrix", (f, d), f32), ("post_ffw_norm.weight", "ones", (d,), None),
                ("inp_gate.weight", "matrix", (d, spec.n_embd_per_layer), f32),
                ("proj.weight", "matrix", (spec.n_embd_per_layer, d), f32), ("post_norm.weight", "ones", (d,), None)]
     return layout
@@ -855,11 +939,21 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
     w.add_context_length(spec.n_ctx_train)
     w.add_embedding_length(spec.n_embd)
     w.add_block_count(spec.n_layer)
-    w.add_feed_forward_length(spec.n_ff)
+    if spec.double_wide_mlp:
+        w.add_feed_forward_length([spec.layer_n_ff(il) for il in range(spec.n_layer)])
+    else:
+        w.add_feed_forward_length(spec.n_ff)
     w.add_head_count(spec.n_head)
-    if arch == "lfm2":  # per layer: 0 marks a short-convolution layer (llama.cpp's is_recr)
+    if arch in ("lfm2", "granitehybrid"):  # per layer: 0 marks a recurrent layer (llama.cpp's is_recr)
         w.add_head_count_kv([spec.n_head_kv if spec.has_kv(il) else 0 for il in range(spec.n_layer)])
-        w.add_shortconv_l_cache(spec.shortconv_l_cache)
+        if arch == "lfm2":
+            w.add_shortconv_l_cache(spec.shortconv_l_cache)
+        else:  # Mamba2 (src/models/granite-hybrid.cpp)
+            w.add_ssm_conv_kernel(spec.ssm_conv)
+            w.add_ssm_inner_size(2 * spec.n_embd)
+            w.add_ssm_state_size(spec.ssm_state)
+            w.add_ssm_time_step_rank(spec.ssm_heads)
+            w.add_ssm_group_count(spec.ssm_groups)
     else:
         w.add_head_count_kv(spec.n_head_kv)
     w.add_key_length(spec.head_dim)
@@ -895,7 +989,7 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
         w.add_shared_kv_layers(spec.n_kv_shared)
         w.add_embedding_length_per_layer_input(GEMMA3N_PER_LAYER)
         w.add_final_logit_softcapping(30.0)
-    if arch == "granite":  # Granite 3.3's multipliers (src/models/granite.cpp reads all four)
+    if arch in ("granite", "granitehybrid"):  # Granite 3.3's multipliers (src/models/granite.cpp reads all four)
         w.add_embedding_scale(12.0)
         w.add_residual_scale(0.22)
         w.add_attention_scale(1.0 / spec.head_dim)
@@ -942,8 +1036,11 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
         t.array("output.weight", head, (n_vocab, d), np.float32)
     if arch == "gemma4":
         n_pl = spec.n_embd_per_layer * spec.n_layer
-        t.normal("per_layer_token_embd.weight", (n_pl, n_vocab), 0.05)
-        t.matrix("per_layer_model_proj.weight", (d, n_pl))
+        if spec.weights == "f32":
+            t.normal("per_layer_token_embd.weight", (n_pl, n_vocab), 0.05)
+        else:  # 2.3 G values at E2B's size: written as random blocks
+            t.matrix("per_layer_token_embd.weight", (n_pl, n_vocab), dtype=spec.weights)
+        t.matrix("per_layer_model_proj.weight", (d, n_pl), dtype=np.float32 if spec.weights == "f32" else spec.weights)
         t.ones("per_layer_proj_norm.weight", (spec.n_embd_per_layer,))
         t.ones("rope_freqs.weight", (spec.head_dim // 2,))  # proportional RoPE of the full-attention layers
         for il in range(spec.n_layer):
@@ -959,6 +1056,9 @@ def write_text_model(path: str | pathlib.Path, spec: TextModelSpec, seed: int = 
     elif arch == "lfm2":
         for il in range(spec.n_layer):
             t.layer(f"blk.{il}.", _lfm2_layer_layout(spec, il))
+    elif arch == "granitehybrid":
+        for il in range(spec.n_layer):
+            _write_granitehybrid_layer(t, spec, il)
     else:
         t.blocks("blk.", spec.n_layer, _text_block_layout(spec))
     t.write_file(progress)
