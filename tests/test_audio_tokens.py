@@ -19,6 +19,10 @@ not from our code:
 - lfm2a (LFM2-Audio's FastConformer): the whole clip is one mel (centre padding by n_fft / 2 = 256 on both
   sides: floor(n / 160) + 1 frames, no 30 s padding or chunks), and three stride-2 steps keep
   ceil(ceil(ceil(frames / 2) / 2) / 2) tokens of them (12.5 per second).
+- parakeet (NVIDIA's Parakeet FastConformer, Nemotron Nano VL's audio): the whole clip is one mel (pre-emphasis,
+  centre padding by n_fft / 2 = 256: floor(n / 160) + 1 frames, no chunks), subsampling factor 8:
+  ceil(frames / 8) tokens (mtmd's count; the graph's three stride-2 / pad-1 steps give the same). Its text model
+  (nemotron_h, hybrid Mamba2) has no tiny writer: a qwen2 text model of the same width stands in.
 - granite_speech: one mel of the whole clip (reflect padding by 256: floor(n / 160) + 1 frames), cut to an even
   count and stacked in pairs; the Q-Former turns each 15-frame window (the last one padded) into 15 / 5 = 3
   queries (10 tokens per second).
@@ -90,7 +94,7 @@ def expected_audio_tokens(projector: str, n_samples: int, stack_factor: int = 0)
             frames = (min(30 * RATE, n_samples - offset) + 160 - 321) // 160 + 1
             total += ((frames - 1) // 2 + 1 - 1) // 2 + 1
         return total
-    if projector == "lfm2a":
+    if projector in ("lfm2a", "parakeet"):
         tokens = n_samples // 160 + 1
         for _ in range(3):
             tokens = (tokens + 1) // 2
@@ -114,6 +118,7 @@ def test_expected_table_matches_the_notes():
     assert [expected_audio_tokens("gemma4a", int(round(s * RATE))) for s in SECONDS] == [25, 748, 750, 775, 7500]
     assert [expected_audio_tokens("glma", int(round(s * RATE)), 4) for s in SECONDS] == [377, 377, 754, 754, 4147]
     assert [expected_audio_tokens("lfm2a", int(round(s * RATE))) for s in SECONDS] == [13, 374, 376, 388, 3751]
+    assert [expected_audio_tokens("parakeet", int(round(s * RATE))) for s in SECONDS] == [13, 374, 376, 388, 3751]
     assert [expected_audio_tokens("mimo_audio", int(round(s * 24000))) for s in SECONDS] == [7, 187, 188, 194, 1875]
     assert [expected_audio_tokens("granite_speech", int(round(s * RATE))) for s in SECONDS] == [12, 300, 300, 312,
                                                                                                  3000]
@@ -130,7 +135,8 @@ def _projector_pairs() -> list[str]:
 
 
 #: Projectors without a tiny pair, each with the tiny pair whose text model stands in for its own.
-STANDALONE_PROJECTORS = {"mimo_audio": (AudioProjectorSpec("mimo_audio", n_layer=3), "qwen2-qwen2a")}
+STANDALONE_PROJECTORS = {"mimo_audio": (AudioProjectorSpec("mimo_audio", n_layer=3), "qwen2-qwen2a"),
+                         "parakeet": (AudioProjectorSpec("parakeet", n_conv=8, conv_kernel=9), "qwen2-qwen2a")}
 
 
 def _write_case(directory: Path, name: str):

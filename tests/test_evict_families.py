@@ -53,7 +53,8 @@ CACHE_IDS = ["fa-f16", "nofa-f16", "fa-q8_0"]
 #: Architectures written by llama.cpp's test-llama-archs: file name -> architecture.
 LLAMA_TEST_MODELS = {"qwen3moe": "qwen3moe-moe.gguf", "granite": "granite-dense.gguf",
                      "granitemoe": "granite-moe.gguf", "granitehybrid": "granitehybrid-dense.gguf",
-                     "lfm2": "lfm2-dense.gguf", "mamba": "mamba-dense.gguf", "mimo2": "mimo2-moe.gguf"}
+                     "lfm2": "lfm2-dense.gguf", "mamba": "mamba-dense.gguf", "mimo2": "mimo2-moe.gguf",
+                     "nemotron_h": "nemotron_h-dense.gguf"}
 
 
 def gemma4_spec():
@@ -84,7 +85,7 @@ def family_models(tmp_path_factory):
         tm.write_text_model(paths[name], tm.TINY_PAIRS[pair].text, seed=3)
     paths["granite4-hybrid"] = directory / "granite4-hybrid.gguf"
     tm.write_text_model(paths["granite4-hybrid"], tm.GRANITE4_HYBRID_LIKE, seed=3)
-    for arch in ("qwen3moe", "granite", "granitehybrid", "lfm2", "mamba", "mimo2"):
+    for arch in ("qwen3moe", "granite", "granitehybrid", "lfm2", "mamba", "mimo2", "nemotron_h"):
         run_program("test-llama-archs", "-a", f"^{arch}$", "-s", "1", "-o", str(directory))
     for name, file in LLAMA_TEST_MODELS.items():
         paths[name] = directory / file
@@ -100,7 +101,7 @@ def family_models(tmp_path_factory):
 NOFA_TOLERANCE = {"gemma3n": 2e-2}
 
 SUPPORTED = ["gemma4", "gemma3n", "qwen3moe", "granite", "granitemoe", "lfm2", "granitehybrid", "mimo2", "lfm2-audio",
-             "granite-speech", "granite4-hybrid"]
+             "granite-speech", "granite4-hybrid", "nemotron_h"]
 
 
 @pytest.mark.parametrize(("flash_attn", "type_kv"), CACHES, ids=CACHE_IDS)

@@ -142,6 +142,25 @@ def test_end_to_end_full_json(tiny, name):
 
 
 @pytest.mark.native
+def test_parakeet_projector_full_run(tmp_path, tiny):
+    """Parakeet (Nemotron Nano VL's audio tower) through the runner at full cache. Its text model (nemotron_h,
+    hybrid Mamba2 + attention) has no tiny writer here: the qwen2 text model of the qwen2-qwen2a pair stands in (its
+    eviction: test_evict_families.py, nemotron_h); the 11 s clip gives ceil((11 s / 10 ms + 1) / 8) tokens."""
+    model, _ = tiny["qwen2-qwen2a"]
+    mmproj = tmp_path / "mmproj-parakeet.gguf"
+    write_audio_projector(mmproj, AudioProjectorSpec("parakeet", n_conv=8, conv_kernel=9),
+                          TINY_PAIRS["qwen2-qwen2a"].text.n_embd)
+    proc = run_cli(str(model), str(JFK), "--mmproj", str(mmproj), "--method", "full", "--max-tokens", "6",
+                   "--threads", "2", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    n_samples = round(record["audio_seconds"] * 16000)
+    assert record["audio_tokens"] == -(-(n_samples // 160 + 1) // 8)
+    assert record["prompt_tokens"] > record["audio_tokens"] and 0 <= record["generated_tokens"] <= 6
+    assert record["kv_bytes_kept"] == record["kv_bytes_full"] > 0
+
+
+@pytest.mark.native
 def test_text_streams_to_stdout_and_stats_to_stderr(tiny):
     model, _ = tiny["llama-ultravox"]
     proc = run_cli(str(model), str(DATA / "jfk.mp3"), "--method", "full", "--max-tokens", "5", "--threads", "2")

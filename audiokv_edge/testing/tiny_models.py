@@ -371,7 +371,7 @@ class TextModelSpec:
 #: ``clip.projector_type`` values :func:`write_audio_projector` writes.
 AUDIO_PROJECTORS = ("qwen2a", "qwen2.5o", "qwen3a", "ultravox", "voxtral", "glma", "meralion", "musicflamingo",
                     "lfm2a", "granite_speech", "mimo_audio",
-                    "gemma4a")
+                    "gemma4a", "parakeet")
 #: Projectors that stack encoder frames (``clip.audio.projector.stack_factor`` required).
 STACKING_PROJECTORS = ("ultravox", "voxtral", "glma", "meralion")
 #: Projectors whose encoder is Whisper's (``models/whisper-enc.cpp``).
@@ -395,7 +395,10 @@ class AudioProjectorSpec:
         block-local Shaw attention and a CTC branch, then a windowed Q-Former, ``models/granite-speech.cpp``) or
         ``"mimo_audio"`` (MiMo-Audio's tokenizer + connector, ``models/mimo-audio.cpp``: 24 kHz mel, a causal
         transformer with full / windowed layers, residual vector quantization, the code embeddings summed, a local
-        transformer over groups of frames, an MLP on each flattened group).
+        transformer over groups of frames, an MLP on each flattened group) or ``"parakeet"`` (NVIDIA's Parakeet
+        FastConformer, ``models/parakeet.cpp``: its own mel (pre-emphasis, stored filterbank and window, per-bin
+        normalization), three stride-2 conv2d, relative-position attention, batch-norm conv module, an RMS-norm +
+        squared-ReLU MLP).
     n_embd, n_layer, n_head, n_ff : int
         Encoder sizes.
     n_mel : int
@@ -405,9 +408,10 @@ class AudioProjectorSpec:
     n_hidden : int
         Hidden width of the ultravox / voxtral / qwen3a projector MLP.
     n_conv : int
-        qwen3a / gemma4a / lfm2a: channels of the conv2d stem.
+        qwen3a / gemma4a / lfm2a / parakeet: channels of the conv2d stem.
     context_size, conv_kernel, max_pos_emb, proj_window, proj_downsample, proj_n_head, n_ctc : int
-        granite_speech (published values as defaults): frames per attention block, depthwise kernel, relative
+        granite_speech (published values as defaults): frames per attention block, depthwise kernel (also
+        parakeet's: published 9), relative
         position range, Q-Former window (frames) and its downsampling (queries = window / downsample), Q-Former heads,
         CTC vocabulary.
     rvq_bins, local_layers, local_group, attn_window : int
@@ -1240,6 +1244,60 @@ def _write_mimo_audio(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text: int
     t.matrix("mm.a.mlp.2.weight", (h, n_embd_text), dtype=mat)
 
 
+def _write_parakeet(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text: int) -> None:
+    """NVIDIA Parakeet's FastConformer (``models/parakeet.cpp``, tensors of ``clip.cpp`` PROJECTOR_TYPE_PARAKEET): the
+    preprocessor's mel filterbank and window (``a.mel_filters``, ``a.window``: F32, read by clip.cpp's get_vector);
+    conv2d, depthwise + pointwise conv2d twice (three stride-2 steps: subsampling 8), the output projection;
+    conformer blocks (half-step FFN without biases, relative-position attention with u / v biases, GLU + depthwise
+    conv with an unfolded batch norm: mean, variance, scale, shift; half-step FFN, layer norm); an RMS norm and a
+    squared-ReLU MLP to the text width. Conv kernels F32 as the converter forces them (nemotron.py
+    ``tensor_force_quant``; ggml_ssm_conv needs F32)."""
+    d, f, c, h, f32 = spec.n_embd, spec.n_ff, spec.n_conv, spec.n_hidden, np.float32
+    mat = AUDIO_WEIGHT_TYPES[spec.weights]
+    n_fft_bins = PARAKEET_N_FFT // 2 + 1
+    t.array("a.mel_filters",
+            lambda: _rng(t.seed, "a.mel_filters").uniform(0.0, 0.02, size=(spec.n_mel, n_fft_bins)).astype(f32),
+            (spec.n_mel, n_fft_bins), f32)
+    t.array("a.window", lambda: np.hanning(PARAKEET_WINDOW).astype(f32), (PARAKEET_WINDOW,), f32)
+    for i, ne in ((0, (3, 3, 1, c)), (2, (3, 3, 1, c)), (3, (1, 1, c, c)), (5, (3, 3, 1, c)), (6, (1, 1, c, c))):
+        t.matrix(f"a.conv1d.{i}.weight", ne, dtype=f32)
+        t.normal(f"a.conv1d.{i}.bias", (1, 1, c), 0.02)
+    t.matrix("a.pre_encode.out.weight", (c * _stride2(spec.n_mel, 3), d), dtype=mat)
+    t.normal("a.pre_encode.out.bias", (d,), 0.02)
+    dh = d // spec.n_head
+    t.blocks("a.blk.", spec.n_layer, [
+        ("ffn_norm.weight", "ones", (d,), None), ("ffn_norm.bias", "normal", (d,), 0.02),
+        ("ffn_up.weight", "matrix", (d, f), mat), ("ffn_down.weight", "matrix", (f, d), mat),
+        ("ln1.weight", "ones", (d,), None), ("ln1.bias", "normal", (d,), 0.02),
+        ("attn_q.weight", "matrix", (d, d), mat), ("attn_k.weight", "matrix", (d, d), mat),
+        ("attn_v.weight", "matrix", (d, d), mat), ("attn_out.weight", "matrix", (d, d), mat),
+        ("pos_bias_u", "normal", (dh, spec.n_head), 0.02), ("pos_bias_v", "normal", (dh, spec.n_head), 0.02),
+        ("linear_pos.weight", "matrix", (d, d), mat),  # the sinusoidal input is the encoder's width here
+        ("norm_conv.weight", "ones", (d,), None), ("norm_conv.bias", "normal", (d,), 0.02),
+        ("conv_pw1.weight", "matrix", (d, 2 * d), mat),
+        ("conv_dw.weight", "matrix", (spec.conv_kernel, d), f32),
+        ("conv_norm.weight", "ones", (d,), None), ("conv_norm.bias", "normal", (d,), 0.02),
+        ("conv_norm_mean", "normal", (d,), 0.02), ("conv_norm_var", "ones", (d,), None),
+        ("conv_pw2.weight", "matrix", (d, d), mat),
+        ("ffn_norm_1.weight", "ones", (d,), None), ("ffn_norm_1.bias", "normal", (d,), 0.02),
+        ("ffn_up_1.weight", "matrix", (d, f), mat), ("ffn_down_1.weight", "matrix", (f, d), mat),
+        ("ln2.weight", "ones", (d,), None), ("ln2.bias", "normal", (d,), 0.02),
+    ])
+    t.ones("mm.a.norm_pre.weight", (d,))
+    t.matrix("mm.a.mlp.1.weight", (d, h), dtype=mat)  # no biases: clip.cpp loads none for parakeet
+    t.matrix("mm.a.mlp.2.weight", (h, n_embd_text), dtype=mat)
+    # clip.cpp's parakeet loader also requires mm.model.mlp.{0,1,3}.weight (clip.cpp:3482-3484), which the graph does
+    # not read: in the published mmproj (vision + audio in one file) they are Nemotron Nano VL's vision projector
+    t.ones("mm.model.mlp.0.weight", (d,))
+    t.matrix("mm.model.mlp.1.weight", (d, h), dtype=mat)
+    t.matrix("mm.model.mlp.3.weight", (h, n_embd_text), dtype=mat)
+
+
+#: FFT size and window length of Parakeet's preprocessor (clip.cpp fixes them: 512 and 400 at 16 kHz, hop 160).
+PARAKEET_N_FFT = 512
+PARAKEET_WINDOW = 400
+
+
 def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_embd_text: int, seed: int = 0,
                           progress=None) -> None:
     """Write a random-weight audio-projector GGUF (libmtmd ``clip`` file; conv kernels F16, the matrices
@@ -1282,6 +1340,9 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
         w.add_uint32("clip.audio.projector.window_size", spec.proj_window)
         w.add_uint32("clip.audio.projector.downsample_rate", spec.proj_downsample)
         w.add_uint32("clip.audio.projector.head_count", spec.proj_n_head)
+    if spec.projector == "parakeet":
+        w.add_uint32("clip.audio.subsampling_factor", 8)  # clip.cpp asserts 8: three stride-2 conv steps
+        w.add_uint32("clip.audio.conv_kernel_size", spec.conv_kernel)
     if spec.projector == "mimo_audio":
         w.add_uint32("clip.audio.rvq.num_quantizers", spec.rvq_quantizers)
         w.add_array("clip.audio.rvq.codebook_size", [spec.rvq_bins] * spec.rvq_quantizers)
@@ -1294,7 +1355,7 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
     t = _TensorSink(w, seed)
     d, mat = spec.n_embd, AUDIO_WEIGHT_TYPES[spec.weights]  # mat: the projector matrices' type
     own_writer = {"gemma4a": _write_gemma4a, "lfm2a": _write_lfm2a, "granite_speech": _write_granite_speech,
-                  "mimo_audio": _write_mimo_audio}
+                  "mimo_audio": _write_mimo_audio, "parakeet": _write_parakeet}
     if spec.projector in own_writer:
         own_writer[spec.projector](t, spec, n_embd_text)
         t.write_file(progress)
