@@ -16,6 +16,8 @@ not from our code:
 - gemma4a: no padding to 30 s; the samples are cut into 30 s pieces, each giving (len + 160 - 321) // 160 + 1 mel
   frames (semicausal framing, window 320 + 1, hop 160), and two stride-2 / pad-1 convolutions keep
   ((frames - 1) // 2 + 1 - 1) // 2 + 1 tokens of them (750 per full 30 s piece, 25 per second).
+- gemma4ua (Gemma 4 Unified's audio): no encoder and no mel; the raw 16 kHz samples in 640-sample frames (the last
+  one zero-padded), one token each: ceil(n / 640), 25 per second.
 - lfm2a (LFM2-Audio's FastConformer): the whole clip is one mel (centre padding by n_fft / 2 = 256 on both
   sides: floor(n / 160) + 1 frames, no 30 s padding or chunks), and three stride-2 steps keep
   ceil(ceil(ceil(frames / 2) / 2) / 2) tokens of them (12.5 per second).
@@ -94,6 +96,8 @@ def expected_audio_tokens(projector: str, n_samples: int, stack_factor: int = 0)
             frames = (min(30 * RATE, n_samples - offset) + 160 - 321) // 160 + 1
             total += ((frames - 1) // 2 + 1 - 1) // 2 + 1
         return total
+    if projector == "gemma4ua":  # raw waveform, 640 samples per token, the last frame zero-padded
+        return -(-n_samples // 640)
     if projector in ("lfm2a", "parakeet"):
         tokens = n_samples // 160 + 1
         for _ in range(3):
@@ -118,6 +122,7 @@ def test_expected_table_matches_the_notes():
     assert [expected_audio_tokens("gemma4a", int(round(s * RATE))) for s in SECONDS] == [25, 748, 750, 775, 7500]
     assert [expected_audio_tokens("glma", int(round(s * RATE)), 4) for s in SECONDS] == [377, 377, 754, 754, 4147]
     assert [expected_audio_tokens("lfm2a", int(round(s * RATE))) for s in SECONDS] == [13, 374, 376, 388, 3751]
+    assert [expected_audio_tokens("gemma4ua", int(round(s * RATE))) for s in SECONDS] == [25, 748, 750, 775, 7500]
     assert [expected_audio_tokens("parakeet", int(round(s * RATE))) for s in SECONDS] == [13, 374, 376, 388, 3751]
     assert [expected_audio_tokens("mimo_audio", int(round(s * 24000))) for s in SECONDS] == [7, 187, 188, 194, 1875]
     assert [expected_audio_tokens("granite_speech", int(round(s * RATE))) for s in SECONDS] == [12, 300, 300, 312,

@@ -100,6 +100,9 @@ def test_pair_layout(tmp_path, name):
         assert tuple(int(x) for x in atensors["a.input_projection.weight"].shape) == (pair.audio.n_mel,
                                                                                         pair.audio.n_embd)
         assert "a.proj_blk.1.cross_attn_k.weight" in atensors and "a.enc_ctc_out.weight" in atensors
+    elif pair.audio.projector == "gemma4ua":  # encoder-free: 640-sample frames, one projection
+        assert set(atensors) == {"mm.a.input_projection.weight"}
+        assert int(atensors["mm.a.input_projection.weight"].shape[0]) == 640
     elif pair.audio.projector == "gemma4a":
         assert atensors["a.conv1d.0.weight"].tensor_type.name == "F16"
         assert "a.blk.0.conv_dw.weight" in atensors and "a.blk.0.attn_k_rel.weight" in atensors
@@ -110,7 +113,8 @@ def test_pair_layout(tmp_path, name):
     # Whisper has no K bias (whisper-enc.cpp asserts it); conformer.cpp adds one
     assert ("a.blk.0.attn_k.bias" in atensors) == (pair.audio.projector == "lfm2a")
     out = atensors[{"qwen2a": "mm.a.fc.weight", "qwen2.5o": "mm.a.fc.weight", "meralion": "mm.a.mlp.3.weight",
-                    "gemma4a": "mm.a.input_projection.weight", "lfm2a": "mm.a.mlp.3.weight",
+                    "gemma4a": "mm.a.input_projection.weight", "gemma4ua": "mm.a.input_projection.weight",
+                    "lfm2a": "mm.a.mlp.3.weight",
                     "granite_speech": "a.proj_linear.weight"}.get(pair.audio.projector, "mm.a.mlp.2.weight")]
     assert int(out.shape[1]) == pair.text.n_embd  # projector output feeds the LLM's embedding
 

@@ -371,7 +371,9 @@ class TextModelSpec:
 #: ``clip.projector_type`` values :func:`write_audio_projector` writes.
 AUDIO_PROJECTORS = ("qwen2a", "qwen2.5o", "qwen3a", "ultravox", "voxtral", "glma", "meralion", "musicflamingo",
                     "lfm2a", "granite_speech", "mimo_audio",
-                    "gemma4a", "parakeet")
+                    "gemma4a", "parakeet", "gemma4ua")
+#: Samples per gemma4ua token (clip.cpp fixes its n_mel_bins at 640: 40 ms at 16 kHz).
+GEMMA4UA_FRAME = 640
 #: Projectors that stack encoder frames (``clip.audio.projector.stack_factor`` required).
 STACKING_PROJECTORS = ("ultravox", "voxtral", "glma", "meralion")
 #: Projectors whose encoder is Whisper's (``models/whisper-enc.cpp``).
@@ -398,7 +400,9 @@ class AudioProjectorSpec:
         transformer over groups of frames, an MLP on each flattened group) or ``"parakeet"`` (NVIDIA's Parakeet
         FastConformer, ``models/parakeet.cpp``: its own mel (pre-emphasis, stored filterbank and window, per-bin
         normalization), three stride-2 conv2d, relative-position attention, batch-norm conv module, an RMS-norm +
-        squared-ReLU MLP).
+        squared-ReLU MLP) or ``"gemma4ua"`` (the audio of Gemma 4 Unified, ``models/gemma4ua.cpp``: encoder-free,
+        the raw 16 kHz waveform in 640-sample frames, an RMS norm and one matrix to the text width; ``n_layer`` 0 as
+        the converter writes it).
     n_embd, n_layer, n_head, n_ff : int
         Encoder sizes.
     n_mel : int
@@ -451,6 +455,8 @@ class AudioProjectorSpec:
             raise ValueError(f"unsupported tiny audio projector {self.projector!r}")
         if self.projector in STACKING_PROJECTORS and self.stack_factor < 1:
             raise ValueError(f"{self.projector} needs stack_factor >= 1")
+        if self.projector == "gemma4ua" and (self.n_layer or self.n_mel != GEMMA4UA_FRAME):
+            raise ValueError(f"gemma4ua is encoder-free: n_layer 0 and n_mel {GEMMA4UA_FRAME} (samples per frame)")
         if self.n_embd % self.n_head:
             raise ValueError("audio n_embd must be a multiple of n_head")
         if self.projector == "mimo_audio" and self.n_layer < 3:
@@ -535,6 +541,8 @@ TINY_PAIRS: dict[str, TinyPair] = {
         TinyPair(
             TextModelSpec("qwen2", CHATML, rope_freq_base=1000000.0), AudioProjectorSpec("musicflamingo"),
         ),
+        # Gemma 4 Unified (text: gemma4, the tiny E2B layout standing in for its unrecorded one; audio: no encoder)
+        TinyPair(GEMMA4_E2B_LIKE, AudioProjectorSpec("gemma4ua", n_layer=0, n_mel=GEMMA4UA_FRAME)),
         # LFM2-Audio (LFM2-1.2B: 16 layers, attention at 2, 5, 8, 10, 12, 14; the rest short convolutions). Text
         # head size 32 here and for granite: a q8_0 KV cache needs whole 32-value blocks per head
         TinyPair(
@@ -1293,6 +1301,13 @@ def _write_parakeet(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text: int) 
     t.matrix("mm.model.mlp.3.weight", (h, n_embd_text), dtype=mat)
 
 
+def _write_gemma4ua(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text: int) -> None:
+    """Gemma 4 Unified's audio input (``models/gemma4ua.cpp``, tensors of ``clip.cpp`` PROJECTOR_TYPE_GEMMA4UA): no
+    encoder; each 640-sample frame of the raw waveform is RMS-normed and projected to the text width by
+    ``mm.a.input_projection``, the one tensor clip.cpp loads for it."""
+    t.matrix("mm.a.input_projection.weight", (GEMMA4UA_FRAME, n_embd_text), dtype=AUDIO_WEIGHT_TYPES[spec.weights])
+
+
 #: FFT size and window length of Parakeet's preprocessor (clip.cpp fixes them: 512 and 400 at 16 kHz, hop 160).
 PARAKEET_N_FFT = 512
 PARAKEET_WINDOW = 400
@@ -1355,7 +1370,8 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
     t = _TensorSink(w, seed)
     d, mat = spec.n_embd, AUDIO_WEIGHT_TYPES[spec.weights]  # mat: the projector matrices' type
     own_writer = {"gemma4a": _write_gemma4a, "lfm2a": _write_lfm2a, "granite_speech": _write_granite_speech,
-                  "mimo_audio": _write_mimo_audio, "parakeet": _write_parakeet}
+                  "mimo_audio": _write_mimo_audio, "parakeet": _write_parakeet,
+                  "gemma4ua": _write_gemma4ua}
     if spec.projector in own_writer:
         own_writer[spec.projector](t, spec, n_embd_text)
         t.write_file(progress)
