@@ -18,6 +18,10 @@ not from our code:
   ((frames - 1) // 2 + 1 - 1) // 2 + 1 tokens of them (750 per full 30 s piece, 25 per second).
 - gemma4ua (Gemma 4 Unified's audio): no encoder and no mel; the raw 16 kHz samples in 640-sample frames (the last
   one zero-padded), one token each: ceil(n / 640), 25 per second.
+- dots3note_a (dots3-note's audio): the samples are cut into 60 s chunks, each giving floor(len / 160) mel frames
+  (its STFT frames past the valid ones are dropped), and three stride-2 conv2d keep ceil(frames / 8) tokens of
+  them (12.5 per second, 750 per full chunk). Its text model (dots3note: MLA, iSWA, MoE) has no tiny writer: a qwen2
+  text model of the same width stands in.
 - lfm2a (LFM2-Audio's FastConformer): the whole clip is one mel (centre padding by n_fft / 2 = 256 on both
   sides: floor(n / 160) + 1 frames, no 30 s padding or chunks), and three stride-2 steps keep
   ceil(ceil(ceil(frames / 2) / 2) / 2) tokens of them (12.5 per second).
@@ -96,6 +100,8 @@ def expected_audio_tokens(projector: str, n_samples: int, stack_factor: int = 0)
             frames = (min(30 * RATE, n_samples - offset) + 160 - 321) // 160 + 1
             total += ((frames - 1) // 2 + 1 - 1) // 2 + 1
         return total
+    if projector == "dots3note_a":  # 60 s chunks, floor(len / 160) frames each, / 8 rounded up
+        return sum(-(-(min(60 * RATE, n_samples - o) // 160) // 8) for o in range(0, n_samples, 60 * RATE))
     if projector == "gemma4ua":  # raw waveform, 640 samples per token, the last frame zero-padded
         return -(-n_samples // 640)
     if projector in ("lfm2a", "parakeet"):
@@ -122,6 +128,8 @@ def test_expected_table_matches_the_notes():
     assert [expected_audio_tokens("gemma4a", int(round(s * RATE))) for s in SECONDS] == [25, 748, 750, 775, 7500]
     assert [expected_audio_tokens("glma", int(round(s * RATE)), 4) for s in SECONDS] == [377, 377, 754, 754, 4147]
     assert [expected_audio_tokens("lfm2a", int(round(s * RATE))) for s in SECONDS] == [13, 374, 376, 388, 3751]
+    assert [expected_audio_tokens("dots3note_a", int(round(s * RATE))) for s in SECONDS] == [13, 374, 375, 388,
+                                                                                              3750]
     assert [expected_audio_tokens("gemma4ua", int(round(s * RATE))) for s in SECONDS] == [25, 748, 750, 775, 7500]
     assert [expected_audio_tokens("parakeet", int(round(s * RATE))) for s in SECONDS] == [13, 374, 376, 388, 3751]
     assert [expected_audio_tokens("mimo_audio", int(round(s * 24000))) for s in SECONDS] == [7, 187, 188, 194, 1875]
@@ -141,7 +149,8 @@ def _projector_pairs() -> list[str]:
 
 #: Projectors without a tiny pair, each with the tiny pair whose text model stands in for its own.
 STANDALONE_PROJECTORS = {"mimo_audio": (AudioProjectorSpec("mimo_audio", n_layer=3), "qwen2-qwen2a"),
-                         "parakeet": (AudioProjectorSpec("parakeet", n_conv=8, conv_kernel=9), "qwen2-qwen2a")}
+                         "parakeet": (AudioProjectorSpec("parakeet", n_conv=8, conv_kernel=9), "qwen2-qwen2a"),
+                         "dots3note_a": (AudioProjectorSpec("dots3note_a", n_conv=8), "qwen2-qwen2a")}
 
 
 def _write_case(directory: Path, name: str):

@@ -141,21 +141,29 @@ def test_end_to_end_full_json(tiny, name):
     assert "kv cache" in proc.stderr  # statistics on stderr
 
 
+#: Projectors whose published text model has no tiny writer here, each with its audio tokens for n samples at
+#: 16 kHz: parakeet (Nemotron Nano VL: nemotron_h, hybrid Mamba2 + attention; its eviction: test_evict_families.py,
+#: nemotron_h) and dots3note_a (dots3-note: MLA + iSWA + MoE, no eviction test). The qwen2 text model of the
+#: qwen2-qwen2a pair stands in.
+STAND_IN_PROJECTORS = {
+    "parakeet": (AudioProjectorSpec("parakeet", n_conv=8, conv_kernel=9), lambda n: -(-(n // 160 + 1) // 8)),
+    "dots3note_a": (AudioProjectorSpec("dots3note_a", n_conv=8), lambda n: -(-(n // 160) // 8)),  # one 60 s chunk
+}
+
+
 @pytest.mark.native
-def test_parakeet_projector_full_run(tmp_path, tiny):
-    """Parakeet (Nemotron Nano VL's audio tower) through the runner at full cache. Its text model (nemotron_h,
-    hybrid Mamba2 + attention) has no tiny writer here: the qwen2 text model of the qwen2-qwen2a pair stands in (its
-    eviction: test_evict_families.py, nemotron_h); the 11 s clip gives ceil((11 s / 10 ms + 1) / 8) tokens."""
+@pytest.mark.parametrize("projector", sorted(STAND_IN_PROJECTORS))
+def test_stand_in_text_model_full_run(tmp_path, tiny, projector):
+    """The projector encodes the 11 s clip through the runner at full cache, with the token count its spec gives."""
+    spec, tokens = STAND_IN_PROJECTORS[projector]
     model, _ = tiny["qwen2-qwen2a"]
-    mmproj = tmp_path / "mmproj-parakeet.gguf"
-    write_audio_projector(mmproj, AudioProjectorSpec("parakeet", n_conv=8, conv_kernel=9),
-                          TINY_PAIRS["qwen2-qwen2a"].text.n_embd)
+    mmproj = tmp_path / f"mmproj-{projector}.gguf"
+    write_audio_projector(mmproj, spec, TINY_PAIRS["qwen2-qwen2a"].text.n_embd)
     proc = run_cli(str(model), str(JFK), "--mmproj", str(mmproj), "--method", "full", "--max-tokens", "6",
                    "--threads", "2", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(proc.stdout.strip().splitlines()[-1])
-    n_samples = round(record["audio_seconds"] * 16000)
-    assert record["audio_tokens"] == -(-(n_samples // 160 + 1) // 8)
+    assert record["audio_tokens"] == tokens(round(record["audio_seconds"] * 16000))
     assert record["prompt_tokens"] > record["audio_tokens"] and 0 <= record["generated_tokens"] <= 6
     assert record["kv_bytes_kept"] == record["kv_bytes_full"] > 0
 

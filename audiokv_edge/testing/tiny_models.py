@@ -371,7 +371,7 @@ class TextModelSpec:
 #: ``clip.projector_type`` values :func:`write_audio_projector` writes.
 AUDIO_PROJECTORS = ("qwen2a", "qwen2.5o", "qwen3a", "ultravox", "voxtral", "glma", "meralion", "musicflamingo",
                     "lfm2a", "granite_speech", "mimo_audio",
-                    "gemma4a", "parakeet", "gemma4ua")
+                    "gemma4a", "parakeet", "gemma4ua", "dots3note_a")
 #: Samples per gemma4ua token (clip.cpp fixes its n_mel_bins at 640: 40 ms at 16 kHz).
 GEMMA4UA_FRAME = 640
 #: Projectors that stack encoder frames (``clip.audio.projector.stack_factor`` required).
@@ -402,7 +402,9 @@ class AudioProjectorSpec:
         normalization), three stride-2 conv2d, relative-position attention, batch-norm conv module, an RMS-norm +
         squared-ReLU MLP) or ``"gemma4ua"`` (the audio of Gemma 4 Unified, ``models/gemma4ua.cpp``: encoder-free,
         the raw 16 kHz waveform in 640-sample frames, an RMS norm and one matrix to the text width; ``n_layer`` 0 as
-        the converter writes it).
+        the converter writes it) or ``"dots3note_a"`` (dots3-note's audio, ``models/dots3note.cpp``: 60 s mel chunks,
+        three stride-2 conv2d + GELU, a transformer with RMS norms, half-rotary RoPE and a SiLU-gated FFN, a
+        layer-norm + GELU MLP adapter).
     n_embd, n_layer, n_head, n_ff : int
         Encoder sizes.
     n_mel : int
@@ -412,7 +414,7 @@ class AudioProjectorSpec:
     n_hidden : int
         Hidden width of the ultravox / voxtral / qwen3a projector MLP.
     n_conv : int
-        qwen3a / gemma4a / lfm2a / parakeet: channels of the conv2d stem.
+        qwen3a / gemma4a / lfm2a / parakeet / dots3note_a: channels of the conv2d stem.
     context_size, conv_kernel, max_pos_emb, proj_window, proj_downsample, proj_n_head, n_ctc : int
         granite_speech (published values as defaults): frames per attention block, depthwise kernel (also
         parakeet's: published 9), relative
@@ -1301,6 +1303,37 @@ def _write_parakeet(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text: int) 
     t.matrix("mm.model.mlp.3.weight", (h, n_embd_text), dtype=mat)
 
 
+def _write_dots3note_a(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text: int) -> None:
+    """dots3-note's audio encoder and adapter (``models/dots3note.cpp``, tensors of ``clip.cpp``
+    PROJECTOR_TYPE_DOTS3NOTE_A): three 3x3 stride-2 conv2d with biases (F32, as the converter forces them), the
+    bias-free output projection, transformer layers run by clip.cpp's ``build_vit`` (RMS norms, RoPE on half of each
+    head, SiLU-gated FFN: the converter splits the fused fc1 into gate and up and sets ``clip.use_silu``), then a
+    layer norm and a GELU MLP (``mm.a.mlp.1`` / ``mm.a.mlp.3``). The published encoder's biases are not recorded
+    here: the attention carries Whisper's (q, v, out), the FFN none; clip.cpp loads them all as optional."""
+    d, f, c, h, f32 = spec.n_embd, spec.n_ff, spec.n_conv, spec.n_hidden, np.float32
+    mat = AUDIO_WEIGHT_TYPES[spec.weights]
+    for i, ne in ((1, (3, 3, 1, c)), (2, (3, 3, c, c)), (3, (3, 3, c, c))):
+        t.matrix(f"a.conv2d.{i}.weight", ne, dtype=f32)
+        t.normal(f"a.conv2d.{i}.bias", (c,), 0.02)
+    t.matrix("a.conv_out.weight", (_stride2(spec.n_mel, 3) * c, d), dtype=f32)
+    t.blocks("a.blk.", spec.n_layer, [
+        ("ln1.weight", "ones", (d,), None),
+        ("attn_q.weight", "matrix", (d, d), mat), ("attn_q.bias", "normal", (d,), 0.02),
+        ("attn_k.weight", "matrix", (d, d), mat),
+        ("attn_v.weight", "matrix", (d, d), mat), ("attn_v.bias", "normal", (d,), 0.02),
+        ("attn_out.weight", "matrix", (d, d), mat), ("attn_out.bias", "normal", (d,), 0.02),
+        ("ln2.weight", "ones", (d,), None),
+        ("ffn_gate.weight", "matrix", (d, f), mat), ("ffn_up.weight", "matrix", (d, f), mat),
+        ("ffn_down.weight", "matrix", (f, d), mat),
+    ])
+    t.ones("mm.a.norm_pre.weight", (d,))
+    t.normal("mm.a.norm_pre.bias", (d,), 0.02)
+    t.matrix("mm.a.mlp.1.weight", (d, h), dtype=mat)
+    t.normal("mm.a.mlp.1.bias", (h,), 0.02)
+    t.matrix("mm.a.mlp.3.weight", (h, n_embd_text), dtype=mat)
+    t.normal("mm.a.mlp.3.bias", (n_embd_text,), 0.02)
+
+
 def _write_gemma4ua(t: _TensorSink, spec: AudioProjectorSpec, n_embd_text: int) -> None:
     """Gemma 4 Unified's audio input (``models/gemma4ua.cpp``, tensors of ``clip.cpp`` PROJECTOR_TYPE_GEMMA4UA): no
     encoder; each 640-sample frame of the raw waveform is RMS-normed and projected to the text width by
@@ -1358,6 +1391,8 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
     if spec.projector == "parakeet":
         w.add_uint32("clip.audio.subsampling_factor", 8)  # clip.cpp asserts 8: three stride-2 conv steps
         w.add_uint32("clip.audio.conv_kernel_size", spec.conv_kernel)
+    if spec.projector == "dots3note_a":
+        w.add_bool("clip.use_silu", True)  # the published file sets it for its vision tower; the audio FFN reads it too
     if spec.projector == "mimo_audio":
         w.add_uint32("clip.audio.rvq.num_quantizers", spec.rvq_quantizers)
         w.add_array("clip.audio.rvq.codebook_size", [spec.rvq_bins] * spec.rvq_quantizers)
@@ -1371,7 +1406,7 @@ def write_audio_projector(path: str | pathlib.Path, spec: AudioProjectorSpec, n_
     d, mat = spec.n_embd, AUDIO_WEIGHT_TYPES[spec.weights]  # mat: the projector matrices' type
     own_writer = {"gemma4a": _write_gemma4a, "lfm2a": _write_lfm2a, "granite_speech": _write_granite_speech,
                   "mimo_audio": _write_mimo_audio, "parakeet": _write_parakeet,
-                  "gemma4ua": _write_gemma4ua}
+                  "gemma4ua": _write_gemma4ua, "dots3note_a": _write_dots3note_a}
     if spec.projector in own_writer:
         own_writer[spec.projector](t, spec, n_embd_text)
         t.write_file(progress)
