@@ -22,7 +22,11 @@ plan's budgets + headroom + one main-cache cell of memory. Refused families must
   layers first, so layer 0 has no KV) and ``granite-granite_speech`` (Granite 3.3's multipliers);
 - granite4-hybrid (``tiny_models.GRANITE4_HYBRID_LIKE``: Granite 4.0 H's layout, Mamba2 layers first, attention at 2
   and 5, Granite's multipliers): only the attention layers are evicted, the Mamba2 state left alone;
-- refused: gemma2 (attention logit soft-capping, COMPACT only: MASK works), mamba (recurrent memory, no KV cache).
+- nemotron_h (test-llama-archs; Nemotron Nano VL's text model, fed by the parakeet projector): hybrid memory, Mamba2
+  and attention layers, the attention ones evicted;
+- refused: gemma2 (attention logit soft-capping, COMPACT only: MASK works), mamba (recurrent memory, no KV cache),
+  dots3note (test-llama-archs; dots3-note, fed by dots3note_a: its llama_kv_cache_dsa_iswa, DeepSeek sparse attention
+  with iSWA, is none of the memories the eviction takes, so it is refused with the "needs a KV cache" reason).
 The C-level refusal checks run in a child process so that their log callback cannot leak into other tests.
 """
 
@@ -54,7 +58,7 @@ CACHE_IDS = ["fa-f16", "nofa-f16", "fa-q8_0"]
 LLAMA_TEST_MODELS = {"qwen3moe": "qwen3moe-moe.gguf", "granite": "granite-dense.gguf",
                      "granitemoe": "granite-moe.gguf", "granitehybrid": "granitehybrid-dense.gguf",
                      "lfm2": "lfm2-dense.gguf", "mamba": "mamba-dense.gguf", "mimo2": "mimo2-moe.gguf",
-                     "nemotron_h": "nemotron_h-dense.gguf"}
+                     "nemotron_h": "nemotron_h-dense.gguf", "dots3note": "dots3note-moe.gguf"}
 
 
 def gemma4_spec():
@@ -85,7 +89,7 @@ def family_models(tmp_path_factory):
         tm.write_text_model(paths[name], tm.TINY_PAIRS[pair].text, seed=3)
     paths["granite4-hybrid"] = directory / "granite4-hybrid.gguf"
     tm.write_text_model(paths["granite4-hybrid"], tm.GRANITE4_HYBRID_LIKE, seed=3)
-    for arch in ("qwen3moe", "granite", "granitehybrid", "lfm2", "mamba", "mimo2", "nemotron_h"):
+    for arch in ("qwen3moe", "granite", "granitehybrid", "lfm2", "mamba", "mimo2", "nemotron_h", "dots3note"):
         run_program("test-llama-archs", "-a", f"^{arch}$", "-s", "1", "-o", str(directory))
     for name, file in LLAMA_TEST_MODELS.items():
         paths[name] = directory / file
@@ -156,6 +160,8 @@ REFUSED = {  # model -> (modes refused, reason in the logged error)
     "gemma2": ({"compact"}, "attention logit soft-capping"),
     "mamba": ({"mask", "compact"}, "memory is recurrent"),
     "lfm2-swa": ({"mask", "compact"}, "has no layer"),  # only SWA attention layers: each keeps its window
+    # DeepSeek sparse attention + iSWA (llama_kv_cache_dsa_iswa, llama-model.cpp): not a memory the eviction takes
+    "dots3note": ({"mask", "compact"}, "per-head eviction needs a KV cache"),
 }
 
 
