@@ -30,7 +30,12 @@
 # (src/llama_evict_adapter.c: b.counts, which audiokv_plan fills for every (layer, KV head)) into
 # build/check_c/adapter-sanitize-injected (from a copy of the sources, adapter-sanitize-injected.src) and runs step 5
 # only: it passes only if AddressSanitizer reports the heap-buffer-overflow (the runner dies of it).
-# Usage: bash scripts/check_adapter_sanitized.sh [--inject-bug] [--runner-only] [pytest file or node id ...]
+# Opt-in, not run by the test suite: `--full-llama` instruments the patched llama.cpp too. Step 1 then builds the
+# combined build (this checkout's CMakeLists.txt on $AUDIOKV_CHECK_BUILD/llama.cpp-src: libllama, libggml*, libmtmd
+# and libaudiokv; no tools, tests or unpatched libllama) with -fsanitize=address,undefined, Debug, into
+# build/check_c/llama-sanitize, step 2 links all of its lib/, and the maps check also requires the sanitized
+# libllama (not build/native/lib's). Expect a first build of about 160 compile steps.
+# Usage: bash scripts/check_adapter_sanitized.sh [--inject-bug | --full-llama] [--runner-only] [pytest file or node id ...]
 #        (--runner-only: steps 1, 2 and 5; with pytest arguments, those files instead of the default ones in step 3)
 # Needs the combined build (bash scripts/setup.sh), cmake, and gcc with its sanitizer runtimes (libasan, libubsan:
 # on Debian they come with gcc / build-essential). AUDIOKV_CHECK_JOBS sets the build's parallelism (default 2);
@@ -46,17 +51,21 @@ dir="$repo/build/check_c/adapter-sanitize"
 python="${AUDIOKV_CHECK_PYTHON:-$repo/.venv/bin/python}"
 jobs="${AUDIOKV_CHECK_JOBS:-2}"
 inject=0
+full_llama=0
 pytest_stage=1
 tests=()
 for arg in "$@"; do
     case "$arg" in
         --inject-bug) inject=1; pytest_stage=0 ;;
         --runner-only) pytest_stage=0 ;;
+        --full-llama) full_llama=1 ;;
         *) tests+=("$arg") ;;
     esac
 done
 [ ${#tests[@]} -eq 0 ] && tests=(tests/test_evict_callback_c.py tests/test_profile_defaults_runner.py)
 [ "$inject" -eq 1 ] && dir="$dir-injected"
+[ "$full_llama" -eq 1 ] && dir="$repo/build/check_c/llama-sanitize"
+[ "$inject" -eq 1 ] && [ "$full_llama" -eq 1 ] && { echo "check_adapter_sanitized: --inject-bug and --full-llama exclude each other" >&2; exit 2; }
 
 fail() { echo "check_adapter_sanitized: $*" >&2; exit 1; }
 
@@ -86,39 +95,62 @@ instrumented() {
     grep -q "__asan_report_load" <<<"$symbols" || fail "$1 has no ASan instrumentation"
     grep -q "__ubsan_handle" <<<"$symbols" || fail "$1 has no UBSan instrumentation"
 }
-source_dir="$repo/libaudiokv"
-if [ "$inject" -eq 1 ]; then
-    # the must-fail check: one (layer, KV head) short, so audiokv_plan writes 4 bytes past the array
-    # (a copy at a fixed path, modification times kept: a second run recompiles only the changed file)
-    source_dir="$dir.src"
-    rm -rf "$source_dir"
-    cp -pR "$repo/libaudiokv" "$source_dir"
-    rm -rf "$source_dir/build"
-    adapter="$source_dir/src/llama_evict_adapter.c"
-    correct='b.counts = (int32_t *) malloc((size_t) L * (size_t) Hkv * sizeof(int32_t));'
-    grep -qF "$correct" "$adapter" || fail "cannot inject the bug: $adapter has no line '$correct'"
-    sed -i 's/b\.counts = (int32_t \*) malloc((size_t) L \* (size_t) Hkv \* sizeof(int32_t));/b.counts = (int32_t *) malloc(((size_t) L * (size_t) Hkv - 1) * sizeof(int32_t));/' "$adapter"
-    ! grep -qF "$correct" "$adapter" || fail "injecting the bug into $adapter failed"
+if [ "$full_llama" -eq 1 ]; then
+    # the patched llama.cpp and libaudiokv (AUDIOKV_SANITIZE) in one sanitized combined build; Debug: -O0 compiles
+    # fastest and keeps every access instrumented
+    flags="-fsanitize=address,undefined -fno-omit-frame-pointer"
+    cmake -S "$repo" -B "$dir" -DCMAKE_C_COMPILER=gcc -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=Debug \
+        -DAUDIOKV_LLAMA_CPP_SOURCE_DIR="$llama_src" -DAUDIOKV_BUILD_LLAMA_TESTS=OFF \
+        -DAUDIOKV_BUILD_UNPATCHED_LLAMA=OFF -DAUDIOKV_BUILD_LLAMA_TOOLS=OFF -DAUDIOKV_SANITIZE=ON \
+        "-DCMAKE_C_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags" "-DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=address,undefined" \
+        "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined" >"$dir.configure.log" 2>&1 || {
+        cat "$dir.configure.log" >&2; fail "configure failed"; }
+    start_s=$SECONDS
+    if ! cmake --build "$dir" -j "$jobs" >"$dir.build.log" 2>&1; then
+        tail -n 60 "$dir.build.log" >&2; fail "build failed (whole log: $dir.build.log)"
+    fi
+    echo "sanitized combined build: $((SECONDS - start_s)) s"
+    lib_src="$dir/lib"
+    lib="$lib_src/libaudiokv.so"
+    for name in libllama.so libggml-base.so libggml-cpu.so libmtmd.so; do
+        [ -f "$lib_src/$name" ] || fail "the sanitized build made no $lib_src/$name"
+        instrumented "$lib_src/$name"
+    done
+else
+    source_dir="$repo/libaudiokv"
+    if [ "$inject" -eq 1 ]; then
+        # the must-fail check: one (layer, KV head) short, so audiokv_plan writes 4 bytes past the array
+        # (a copy at a fixed path, modification times kept: a second run recompiles only the changed file)
+        source_dir="$dir.src"
+        rm -rf "$source_dir"
+        cp -pR "$repo/libaudiokv" "$source_dir"
+        rm -rf "$source_dir/build"
+        adapter="$source_dir/src/llama_evict_adapter.c"
+        correct='b.counts = (int32_t *) malloc((size_t) L * (size_t) Hkv * sizeof(int32_t));'
+        grep -qF "$correct" "$adapter" || fail "cannot inject the bug: $adapter has no line '$correct'"
+        sed -i 's/b\.counts = (int32_t \*) malloc((size_t) L \* (size_t) Hkv \* sizeof(int32_t));/b.counts = (int32_t *) malloc(((size_t) L * (size_t) Hkv - 1) * sizeof(int32_t));/' "$adapter"
+        ! grep -qF "$correct" "$adapter" || fail "injecting the bug into $adapter failed"
+    fi
+    # a build directory configured from another source directory is started afresh (CMake refuses to reuse it)
+    if [ -f "$dir/CMakeCache.txt" ] && ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$source_dir" "$dir/CMakeCache.txt"; then
+        rm -rf "$dir" && mkdir -p "$dir"
+    fi
+    # gcc explicitly: its sanitizer runtimes are the ones preloaded below
+    cmake -S "$source_dir" -B "$dir" -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=Debug -DAUDIOKV_SANITIZE=ON \
+        -DAUDIOKV_WERROR=ON -DAUDIOKV_BUILD_TESTS=OFF -DAUDIOKV_LLAMA_LIB_DIR="$native_lib" \
+        "-DAUDIOKV_LLAMA_INCLUDE_DIRS=$llama_src/include;$llama_src/ggml/include" >"$dir.configure.log" 2>&1 || {
+        cat "$dir.configure.log" >&2; fail "configure failed"; }
+    grep -q "with the llama.cpp eviction callback" "$dir.configure.log" || {
+        cat "$dir.configure.log" >&2; fail "configured without the llama.cpp adapter"; }
+    if ! cmake --build "$dir" -j "$jobs" >"$dir.build.log" 2>&1; then
+        cat "$dir.build.log" >&2; fail "build failed"
+    fi
+    if grep -E "warning:|error:" "$dir.build.log" >&2; then
+        fail "the build printed warnings"
+    fi
+    lib_src="$native_lib"
+    lib="$dir/libaudiokv.so"
 fi
-# a build directory configured from another source directory is started afresh (CMake refuses to reuse it)
-if [ -f "$dir/CMakeCache.txt" ] && ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$source_dir" "$dir/CMakeCache.txt"; then
-    rm -rf "$dir" && mkdir -p "$dir"
-fi
-# gcc explicitly: its sanitizer runtimes are the ones preloaded below
-cmake -S "$source_dir" -B "$dir" -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=Debug -DAUDIOKV_SANITIZE=ON \
-    -DAUDIOKV_WERROR=ON -DAUDIOKV_BUILD_TESTS=OFF -DAUDIOKV_LLAMA_LIB_DIR="$native_lib" \
-    "-DAUDIOKV_LLAMA_INCLUDE_DIRS=$llama_src/include;$llama_src/ggml/include" >"$dir.configure.log" 2>&1 || {
-    cat "$dir.configure.log" >&2; fail "configure failed"; }
-grep -q "with the llama.cpp eviction callback" "$dir.configure.log" || {
-    cat "$dir.configure.log" >&2; fail "configured without the llama.cpp adapter"; }
-if ! cmake --build "$dir" -j "$jobs" >"$dir.build.log" 2>&1; then
-    cat "$dir.build.log" >&2; fail "build failed"
-fi
-if grep -E "warning:|error:" "$dir.build.log" >&2; then
-    fail "the build printed warnings"
-fi
-lib_src="$native_lib"
-lib="$dir/libaudiokv.so"
 exported="$(nm -D --defined-only "$lib")"
 grep -qw audiokv_llama_evict_callback <<<"$exported" || fail "$lib lacks audiokv_llama_evict_callback"
 instrumented "$lib"
@@ -135,6 +167,8 @@ ln -s "$lib" "$tmp/lib/libaudiokv.so"
 
 # -- 3./4. the tests, sanitized, with a probe of what the process mapped ---------------------------------------------
 marker="$tmp/mapped.txt"
+sanitized_llama=""
+[ "$full_llama" -eq 0 ] || sanitized_llama="$lib_src/libllama.so"
 cat >"$tmp/py/audiokv_sanitized_maps.py" <<'PY'
 """Which libaudiokv this process mapped (scripts/check_adapter_sanitized.sh): one line appended to the marker."""
 import os
@@ -152,6 +186,11 @@ def record() -> bool:
     asan = any(p.name.startswith("libasan") for p in mapped)
     ok = want in mapped and plain not in mapped and asan
     line = f"sanitized={want in mapped} unsanitized={plain in mapped} asan={asan}"
+    if os.environ.get("AUDIOKV_SANITIZED_LLAMA"):  # --full-llama: the sanitized libllama, not the plain one
+        llama = pathlib.Path(os.environ["AUDIOKV_SANITIZED_LLAMA"]).resolve()
+        plain_llama = pathlib.Path(os.environ["AUDIOKV_UNSANITIZED_LLAMA"]).resolve()
+        ok = ok and llama in mapped and plain_llama not in mapped
+        line += f" llama={llama in mapped} unsanitized_llama={plain_llama in mapped}"
     with open(os.environ["AUDIOKV_SANITIZED_MARKER"], "a") as f:
         f.write(f"{'ok' if ok else 'WRONG'} {line}\n")
     return ok
@@ -177,6 +216,7 @@ sanitized() {
         PYTHONPATH="$tmp/py:$repo${PYTHONPATH:+:$PYTHONPATH}" \
         AUDIOKV_SANITIZED_LIB="$lib" AUDIOKV_UNSANITIZED_LIB="$native_lib/libaudiokv.so" \
         AUDIOKV_SANITIZED_MARKER="$marker" \
+        AUDIOKV_SANITIZED_LLAMA="$sanitized_llama" AUDIOKV_UNSANITIZED_LLAMA="$native_lib/libllama.so" \
         "$@"
 }
 sanitizer_pattern="ERROR: AddressSanitizer|ERROR: UndefinedBehaviorSanitizer|runtime error:"
