@@ -18,15 +18,24 @@
 #   4. checks from inside that pytest process (/proc/self/maps, a small plugin) that the sanitized libaudiokv was
 #      the one mapped and the unsanitized build/native/lib/libaudiokv.so was not: a run that silently used the
 #      unsanitized library fails;
-#   5. runs the runner itself end to end the same way (`python -m audiokv_edge.run`, through a wrapper that makes the
-#      same /proc/self/maps check at exit) on a tiny random-weight pair (audiokv_edge/testing/tiny_models.py):
-#      audio (jfk.wav) with --method audiokv --keep 0.4 --stream, and a text document (--text) the same way; each
-#      must exit 0, report that the eviction ran (--json: "eviction_applied": true) and print no sanitizer report.
+#   5. runs the runner itself end to end the same way, in one process (audiokv_edge.run.main once per configuration,
+#      with the same /proc/self/maps check at exit) on a tiny random-weight pair with whole 32-value q8_0 blocks per
+#      head and 1 s audio chunks (qwen3-qwen3a, audiokv_edge/testing/tiny_models.py): audio (the first 3 s of
+#      jfk.wav: --stream evicts after chunks 1 and 2, then after the question) with every
+#      method x {one-shot, --stream} x {f16, q8_0 KV cache} x {flash attention off, on} (q8_0 only with flash
+#      attention: the runner switches it on for a quantized V cache), --kv-budget with --stream, and a text document
+#      (--text) for a subset; each must exit 0 and evict (--json: the kept cache bytes below the full ones; method full:
+#      equal) and nothing may print a sanitizer report.
 # Must-fail check: `--inject-bug` builds a copy of libaudiokv whose per-head counts array is one entry short
 # (src/llama_evict_adapter.c: b.counts, which audiokv_plan fills for every (layer, KV head)) into
 # build/check_c/adapter-sanitize-injected (from a copy of the sources, adapter-sanitize-injected.src) and runs step 5
 # only: it passes only if AddressSanitizer reports the heap-buffer-overflow (the runner dies of it).
-# Usage: bash scripts/check_adapter_sanitized.sh [--inject-bug] [pytest file or node id ...]
+# Opt-in, not run by the test suite: `--full-llama` instruments the patched llama.cpp too. Step 1 then builds the
+# combined build (this checkout's CMakeLists.txt on $AUDIOKV_CHECK_BUILD/llama.cpp-src: libllama, libggml*, libmtmd
+# and libaudiokv; no tools, tests or unpatched libllama) with -fsanitize=address,undefined, Debug, into
+# build/check_c/llama-sanitize, step 2 links all of its lib/, and the maps check also requires the sanitized
+# libllama (not build/native/lib's). Expect a first build of about 160 compile steps.
+# Usage: bash scripts/check_adapter_sanitized.sh [--inject-bug | --full-llama] [--runner-only] [pytest file or node id ...]
 #        (--runner-only: steps 1, 2 and 5; with pytest arguments, those files instead of the default ones in step 3)
 # Needs the combined build (bash scripts/setup.sh), cmake, and gcc with its sanitizer runtimes (libasan, libubsan:
 # on Debian they come with gcc / build-essential). AUDIOKV_CHECK_JOBS sets the build's parallelism (default 2);
@@ -42,17 +51,21 @@ dir="$repo/build/check_c/adapter-sanitize"
 python="${AUDIOKV_CHECK_PYTHON:-$repo/.venv/bin/python}"
 jobs="${AUDIOKV_CHECK_JOBS:-2}"
 inject=0
+full_llama=0
 pytest_stage=1
 tests=()
 for arg in "$@"; do
     case "$arg" in
         --inject-bug) inject=1; pytest_stage=0 ;;
         --runner-only) pytest_stage=0 ;;
+        --full-llama) full_llama=1 ;;
         *) tests+=("$arg") ;;
     esac
 done
 [ ${#tests[@]} -eq 0 ] && tests=(tests/test_evict_callback_c.py tests/test_profile_defaults_runner.py)
 [ "$inject" -eq 1 ] && dir="$dir-injected"
+[ "$full_llama" -eq 1 ] && dir="$repo/build/check_c/llama-sanitize"
+[ "$inject" -eq 1 ] && [ "$full_llama" -eq 1 ] && { echo "check_adapter_sanitized: --inject-bug and --full-llama exclude each other" >&2; exit 2; }
 
 fail() { echo "check_adapter_sanitized: $*" >&2; exit 1; }
 
@@ -72,50 +85,79 @@ echo "== check_adapter_sanitized: build =="
 mkdir -p "$dir"
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/audiokv-adapter-sanitize.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
-source_dir="$repo/libaudiokv"
-if [ "$inject" -eq 1 ]; then
-    # the must-fail check: one (layer, KV head) short, so audiokv_plan writes 4 bytes past the array
-    # (a copy at a fixed path, modification times kept: a second run recompiles only the changed file)
-    source_dir="$dir.src"
-    rm -rf "$source_dir"
-    cp -pR "$repo/libaudiokv" "$source_dir"
-    rm -rf "$source_dir/build"
-    adapter="$source_dir/src/llama_evict_adapter.c"
-    correct='b.counts = (int32_t *) malloc((size_t) L * (size_t) Hkv * sizeof(int32_t));'
-    grep -qF "$correct" "$adapter" || fail "cannot inject the bug: $adapter has no line '$correct'"
-    sed -i 's/b\.counts = (int32_t \*) malloc((size_t) L \* (size_t) Hkv \* sizeof(int32_t));/b.counts = (int32_t *) malloc(((size_t) L * (size_t) Hkv - 1) * sizeof(int32_t));/' "$adapter"
-    ! grep -qF "$correct" "$adapter" || fail "injecting the bug into $adapter failed"
+# instrumented(LIB): ASan and UBSan instrumentation in LIB, linked against libasan
+instrumented() {
+    local symbols needed
+    # (whole outputs captured first: `nm | grep -q` under pipefail fails when grep stops reading early)
+    symbols="$(nm "$1")"
+    needed="$(readelf -d "$1")"
+    grep -q "NEEDED.*libasan" <<<"$needed" || fail "$1 is not linked against libasan"
+    grep -q "__asan_report_load" <<<"$symbols" || fail "$1 has no ASan instrumentation"
+    grep -q "__ubsan_handle" <<<"$symbols" || fail "$1 has no UBSan instrumentation"
+}
+if [ "$full_llama" -eq 1 ]; then
+    # the patched llama.cpp and libaudiokv (AUDIOKV_SANITIZE) in one sanitized combined build; Debug: -O0 compiles
+    # fastest and keeps every access instrumented
+    flags="-fsanitize=address,undefined -fno-omit-frame-pointer"
+    cmake -S "$repo" -B "$dir" -DCMAKE_C_COMPILER=gcc -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=Debug \
+        -DAUDIOKV_LLAMA_CPP_SOURCE_DIR="$llama_src" -DAUDIOKV_BUILD_LLAMA_TESTS=OFF \
+        -DAUDIOKV_BUILD_UNPATCHED_LLAMA=OFF -DAUDIOKV_BUILD_LLAMA_TOOLS=OFF -DAUDIOKV_SANITIZE=ON \
+        "-DCMAKE_C_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags" "-DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=address,undefined" \
+        "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined" >"$dir.configure.log" 2>&1 || {
+        cat "$dir.configure.log" >&2; fail "configure failed"; }
+    start_s=$SECONDS
+    if ! cmake --build "$dir" -j "$jobs" >"$dir.build.log" 2>&1; then
+        tail -n 60 "$dir.build.log" >&2; fail "build failed (whole log: $dir.build.log)"
+    fi
+    echo "sanitized combined build: $((SECONDS - start_s)) s"
+    lib_src="$dir/lib"
+    lib="$lib_src/libaudiokv.so"
+    for name in libllama.so libggml-base.so libggml-cpu.so libmtmd.so; do
+        [ -f "$lib_src/$name" ] || fail "the sanitized build made no $lib_src/$name"
+        instrumented "$lib_src/$name"
+    done
+else
+    source_dir="$repo/libaudiokv"
+    if [ "$inject" -eq 1 ]; then
+        # the must-fail check: one (layer, KV head) short, so audiokv_plan writes 4 bytes past the array
+        # (a copy at a fixed path, modification times kept: a second run recompiles only the changed file)
+        source_dir="$dir.src"
+        rm -rf "$source_dir"
+        cp -pR "$repo/libaudiokv" "$source_dir"
+        rm -rf "$source_dir/build"
+        adapter="$source_dir/src/llama_evict_adapter.c"
+        correct='b.counts = (int32_t *) malloc((size_t) L * (size_t) Hkv * sizeof(int32_t));'
+        grep -qF "$correct" "$adapter" || fail "cannot inject the bug: $adapter has no line '$correct'"
+        sed -i 's/b\.counts = (int32_t \*) malloc((size_t) L \* (size_t) Hkv \* sizeof(int32_t));/b.counts = (int32_t *) malloc(((size_t) L * (size_t) Hkv - 1) * sizeof(int32_t));/' "$adapter"
+        ! grep -qF "$correct" "$adapter" || fail "injecting the bug into $adapter failed"
+    fi
+    # a build directory configured from another source directory is started afresh (CMake refuses to reuse it)
+    if [ -f "$dir/CMakeCache.txt" ] && ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$source_dir" "$dir/CMakeCache.txt"; then
+        rm -rf "$dir" && mkdir -p "$dir"
+    fi
+    # gcc explicitly: its sanitizer runtimes are the ones preloaded below
+    cmake -S "$source_dir" -B "$dir" -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=Debug -DAUDIOKV_SANITIZE=ON \
+        -DAUDIOKV_WERROR=ON -DAUDIOKV_BUILD_TESTS=OFF -DAUDIOKV_LLAMA_LIB_DIR="$native_lib" \
+        "-DAUDIOKV_LLAMA_INCLUDE_DIRS=$llama_src/include;$llama_src/ggml/include" >"$dir.configure.log" 2>&1 || {
+        cat "$dir.configure.log" >&2; fail "configure failed"; }
+    grep -q "with the llama.cpp eviction callback" "$dir.configure.log" || {
+        cat "$dir.configure.log" >&2; fail "configured without the llama.cpp adapter"; }
+    if ! cmake --build "$dir" -j "$jobs" >"$dir.build.log" 2>&1; then
+        cat "$dir.build.log" >&2; fail "build failed"
+    fi
+    if grep -E "warning:|error:" "$dir.build.log" >&2; then
+        fail "the build printed warnings"
+    fi
+    lib_src="$native_lib"
+    lib="$dir/libaudiokv.so"
 fi
-# a build directory configured from another source directory is started afresh (CMake refuses to reuse it)
-if [ -f "$dir/CMakeCache.txt" ] && ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$source_dir" "$dir/CMakeCache.txt"; then
-    rm -rf "$dir" && mkdir -p "$dir"
-fi
-# gcc explicitly: its sanitizer runtimes are the ones preloaded below
-cmake -S "$source_dir" -B "$dir" -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=Debug -DAUDIOKV_SANITIZE=ON \
-    -DAUDIOKV_WERROR=ON -DAUDIOKV_BUILD_TESTS=OFF -DAUDIOKV_LLAMA_LIB_DIR="$native_lib" \
-    "-DAUDIOKV_LLAMA_INCLUDE_DIRS=$llama_src/include;$llama_src/ggml/include" >"$dir.configure.log" 2>&1 || {
-    cat "$dir.configure.log" >&2; fail "configure failed"; }
-grep -q "with the llama.cpp eviction callback" "$dir.configure.log" || {
-    cat "$dir.configure.log" >&2; fail "configured without the llama.cpp adapter"; }
-if ! cmake --build "$dir" -j "$jobs" >"$dir.build.log" 2>&1; then
-    cat "$dir.build.log" >&2; fail "build failed"
-fi
-if grep -E "warning:|error:" "$dir.build.log" >&2; then
-    fail "the build printed warnings"
-fi
-lib="$dir/libaudiokv.so"
-# (whole outputs captured first: `nm | grep -q` under pipefail fails when grep stops reading early)
 exported="$(nm -D --defined-only "$lib")"
-symbols="$(nm "$lib")"
-needed="$(readelf -d "$lib")"
 grep -qw audiokv_llama_evict_callback <<<"$exported" || fail "$lib lacks audiokv_llama_evict_callback"
-grep -q "NEEDED.*libasan" <<<"$needed" || fail "$lib is not linked against libasan"
-grep -q "__asan_report_load" <<<"$symbols" || fail "$lib has no ASan instrumentation"
-grep -q "__ubsan_handle" <<<"$symbols" || fail "$lib has no UBSan instrumentation"
+instrumented "$lib"
 
 # -- 2. a library directory with the sanitized libaudiokv -----------------------------------------------------------
 mkdir "$tmp/lib" "$tmp/py"
-for f in "$native_lib"/*; do
+for f in "$lib_src"/*; do
     name="$(basename "$f")"
     case "$name" in libaudiokv*) continue ;; esac
     [ -f "$f" ] && ln -s "$f" "$tmp/lib/$name"       # files only: not lib/unpatched/
@@ -125,6 +167,8 @@ ln -s "$lib" "$tmp/lib/libaudiokv.so"
 
 # -- 3./4. the tests, sanitized, with a probe of what the process mapped ---------------------------------------------
 marker="$tmp/mapped.txt"
+sanitized_llama=""
+[ "$full_llama" -eq 0 ] || sanitized_llama="$lib_src/libllama.so"
 cat >"$tmp/py/audiokv_sanitized_maps.py" <<'PY'
 """Which libaudiokv this process mapped (scripts/check_adapter_sanitized.sh): one line appended to the marker."""
 import os
@@ -141,8 +185,14 @@ def record() -> bool:
             mapped.add(pathlib.Path(parts[5]))
     asan = any(p.name.startswith("libasan") for p in mapped)
     ok = want in mapped and plain not in mapped and asan
+    line = f"sanitized={want in mapped} unsanitized={plain in mapped} asan={asan}"
+    if os.environ.get("AUDIOKV_SANITIZED_LLAMA"):  # --full-llama: the sanitized libllama, not the plain one
+        llama = pathlib.Path(os.environ["AUDIOKV_SANITIZED_LLAMA"]).resolve()
+        plain_llama = pathlib.Path(os.environ["AUDIOKV_UNSANITIZED_LLAMA"]).resolve()
+        ok = ok and llama in mapped and plain_llama not in mapped
+        line += f" llama={llama in mapped} unsanitized_llama={plain_llama in mapped}"
     with open(os.environ["AUDIOKV_SANITIZED_MARKER"], "a") as f:
-        f.write(f"{'ok' if ok else 'WRONG'} sanitized={want in mapped} unsanitized={plain in mapped} asan={asan}\n")
+        f.write(f"{'ok' if ok else 'WRONG'} {line}\n")
     return ok
 PY
 cat >"$tmp/py/audiokv_sanitized_probe.py" <<'PY'
@@ -153,18 +203,6 @@ import audiokv_sanitized_maps
 def pytest_sessionfinish(session, exitstatus):
     if not audiokv_sanitized_maps.record() and session.exitstatus == 0:
         session.exitstatus = 1
-PY
-cat >"$tmp/py/audiokv_sanitized_run.py" <<'PY'
-"""python -m audiokv_edge.run with the /proc/self/maps check at exit (scripts/check_adapter_sanitized.sh)."""
-import atexit
-import runpy
-import sys
-
-import audiokv_sanitized_maps
-
-atexit.register(audiokv_sanitized_maps.record)
-sys.argv[0] = "audiokv-run"
-runpy.run_module("audiokv_edge.run", run_name="__main__", alter_sys=True)
 PY
 
 # detect_leaks=0: CPython (and numpy, llama.cpp's globals) keep memory until exit by design; LeakSanitizer would
@@ -178,6 +216,7 @@ sanitized() {
         PYTHONPATH="$tmp/py:$repo${PYTHONPATH:+:$PYTHONPATH}" \
         AUDIOKV_SANITIZED_LIB="$lib" AUDIOKV_UNSANITIZED_LIB="$native_lib/libaudiokv.so" \
         AUDIOKV_SANITIZED_MARKER="$marker" \
+        AUDIOKV_SANITIZED_LLAMA="$sanitized_llama" AUDIOKV_UNSANITIZED_LLAMA="$native_lib/libllama.so" \
         "$@"
 }
 sanitizer_pattern="ERROR: AddressSanitizer|ERROR: UndefinedBehaviorSanitizer|runtime error:"
@@ -217,38 +256,136 @@ if [ "$pytest_stage" -eq 1 ]; then
 fi
 
 # -- 5. the runner, end to end ---------------------------------------------------------------------------------------
-echo "== check_adapter_sanitized: python -m audiokv_edge.run (tiny pair; audio, text; audiokv keep 0.4 --stream) =="
+# One process runs the whole matrix (audiokv_edge.run.main once per configuration: the runner's own argument parsing,
+# Session and --json record; a subprocess per configuration would pay Python + numpy + llama.cpp start-up under ASan
+# every time): audio, every method x {one-shot, --stream} x {f16, q8_0} x {-fa off, on}, plus --kv-budget with
+# --stream; a text document for a subset. Each run must exit 0 and evict (the kept cache smaller than the full one;
+# full: equal), and the process must map the sanitized libaudiokv.
+echo "== check_adapter_sanitized: python -m audiokv_edge.run (tiny pair; every method x one-shot/--stream x f16/q8_0 x -fa off/on, --kv-budget; audio, text) =="
 pair="$(cd "$repo" && "$python" -c 'import sys
 from audiokv_edge.testing.tiny_models import write_tiny_pair
-print(*write_tiny_pair(sys.argv[1], "qwen2-qwen2a"))' "$tmp/pair")" || fail "cannot write the tiny pair"
+print(*write_tiny_pair(sys.argv[1], "qwen3-qwen3a"))' "$tmp/pair")" || fail "cannot write the tiny pair"
 read -r model mmproj <<<"$pair"
 "$python" -c 'import sys
 words = "the quick brown fox jumps over the lazy dog while the pass key is 4721 and the river runs".split()
 open(sys.argv[1], "w").write(" ".join(words[i % len(words)] for i in range(120)) + "\n")' "$tmp/doc.txt"
-common=(--method audiokv --keep 0.4 --stream -n 8 -c 1024 -t 1 --json)
-for name in audio text; do
-    if [ "$name" = audio ]; then
-        args=(-m "$model" -mm "$mmproj" --audio "$repo/audiokv_edge/data/jfk.wav")
-    else
-        args=(-m "$model" --text "$tmp/doc.txt" -p "What is the pass key?" --text-block 128)
-    fi
-    log="$dir.run-$name.log"
-    : >"$marker"
-    status=0
-    (cd "$repo" && sanitized "$python" -m audiokv_sanitized_run "${args[@]}" "${common[@]}") >"$log" 2>&1 || status=$?
-    reported "$log" "in the $name run (exit $status)"
-    if [ "$status" -ne 0 ]; then
-        tail -n 40 "$log" >&2
-        fail "the $name run failed (exit $status) under ASan/UBSan (whole log: $log)"
-    fi
-    grep -q '"eviction_applied": true' "$log" || { tail -n 20 "$log" >&2; fail "the $name run did not evict"; }
-    [ -s "$marker" ] || fail "the $name run's probe did not run: cannot tell which libaudiokv was loaded"
-    echo "$name: $(cat "$marker")"
-    grep -q "^ok " "$marker" || fail "the sanitized libaudiokv was not the one loaded in the $name run"
-done
+# the first 3 s of jfk.wav: three 1 s chunks (several --stream evictions), a short prefill per configuration
+"$python" -c 'import sys, wave
+with wave.open(sys.argv[1], "rb") as src, wave.open(sys.argv[2], "wb") as dst:
+    dst.setparams(src.getparams())
+    dst.writeframes(src.readframes(3 * src.getframerate()))' "$repo/audiokv_edge/data/jfk.wav" "$tmp/jfk-3s.wav"
+cat >"$tmp/py/audiokv_sanitized_matrix.py" <<'PY'
+"""The runner's configuration matrix in one process (scripts/check_adapter_sanitized.sh, step 5).
+
+Usage: python -m audiokv_sanitized_matrix MODEL MMPROJ AUDIO DOCUMENT. Calls ``audiokv_edge.run.main`` once per
+configuration with --json and checks the record: exit 0, and the kept cache smaller than the full one (method full:
+equal). One line per configuration; at exit the /proc/self/maps check. Exit status 1 when any configuration failed.
+"""
+import contextlib
+import io
+import json
+import sys
+import time
+
+import audiokv_sanitized_maps
+from audiokv_edge import run
+
+METHODS = ("audiokv", "snapkv", "adakv", "pyramidkv", "h2o", "streamingllm", "full")
+KV_BUDGET = 24
+
+
+def configurations(model, mmproj, audio, document):
+    """(what, method, stream, KV type, -fa, --kv-budget), runner input arguments. No q8_0 with -fa off: the runner
+    switches flash attention on for a quantized V cache (a warning), which is the q8_0 -fa on run again."""
+    audio_in = ["-m", model, "-mm", mmproj, "--audio", audio]
+    text_in = ["-m", model, "--text", document, "-p", "What is the pass key?", "--text-block", "48"]
+    for method in METHODS:
+        for stream in (False, True):
+            for kv, fa in (("f16", "off"), ("f16", "on"), ("q8_0", "on")):
+                yield ("audio", method, stream, kv, fa, None), audio_in
+    for method in METHODS[:-1]:
+        yield ("audio", method, True, "f16", "off", KV_BUDGET), audio_in
+    yield ("audio", "audiokv", True, "q8_0", "on", KV_BUDGET), audio_in
+    for method in METHODS:
+        yield ("text", method, True, "f16", "off", None), text_in
+    yield ("text", "audiokv", False, "f16", "on", None), text_in
+    yield ("text", "audiokv", True, "q8_0", "on", None), text_in
+    yield ("text", "snapkv", True, "q8_0", "on", KV_BUDGET), text_in
+    yield ("text", "adakv", True, "f16", "on", KV_BUDGET), text_in
+
+
+def label(what, method, stream, kv, fa, budget):
+    return (f"{what} {method}{' --stream' if stream else ''} -ctk/-ctv {kv} -fa {fa}"
+            f"{f' --kv-budget {budget}' if budget else ''}")
+
+
+def one(conf, inputs):
+    what, method, stream, kv, fa, budget = conf
+    argv = [*inputs, "--method", method, "-ctk", kv, "-ctv", kv, "-fa", fa, "-n", "4", "-c", "1024", "-t", "1",
+            "--json"]
+    if method != "full":
+        argv += ["--keep", "0.4"]
+    if stream:
+        argv.append("--stream")
+    if budget:
+        argv += ["--kv-budget", str(budget)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = run.main(argv)
+    if status != 0:
+        return f"exit {status}"
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("{")]
+    if not lines:
+        return "no JSON record"
+    record = json.loads(lines[-1])
+    full, kept = record["kv_bytes_full"], record["kv_bytes_kept"]
+    if not record["eviction_applied"]:
+        return "eviction_applied false"
+    if record["flash_attn"] != (fa == "on") or record["kv_type"] != kv or record["stream"] != stream:
+        return f"the record's settings differ: flash_attn={record['flash_attn']} kv_type={record['kv_type']}"
+    if method == "full":
+        return None if kept == full else f"full kept {kept} of {full} bytes"
+    if not 0 < kept < full:
+        return f"no eviction: kept {kept} of {full} bytes"
+    return None
+
+
+def main(argv):
+    model, mmproj, audio, document = argv
+    failed = 0
+    count = 0
+    start = time.perf_counter()
+    for conf, inputs in configurations(model, mmproj, audio, document):
+        count += 1
+        problem = one(conf, inputs)
+        print(f"{'FAILED' if problem else 'ok'} {label(*conf)}{': ' + problem if problem else ''}", flush=True)
+        failed += problem is not None
+    print(f"configurations: {count}, failed: {failed}, {time.perf_counter() - start:.1f} s", flush=True)
+    mapped = audiokv_sanitized_maps.record()
+    return 1 if failed or not mapped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+PY
+log="$dir.run-matrix.log"
+: >"$marker"
+status=0
+(cd "$repo" && sanitized "$python" -m audiokv_sanitized_matrix "$model" "$mmproj" \
+    "$tmp/jfk-3s.wav" "$tmp/doc.txt") >"$log" 2>&1 || status=$?
+reported "$log" "in the runner matrix (exit $status)"
+grep -E "^(ok|FAILED) " "$log" || true
+grep "^configurations: " "$log" || true
+if [ "$status" -ne 0 ]; then
+    grep -E -A 3 "^FAILED " "$log" >&2 || tail -n 40 "$log" >&2
+    fail "the runner matrix failed (exit $status) under ASan/UBSan (whole log: $log)"
+fi
+[ -s "$marker" ] || fail "the runner matrix's probe did not run: cannot tell which libaudiokv was loaded"
+echo "matrix: $(cat "$marker")"
+grep -q "^ok " "$marker" || fail "the sanitized libaudiokv was not the one loaded in the runner matrix"
 [ "$inject" -eq 0 ] || fail "--inject-bug: the injected overflow was NOT reported"
 if [ "$pytest_stage" -eq 1 ]; then
-    echo "check_adapter_sanitized: passed (${tests[*]}; the runner: audio and text)"
+    echo "check_adapter_sanitized: passed (${tests[*]}; the runner matrix: audio and text)"
 else
-    echo "check_adapter_sanitized: passed (the runner: audio and text)"
+    echo "check_adapter_sanitized: passed (the runner matrix: audio and text)"
 fi

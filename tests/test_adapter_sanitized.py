@@ -1,8 +1,9 @@
 """scripts/check_adapter_sanitized.sh: libaudiokv WITH the llama.cpp eviction callback (llama_evict_adapter.c,
 ggml_to_float.c, the C GGUF profile reader) built under AddressSanitizer + UBSan and driven through llama.cpp by
 tests/test_evict_callback_c.py and tests/test_profile_defaults_runner.py, then by the runner itself
-(``python -m audiokv_edge.run`` on a tiny pair: audio and a text document, audiokv keep 0.4 --stream); the script
-also checks that the sanitized library was the one loaded. Must fail: with ``--inject-bug`` it builds a copy of
+(``audiokv_edge.run`` on a tiny pair, one process: audio, every method x one-shot / --stream x f16 / q8_0 x flash
+attention off / on, --kv-budget with --stream, and a text document for a subset; each must evict); the script also
+checks that the sanitized library was the one loaded. Must fail: with ``--inject-bug`` it builds a copy of
 libaudiokv with a one-entry heap overflow in the eviction callback and passes only when AddressSanitizer reports it
 from the runner. (The llama.cpp libraries are reused, not rebuilt.)"""
 
@@ -39,12 +40,18 @@ def _check(*args: str) -> subprocess.CompletedProcess:
 def test_adapter_and_runner_under_asan_and_ubsan():
     out = _check().stdout
     assert "ok sanitized=True unsanitized=False asan=True" in out
-    for run in ("audio", "text"):
-        assert f"{run}: ok sanitized=True unsanitized=False asan=True" in out
+    assert "matrix: ok sanitized=True unsanitized=False asan=True" in out
+    for method in ("audiokv", "snapkv", "adakv", "pyramidkv", "h2o", "streamingllm", "full"):
+        for stream in ("", " --stream"):
+            for kv, fa in (("f16", "off"), ("f16", "on"), ("q8_0", "on")):
+                assert f"ok audio {method}{stream} -ctk/-ctv {kv} -fa {fa}\n" in out
+        assert f"ok text {method} --stream -ctk/-ctv f16 -fa off\n" in out
+    assert "ok audio audiokv --stream -ctk/-ctv f16 -fa off --kv-budget 24\n" in out
+    assert "\nFAILED " not in out and ", failed: 0," in out
     assert "check_adapter_sanitized: passed" in out
 
 
 def test_an_injected_overflow_is_reported():
     out = _check("--inject-bug").stdout
     assert "ERROR: AddressSanitizer: heap-buffer-overflow" in out
-    assert "check_adapter_sanitized: the injected bug was reported (in the audio run" in out
+    assert "check_adapter_sanitized: the injected bug was reported (in the runner matrix" in out

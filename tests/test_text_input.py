@@ -283,6 +283,34 @@ def test_stream_evicts_after_every_block(text_model, question_first):
     assert out["follow_up_evictions"] == [] and out["follow_up"]["prompt_tokens"] > 0
 
 
+@pytest.fixture(scope="module")
+def one_kv_head_model(tmp_path_factory) -> Path:
+    """A tiny random qwen2 text model with ONE KV head per layer (head size 32: q8_0 fits)."""
+    from audiokv_edge.testing import tiny_models as tm
+
+    path = tmp_path_factory.mktemp("one_kv_head") / "model.gguf"
+    tm.write_text_model(path, tm.TextModelSpec("qwen2", tm.CHATML, n_embd=128, n_head=4, n_head_kv=1, head_dim=32),
+                        seed=5)
+    return path
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("method", ["pyramidkv", "snapkv"])
+def test_stream_with_one_kv_head_per_layer(one_kv_head_model, method):
+    """Regression (found by scripts/check_adapter_sanitized.sh's runner matrix): with one KV head per layer, a
+    per-layer budget (pyramidkv) leaves the layers holding different counts while every layer's heads agree; the
+    second eviction from the pools was still handed over as a "uniform" cache and the callback refused it (layer 1
+    head 0 holds 91 entries, not 96). Every block's eviction must now run and keep keep x the positions seen."""
+    out = _probe(PROBE_STREAM, str(one_kv_head_model), FILLER, method, "1", "64", "0", "1024")
+    answer, evictions, heads = out["answer"], out["evictions"], out["heads"]
+    start, stop = out["span"]
+    want = stream_boundaries(answer["prompt_tokens"], (start, stop), 64)
+    assert len(want) >= 3
+    assert [e["n_past"] for e in evictions] == [*want, answer["prompt_tokens"]]
+    for e in evictions:
+        assert abs(e["entries_after"] / (heads * e["n_past"]) - 0.4) <= 0.02, e
+
+
 @pytest.mark.native
 def test_stream_runs_a_document_longer_than_the_context(text_model):
     """A document of about 1,000 tokens in a 256-token context: refused without --stream (the message names both

@@ -341,7 +341,10 @@ int32_t llama_kv_evict_state::evict_seq_compact(llama_seq_id seq_id) {
                 }
             } else {
                 const auto & pl = seqs[seq_id].layers[l];
-                r.uniform = r.uniform && pl.len[h] == pl.len[0] && pl.pos[h] == pl.pos[0];
+                // uniform: every head of EVERY layer holds the same positions (layer 0's head 0: with one KV head
+                // per layer, a per-layer budget such as pyramidkv's makes only the layers differ)
+                const auto & p0 = seqs[seq_id].layers[0];
+                r.uniform = r.uniform && pl.len[h] == p0.len[0] && pl.pos[h] == p0.pos[0];
                 for (int64_t j = 0; j < pl.len[h]; ++j) {
                     rs.push_back(pool_row(pl, h, j));
                 }
