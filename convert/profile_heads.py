@@ -60,11 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _progress(args, total: int, unit: str):
+def _with_progress(args, items: list, unit: str):
+    """``items`` one by one, with a progress bar on stderr unless --no-progress."""
     if args.no_progress:
-        return None
+        yield from items
+        return
     from tqdm import tqdm
-    return tqdm(total=total, unit=unit, desc="profiling", file=sys.stderr, leave=False)
+    with tqdm(total=len(items), unit=unit, desc="profiling", file=sys.stderr, leave=False) as bar:
+        for item in items:
+            yield item
+            bar.update(1)
 
 
 def _profile_audio(args):
@@ -81,18 +86,11 @@ def _profile_audio(args):
     with TeacherForcedAttention(args.model, args.mmproj, n_ctx=args.ctx, n_batch=args.batch,
                                 n_threads=args.threads, lora=args.lora) as cap:
         acc = HitRatioAccumulator(cap.n_layer, cap.n_head, args.top_k)
-        bar = _progress(args, len(items), "clip")
-        try:
-            for it in items:
-                c = cap.score_clip(it, acc)
-                clips.append({"audio": os.path.basename(it.audio_path), "seconds": round(it.duration, 3),
-                              "timed": it.timed, "steps": c.steps, "audio_tokens": c.audio_tokens,
-                              "audio_start": c.audio_start, "audio_seconds_covered": c.audio_seconds_covered})
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+        for it in _with_progress(args, items, "clip"):
+            c = cap.score_clip(it, acc)
+            clips.append({"audio": os.path.basename(it.audio_path), "seconds": round(it.duration, 3),
+                          "timed": it.timed, "steps": c.steps, "audio_tokens": c.audio_tokens,
+                          "audio_start": c.audio_start, "audio_seconds_covered": c.audio_seconds_covered})
         layout = (cap.n_layer, cap.n_head, cap.n_head_kv, cap.kv_source, cap.attention_layers)
         mmproj = f"{os.path.basename(str(cap.mmproj_path))} ({cap.proj_type})"
     n_timed = sum(c["timed"] for c in clips)
@@ -129,17 +127,10 @@ def _profile_retrieval(args):
         chars_per_token = len(probe) / max(1, len(cap.tokenize_text(probe)))
         docs = rh.needle_documents(haystack, args.docs, int(args.doc_tokens * chars_per_token), args.seed)
         acc = HitRatioAccumulator(cap.n_layer, cap.n_head, args.top_k)
-        bar = _progress(args, len(docs), "doc")
-        try:
-            for doc in docs:
-                c = rh.score_document(cap, doc, acc)
-                records.append({"needle": doc.needle, "depth": round(c.depth, 3), "steps": c.steps,
-                                "prompt_tokens": c.prompt_tokens, "needle_span": list(c.needle_span)})
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+        for doc in _with_progress(args, docs, "doc"):
+            c = rh.score_document(cap, doc, acc)
+            records.append({"needle": doc.needle, "depth": round(c.depth, 3), "steps": c.steps,
+                            "prompt_tokens": c.prompt_tokens, "needle_span": list(c.needle_span)})
         layout = (cap.n_layer, cap.n_head, cap.n_head_kv, cap.kv_source, cap.attention_layers)
     tokens = [r["prompt_tokens"] for r in records]
     source = {"calibration": (f"needle copy: {len(records)} documents of {min(tokens)}-{max(tokens)} tokens cut from "

@@ -266,19 +266,25 @@ with Session(model, config=cfg) as s:
 """
 
 
+def _assert_one_eviction_per_block(out: dict, block: int) -> dict:
+    """A --stream probe's evictions: one after every block of the document but the last and one after the prompt,
+    each keeping 0.4 x the positions seen. Returns the answer's stats."""
+    answer, evictions, heads = out["answer"], out["evictions"], out["heads"]
+    want = stream_boundaries(answer["prompt_tokens"], tuple(out["span"]), block)
+    assert len(want) >= 3
+    assert [e["n_past"] for e in evictions] == [*want, answer["prompt_tokens"]]
+    for e in evictions:
+        assert abs(e["entries_after"] / (heads * e["n_past"]) - 0.4) <= 0.02, e
+    return answer
+
+
 @pytest.mark.native
 @pytest.mark.parametrize("question_first", [False, True], ids=["question-after", "question-before"])
 def test_stream_evicts_after_every_block(text_model, question_first):
     """--stream on a text document in blocks of 64 tokens: one eviction after every block but the last and one after
     the prompt, each keeping keep x the positions seen; the follow-up adds no eviction."""
     out = _probe(PROBE_STREAM, str(text_model), FILLER, "snapkv", "1", "64", str(int(question_first)), "1024")
-    answer, evictions, heads = out["answer"], out["evictions"], out["heads"]
-    start, stop = out["span"]
-    want = stream_boundaries(answer["prompt_tokens"], (start, stop), 64)
-    assert len(want) >= 3
-    assert [e["n_past"] for e in evictions] == [*want, answer["prompt_tokens"]]
-    for e in evictions:
-        assert abs(e["entries_after"] / (heads * e["n_past"]) - 0.4) <= 0.02, e
+    answer = _assert_one_eviction_per_block(out, 64)
     assert abs(answer["kv_bytes_kept"] / answer["kv_bytes_full"] - 0.4) <= 0.02
     assert out["follow_up_evictions"] == [] and out["follow_up"]["prompt_tokens"] > 0
 
@@ -302,13 +308,7 @@ def test_stream_with_one_kv_head_per_layer(one_kv_head_model, method):
     second eviction from the pools was still handed over as a "uniform" cache and the callback refused it (layer 1
     head 0 holds 91 entries, not 96). Every block's eviction must now run and keep keep x the positions seen."""
     out = _probe(PROBE_STREAM, str(one_kv_head_model), FILLER, method, "1", "64", "0", "1024")
-    answer, evictions, heads = out["answer"], out["evictions"], out["heads"]
-    start, stop = out["span"]
-    want = stream_boundaries(answer["prompt_tokens"], (start, stop), 64)
-    assert len(want) >= 3
-    assert [e["n_past"] for e in evictions] == [*want, answer["prompt_tokens"]]
-    for e in evictions:
-        assert abs(e["entries_after"] / (heads * e["n_past"]) - 0.4) <= 0.02, e
+    _assert_one_eviction_per_block(out, 64)
 
 
 @pytest.mark.native
