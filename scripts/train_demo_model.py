@@ -63,6 +63,8 @@ def held_out_wer(trainer, llm_text, model_path, heldout_dir, n: int = 12, max_to
 
 
 def main(argv=None) -> int:
+    from audiokv_edge.demo_model.lora import ALL_TARGETS, DEFAULT_TARGETS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=pathlib.Path, default=DEFAULT_WORK, help="data, cache and checkpoints (default %(default)s)")
     ap.add_argument("--recordings", type=int, default=1500, help="training recordings to synthesise (default %(default)s)")
@@ -72,6 +74,12 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--lora-rank", type=int, default=8,
                     help="LoRA rank on the text model's attention q / v (0: train the projector only; default 8)")
+    ap.add_argument("--lora-targets", default=",".join(DEFAULT_TARGETS),
+                    help=f"LoRA matrices, comma-separated, of {','.join(ALL_TARGETS)} (default %(default)s); targets "
+                         "added to a checkpoint start at zero")
+    ap.add_argument("--restart-at", type=int, default=0,
+                    help="LLM step of a warm restart of the learning rate (0: none; default %(default)s)")
+    ap.add_argument("--restart-lr", type=float, default=2.5e-4, help="peak learning rate after --restart-at")
     ap.add_argument("--hours", type=float, default=None, help="stop (resumably) after this many hours")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--skip-data", action="store_true",
@@ -112,7 +120,9 @@ def main(argv=None) -> int:
     text = llama_text.LlamaText(model_path)
     cfg_llm, tensors = torch_llm.load_gguf(model_path)
     llm = torch_llm.FrozenLlama(cfg_llm, tensors)
-    config = TrainConfig(ctc_steps=args.ctc_steps, llm_steps=args.llm_steps, lora_rank=args.lora_rank)
+    config = TrainConfig(ctc_steps=args.ctc_steps, llm_steps=args.llm_steps, lora_rank=args.lora_rank,
+                         lora_targets=tuple(t for t in args.lora_targets.split(",") if t),
+                         restart_at=args.restart_at, restart_lr=args.restart_lr)
     trainer = Trainer(data_dir, work, llm, text.tokenize, text.layout, text.eos_id, config,
                       evaluate=lambda tr: held_out_wer(tr, text, model_path, heldout_dir))
     bar = tqdm(desc="training", unit="step")

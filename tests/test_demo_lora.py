@@ -39,17 +39,20 @@ def llama_cpp_logits(model_path, lora_path, tokens):
 
 
 @pytest.mark.native
-def test_torch_lora_equals_llama_cpp_adapter(tmp_path, smollm2):
-    """Teacher-forced next-token distributions of SmolLM2 + a random LoRA (rank 4 on q / v, alpha 8, B not zero):
-    PyTorch (float32) vs llama.cpp (Q4_1 base + F32 adapter): top-1 agreement >= 0.9 and the LoRA's effect on the
-    logits reproduced (correlation of the logit changes >= 0.9), i.e. the same adapter layout and scale."""
+@pytest.mark.parametrize("targets", [("attn_q", "attn_v"), "all"])
+def test_torch_lora_equals_llama_cpp_adapter(tmp_path, smollm2, targets):
+    """Teacher-forced next-token distributions of SmolLM2 + a random LoRA (rank 4 on q / v, or on every attention
+    and FFN matrix; alpha 8, B not zero): PyTorch (float32) vs llama.cpp (Q4_1 base + F32 adapter): top-1 agreement
+    >= 0.9 and the LoRA's effect on the logits reproduced (correlation of the logit changes >= 0.9), i.e. the same
+    adapter layout and scale."""
     torch = pytest.importorskip("torch")
-    from audiokv_edge.demo_model.lora import LoraAdapters
+    from audiokv_edge.demo_model.lora import ALL_TARGETS, LoraAdapters
     from audiokv_edge.demo_model.torch_llm import FrozenLlama, load_gguf
 
     cfg, tensors = load_gguf(smollm2, dtype=torch.float32)
     llm = FrozenLlama(cfg, tensors)
-    lora = LoraAdapters(cfg.n_layer, llm.shapes(("attn_q", "attn_v")), rank=4, alpha=8.0, seed=1)
+    lora = LoraAdapters(cfg.n_layer, llm.shapes(ALL_TARGETS if targets == "all" else targets), rank=4, alpha=8.0,
+                        seed=1)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for p in lora.b.values():

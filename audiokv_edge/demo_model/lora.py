@@ -1,6 +1,7 @@
 """A LoRA on the frozen text model's attention projections, trained with the audio projector.
 
-For each layer and each target matrix W (``attn_q``, ``attn_v`` by default; llama.cpp's GGUF layout [out, in]) the
+For each layer and each target matrix W (``attn_q``, ``attn_v`` by default, or any of :data:`ALL_TARGETS`;
+llama.cpp's GGUF layout [out, in]) the
 adapted layer computes ``y W^T + (alpha / rank) (y A^T) B^T`` with A [rank, in] and B [out, rank]. B starts at zero,
 so adding a LoRA to a trained projector changes nothing until it learns. The exported arrays carry llama.cpp's
 adapter tensor names (``blk.N.attn_q.weight.lora_a`` / ``.lora_b``), written by :mod:`.lora_gguf`.
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 DEFAULT_TARGETS = ("attn_q", "attn_v")
+ALL_TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
 class LoraAdapters(nn.Module):
@@ -47,6 +49,10 @@ class LoraAdapters(nn.Module):
             return None
         a, b = self.a[key].to(y.dtype), self.b[key].to(y.dtype)
         return (y @ a.t()) @ b.t() * self.scale
+
+    def param_keys(self) -> list[str]:
+        """Names of :meth:`parameters` in their order (``a.<layer>_<target>`` then ``b.<layer>_<target>``)."""
+        return [name for name, _ in self.named_parameters()]
 
     def export(self) -> dict[str, np.ndarray]:
         """``{tensor name: float32 array}`` under llama.cpp's adapter names: lora_a [rank, in], lora_b [out, rank]."""

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from audiokv_edge.demo_model import dataset, features, mmproj, tasks
-from audiokv_edge.demo_model.lora import DEFAULT_TARGETS, LoraAdapters
+from audiokv_edge.demo_model.lora import ALL_TARGETS, DEFAULT_TARGETS, LoraAdapters
 from audiokv_edge.demo_model.torch_encoder import UltravoxProjector
 from audiokv_edge.demo_model.torch_llm import FrozenLlama
 
@@ -60,15 +60,32 @@ class TrainConfig:
     long_form_long_share: float = 0.35   # steps that pick a multi-window recording
     long_form_crop_share: float = 0.2
     long_form_transcribe_share: float = 0.75
+    # Warm restart: from this LLM step on (0: never) the learning rate follows a new warm-up and cosine from
+    # ``restart_lr`` down to zero at ``llm_steps`` (a new phase, e.g. with LoRA targets added to a trained model).
+    restart_at: int = 0
+    restart_lr: float = 2.5e-4
 
     def __post_init__(self) -> None:
-        for f in ("ctc_steps", "llm_steps", "ctc_batch", "llm_accum", "checkpoint_every", "lora_rank"):
-            if getattr(self, f) < 0 or (f not in ("ctc_steps", "llm_steps", "lora_rank") and getattr(self, f) == 0):
+        for f in ("ctc_steps", "llm_steps", "ctc_batch", "llm_accum", "checkpoint_every", "lora_rank", "restart_at"):
+            if getattr(self, f) < 0 or (f not in ("ctc_steps", "llm_steps", "lora_rank", "restart_at")
+                                        and getattr(self, f) == 0):
                 raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
         for f in ("full_window_share", "crop_share", "long_form_from", "long_form_long_share", "long_form_crop_share",
                   "long_form_transcribe_share"):
             if not 0.0 <= getattr(self, f) <= 1.0:
                 raise ValueError(f"{f} must be in [0, 1], got {getattr(self, f)}")
+        if self.restart_at and self.restart_at >= self.llm_steps:
+            raise ValueError(f"restart_at ({self.restart_at}) must be below llm_steps ({self.llm_steps})")
+        unknown = [t for t in self.lora_targets if t not in ALL_TARGETS]
+        if unknown or not self.lora_targets:
+            raise ValueError(f"lora_targets must be a non-empty subset of {ALL_TARGETS}, got {self.lora_targets}")
+
+    def llm_lr_at(self, step: int) -> float:
+        """The LLM stage's learning rate at ``step`` (cosine from ``llm_lr``, or from ``restart_lr`` after a warm
+        restart)."""
+        if self.restart_at and step >= self.restart_at:
+            return lr_at(step - self.restart_at, self.llm_steps - self.restart_at, self.restart_lr, self.warmup)
+        return lr_at(step, self.llm_steps, self.llm_lr, self.warmup)
 
 
 @dataclasses.dataclass
@@ -83,6 +100,13 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _lora_keys(n_layer: int, targets) -> list[str]:
+    """Parameter names of a :class:`LoraAdapters` over ``targets``, in its parameter order (for checkpoints that
+    did not record them)."""
+    keys = [f"{i}_{t}" for i in range(n_layer) for t in targets]
+    return [f"a.{k}" for k in keys] + [f"b.{k}" for k in keys]
 
 
 def _atomic_save(obj, path: pathlib.Path) -> None:
@@ -128,17 +152,25 @@ class Trainer:
                 params.append({"params": list(self.lora.parameters()), "weight_decay": 0.0})
         self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
 
-    def _load_opt(self, state: dict) -> None:
-        """Load optimizer state; a checkpoint from before the LoRA existed restores the projector's moments only."""
-        if len(state["param_groups"]) == len(self.opt.param_groups):
+    def _load_opt(self, state: dict, old_lora_keys: list[str]) -> None:
+        """Load optimizer state. When the LoRA was added or grew since the checkpoint (``old_lora_keys``: its
+        parameters' names then, in order), every parameter that existed keeps its moments and the new ones start
+        without any."""
+        groups = state["param_groups"]
+        if [len(g["params"]) for g in groups] == [len(g["params"]) for g in self.opt.param_groups]:
             self.opt.load_state_dict(state)
             return
-        old = torch.optim.AdamW(self.opt.param_groups[0]["params"], lr=self.cfg.llm_lr)
-        old.load_state_dict(state)
-        for p in self.opt.param_groups[0]["params"]:
-            if p in old.state:
-                self.opt.state[p] = old.state[p]
-        logger.info("LoRA added to a checkpoint without one: it starts at zero, the projector keeps its state")
+        by_index = dict(zip(groups[0]["params"], self.projector.parameters()))
+        if len(groups) > 1 and self.lora is not None:
+            named = dict(self.lora.named_parameters())
+            by_index.update((i, named[k]) for i, k in zip(groups[1]["params"], old_lora_keys))
+        for i, st in state["state"].items():
+            p = by_index.get(int(i))
+            if p is not None:
+                self.opt.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
+        logger.info("LoRA added or grown since the checkpoint (%d -> %d parameter tensors): the new ones start at "
+                    "zero, the others keep their optimizer state", len(old_lora_keys),
+                    0 if self.lora is None else len(self.lora.param_keys()))
 
     def _load(self) -> None:
         if self.ckpt_path.exists():
@@ -146,12 +178,18 @@ class Trainer:
             self.projector.load_state_dict(ck["projector"])
             self.blank.data.copy_(ck["blank"])
             self.ctc_scale.data.copy_(ck["ctc_scale"])
+            old_lora_keys = []
             if self.lora is not None and ck.get("lora") is not None:
-                self.lora.load_state_dict(ck["lora"])
+                missing, unexpected = self.lora.load_state_dict(ck["lora"], strict=False)
+                if unexpected:
+                    raise ValueError(f"{self.ckpt_path}: its LoRA covers {sorted(unexpected)[:4]}..., which "
+                                     f"lora_targets {self.cfg.lora_targets} leave out")
+                old_lora_keys = ck.get("lora_keys") or _lora_keys(self.lora.n_layer,
+                                                                  ck["config"].get("lora_targets", DEFAULT_TARGETS))
             self.state = ck["state"]
             self._make_opt()
             if ck.get("opt") is not None and ck.get("opt_stage") == self.state["stage"]:
-                self._load_opt(ck["opt"])
+                self._load_opt(ck["opt"], old_lora_keys)
             logger.info("resumed from %s: stage %s step %d", self.ckpt_path, self.state["stage"], self.state["step"])
         else:
             self._make_opt()
@@ -159,6 +197,7 @@ class Trainer:
     def save(self) -> None:
         _atomic_save({"projector": self.projector.state_dict(), "blank": self.blank.data, "ctc_scale": self.ctc_scale.data,
                       "lora": None if self.lora is None else self.lora.state_dict(),
+                      "lora_keys": None if self.lora is None else self.lora.param_keys(),
                       "state": self.state, "opt": self.opt.state_dict(), "opt_stage": self.state["stage"],
                       "config": dataclasses.asdict(self.cfg)}, self.ckpt_path)
 
@@ -309,8 +348,9 @@ class Trainer:
                 self.save()
                 return
             t0 = time.time()
+            lr = lr_at(step, total, self.cfg.ctc_lr, self.cfg.warmup) if stage == "ctc" else self.cfg.llm_lr_at(step)
             for g in self.opt.param_groups:
-                g["lr"] = lr_at(step, total, self.cfg.ctc_lr if stage == "ctc" else self.cfg.llm_lr, self.cfg.warmup)
+                g["lr"] = lr
             self.opt.zero_grad(set_to_none=True)
             if stage == "ctc":
                 recs = self._records(single_window=True)
