@@ -3,7 +3,8 @@ random-weight models of real architectures written once per test module, one lla
 driven through the llama_cpp low-level bindings, the eviction API bound by audiokv_edge.native.llama_kv_evict, plan
 functions and greedy decoding of one or two sequences; and the start of a child process that initialises eviction in
 both modes (:data:`INIT_PROBE_PREAMBLE`, :func:`run_python`: tests/test_evict_families.py,
-tests/test_lfm2_hybrid.py)."""
+tests/test_lfm2_hybrid.py). :func:`child_env` and :func:`run_python` start the child Python processes of the
+tests that run the package in one (this checkout first on PYTHONPATH)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import ctypes
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -266,9 +268,19 @@ def errors():
 """
 
 
-def run_python(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python *args`` in a child process at the repository root, with this checkout first on PYTHONPATH."""
-    env = dict(os.environ)
+def child_env(base: Mapping[str, str] | None = None, *, drop: Iterable[str] = (), **extra: str) -> dict[str, str]:
+    """The environment of a child Python process: ``base`` (this process's environment by default) without the
+    variables named in ``drop``, this checkout first on PYTHONPATH, then ``extra`` set."""
+    drop = set(drop)
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in drop}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=timeout)
+    env.update(extra)
+    return env
+
+
+def run_python(*args: str, timeout: int | None = 300, cwd: str | Path = REPO,
+               env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python *args`` in a child process (at the repository root unless ``cwd``), output captured as text, in
+    ``env`` (:func:`child_env` by default: this checkout first on PYTHONPATH)."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
+                          env=child_env() if env is None else env, timeout=timeout)

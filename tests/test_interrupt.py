@@ -20,6 +20,7 @@ import soundfile as sf
 
 from audiokv_edge.runtime.interrupt import STAGES, Interrupted, StopFlag
 from audiokv_edge.testing.tiny_models import write_tiny_pair
+from tests.evict_fixtures import child_env
 from tests.text_fixtures import FILLER, text_model  # noqa: F401 - text_model is a fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,10 +105,8 @@ def _default_signals() -> None:
 
 
 def _spawn(*args: str) -> subprocess.Popen:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen([sys.executable, "-m", "audiokv_edge.run", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env, preexec_fn=_default_signals)
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=child_env(), preexec_fn=_default_signals)
 
 
 def _run_args(model: Path, audio: Path, *extra: str) -> list[str]:
@@ -211,10 +210,8 @@ while True:  # a step that never checks the flag (as one long call of the audio 
 
 
 def _spawn_stuck() -> subprocess.Popen:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen([sys.executable, "-c", STUCK], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO, env=env, preexec_fn=_default_signals)
+                            cwd=REPO, env=child_env(), preexec_fn=_default_signals)
     assert proc.stdout.readline() == "ready\n", proc.stderr.read()
     return proc
 

@@ -7,7 +7,6 @@ shared evictor (runtime/kv_eviction.py): text documents, SSS restricted to the a
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from audiokv_edge.runtime.kv_eviction import budget_keep
 from audiokv_edge.runtime.session import SessionConfig
+from tests.evict_fixtures import run_python
 from tests.text_fixtures import FILLER, text_model  # noqa: F401 - text_model is a fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,10 +44,7 @@ def test_budget_keep_is_the_smaller_ratio():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "audiokv_edge.run", *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=600)
+    return run_python("-m", "audiokv_edge.run", *args, timeout=600)
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "2.5", "many"])

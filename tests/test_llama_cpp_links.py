@@ -20,8 +20,8 @@ import pytest
 
 from audiokv_edge.native import libs as native_libs
 from audiokv_edge.native import llama_cpp_links as links
+from tests.evict_fixtures import run_python
 
-REPO = Path(__file__).resolve().parent.parent
 
 #: Variables through which llama_cpp or audiokv_edge could be pointed at a library directory; the child has none.
 LIBRARY_VARIABLES = ("LLAMA_CPP_LIB_PATH", "MTMD_CPP_LIB", native_libs.LIB_DIR_ENV, "LD_LIBRARY_PATH", "LD_PRELOAD",
@@ -130,8 +130,7 @@ def test_command_line(tmp_path, capsys):
 def test_the_installed_package_is_found_without_importing_it():
     probe = ("import sys; from audiokv_edge.native import llama_cpp_links as L; d = L.llama_cpp_package_dir(); "
              "print(d, 'llama_cpp' in sys.modules)")
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    proc = run_python("-c", probe, timeout=60)
     assert proc.returncode == 0, proc.stderr
     where, imported = proc.stdout.split()
     assert (Path(where) / "llama_cpp.py").is_file() and imported == "False"

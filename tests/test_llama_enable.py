@@ -13,16 +13,13 @@ Each probe runs in a child process so that a native abort fails the test instead
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from audiokv_edge.runtime.llama_hook import EvictionConfig, enable
+from tests.evict_fixtures import child_env, run_python
 
-REPO = Path(__file__).resolve().parent.parent
 N_TOKENS = 16
 
 PROBE = r"""
@@ -107,15 +104,8 @@ print(json.dumps(results))
 """
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def run_probe(code: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO,
-                          env=_env(), timeout=timeout)
+    return run_python("-c", code, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -319,10 +309,7 @@ def test_an_unpatched_libllama_is_named(models):
 
     unpatched = native_libs.lib_dir() / "unpatched"
     assert (unpatched / native_libs.shared_library_name("llama")).is_file(), "the build has no unpatched libllama"
-    env = _env()
-    env["LLAMA_CPP_LIB_PATH"] = str(unpatched)
-    proc = subprocess.run([sys.executable, "-c", UNPATCHED, models["qwen2"]], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=120)
+    proc = run_python("-c", UNPATCHED, models["qwen2"], timeout=120, env=child_env(LLAMA_CPP_LIB_PATH=str(unpatched)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith("ERROR ") and "has no llama_kv_evict_init" in line and "unpatched" in line, line

@@ -25,6 +25,7 @@ import pytest
 import soundfile as sf
 
 from audiokv_edge.testing.tiny_models import write_tiny_pair
+from tests.evict_fixtures import child_env, run_python
 
 pytestmark = pytest.mark.native
 
@@ -54,12 +55,6 @@ print(json.dumps({"before": before, "after": after}))
 """
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 @pytest.fixture
 def model(tmp_path):
     return write_tiny_pair(tmp_path, "qwen2-qwen2a")[0]
@@ -67,8 +62,7 @@ def model(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "overwrite"])
 def test_session_answers_from_memory_after_the_file_changed(model, damage):
-    res = subprocess.run([sys.executable, "-c", SESSION_CHILD, str(model), "read", damage], capture_output=True,
-                         text=True, cwd=REPO, env=_env(), timeout=300)
+    res = run_python("-c", SESSION_CHILD, str(model), "read", damage)
     assert res.returncode == 0, res.stderr[-3000:]
     answers = json.loads(res.stdout.splitlines()[-1])
     assert answers["before"] and answers["after"] == answers["before"]
@@ -76,8 +70,7 @@ def test_session_answers_from_memory_after_the_file_changed(model, damage):
 
 def test_a_mapped_model_dies_of_sigbus_when_truncated(model):
     """The reason for the default: with the mapping (``mmap=True``, ``--mmap``) the same steps kill the process."""
-    res = subprocess.run([sys.executable, "-c", SESSION_CHILD, str(model), "mmap", "truncate"], capture_output=True,
-                         text=True, cwd=REPO, env=_env(), timeout=300)
+    res = run_python("-c", SESSION_CHILD, str(model), "mmap", "truncate")
     assert "damaged" in res.stdout, res.stderr[-3000:]
     assert res.returncode == -signal.SIGBUS, (res.returncode, res.stderr[-3000:])
 
@@ -90,7 +83,7 @@ def test_runner_finishes_when_the_model_is_truncated_mid_run(tmp_path, model):
     sf.write(audio, np.tile(speech, 4)[: 35 * rate], rate)
     proc = subprocess.Popen([sys.executable, "-m", "audiokv_edge.run", str(model), str(audio), "--method", "audiokv",
                              "--keep", "0.4", "--stream", "--ctx", "2048", "-n", "8", "--threads", "1", "--json", "-v"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=child_env())
     log = []
     for line in proc.stderr:
         log.append(line)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from audiokv_edge.profile import gguf_keys as gp
 from audiokv_edge.profile.head_profile import HeadProfile
 from audiokv_edge.profile.defaults import ProfileDefaults
 from audiokv_edge.runtime.session import DEFAULT_KEEP, EVICT_WINDOW, SessionConfig
+from tests.evict_fixtures import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "audiokv_edge" / "data"
@@ -71,10 +71,7 @@ def models(tmp_path_factory):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "audiokv_edge.run", *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=600)
+    return run_python("-m", "audiokv_edge.run", *args, timeout=600)
 
 
 def _run_json(models, name: str, *extra: str) -> tuple[dict, str]:

@@ -6,16 +6,14 @@ mmproj.gguf: the tiny qwen2 + qwen2a pair; talk.wav: the shipped jfk.wav), so th
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from audiokv_edge.testing.tiny_models import write_tiny_pair
+from tests.evict_fixtures import child_env, run_python
 
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Python API"
@@ -58,10 +56,7 @@ def test_readme_example_runs(tmp_path):
     shutil.copy(model, work / "model.gguf")
     shutil.copy(mmproj, work / "mmproj.gguf")
     shutil.copy(REPO / "audiokv_edge" / "data" / "jfk.wav", work / "talk.wav")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", readme_example()], capture_output=True, text=True, cwd=work,
-                          env=env, timeout=300)
+    proc = run_python("-c", readme_example(), cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) >= 3, proc.stdout
@@ -87,10 +82,7 @@ def test_readme_text_example_runs(tmp_path):
     name = re.search(r'Session\("([^"]+\.gguf)"', code).group(1)
     tm.write_text_model(tmp_path / name, tm.TextModelSpec("qwen2", tm.CHATML), seed=2)
     (tmp_path / "notes.txt").write_text("The weekly meeting moves from Monday to Friday at ten. " * 20)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
-                          timeout=300)
+    proc = run_python("-c", code, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert re.search(r"\(\d+ document tokens\)\n", proc.stdout), proc.stdout
@@ -110,10 +102,8 @@ def test_readme_enable_example_runs(tmp_path):
     from audiokv_edge.testing import tiny_models as tm
 
     tm.write_text_model(tmp_path / "model.gguf", tm.TextModelSpec("qwen2", tm.CHATML), seed=2)
-    env = {k: v for k, v in os.environ.items() if k not in ("LLAMA_CPP_LIB_PATH", "MTMD_CPP_LIB")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", readme_enable_example()], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=300)
+    proc = run_python("-c", readme_enable_example(), cwd=tmp_path,
+                      env=child_env(drop=("LLAMA_CPP_LIB_PATH", "MTMD_CPP_LIB")))
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert re.fullmatch(r"KV cache kept 4[01]% of \d+ prompt tokens", lines[-1]), lines[-1]

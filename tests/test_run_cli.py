@@ -4,10 +4,8 @@ real speech, the JSON record, the built-in default, and bad input (one-line erro
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from audiokv_edge.methods import METHODS
 from audiokv_edge.runtime.session import stacked_projector_problem
 from audiokv_edge.testing.tiny_models import TINY_PAIRS, AudioProjectorSpec, write_audio_projector, write_tiny_pair
 from tests.audio_cases import BAD_AUDIO_CASES
+from tests.evict_fixtures import child_env, run_python
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "audiokv_edge" / "data"
@@ -27,11 +26,7 @@ JSON_FIELDS = {"text", "audio_seconds", "audio_tokens", "method", "keep", "kv_by
 
 
 def run_cli(*args: str, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "audiokv_edge.run", *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=timeout)
+    return run_python("-m", "audiokv_edge.run", *args, timeout=timeout, env=child_env(**(env_extra or {})))
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

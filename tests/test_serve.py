@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
-import os
 import re
 import socket
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from audiokv_edge.testing.tiny_models import write_tiny_pair
+from tests.evict_fixtures import child_env, run_python
 
 REPO = Path(__file__).resolve().parents[1]
 JFK = REPO / "audiokv_edge" / "data" / "jfk.wav"
@@ -40,12 +40,6 @@ MAX_TOKENS = 8
 KEEP = 0.4
 # the same context and batches everywhere: the same ubatches, hence the same floats and the same greedy tokens
 COMMON_FLAGS = ["-c", "4096", "-b", "512", "-ub", "512", "-t", "2", "-fa", "off"]
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def _free_port() -> int:
@@ -69,7 +63,7 @@ def server_run(pair, tmp_path_factory):
            "-np", "2", *COMMON_FLAGS]
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while True:
@@ -127,9 +121,8 @@ def _answer_text(record: dict) -> str:
 
 def _runner(pair, *extra: str) -> dict:
     model, mmproj = pair
-    proc = subprocess.run([sys.executable, "-m", "audiokv_edge.run", str(model), str(JFK), "--mmproj", str(mmproj),
-                           "--prompt", PROMPT, "-n", str(MAX_TOKENS), "-c", "4096", "-t", "2", "--json", "--quiet",
-                           *extra], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = run_python("-m", "audiokv_edge.run", str(model), str(JFK), "--mmproj", str(mmproj), "--prompt", PROMPT,
+                      "-n", str(MAX_TOKENS), "-c", "4096", "-t", "2", "--json", "--quiet", *extra, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -245,7 +238,7 @@ def test_mtmd_cli_answers_as_the_runner(pair):
 
     model, mmproj = pair
     marker = "<<<ANSWER>>>"
-    env = library_path_env(_env())
+    env = library_path_env(child_env())
     env["MTMD_TEST_RESPONSE_MARKER"] = marker
     proc = subprocess.run([str(tool_path("llama-mtmd-cli")), "-m", str(model), "--mmproj", str(mmproj),
                            "--audio", str(JFK), "-p", "\n" + PROMPT, "-n", str(MAX_TOKENS), "--temp", "0",

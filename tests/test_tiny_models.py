@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from audiokv_edge.testing.tiny_models import TINY_PAIRS, AudioProjectorSpec, TextModelSpec, CHATML, train_bpe, write_tiny_pair
+from tests.evict_fixtures import child_env, run_python
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED_PAIRS = {"qwen2-qwen2a", "llama-ultravox", "qwen3-qwen2a", "gemma3-qwen2a", "gemma4-gemma4a",
@@ -148,10 +147,8 @@ def test_bad_specs_raise():
 
 
 def test_cli_writes_all_pairs(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_tiny_models.py"), "--out", str(tmp_path)],
-        capture_output=True, text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )
+    proc = run_python(str(REPO / "scripts" / "make_tiny_models.py"), "--out", str(tmp_path), timeout=None,
+                      env=child_env({"PATH": "/usr/bin:/bin"}))
     assert proc.returncode == 0, proc.stderr
     for name in TINY_PAIRS:
         assert (tmp_path / name / "model.gguf").stat().st_size > 0

@@ -205,11 +205,12 @@ class LlamaModel:
             self._mt = native_libs.load_mtmd_cpp()
         return self._mt
 
-    def new_projector(self, mmproj: str | pathlib.Path, *, n_threads: int, flash_attn: bool,
+    def new_projector(self, mmproj: str | pathlib.Path, *, n_threads: int, flash_attn: bool | None,
                       progress_callback=None):
         """A new ``mtmd_context *`` (the audio projector ``mmproj`` on this model, CPU, no warm-up), freed by
-        :meth:`close`. ``progress_callback`` (an ``mtmd_progress_callback`` the caller keeps alive): false cancels
-        the load.
+        :meth:`close`. ``flash_attn``: the encoder's flash attention on or off; None = libmtmd's default (AUTO: on
+        where the backend supports it, decided at the first encode). ``progress_callback`` (an
+        ``mtmd_progress_callback`` the caller keeps alive): false cancels the load.
 
         Raises
         ------
@@ -222,7 +223,8 @@ class LlamaModel:
         mp.print_timings = False
         mp.n_threads = n_threads
         mp.warmup = False
-        mp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if flash_attn is not None:
+            mp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         if progress_callback is not None:
             mp.progress_callback = progress_callback
             mp.progress_callback_user_data = None

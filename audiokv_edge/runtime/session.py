@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import contextlib
 import ctypes
 import logging
 import os
@@ -428,6 +429,19 @@ def _native_error(default: str) -> str:
     return default
 
 
+@contextlib.contextmanager
+def _llama_errors(default: str | None = "see -v log", *, cancelled: Callable[[], None] | None = None) -> Iterator[None]:
+    """Re-raise a :class:`LlamaError` of the block as a :class:`SessionError`: its message, then (unless ``default``
+    is None) ``: `` and this thread's most telling native error line, else ``default``. ``cancelled``, called first,
+    raises instead when the failure was a requested stop (a cancelled load)."""
+    try:
+        yield
+    except LlamaError as exc:
+        if cancelled is not None:
+            cancelled()
+        raise SessionError(str(exc) if default is None else f"{exc}: {_native_error(default)}") from None
+
+
 class Session(HandleOwner):
     """A loaded text model (+ audio projector) answering audio prompts and text documents; a context manager freeing
     every handle.
@@ -533,12 +547,9 @@ class Session(HandleOwner):
         _thread_native_errors().clear()
         logger.debug("loading %s", self.model_path)
         stop.raise_if_requested("loading")
-        try:
+        with _llama_errors("unsupported or corrupt", cancelled=lambda: stop.raise_if_requested("loading")):
             self._llm = LlamaModel(self.model_path, lora=self.lora_path, mmap=cfg.mmap,
                                    progress_callback=stop.progress_callback(lc.llama_progress_callback))
-        except LlamaError as exc:
-            stop.raise_if_requested("loading")  # the load was cancelled
-            raise SessionError(f"{exc}: {_native_error('unsupported or corrupt')}") from None
         self._model, self._vocab = self._llm.model, self._llm.vocab
         self._apply_profile_defaults()
 
@@ -554,22 +565,17 @@ class Session(HandleOwner):
         self.context_params = ContextParams(
             n_ctx=cfg.ctx, n_batch=cfg.batch, n_threads=cfg.n_threads, flash_attn=flash,
             type_k=ggml_type(cfg.kv_type), type_v=ggml_type(cfg.kv_type), offload_kqv=not evicting, no_perf=True)
-        try:
+        with _llama_errors():
             self._ctx = self._llm.new_context(self.context_params)
-        except LlamaError as exc:
-            raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
         self.n_ctx = int(lc.llama_n_ctx(self._ctx))
         stop.raise_if_requested("loading")
 
         if self.mmproj_path is not None:
             logger.debug("loading %s", self.mmproj_path)
-            try:
+            with _llama_errors("libmtmd refused it", cancelled=lambda: stop.raise_if_requested("loading")):
                 self._mctx = self._llm.new_projector(
                     self.mmproj_path, n_threads=cfg.n_threads, flash_attn=flash,
                     progress_callback=stop.progress_callback(mt.mtmd_progress_callback))
-            except LlamaError as exc:
-                stop.raise_if_requested("loading")  # the load was cancelled
-                raise SessionError(f"{exc}: {_native_error('libmtmd refused it')}") from None
             if not mt.mtmd_support_audio(self._mctx):
                 raise SessionError(f"{self.mmproj_path} has no audio encoder")
             self.sample_rate = int(mt.mtmd_get_audio_sample_rate(self._mctx))
@@ -748,10 +754,8 @@ class Session(HandleOwner):
         rendered = self.render_prompt(prompt)
 
         def tokenize(samples):
-            try:
+            with _llama_errors():
                 return self._llm.tokenize_audio_prompt(self._mctx, rendered, samples)
-            except LlamaError as exc:
-                raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
 
         if self._windowed_audio:
             def blocks():
@@ -888,10 +892,8 @@ class Session(HandleOwner):
         add_special = not (bos and rendered.text.startswith(bos))
 
         def tokenize(text: str) -> list[int]:
-            try:
+            with _llama_errors(None):
                 return self._llm.tokenize(text, add_special=add_special)
-            except LlamaError as exc:
-                raise SessionError(str(exc)) from None
 
         tokens = tokenize(rendered.text)
         return tokens, document_token_span(tokenize, rendered, tokens), rendered
@@ -914,10 +916,8 @@ class Session(HandleOwner):
 
         def evaluate(i: int, n_past: int) -> int:
             part = tokens[cuts[i]:cuts[i + 1]]
-            try:
+            with _llama_errors():
                 self._llm.decode_tokens(self._ctx, part, n_past, self.config.batch)
-            except LlamaError as exc:
-                raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
             return n_past + len(part)
 
         prefilled = self._prefill(info, evaluate, progress)
@@ -969,10 +969,8 @@ class Session(HandleOwner):
             text = render_follow_up(self._formatter, conv.messages, conv.reply, prompt)
         except ValueError as exc:
             raise SessionError(f"{self.model_path}: {exc}") from None
-        try:
+        with _llama_errors(None):
             tokens = self._llm.tokenize(text, add_special=False)
-        except LlamaError as exc:
-            raise SessionError(str(exc)) from None
         if conv.pending_token is not None:  # sampled last but never decoded (the answer ended at max_tokens)
             tokens = [conv.pending_token, *tokens]
         return self._generate_follow_up(conv, tokens, prompt)
@@ -987,10 +985,8 @@ class Session(HandleOwner):
         info.what = f"the follow-up's {len(tokens)} tokens"
 
         def evaluate(i: int, n_past: int) -> int:
-            try:
+            with _llama_errors():
                 self._llm.decode_tokens(self._ctx, tokens, n_past, self.config.batch)
-            except LlamaError as exc:
-                raise SessionError(f"{exc}: {_native_error('see -v log')}") from None
             return n_past + len(tokens)
 
         prefilled = self._prefill(info, evaluate, None, start=conv, evict=False)
