@@ -150,6 +150,9 @@ def run(args) -> int:
         raise ValueError("--top-k must be >= 1")
     if not args.output.endswith((".json", ".npz")):
         raise ValueError(f"{args.output}: the profile file name must end in .json or .npz")
+    for out in (args.output, args.gguf_out):   # before the profiling run, not after it
+        if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise ValueError(f"{out}: no folder {os.path.dirname(os.path.abspath(out))} to write it in")
     defaults = None
     if args.window is not None or args.keep is not None:
         defaults = ProfileDefaults(window=args.window, keep=args.keep)

@@ -132,7 +132,13 @@ def test_eval_text_quality_smoke(text_model, tmp_path):
             assert 0.3 < r["kv_kept_ratio"] < 0.5
     assert {n for n, _, _ in out["ranking"]["top1"]} == {"snapkv", "audiokv"}
     assert (tmp_path / "out" / "smoke.png").stat().st_size > 10_000
-    assert "| 256 | before | snapkv | 0.4 |" in (tmp_path / "out" / "smoke.md").read_text()
+    table = (tmp_path / "out" / "smoke.md").read_text()
+    assert "| 256 | before | snapkv | 0.4 |" in table
+    labels = out["full_cache_labels"]   # whether the full cache's own answer holds the key, per item
+    assert sorted(r["placement"] for r in labels) == ["after", "before", "follow-up"]
+    full_rows = {r["placement"]: r for r in out["rows"] if r["config"] == "full"}
+    assert all(r["found"] == full_rows[r["placement"]]["found"] for r in labels)
+    assert f"The full cache finds the pass key in {sum(r['found'] for r in labels)} of 3 " in table
     assert not (tmp_path / "out" / "smoke.work").exists()
     # resumable: a re-run finds every row and runs nothing
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)

@@ -38,6 +38,16 @@ def test_cli_missing_calibration_dir(tmp_path):
     assert not (tmp_path / "p.json").exists()
 
 
+def test_cli_missing_output_folder_is_refused_before_profiling(tmp_path):
+    model, _ = write_tiny_pair(tmp_path, "qwen2-qwen2a")
+    out = tmp_path / "nope" / "m.gguf"
+    res = run_profile_heads(model, "--retrieval", "-o", tmp_path / "p.json", "--gguf-out", out)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"profile_heads: error: {out}: no folder {tmp_path / 'nope'} to write it in"]
+    assert not (tmp_path / "p.json").exists()
+
+
 calib = calibration_set_fixture(clips=2)
 
 
