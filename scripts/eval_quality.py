@@ -329,7 +329,8 @@ def write_table(summary: list[dict], items: list[dict], path: pathlib.Path, head
         lines += ["", "Questions per kind: score / accuracy (questions). The rote row answers every yes/no with "
                   + " and every count with ".join(f'"{tasks.ROTE_ANSWERS[k]}"' for k in tasks.ROTE_ANSWERS)
                   + ": a kind where a method does not beat it tells nothing about the cache.", "",
-                  "| method | keep | " + " | ".join(kinds) + " |", "| --- | --- | " + " | ".join("---" for _ in kinds) + " |"]
+                  "| method | keep | " + " | ".join(kinds) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in kinds) + " |"]
         lines += [f"| {r['config']} | {r['keep']:.1f} | " + " | ".join(
             "-" if k not in r["by_kind"] else
             f"{r['by_kind'][k]['score']:.3f} / {r['by_kind'][k]['accuracy']:.3f} ({r['by_kind'][k]['questions']})"
