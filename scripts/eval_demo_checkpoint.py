@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""WER of a demo-model checkpoint (an mmproj GGUF + LoRA adapter GGUF, e.g. the ones the trainer exports into its
+work folder) through the patched llama.cpp at full cache: on the trainer's held-out recordings (held-out text in
+the training voices; ``--set heldout``) or on the reserved evaluation voices' 60 s passages and jfk.wav (``--set
+reserved``). Used to compare checkpoints before one is committed.
+
+    .venv/bin/python scripts/eval_demo_checkpoint.py --mmproj W/mmproj.gguf --lora W/lora.gguf [--set heldout]
+        [--dry-multiplier 0.8] [--max-tokens 600]
+
+Prints one line per recording and a JSON summary (WER of the first / second half of the held-out set, all, and of
+the multi-window recordings alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_WORK = pathlib.Path(os.environ.get("AUDIOKV_EDGE_CACHE", pathlib.Path.home() / ".cache" / "audiokv-edge")) / "demo-train"
+
+
+def recordings(which: str, work: pathlib.Path, evalset_dir: pathlib.Path) -> list[tuple[str, str, pathlib.Path, str]]:
+    """``(id, kind, audio path, reference text)`` of the chosen set."""
+    from audiokv_edge.demo_model import dataset, evalset
+
+    if which == "heldout":
+        held = work / "heldout"
+        return [(r["id"], r["kind"], held / "audio" / f"{r['id']}.flac", r["text"]) for r in dataset.read_manifest(held)]
+    out = [("jfk", "human", REPO / "audiokv_edge" / "data" / "jfk.wav", evalset.HUMAN_CLIPS["jfk.wav"])]
+    for voice in evalset.EVAL_VOICES:
+        meta = json.loads((evalset_dir / f"{voice}-60s.json").read_text())
+        out.append((f"{voice}-60s", "long", evalset_dir / f"{voice}-60s.flac", " ".join(meta["sentences"])))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mmproj", type=pathlib.Path, required=True)
+    ap.add_argument("--lora", type=pathlib.Path, default=None)
+    ap.add_argument("--set", choices=("heldout", "reserved"), default="heldout")
+    ap.add_argument("--work", type=pathlib.Path, default=DEFAULT_WORK, help="the trainer's folder (held-out set)")
+    ap.add_argument("--evalset", type=pathlib.Path, default=REPO / "build" / "evalset",
+                    help="the reserved voices' passages (scripts/eval_quality.py builds them)")
+    ap.add_argument("--dry-multiplier", type=float, default=0.8)
+    ap.add_argument("--max-tokens", type=int, default=600)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    import jiwer
+
+    from audiokv_edge.demo_model import corpus
+    from audiokv_edge.runtime.session import Session, SessionConfig
+    from audiokv_edge.testing import real_models
+
+    for path in (args.mmproj, args.lora):
+        if path is not None and not path.is_file():
+            ap.error(f"{path}: no such file")
+    recs = recordings(args.set, args.work, args.evalset)
+    if not recs:
+        ap.error(f"no recordings in the {args.set} set")
+    refs, hyps, t0 = [], [], time.time()
+    cfg = SessionConfig(method="full", max_tokens=args.max_tokens, ctx=4096, dry_multiplier=args.dry_multiplier,
+                        threads=args.threads)
+    with Session(real_models.smollm2_q4_1_path(), mmproj=args.mmproj, lora=args.lora, config=cfg) as s:
+        for rid, kind, path, text in recs:
+            refs.append(corpus.normalise(text))
+            hyps.append(corpus.normalise(s.answer(str(path)).text) or "-")
+            print(f"{rid} {kind} WER {jiwer.wer(refs[-1], hyps[-1]):.3f} | {hyps[-1][:160]}", flush=True)
+    half = len(recs) // 2
+    long_idx = [i for i, r in enumerate(recs) if r[1] == "long"]
+    summary = {"set": args.set, "n": len(recs), "wer": round(jiwer.wer(refs, hyps), 4),
+               "wer_first_half": round(jiwer.wer(refs[:half], hyps[:half]), 4) if half else None,
+               "wer_second_half": round(jiwer.wer(refs[half:], hyps[half:]), 4),
+               "wer_long": round(jiwer.wer([refs[i] for i in long_idx], [hyps[i] for i in long_idx]), 4) if long_idx else None,
+               "dry_multiplier": args.dry_multiplier, "max_tokens": args.max_tokens, "seconds": round(time.time() - t0, 1)}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
