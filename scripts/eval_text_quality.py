@@ -41,6 +41,7 @@ import logging
 import pathlib
 import shutil
 import sys
+import textwrap
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -261,7 +262,7 @@ def write_plot(summary: list[dict], path: pathlib.Path, title: str) -> None:
             ax.invert_xaxis()
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, width=int(50 * max(1, len(panels)))), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
