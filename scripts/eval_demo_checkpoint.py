@@ -55,10 +55,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    import jiwer
-
-    from audiokv_edge.demo_model import corpus
-    from audiokv_edge.runtime.session import Session, SessionConfig
+    from audiokv_edge.demo_model import transcription_wer
+    from audiokv_edge.runtime.session import SessionConfig
     from audiokv_edge.testing import real_models
 
     for path in (args.mmproj, args.lora):
@@ -67,20 +65,19 @@ def main(argv=None) -> int:
     recs = recordings(args.set, args.work, args.evalset)
     if not recs:
         ap.error(f"no recordings in the {args.set} set")
-    refs, hyps, t0 = [], [], time.time()
+    t0 = time.time()
     cfg = SessionConfig(method="full", max_tokens=args.max_tokens, ctx=4096, dry_multiplier=args.dry_multiplier,
                         threads=args.threads)
-    with Session(real_models.smollm2_q4_1_path(), mmproj=args.mmproj, lora=args.lora, config=cfg) as s:
-        for rid, kind, path, text in recs:
-            refs.append(corpus.normalise(text))
-            hyps.append(corpus.normalise(s.answer(str(path)).text) or "-")
-            print(f"{rid} {kind} WER {jiwer.wer(refs[-1], hyps[-1]):.3f} | {hyps[-1][:160]}", flush=True)
-    half = len(recs) // 2
-    long_idx = [i for i, r in enumerate(recs) if r[1] == "long"]
-    summary = {"set": args.set, "n": len(recs), "wer": round(jiwer.wer(refs, hyps), 4),
-               "wer_first_half": round(jiwer.wer(refs[:half], hyps[:half]), 4) if half else None,
-               "wer_second_half": round(jiwer.wer(refs[half:], hyps[half:]), 4),
-               "wer_long": round(jiwer.wer([refs[i] for i in long_idx], [hyps[i] for i in long_idx]), 4) if long_idx else None,
+    done = transcription_wer.transcribe_set(
+        real_models.smollm2_q4_1_path(), args.mmproj, args.lora, recs, cfg,
+        on_transcript=lambda t: print(f"{t.id} {t.kind} WER {t.wer:.3f} | {t.hypothesis[:160]}", flush=True))
+    half = len(done) // 2
+    wer = transcription_wer.corpus_wer
+    summary = {"set": args.set, "n": len(done), "wer": round(wer(done), 4),
+               "wer_first_half": round(wer(done[:half]), 4) if half else None,
+               "wer_second_half": round(wer(done[half:]), 4),
+               "wer_long": (None if not any(t.kind == "long" for t in done)
+                            else round(wer([t for t in done if t.kind == "long"]), 4)),
                "dry_multiplier": args.dry_multiplier, "max_tokens": args.max_tokens, "seconds": round(time.time() - t0, 1)}
     print(json.dumps(summary))
     return 0

@@ -31,14 +31,13 @@ logger = logging.getLogger("train_demo_model")
 DEFAULT_WORK = pathlib.Path(os.environ.get("AUDIOKV_EDGE_CACHE", pathlib.Path.home() / ".cache" / "audiokv-edge")) / "demo-train"
 
 
-def held_out_wer(trainer, llm_text, model_path, heldout_dir, n: int = 12, max_tokens: int = 320) -> dict:
+def held_out_wer(trainer, model_path, heldout_dir, n: int = 12, max_tokens: int = 320) -> dict:
     """Export the current projector, transcribe ``n`` held-out recordings through the patched llama.cpp (full
     cache, greedy) and return their WER."""
-    import jiwer
     import numpy as np
-    import soundfile as sf
 
-    from audiokv_edge.runtime.session import Session, SessionConfig
+    from audiokv_edge.demo_model import transcription_wer
+    from audiokv_edge.runtime.session import SessionConfig
 
     npz = trainer.export(trainer.out / "projector.npz")
     proj = dict(np.load(npz))
@@ -47,19 +46,15 @@ def held_out_wer(trainer, llm_text, model_path, heldout_dir, n: int = 12, max_to
     lora = trainer.export_lora(trainer.out / "lora.npz")
     if lora is not None:
         lora = lora_gguf.write_lora_npz_gguf(lora, trainer.out / "lora.gguf")
-    recs = dataset.read_manifest(heldout_dir)[:n]
-    refs, hyps = [], []
+    recs = [(r["id"], r["kind"], pathlib.Path(heldout_dir) / "audio" / f"{r['id']}.flac", r["text"])
+            for r in dataset.read_manifest(heldout_dir)[:n]]
     t0 = time.time()
-    with Session(model_path, mmproj=path, lora=lora,
-                 config=SessionConfig(method="full", max_tokens=max_tokens, ctx=4096)) as s:
-        for r in recs:
-            audio, _ = sf.read(pathlib.Path(heldout_dir) / "audio" / f"{r['id']}.flac", dtype="float32")
-            hyps.append(corpus.normalise(s.answer(audio, sample_rate=16000).text))
-            refs.append(corpus.normalise(r["text"]))
-    wer = jiwer.wer(refs, [h or "-" for h in hyps])
-    logger.info("held-out WER %.3f (%d recordings, %.0f s); e.g. ref %r hyp %r", wer, len(recs), time.time() - t0,
-                refs[0][:80], hyps[0][:80])
-    return {"heldout_wer": round(wer, 4), "heldout_n": len(recs), "example": hyps[0][:200]}
+    done = transcription_wer.transcribe_set(model_path, path, lora, recs,
+                                            SessionConfig(method="full", max_tokens=max_tokens, ctx=4096))
+    wer = transcription_wer.corpus_wer(done)
+    logger.info("held-out WER %.3f (%d recordings, %.0f s); e.g. ref %r hyp %r", wer, len(done), time.time() - t0,
+                done[0].reference[:80], done[0].hypothesis[:80])
+    return {"heldout_wer": round(wer, 4), "heldout_n": len(done), "example": done[0].hypothesis[:200]}
 
 
 def main(argv=None) -> int:
@@ -80,6 +75,15 @@ def main(argv=None) -> int:
     ap.add_argument("--restart-at", type=int, default=0,
                     help="LLM step of a warm restart of the learning rate (0: none; default %(default)s)")
     ap.add_argument("--restart-lr", type=float, default=2.5e-4, help="peak learning rate after --restart-at")
+    ap.add_argument("--init-from", type=pathlib.Path, default=None,
+                    help="a folder with projector.npz (and lora.npz), e.g. audiokv_edge/data/demo: when the work "
+                         "folder has no checkpoint, the LLM stage starts from these weights at --init-step (a new "
+                         "phase on the built-in model); with a checkpoint, training resumes from it")
+    ap.add_argument("--init-step", type=int, default=None, help="LLM step that --init-from starts at (default: --restart-at)")
+    ap.add_argument("--feature-gain-jitter", type=float, default=0.0,
+                    help="per-example, per-channel gain of the encoder outputs ~ N(1, this) (default 0: none)")
+    ap.add_argument("--feature-dropout", type=float, default=0.0,
+                    help="share of the encoder output channels dropped per example (default 0: none)")
     ap.add_argument("--hours", type=float, default=None, help="stop (resumably) after this many hours")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--skip-data", action="store_true",
@@ -122,9 +126,14 @@ def main(argv=None) -> int:
     llm = torch_llm.FrozenLlama(cfg_llm, tensors)
     config = TrainConfig(ctc_steps=args.ctc_steps, llm_steps=args.llm_steps, lora_rank=args.lora_rank,
                          lora_targets=tuple(t for t in args.lora_targets.split(",") if t),
-                         restart_at=args.restart_at, restart_lr=args.restart_lr)
+                         restart_at=args.restart_at, restart_lr=args.restart_lr,
+                         feature_gain_jitter=args.feature_gain_jitter, feature_dropout=args.feature_dropout)
     trainer = Trainer(data_dir, work, llm, text.tokenize, text.layout, text.eos_id, config,
-                      evaluate=lambda tr: held_out_wer(tr, text, model_path, heldout_dir))
+                      evaluate=lambda tr: held_out_wer(tr, model_path, heldout_dir))
+    if args.init_from is not None and not trainer.ckpt_path.exists():
+        lora_npz = args.init_from / "lora.npz"
+        trainer.init_from(args.init_from / "projector.npz", lora_npz if lora_npz.is_file() else None,
+                          step=args.restart_at if args.init_step is None else args.init_step)
     bar = tqdm(desc="training", unit="step")
 
     def progress(stage, step, total, loss):
@@ -137,7 +146,7 @@ def main(argv=None) -> int:
     trainer.run(progress=progress, stop_after_s=None if args.hours is None else args.hours * 3600,
                 eval_every=args.eval_every)
     bar.close()
-    result = held_out_wer(trainer, text, model_path, heldout_dir)
+    result = held_out_wer(trainer, model_path, heldout_dir)
     trainer.log(final=True, **result)
     print(json.dumps({"work": str(work), **trainer.state, "rng": None, **result}))
     return 0

@@ -1,7 +1,7 @@
 """Smoke run of scripts/train_demo_model.py, the whole pipeline at toy size: speech synthesis (training and
 held-out), the encoder cache, 2 CTC steps, 1 LLM-in-the-loop step, export of the projector and of an mmproj GGUF,
 and the held-out WER through the patched llama.cpp; then a re-run resumes from the checkpoint instead of starting
-over. The real run is the same command with default sizes (hours; docs/demo-model.md)."""
+over; a new phase starts from the committed weights. The real run is the same command with default sizes (hours; docs/demo-model.md)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,21 @@ def test_train_demo_model_smoke(tmp_path):
     assert json.loads(res.stdout.strip().splitlines()[-1])["step"] == 2
     steps = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["step"]) for r in steps if "loss" in r][-2:] == [("llm", 1), ("llm", 2)]
+
+    # a new phase on the committed built-in model in another folder (its data linked): starts from the committed
+    # weights at --init-step, with the encoder-output augmentation, and its held-out WER is measured
+    phase = tmp_path / "phase"
+    phase.mkdir()
+    for d in ("data", "heldout"):
+        (phase / d).symlink_to(tmp_path / d)
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "train_demo_model.py"), "--work", str(phase),
+                          "--skip-data", "--llm-steps", "6", "--restart-at", "5", "--eval-every", "1000",
+                          "--threads", "2", "--init-from", str(REPO / "audiokv_edge" / "data" / "demo"),
+                          "--feature-gain-jitter", "0.2", "--feature-dropout", "0.1"],
+                         capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["stage"] == "llm" and out["step"] == 6 and 0.0 <= out["heldout_wer"]
+    log = [json.loads(line) for line in (phase / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["init_from"].endswith("projector.npz") and log[0]["step"] == 5
+    assert [(r["stage"], r["step"]) for r in log if "loss" in r] == [("llm", 6)]

@@ -54,6 +54,29 @@ class LoraAdapters(nn.Module):
         """Names of :meth:`parameters` in their order (``a.<layer>_<target>`` then ``b.<layer>_<target>``)."""
         return [name for name, _ in self.named_parameters()]
 
+    def load_exported(self, arrays: dict[str, np.ndarray]) -> list[str]:
+        """Load the pairs of :meth:`export`'s layout (e.g. a committed ``lora.npz``; an ``alpha`` entry is
+        ignored). Pairs this adapter has but ``arrays`` lacks keep their initial values (B = 0: no change to the
+        model); returns their keys. A pair in ``arrays`` that this adapter lacks, or of another shape, is an error."""
+        names = {f"blk.{i}.{t}.weight.lora_{ab}": (ab, f"{i}_{t}")
+                 for i in range(self.n_layer) for t in self.targets for ab in ("a", "b")}
+        if "alpha" in arrays and float(arrays["alpha"]) != self.alpha:
+            raise ValueError(f"LoRA arrays were trained with alpha {float(arrays['alpha'])}, this adapter has {self.alpha}")
+        extra = sorted(k for k in arrays if k != "alpha" and k not in names)
+        if extra:
+            raise ValueError(f"LoRA arrays {extra[:4]} are not among this adapter's targets {self.targets}")
+        with torch.no_grad():
+            for name, (ab, key) in names.items():
+                if name not in arrays:
+                    continue
+                param = (self.a if ab == "a" else self.b)[key]
+                value = torch.from_numpy(np.asarray(arrays[name], dtype=np.float32))
+                if value.shape != param.shape:
+                    raise ValueError(f"LoRA array {name} has shape {tuple(value.shape)}, the adapter "
+                                     f"{tuple(param.shape)}")
+                param.copy_(value)
+        return sorted({key for name, (_, key) in names.items() if name not in arrays})
+
     def export(self) -> dict[str, np.ndarray]:
         """``{tensor name: float32 array}`` under llama.cpp's adapter names: lora_a [rank, in], lora_b [out, rank]."""
         out = {}

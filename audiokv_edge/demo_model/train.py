@@ -64,6 +64,11 @@ class TrainConfig:
     # ``restart_lr`` down to zero at ``llm_steps`` (a new phase, e.g. with LoRA targets added to a trained model).
     restart_at: int = 0
     restart_lr: float = 2.5e-4
+    # Speaker robustness (LLM stage): the cached encoder outputs of each example get a random per-channel gain
+    # (normal, mean 1, this standard deviation; 0: none) and lose this share of their channels (rescaled, as in
+    # dropout; 0: none). Time is never masked: every word of the answer stays audible.
+    feature_gain_jitter: float = 0.0
+    feature_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for f in ("ctc_steps", "llm_steps", "ctc_batch", "llm_accum", "checkpoint_every", "lora_rank", "restart_at"):
@@ -74,6 +79,9 @@ class TrainConfig:
                   "long_form_transcribe_share"):
             if not 0.0 <= getattr(self, f) <= 1.0:
                 raise ValueError(f"{f} must be in [0, 1], got {getattr(self, f)}")
+        if not (0.0 <= self.feature_dropout < 1.0 and self.feature_gain_jitter >= 0.0):
+            raise ValueError(f"feature_dropout must be in [0, 1) and feature_gain_jitter >= 0, got "
+                             f"{self.feature_dropout} and {self.feature_gain_jitter}")
         if self.restart_at and self.restart_at >= self.llm_steps:
             raise ValueError(f"restart_at ({self.restart_at}) must be below llm_steps ({self.llm_steps})")
         unknown = [t for t in self.lora_targets if t not in ALL_TARGETS]
@@ -194,6 +202,29 @@ class Trainer:
         else:
             self._make_opt()
 
+    def init_from(self, projector_npz, lora_npz=None, step: int = 0) -> None:
+        """Start the LLM stage at ``step`` from exported weights (``projector.npz`` and ``lora.npz`` as committed in
+        ``audiokv_edge/data/demo``) instead of a checkpoint: a new phase on the built-in model when the training
+        folder is gone. Optimizer moments start at zero; LoRA targets the arrays lack start at B = 0."""
+        if self.ckpt_path.exists():
+            raise FileExistsError(f"{self.ckpt_path} exists: training resumes from it, not from exported weights")
+        if not 0 <= step < self.cfg.llm_steps:
+            raise ValueError(f"init step {step} must be in [0, llm_steps={self.cfg.llm_steps})")
+        with np.load(projector_npz) as z:
+            self.projector.load_exported({k: z[k].astype(np.float32) for k in z.files})
+        if lora_npz is not None:
+            if self.lora is None:
+                raise ValueError(f"{lora_npz}: a LoRA was given but lora_rank is 0")
+            with np.load(lora_npz) as z:
+                fresh = self.lora.load_exported({k: z[k] for k in z.files})
+            if fresh:
+                logger.info("%d LoRA pairs not in %s start at B = 0", len(fresh), lora_npz)
+        self.state = {"stage": "llm", "step": step, "rng": random.Random(self.cfg.seed + step).getstate()}
+        self._make_opt()
+        self.save()
+        self.log(init_from=str(projector_npz), lora=None if lora_npz is None else str(lora_npz))
+        logger.info("LLM stage starts at step %d from %s", step, projector_npz)
+
     def save(self) -> None:
         _atomic_save({"projector": self.projector.state_dict(), "blank": self.blank.data, "ctc_scale": self.ctc_scale.data,
                       "lora": None if self.lora is None else self.lora.state_dict(),
@@ -290,6 +321,20 @@ class Trainer:
     def in_long_form_phase(self) -> bool:
         return self.state["stage"] == "llm" and self.state["step"] >= self.cfg.long_form_from * self.cfg.llm_steps
 
+    def _augment(self, states: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        """Per-channel gain jitter and channel dropout of one example's encoder outputs [W, T, d] (the same for
+        all its windows and frames: a different "speaker" per example, not noise per frame)."""
+        jitter, drop = self.cfg.feature_gain_jitter, self.cfg.feature_dropout
+        if not jitter and not drop:
+            return states
+        g = torch.Generator().manual_seed(rng.randrange(2**31))
+        scale = torch.ones(states.shape[-1])
+        if jitter:
+            scale = scale + jitter * torch.randn(states.shape[-1], generator=g)
+        if drop:
+            scale = scale * (torch.rand(states.shape[-1], generator=g) >= drop) / (1.0 - drop)
+        return states * scale
+
     def llm_step(self, rng: random.Random, recs: list[dict]) -> tuple[float, int]:
         late = self.in_long_form_phase()
         long_recs = [r for r in recs if r["kind"] == "long"] if late else []
@@ -299,7 +344,7 @@ class Trainer:
             rec = rng.choice(recs)
         crop_share = self.cfg.long_form_crop_share if late else self.cfg.crop_share
         sentences, spans = rec["sentences"], rec.get("spans")
-        states = self._feats(rec)                                                  # [W, 1500, d]
+        states = self._augment(self._feats(rec), rng)                               # [W, 1500, d]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             audio = self.projector(states).reshape(-1, self.llm.cfg.n_embd)         # [W * 375, n_embd]
         per_s = TOKENS_PER_WINDOW / 30.0
