@@ -5,7 +5,7 @@ the training voices; ``--set heldout``) or on the reserved evaluation voices' 60
 reserved``). Used to compare checkpoints before one is committed.
 
     .venv/bin/python scripts/eval_demo_checkpoint.py --mmproj W/mmproj.gguf --lora W/lora.gguf [--set heldout]
-        [--dry-multiplier 0.8] [--max-tokens 600]
+        [--dry-multiplier 0.8] [--max-tokens 600] [--set reserved --durations 60,120]
 
 Prints one line per recording and a JSON summary (WER of the first / second half of the held-out set, all, and of
 the multi-window recordings alone).
@@ -27,17 +27,21 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_WORK = pathlib.Path(os.environ.get("AUDIOKV_EDGE_CACHE", pathlib.Path.home() / ".cache" / "audiokv-edge")) / "demo-train"
 
 
-def recordings(which: str, work: pathlib.Path, evalset_dir: pathlib.Path) -> list[tuple[str, str, pathlib.Path, str]]:
-    """``(id, kind, audio path, reference text)`` of the chosen set."""
+def recordings(which: str, work: pathlib.Path, evalset_dir: pathlib.Path,
+               durations=(60,)) -> list[tuple[str, str, pathlib.Path, str]]:
+    """``(id, kind, audio path, reference text)`` of the chosen set (the reserved passages of ``durations`` seconds,
+    built from the pinned texts where missing)."""
     from audiokv_edge.demo_model import dataset, evalset
 
     if which == "heldout":
         held = work / "heldout"
         return [(r["id"], r["kind"], held / "audio" / f"{r['id']}.flac", r["text"]) for r in dataset.read_manifest(held)]
+    items = {it["id"]: it for it in evalset.build(evalset_dir, durations_s=durations)}
     out = [("jfk", "human", REPO / "audiokv_edge" / "data" / "jfk.wav", evalset.HUMAN_CLIPS["jfk.wav"])]
-    for voice in evalset.EVAL_VOICES:
-        meta = json.loads((evalset_dir / f"{voice}-60s.json").read_text())
-        out.append((f"{voice}-60s", "long", evalset_dir / f"{voice}-60s.flac", " ".join(meta["sentences"])))
+    for d in durations:
+        for voice in evalset.EVAL_VOICES:
+            it = items[f"{voice}-{d}s"]
+            out.append((it["id"], "long", pathlib.Path(it["audio"]), it["transcript"]))
     return out
 
 
@@ -48,7 +52,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", choices=("heldout", "reserved"), default="heldout")
     ap.add_argument("--work", type=pathlib.Path, default=DEFAULT_WORK, help="the trainer's folder (held-out set)")
     ap.add_argument("--evalset", type=pathlib.Path, default=REPO / "build" / "evalset",
-                    help="the reserved voices' passages (scripts/eval_quality.py builds them)")
+                    help="the reserved voices' passages (made here from the pinned texts where missing)")
+    ap.add_argument("--durations", default="60", help="reserved passages' lengths in seconds, comma-separated")
     ap.add_argument("--dry-multiplier", type=float, default=0.8)
     ap.add_argument("--max-tokens", type=int, default=600)
     ap.add_argument("--threads", type=int, default=1)
@@ -62,7 +67,7 @@ def main(argv=None) -> int:
     for path in (args.mmproj, args.lora):
         if path is not None and not path.is_file():
             ap.error(f"{path}: no such file")
-    recs = recordings(args.set, args.work, args.evalset)
+    recs = recordings(args.set, args.work, args.evalset, tuple(int(d) for d in args.durations.split(",") if d))
     if not recs:
         ap.error(f"no recordings in the {args.set} set")
     t0 = time.time()

@@ -52,3 +52,21 @@ def test_missing_files_are_named(tmp_path):
     (tmp_path / "m.gguf").write_bytes(b"x")
     res = run("--mmproj", tmp_path / "m.gguf", "--work", tmp_path)
     assert res.returncode == 2 and "no recordings in the heldout set" in res.stderr
+
+
+def test_reserved_set_is_made_from_the_pinned_texts(tmp_path, monkeypatch):
+    import importlib.util
+
+    from audiokv_edge.demo_model import evalset
+
+    pin = {"items": {f"{v}-4s": {"sentences": [f"The {v} lake is calm."], "distractors": ["One.", "Two."] * 10}
+                     for v in evalset.EVAL_VOICES}}
+    (tmp_path / "pin.json").write_text(json.dumps(pin))
+    monkeypatch.setattr(evalset, "PINNED_TEXT", tmp_path / "pin.json")
+    spec = importlib.util.spec_from_file_location("eval_demo_checkpoint", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    recs = mod.recordings("reserved", tmp_path, tmp_path / "set", durations=(4,))
+    assert [(r[0], r[1], r[3]) for r in recs] == [("jfk", "human", JFK_TEXT), ("awb-4s", "long", "The awb lake is calm."),
+                                                  ("rms-4s", "long", "The rms lake is calm.")]
+    assert all(pathlib.Path(r[2]).is_file() for r in recs)

@@ -200,3 +200,31 @@ def test_evalset_build_is_deterministic(tmp_path):
     (tmp_path / "a" / "rms-4s.json").write_text(json.dumps({"sentences": meta["sentences"]}))
     again = evalset.build(tmp_path / "a", durations_s=(4,), voices=("rms",), sentences=sentences)
     assert again == a and json.loads((tmp_path / "a" / "rms-4s.json").read_text()) == meta
+
+
+def test_evalset_speaks_the_pinned_sentences(tmp_path, monkeypatch):
+    """The shipped pin covers every reserved passage with held-out sentences only; a build speaks an item's pinned
+    sentences in order (a passage stored from other sentences is made again) and asks about its pinned
+    distractors; a malformed pin is refused by name."""
+    from audiokv_edge.demo_model import corpus
+
+    shipped = evalset.pinned_texts()
+    assert set(shipped) == {f"{v}-{d}s" for v in evalset.EVAL_VOICES for d in (60, 120, 300)}
+    assert all(corpus.split_of(s) == "heldout" for e in shipped.values() for s in e["sentences"] + e["distractors"])
+
+    pin = {"items": {"rms-4s": {"sentences": ["Owls hunt at night.", "The server names the lake."],
+                                "distractors": [f"Sentence {n} is not said." for n in range(20)]}}}
+    (tmp_path / "pin.json").write_text(json.dumps(pin))
+    monkeypatch.setattr(evalset, "PINNED_TEXT", tmp_path / "pin.json")
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "rms-4s.flac").write_bytes(b"stale")
+    (tmp_path / "set" / "rms-4s.json").write_text(json.dumps({"sentences": ["Another text."], "spans": [[0, 1]],
+                                                               "seconds": 1.0}))
+    items = evalset.build(tmp_path / "set", durations_s=(4,), voices=("rms",))
+    meta = json.loads((tmp_path / "set" / "rms-4s.json").read_text())
+    assert meta["sentences"] == pin["items"]["rms-4s"]["sentences"] and len(meta["spans"]) == 2
+    assert items[0]["distractors"] == pin["items"]["rms-4s"]["distractors"]
+    assert items[0]["transcript"] == "Owls hunt at night. The server names the lake."
+    (tmp_path / "pin.json").write_text(json.dumps({"items": {"rms-4s": {"sentences": []}}}))
+    with pytest.raises(ValueError, match="pin.json: not an evaluation text file"):
+        evalset.build(tmp_path / "set", durations_s=(4,), voices=("rms",))
