@@ -22,7 +22,9 @@ and restored into every configuration's session, which decodes the tail (the obs
 
 Configurations: full, then per keep every method of audiokv_edge.methods (audiokv with the model's stored head
 profile, uniform budgets when it has none), ``audiokv-uniform`` (only when the model stores a profile) and
-``audiokv-text`` (``--profiled-model``: a copy of the model with a text head profile stored by add_profile).
+``audiokv-text`` (``--profiled-model``: a copy of the model with a text head profile stored by add_profile) and
+``audiokv-text-sss-audio`` (the same with ``sss_scope="audio"``: the spectral smoothing is meant for audio, so a
+text document keeps its raw window scores and only the profile's budgets remain).
 
 Resumable: each finished row is appended to OUT/<name>.jsonl and skipped on a re-run; the full cache's reference
 (prefix state, answers, log-probabilities) of each document is kept in OUT/<name>.work/ until the run completes.
@@ -67,6 +69,7 @@ class TextConfig:
     method: str
     keep: float
     model: str = "stored"   # "stored": --model; "text": --profiled-model; "uniform": a copy with a uniform profile
+    sss_scope: str = "all"  # "audio": AudioKV's smoothing only over audio tokens, so none over a text document
 
 
 def configs(keeps: list[float], methods: list[str], *, has_profile: bool, text_profile: bool) -> list[TextConfig]:
@@ -78,6 +81,7 @@ def configs(keeps: list[float], methods: list[str], *, has_profile: bool, text_p
             out.append(TextConfig("audiokv-uniform", "audiokv", k, "uniform"))
         if text_profile:
             out.append(TextConfig("audiokv-text", "audiokv", k, "text"))
+            out.append(TextConfig("audiokv-text-sss-audio", "audiokv", k, "text", "audio"))
     return out
 
 
@@ -452,7 +456,8 @@ def main(argv=None) -> int:
                     # the whole length held 17.8 GB at 4k tokens of Qwen2.5-Coder-0.5B (29 contexts); reopening
                     # costs little (the model's weights are mmapped)
                     with Session(model_for(cfg, args, work), audio=False,
-                                 config=SessionConfig(method=cfg.method, keep=cfg.keep, **scfg)) as session:
+                                 config=SessionConfig(method=cfg.method, keep=cfg.keep, sss_scope=cfg.sss_scope,
+                                                       **scfg)) as session:
                         sink(dict(evaluate(session, cfg, ref, args), length=length))
                 write_outputs(rows, args, name, dict(meta, wall_s=round(time.time() - t_start, 1)))
         shutil.rmtree(work / str(length), ignore_errors=True)

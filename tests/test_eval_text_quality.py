@@ -145,3 +145,17 @@ def test_eval_text_quality_smoke(text_model, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(json.loads((tmp_path / "out" / "smoke.json").read_text())["rows"]) == 9
     assert len((tmp_path / "out" / "smoke.jsonl").read_text().splitlines()) == 9
+
+
+def test_text_profile_configurations():
+    """With a text profile each keep gets audiokv-text with and without the smoothing over the (text) tokens."""
+    spec = importlib.util.spec_from_file_location("eval_text_quality", SCRIPT)
+    sys.path.insert(0, str(REPO / "scripts"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("eval_text_quality", mod)     # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    got = mod.configs([0.4], ["full", "snapkv", "audiokv"], has_profile=False, text_profile=True)
+    assert [(c.name, c.method, c.keep, c.model, c.sss_scope) for c in got] == [
+        ("full", "full", 1.0, "stored", "all"), ("snapkv", "snapkv", 0.4, "stored", "all"),
+        ("audiokv", "audiokv", 0.4, "stored", "all"), ("audiokv-text", "audiokv", 0.4, "text", "all"),
+        ("audiokv-text-sss-audio", "audiokv", 0.4, "text", "audio")]
