@@ -64,14 +64,18 @@ import json, sys
 from audiokv_edge.runtime import cache_replay as cr
 from audiokv_edge.runtime.session import Session, SessionConfig
 model, filler, method = sys.argv[1:4]
+method, _, scope = method.partition(":")
 doc = filler * 3 + "The pass key is 51234. " + filler * 2
 question = "What is the pass key?"
 out = {}
-cfg = SessionConfig(method=method, keep=None if method == "full" else 0.4, max_tokens=8, threads=2, ctx=1024)
-with Session(model, config=cfg, audio=False) as s:
-    whole = s.answer_text(doc, question)
-    tokens, span, _ = s.text_prompt_tokens(doc, question)
-    prefix = cr.save_prefix(s, tokens[:-40])
+cfg = SessionConfig(method=method, keep=None if method == "full" else 0.4, max_tokens=8, threads=2, ctx=1024,
+                    sss_scope=scope or "all")
+with Session(model, config=cfg, audio=False) as first:
+    whole = first.answer_text(doc, question)
+    tokens, span, _ = first.text_prompt_tokens(doc, question)
+with Session(model, config=SessionConfig(method="full", threads=2, ctx=1024), audio=False) as full:
+    prefix = cr.save_prefix(full, tokens[:-40])
+with Session(model, config=cfg, audio=False) as s:     # a fresh session, as eval_text_quality opens per configuration
     replayed = cr.greedy(s, prefix, tokens[-40:], 8)
     out["prompt_tokens"] = len(tokens)
     out["whole"] = list(whole.tokens)
@@ -79,6 +83,7 @@ with Session(model, config=cfg, audio=False) as s:
     out["kv_kept_whole"] = whole.stats.kv_bytes_kept / whole.stats.kv_bytes_full
     logprobs, record = cr.replay(s, prefix, tokens[-40:], list(whole.tokens) or [0])
     out["record"] = record
+    out["spans"] = s._evictor._spans.get(0) if s._evictor is not None else None   # audio positions it smoothed
     out["top1_self"] = cr.compare_logprobs(logprobs, logprobs)["top1"]
     out["argmax"] = [int(i) for i in logprobs.argmax(axis=1)]
     try:
@@ -91,11 +96,12 @@ print(json.dumps(out))
 
 
 @pytest.mark.native
-@pytest.mark.parametrize("method", ["full", "snapkv"])
+@pytest.mark.parametrize("method", ["full", "snapkv", "audiokv", "audiokv:audio"])
 def test_replayed_prefix_answers_as_a_whole_prefill(text_model, method):
     """Restoring the saved prefix and decoding the last 40 tokens, then evicting, gives the greedy answer of
     Session.answer_text on the whole prompt token for token (same observation window, same kept entries); the
-    teacher-forced argmax is that answer; a tail shorter than the observation window is refused (evicting methods)."""
+    teacher-forced argmax is that answer; a tail shorter than the observation window is refused (evicting methods).
+    ``audiokv:audio``: SSS restricted to audio tokens, so none over the document, in the replay as in the prefill."""
     proc = subprocess.run([sys.executable, "-c", PROBE_REPLAY, str(text_model), FILLER, method], capture_output=True,
                           text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -104,6 +110,8 @@ def test_replayed_prefix_answers_as_a_whole_prefill(text_model, method):
     assert out["replayed"] == out["whole"]
     assert out["argmax"] == out["whole"]
     assert out["top1_self"] == 1.0
+    if method == "audiokv:audio":
+        assert out["spans"] == []       # told there is no audio (else it smooths every token, as scope "all")
     if method == "full":
         assert out["record"] == {} and out["short_tail"] is None
     else:

@@ -126,6 +126,8 @@ def _prepare(session: Session, prefix: PrefixState, tail: list[int], between: li
     n_past += len(tail)
     record = {}
     if session._needs_eviction():
+        if session.config.sss_scope == "audio":
+            session._set_audio_spans([])    # a text prompt holds no audio: no smoothing (as Session's own prefill)
         kept, full, ms = session._evict(n_past)
         record = {"kept_entries": kept, "full_entries": full, "evict_ms": round(ms, 2)}
     _decode(session, between, n_past)
