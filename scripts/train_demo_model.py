@@ -28,6 +28,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from audiokv_edge.demo_model import ct2, corpus, dataset, features, lora_gguf, mmproj  # noqa: E402
 
 logger = logging.getLogger("train_demo_model")
+EXTRA_LONG_PREFIX = "L"
 DEFAULT_WORK = pathlib.Path(os.environ.get("AUDIOKV_EDGE_CACHE", pathlib.Path.home() / ".cache" / "audiokv-edge")) / "demo-train"
 
 
@@ -63,6 +64,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=pathlib.Path, default=DEFAULT_WORK, help="data, cache and checkpoints (default %(default)s)")
     ap.add_argument("--recordings", type=int, default=1500, help="training recordings to synthesise (default %(default)s)")
+    ap.add_argument("--extra-long", type=int, default=0,
+                    help="long-form recordings added to the training set beyond --recordings (another seed, ids "
+                         "L000000...; default %(default)s): more multi-window speech for long transcripts")
+    ap.add_argument("--extra-long-range", default="60,180",
+                    help="length range of the --extra-long recordings in seconds (default %(default)s)")
     ap.add_argument("--heldout", type=int, default=24, help="held-out monitoring recordings (default %(default)s)")
     ap.add_argument("--ctc-steps", type=int, default=1500)
     ap.add_argument("--llm-steps", type=int, default=4000)
@@ -89,6 +95,12 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-data", action="store_true",
                     help="train on the recordings already synthesised and encoded (another process may add more)")
     args = ap.parse_args(argv)
+    try:
+        long_range = tuple(float(x) for x in args.extra_long_range.split(","))
+        if len(long_range) != 2:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--extra-long-range must be two numbers LOW,HIGH, got {args.extra_long_range!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     import torch
@@ -116,6 +128,12 @@ def main(argv=None) -> int:
             bar.update(len(dataset.read_manifest(data_dir)))
             dataset.build(data_dir, args.recordings, seed=0, sentences=sentences["train"],
                           progress=lambda r: bar.update())
+        if args.extra_long:
+            done = sum(r["id"].startswith(EXTRA_LONG_PREFIX) for r in dataset.read_manifest(data_dir))
+            with tqdm(desc="long-form speech", total=args.extra_long, initial=done, unit="rec") as bar:
+                dataset.build(data_dir, args.extra_long, seed=20_000, sentences=sentences["train"],
+                              kind_weights={"long": 1.0}, id_prefix=EXTRA_LONG_PREFIX,
+                              long_range_s=long_range, progress=lambda r: bar.update())
     if not args.skip_data:
         encoder = torch_encoder.WhisperEncoder(ct2.whisper_encoder(ct2.whisper_tiny_en_path()))
         with tqdm(desc="encoder cache", unit="rec") as bar:

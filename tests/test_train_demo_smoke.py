@@ -1,5 +1,5 @@
 """Smoke run of scripts/train_demo_model.py, the whole pipeline at toy size: speech synthesis (training and
-held-out), the encoder cache, 2 CTC steps, 1 LLM-in-the-loop step, export of the projector and of an mmproj GGUF,
+held-out, and an extra long-form set), the encoder cache, 2 CTC steps, 1 LLM-in-the-loop step, export of the projector and of an mmproj GGUF,
 and the held-out WER through the patched llama.cpp; then a re-run resumes from the checkpoint instead of starting
 over; a new phase starts from the committed weights. The real run is the same command with default sizes (hours; docs/demo-model.md)."""
 
@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.native
 def test_train_demo_model_smoke(tmp_path):
     cmd = [sys.executable, str(REPO / "scripts" / "train_demo_model.py"), "--work", str(tmp_path), "--recordings", "3",
-           "--heldout", "1", "--ctc-steps", "2", "--llm-steps", "1", "--eval-every", "1000", "--threads", "2"]
+           "--heldout", "1", "--ctc-steps", "2", "--llm-steps", "1", "--eval-every", "1000", "--threads", "2",
+           "--extra-long", "1", "--extra-long-range", "30,32"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -29,7 +30,9 @@ def test_train_demo_model_smoke(tmp_path):
     assert all(r["loss"] > 0 for r in log if "loss" in r)
     assert (tmp_path / "projector.npz").is_file() and (tmp_path / "mmproj.gguf").is_file()
     manifest = [json.loads(line) for line in (tmp_path / "data" / "manifest.jsonl").read_text().splitlines()]
-    assert len(manifest) == 3 and not any("awb" in r["voice"] or "rms" in r["voice"] for r in manifest)
+    assert len(manifest) == 4 and not any("awb" in r["voice"] or "rms" in r["voice"] for r in manifest)
+    assert manifest[-1]["id"] == "L000000" and manifest[-1]["kind"] == "long" and manifest[-1]["seconds"] >= 30.0
+    assert (tmp_path / "data" / "feats" / "L000000.npy").is_file()
     # resumable: a second run with one more LLM step continues at step 1
     res = subprocess.run(cmd[:10] + ["--llm-steps", "2", "--eval-every", "1000", "--threads", "2", "--skip-data"],
                          capture_output=True, text=True, timeout=1200)

@@ -9,7 +9,9 @@ Layout of a data directory::
 Kinds (libmtmd cuts audio into padded 30 s windows, so the kinds are defined by windows):
 ``short`` one sentence, padded in one window; ``packed`` sentences of one voice until just under 30 s (one dense
 window); ``long`` 60-120 s of one voice (several windows). The sequence of recordings is a pure function of the
-seed, so an interrupted build resumes where it stopped and gives the same data.
+seed, the kind weights and the long-form range, so an interrupted build resumes where it stopped and gives the same
+data. A second sequence (another seed, an id prefix, e.g. only ``long`` recordings of 60-180 s) can be added to the
+same directory to give the model more long-form speech.
 """
 
 from __future__ import annotations
@@ -40,18 +42,26 @@ class RecordingSpec:
     kind: str
     voice: speech.Voice
     seed: int
+    long_range_s: tuple[float, float] = LONG_RANGE_S
 
 
-def recording_specs(n: int, seed: int = 0) -> list[RecordingSpec]:
-    """The first ``n`` recordings of the seed's sequence."""
+def recording_specs(n: int, seed: int = 0, *, kind_weights: dict[str, float] | None = None, id_prefix: str = "",
+                    long_range_s: tuple[float, float] = LONG_RANGE_S) -> list[RecordingSpec]:
+    """The first ``n`` recordings of the seed's sequence (ids ``<id_prefix>000000`` on)."""
+    weights = dict(KIND_WEIGHTS if kind_weights is None else kind_weights)
+    unknown = set(weights) - set(KIND_WEIGHTS)
+    if unknown or not weights or min(weights.values()) < 0 or sum(weights.values()) <= 0:
+        raise ValueError(f"kind weights must be non-negative weights of {sorted(KIND_WEIGHTS)}, got {weights}")
+    lo, hi = long_range_s
+    if not WINDOW_S <= lo <= hi:
+        raise ValueError(f"long-form range must satisfy {WINDOW_S} <= low <= high seconds, got {long_range_s}")
     rng = random.Random(seed)
-    kinds = list(KIND_WEIGHTS)
-    weights = list(KIND_WEIGHTS.values())
+    kinds = list(weights)
     out = []
     for i in range(n):
-        kind = rng.choices(kinds, weights)[0]
+        kind = rng.choices(kinds, list(weights.values()))[0]
         voice = speech.training_voices(rng, 1)[0]
-        out.append(RecordingSpec(f"{i:06d}", kind, voice, rng.randrange(2**31)))
+        out.append(RecordingSpec(f"{id_prefix}{i:06d}", kind, voice, rng.randrange(2**31), (float(lo), float(hi))))
     return out
 
 
@@ -66,7 +76,7 @@ def synthesize_recording(spec: RecordingSpec, sentences: list[str], *, for_evalu
     rng = random.Random(spec.seed)
     lead = np.zeros(int(rng.uniform(0.0, 0.6) * speech.SAMPLE_RATE), dtype=np.float32)
     parts, said, spans, total = [lead], [], [], lead.size
-    target = {"short": 0.0, "packed": PACKED_MAX_S, "long": rng.uniform(*LONG_RANGE_S)}[spec.kind]
+    target = {"short": 0.0, "packed": PACKED_MAX_S, "long": rng.uniform(*spec.long_range_s)}[spec.kind]
     limit = (PACKED_MAX_S if spec.kind == "packed" else 1e9) * speech.SAMPLE_RATE
     tries = 0
     while True:
@@ -111,7 +121,8 @@ def read_manifest(data_dir: str | pathlib.Path) -> list[dict]:
 
 
 def build(data_dir: str | pathlib.Path, n_recordings: int, *, seed: int = 0, workers: int = 2,
-          sentences: list[str] | None = None, progress=None) -> int:
+          sentences: list[str] | None = None, progress=None, kind_weights: dict[str, float] | None = None,
+          id_prefix: str = "", long_range_s: tuple[float, float] = LONG_RANGE_S) -> int:
     """Synthesise recordings ``0..n_recordings-1`` of the seed's sequence that the manifest does not hold yet.
 
     Returns the number of recordings in the manifest afterwards.
@@ -122,7 +133,8 @@ def build(data_dir: str | pathlib.Path, n_recordings: int, *, seed: int = 0, wor
     if sentences is None:
         sentences = corpus.collect()["train"]
     done = {r["id"] for r in read_manifest(data_dir)}
-    todo = [s for s in recording_specs(n_recordings, seed) if s.id not in done]
+    todo = [s for s in recording_specs(n_recordings, seed, kind_weights=kind_weights, id_prefix=id_prefix,
+                                       long_range_s=long_range_s) if s.id not in done]
     with open(data_dir / "manifest.jsonl", "a") as manifest, multiprocessing.Pool(workers) as pool:
         for rec in pool.imap(_work, [(s, sentences, audio_dir) for s in todo]):
             manifest.write(json.dumps(rec) + "\n")
