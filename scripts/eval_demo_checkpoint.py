@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """WER of a demo-model checkpoint (an mmproj GGUF + LoRA adapter GGUF, e.g. the ones the trainer exports into its
 work folder) through the patched llama.cpp at full cache: on the trainer's held-out recordings (held-out text in
-the training voices; ``--set heldout``) or on the reserved evaluation voices' 60 s passages and jfk.wav (``--set
-reserved``). Used to compare checkpoints before one is committed.
+the training voices; ``--set heldout``; its long-form recordings of 60-180 s, ``--set heldout-long``) or on the
+reserved evaluation voices' 60 s passages and jfk.wav (``--set reserved``). Used to compare checkpoints before one
+is committed: the held-out sets choose, the reserved voices only measure.
 
     .venv/bin/python scripts/eval_demo_checkpoint.py --mmproj W/mmproj.gguf --lora W/lora.gguf [--set heldout]
         [--dry-multiplier 0.8] [--max-tokens 600] [--set reserved --durations 60,120]
@@ -33,8 +34,8 @@ def recordings(which: str, work: pathlib.Path, evalset_dir: pathlib.Path,
     built from the pinned texts where missing)."""
     from audiokv_edge.demo_model import dataset, evalset
 
-    if which == "heldout":
-        held = work / "heldout"
+    if which in ("heldout", "heldout-long"):
+        held = work / which
         return [(r["id"], r["kind"], held / "audio" / f"{r['id']}.flac", r["text"]) for r in dataset.read_manifest(held)]
     items = {it["id"]: it for it in evalset.build(evalset_dir, durations_s=durations)}
     out = [("jfk", "human", REPO / "audiokv_edge" / "data" / "jfk.wav", evalset.HUMAN_CLIPS["jfk.wav"])]
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mmproj", type=pathlib.Path, required=True)
     ap.add_argument("--lora", type=pathlib.Path, default=None)
-    ap.add_argument("--set", choices=("heldout", "reserved"), default="heldout")
+    ap.add_argument("--set", choices=("heldout", "heldout-long", "reserved"), default="heldout")
     ap.add_argument("--work", type=pathlib.Path, default=DEFAULT_WORK, help="the trainer's folder (held-out set)")
     ap.add_argument("--evalset", type=pathlib.Path, default=REPO / "build" / "evalset",
                     help="the reserved voices' passages (made here from the pinned texts where missing)")
@@ -57,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-multiplier", type=float, default=0.8)
     ap.add_argument("--max-tokens", type=int, default=600)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ctx", type=int, default=8192,
+                    help="context in tokens (default %(default)s: a 300 s passage is 3,750 audio tokens)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
     if not recs:
         ap.error(f"no recordings in the {args.set} set")
     t0 = time.time()
-    cfg = SessionConfig(method="full", max_tokens=args.max_tokens, ctx=4096, dry_multiplier=args.dry_multiplier,
+    cfg = SessionConfig(method="full", max_tokens=args.max_tokens, ctx=args.ctx, dry_multiplier=args.dry_multiplier,
                         threads=args.threads)
     done = transcription_wer.transcribe_set(
         real_models.smollm2_q4_1_path(), args.mmproj, args.lora, recs, cfg,

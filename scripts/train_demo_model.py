@@ -69,6 +69,10 @@ def main(argv=None) -> int:
                          "L000000...; default %(default)s): more multi-window speech for long transcripts")
     ap.add_argument("--extra-long-range", default="60,180",
                     help="length range of the --extra-long recordings in seconds (default %(default)s)")
+    ap.add_argument("--heldout-long", type=int, default=0,
+                    help="held-out long-form recordings (DIR/heldout-long, held-out text, training voices, the "
+                         "--extra-long-range lengths; default %(default)s) for choosing among checkpoints by their "
+                         "long transcripts (scripts/eval_demo_checkpoint.py --set heldout-long)")
     ap.add_argument("--heldout", type=int, default=24, help="held-out monitoring recordings (default %(default)s)")
     ap.add_argument("--ctc-steps", type=int, default=1500)
     ap.add_argument("--llm-steps", type=int, default=4000)
@@ -124,6 +128,11 @@ def main(argv=None) -> int:
         with tqdm(desc="held-out speech", total=args.heldout, unit="rec") as bar:
             dataset.build(heldout_dir, args.heldout, seed=10_000, sentences=sentences["heldout"],
                           progress=lambda r: bar.update())
+        if args.heldout_long:
+            with tqdm(desc="held-out long-form speech", total=args.heldout_long, unit="rec") as bar:
+                dataset.build(work / "heldout-long", args.heldout_long, seed=30_000, sentences=sentences["heldout"],
+                              kind_weights={"long": 1.0}, id_prefix="HL", long_range_s=long_range,
+                              progress=lambda r: bar.update())
         with tqdm(desc="training speech", total=args.recordings, unit="rec") as bar:
             bar.update(len(dataset.read_manifest(data_dir)))
             dataset.build(data_dir, args.recordings, seed=0, sentences=sentences["train"],

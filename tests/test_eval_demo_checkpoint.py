@@ -52,6 +52,8 @@ def test_missing_files_are_named(tmp_path):
     (tmp_path / "m.gguf").write_bytes(b"x")
     res = run("--mmproj", tmp_path / "m.gguf", "--work", tmp_path)
     assert res.returncode == 2 and "no recordings in the heldout set" in res.stderr
+    res = run("--mmproj", tmp_path / "m.gguf", "--work", tmp_path, "--set", "heldout-long")
+    assert res.returncode == 2 and "no recordings in the heldout-long set" in res.stderr
 
 
 def test_reserved_set_is_made_from_the_pinned_texts(tmp_path, monkeypatch):

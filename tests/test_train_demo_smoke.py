@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_train_demo_model_smoke(tmp_path):
     cmd = [sys.executable, str(REPO / "scripts" / "train_demo_model.py"), "--work", str(tmp_path), "--recordings", "3",
            "--heldout", "1", "--ctc-steps", "2", "--llm-steps", "1", "--eval-every", "1000", "--threads", "2",
-           "--extra-long", "1", "--extra-long-range", "30,32"]
+           "--extra-long", "1", "--extra-long-range", "30,32", "--heldout-long", "1"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -33,6 +33,8 @@ def test_train_demo_model_smoke(tmp_path):
     assert len(manifest) == 4 and not any("awb" in r["voice"] or "rms" in r["voice"] for r in manifest)
     assert manifest[-1]["id"] == "L000000" and manifest[-1]["kind"] == "long" and manifest[-1]["seconds"] >= 30.0
     assert (tmp_path / "data" / "feats" / "L000000.npy").is_file()
+    held_long = [json.loads(line) for line in (tmp_path / "heldout-long" / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["kind"]) for r in held_long] == [("HL000000", "long")] and held_long[0]["seconds"] >= 30.0
     # resumable: a second run with one more LLM step continues at step 1
     res = subprocess.run(cmd[:10] + ["--llm-steps", "2", "--eval-every", "1000", "--threads", "2", "--skip-data"],
                          capture_output=True, text=True, timeout=1200)
