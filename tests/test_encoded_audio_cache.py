@@ -58,6 +58,8 @@ def test_recording_key_follows_the_content(tmp_path):
     f.write_bytes(b"1" * 101)
     os.utime(f, ns=(1, 1))
     assert recording_key(type("Clip", (), {"path": str(f)})()) != kf
+    f.unlink()  # a clip whose file is gone is not kept
+    assert recording_key(type("Clip", (), {"path": str(f)})()) is None
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True])

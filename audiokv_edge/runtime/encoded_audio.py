@@ -15,22 +15,23 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import logging
 import os
 import pathlib
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
 
-
-def recording_key(clip) -> tuple:
+def recording_key(clip) -> tuple | None:
     """What identifies a recording's audio: ``("file", path, size, mtime_ns)`` for a clip read from a file,
-    ``("samples", digest, rate)`` for samples in memory (an :class:`~audiokv_edge.runtime.audio.AudioClip`)."""
+    ``("samples", digest, rate)`` for samples in memory (an :class:`~audiokv_edge.runtime.audio.AudioClip`); None
+    when the file it was read from is gone (nothing is then kept)."""
     path = getattr(clip, "path", None)
     if path:
-        p = pathlib.Path(path).resolve()
-        st = os.stat(p)
+        try:
+            p = pathlib.Path(path).resolve()
+            st = os.stat(p)
+        except OSError:
+            return None
         return ("file", str(p), st.st_size, st.st_mtime_ns)
     samples = np.ascontiguousarray(clip.samples)
     return ("samples", hashlib.blake2b(samples.view(np.uint8), digest_size=16).hexdigest(),

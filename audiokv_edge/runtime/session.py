@@ -167,9 +167,9 @@ class SessionConfig:
         same either way (every weight is read for every token).
     audio_cache_mb : int
         Most megabytes of the last recording's encoded audio (the projector's output embeddings) kept, so that
-        another question about the same recording skips the audio encoder (answers are identical; default 64, about
-        35 minutes of audio for the built-in model, 2.5 minutes for a 7B model's 3,584-wide embeddings at 25 tokens/s;
-        0: none). :mod:`audiokv_edge.runtime.encoded_audio`.
+        another question about the same recording skips the audio encoder (answers are identical; default 64: 39
+        minutes of audio for the built-in model's 576-wide embeddings at 12.5 tokens/s, 3 minutes for a 7B model's
+        3,584-wide ones at 25 tokens/s; 0: none). :mod:`audiokv_edge.runtime.encoded_audio`.
     """
 
     method: str = "audiokv"
